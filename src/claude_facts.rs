@@ -1,0 +1,83 @@
+//! Everything the daemon knows about how Claude Code behaves, in one place.
+//!
+//! These are versioned facts, measured on the pinned Claude Code (see
+//! `PINNED_VERSION` and ../shared/claude-code-facts.md). When Claude Code
+//! changes a file name, an environment variable, a hook payload or a limit
+//! message, this is the only module to edit.
+
+/// The Claude Code release the tests and these facts are pinned to.
+pub const PINNED_VERSION: &str = "2.1.329";
+/// The npm package that ships it.
+pub const NPM_PACKAGE: &str = "@anthropic-ai/claude-code";
+
+/// Environment variable that moves Claude Code's whole config directory.
+pub const ENV_CONFIG_DIR: &str = "CLAUDE_CONFIG_DIR";
+/// Set on every managed session so its hooks know which session they belong to.
+pub const ENV_SESSION: &str = "CLAUDE_FAILOVER_SESSION";
+/// Set on every managed session so `hook`/`statusline` know where to write.
+pub const ENV_STATE_DIR: &str = "CLAUDE_FAILOVER_STATE_DIR";
+/// Points Claude Code at another API server (the stand-in, in tests and demo).
+pub const ENV_BASE_URL: &str = "ANTHROPIC_BASE_URL";
+/// Needed to run offline against a stand-in: no telemetry, no update checks.
+pub const ENV_OFFLINE: [(&str, &str); 2] = [
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ("DISABLE_AUTOUPDATER", "1"),
+];
+
+/// OAuth credentials inside an account home. Never shared, never refreshed by us.
+pub const CREDENTIALS_FILE: &str = ".credentials.json";
+/// Onboarding flags and per-folder trust inside an account home.
+pub const CLAUDE_JSON: &str = ".claude.json";
+/// Hooks and status line inside an account home.
+pub const SETTINGS_JSON: &str = "settings.json";
+
+/// `.claude.json`: onboarding is done when this is `true`; without it the TUI
+/// tries to reach api.anthropic.com and stops on a connection error.
+pub const KEY_ONBOARDING_DONE: &str = "hasCompletedOnboarding";
+pub const KEY_ONBOARDING_VERSION: &str = "lastOnboardingVersion";
+/// `.claude.json` `projects.<abs path>.hasTrustDialogAccepted`: without it the
+/// TUI stops on a trust dialog that swallows pasted text.
+pub const KEY_PROJECTS: &str = "projects";
+pub const KEY_TRUST_ACCEPTED: &str = "hasTrustDialogAccepted";
+
+/// The folders that must be shared between account homes for `--resume` to
+/// work under another account.
+pub const REQUIRED_SHARED: [&str; 3] = ["projects", "file-history", "session-env"];
+
+/// The `projects/` folder name Claude Code uses for a working directory:
+/// every non-alphanumeric character replaced by `-`.
+pub fn transcript_folder_name(cwd: &std::path::Path) -> String {
+    cwd.to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// Hook events the daemon installs and listens to.
+pub const HOOK_EVENTS: [&str; 6] = [
+    "SessionStart",
+    "UserPromptSubmit",
+    "Stop",
+    "StopFailure",
+    "Notification",
+    "SessionEnd",
+];
+
+/// `StopFailure.error` for a refused request.
+pub const STOP_FAILURE_RATE_LIMIT: &str = "rate_limit";
+
+/// Unified quota headers on every Messages API answer. Utilisation is a
+/// fraction 0..1, resets are Unix seconds.
+pub mod headers {
+    pub const STATUS: &str = "anthropic-ratelimit-unified-status";
+    pub const FIVE_HOUR_UTILIZATION: &str = "anthropic-ratelimit-unified-5h-utilization";
+    pub const SEVEN_DAY_UTILIZATION: &str = "anthropic-ratelimit-unified-7d-utilization";
+    pub const FIVE_HOUR_RESET: &str = "anthropic-ratelimit-unified-5h-reset";
+    pub const SEVEN_DAY_RESET: &str = "anthropic-ratelimit-unified-7d-reset";
+    pub const REPRESENTATIVE_CLAIM: &str = "anthropic-ratelimit-unified-representative-claim";
+    pub const RESET: &str = "anthropic-ratelimit-unified-reset";
+}
+
+/// What the TUI prints when the account refuses a request, seen on the pinned
+/// version; the first line also arrives as `StopFailure.last_assistant_message`.
+pub const LIMIT_TEXT_FIVE_HOUR: &str = "You've hit your 5-hour limit";

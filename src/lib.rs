@@ -1,0 +1,18 @@
+//! claude-failover: keeps pools of Claude Code sessions alive in tmux, feeds
+//! them queued tasks, watches every account's quota and fails every managed
+//! session over to the best other account when the active one runs out.
+
+pub mod account;
+pub mod atomic_file;
+pub mod check;
+pub mod claude_facts;
+pub mod cli;
+pub mod config;
+pub mod hook;
+pub mod process;
+pub mod sandbox;
+pub mod settings;
+pub mod standin;
+pub mod yaml_lines;
+pub mod time;
+pub mod tmux;

@@ -1,0 +1,178 @@
+//! Running a child program with a deadline.
+//!
+//! Every tmux and claude call goes through here so that no call can hang the
+//! daemon: stdout and stderr are drained on their own threads (a full pipe
+//! cannot deadlock the child), and a child still running at its deadline is
+//! killed and reported.
+
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+
+/// What a finished child left behind.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// stderr when there is any, else stdout, trimmed: what to show an operator.
+    pub fn complaint(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        text.trim().to_string()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {deadline:?} and was killed")]
+    Timeout { program: String, deadline: Duration },
+    #[error("waiting for {program}: {source}")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs `cmd` to completion, feeding it `input` on stdin, killing it at
+/// `deadline`.
+pub fn run(cmd: &mut Command, input: Option<&[u8]>, deadline: Duration) -> Result<Finished, ProcessError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A child that exits without reading its stdin gives EPIPE: that is
+        // its business, the exit status tells the story.
+        let _ = stdin.write_all(bytes);
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let started = Instant::now();
+    let mut pause = Duration::from_micros(200);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => return Err(ProcessError::Wait { program, source }),
+        }
+        if started.elapsed() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ProcessError::Timeout { program, deadline });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    // A grandchild (tmux's server, say) may inherit the pipes and keep them
+    // open; don't wait for it longer than a moment.
+    let grace = Duration::from_millis(500);
+    Ok(Finished {
+        status,
+        stdout: out.recv_timeout(grace).unwrap_or_default(),
+        stderr: err.recv_timeout(grace).unwrap_or_default(),
+    })
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> crossbeam_channel::Receiver<String> {
+    let (tx, rx) = bounded(1);
+    if let Some(mut pipe) = pipe {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+        });
+    } else {
+        let _ = tx.send(String::new());
+    }
+    rx
+}
+
+/// Finds `name` on PATH the way a shell would; a value with `/` is taken as a path.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &std::path::Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = std::path::PathBuf::from(name);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_exec(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_both_streams_and_status() {
+        let f = run(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(f.status.code(), Some(3));
+        assert_eq!(f.stdout.trim(), "out");
+        assert_eq!(f.complaint(), "err");
+    }
+
+    #[test]
+    fn kills_at_deadline() {
+        let t = Instant::now();
+        let e = run(Command::new("sleep").arg("10"), None, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn feeds_stdin() {
+        let f = run(&mut Command::new("cat"), Some(b"hello"), Duration::from_secs(5)).unwrap();
+        assert_eq!(f.stdout, "hello");
+    }
+
+    #[test]
+    fn large_output_does_not_deadlock() {
+        let f = run(
+            Command::new("sh").args(["-c", "head -c 1000000 /dev/zero | tr '\\0' x; head -c 500000 /dev/zero | tr '\\0' y >&2"]),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(f.stdout.len(), 1_000_000);
+        assert_eq!(f.stderr.len(), 500_000);
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let e = run(&mut Command::new("/nonexistent/prog"), None, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("cannot start /nonexistent/prog"), "{e}");
+    }
+}

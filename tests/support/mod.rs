@@ -1,0 +1,176 @@
+//! Shared test support: a private tmux server and a temp folder per test,
+//! bounded waits, the real claude binary for end-to-end tests, and on
+//! failure a dump of everything needed to diagnose it (daemon logs, state
+//! files, `capture-pane` of every session).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use claude_failover::tmux::Tmux;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_claude-failover")
+}
+
+/// Where `scripts/test.sh` installs the pinned Claude Code.
+fn cached_claude() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/claude-code/node_modules/@anthropic-ai/claude-code-linux-x64/claude")
+}
+
+/// The real Claude Code for end-to-end tests, or `None` when the
+/// end-to-end suite is off (then the test returns early, saying so).
+/// With `CLAUDE_FAILOVER_E2E=1` a missing binary is a failure, never a skip.
+pub fn e2e_claude() -> Option<PathBuf> {
+    let enabled = std::env::var("CLAUDE_FAILOVER_E2E").map(|v| v == "1").unwrap_or(false);
+    if !enabled {
+        eprintln!("end-to-end suite off: set CLAUDE_FAILOVER_E2E=1 (scripts/test.sh does)");
+        return None;
+    }
+    let bin = std::env::var_os("CLAUDE_FAILOVER_CLAUDE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(cached_claude);
+    assert!(
+        bin.is_file(),
+        "CLAUDE_FAILOVER_E2E=1 but no claude binary at {} (run scripts/test.sh, or set CLAUDE_FAILOVER_CLAUDE_BIN)",
+        bin.display()
+    );
+    Some(bin)
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, panicking with `what`
+/// after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One test's world: a temp folder and a private tmux server, torn down at
+/// drop, with a diagnostic dump when the test is failing.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub socket: String,
+    pub tmux: Tmux,
+    logs: Vec<PathBuf>,
+    state_dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl Harness {
+    pub fn new(name: &str) -> Harness {
+        let socket = format!(
+            "cf-test-{}-{}-{}",
+            name,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmux = Tmux::new(Some(socket.clone()), Duration::from_secs(10));
+        Harness {
+            dir: tempfile::Builder::new().prefix("cf-test-").tempdir().expect("temp folder"),
+            socket,
+            tmux,
+            logs: Vec::new(),
+            state_dirs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Dumped on failure.
+    pub fn watch_log(&mut self, path: PathBuf) {
+        self.logs.push(path);
+    }
+
+    /// Listed and dumped on failure.
+    pub fn watch_state_dir(&mut self, path: PathBuf) {
+        self.state_dirs.push(path);
+    }
+
+    /// Starts the binary under test with `args`, output into a log file that
+    /// is dumped on failure; killed at teardown.
+    pub fn spawn_bin(&mut self, args: &[&str], env: &[(&str, &str)]) -> u32 {
+        let log = self.path().join(format!("daemon-{}.log", self.children.len()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start claude-failover");
+        let pid = child.id();
+        self.children.push(child);
+        self.watch_log(log);
+        pid
+    }
+
+    fn dump(&self) {
+        eprintln!("==== diagnostics (tmux -L {}) ====", self.socket);
+        for log in &self.logs {
+            eprintln!("---- {} ----", log.display());
+            eprintln!("{}", std::fs::read_to_string(log).unwrap_or_else(|e| format!("(unreadable: {e})")));
+        }
+        for dir in &self.state_dirs {
+            dump_tree(dir, 0);
+        }
+        match self.tmux.list_sessions() {
+            Ok(sessions) => {
+                for s in sessions {
+                    eprintln!("---- capture-pane {} (pid {:?}, dead {}) ----", s.name, s.pane_pid, s.pane_dead);
+                    eprintln!("{}", self.tmux.capture_pane(&s.name, 200).unwrap_or_else(|e| e.to_string()));
+                }
+            }
+            Err(e) => eprintln!("tmux list-sessions: {e}"),
+        }
+    }
+}
+
+fn dump_tree(dir: &Path, depth: usize) {
+    if depth > 4 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            eprintln!("---- {}/ ----", p.display());
+            dump_tree(&p, depth + 1);
+        } else {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let cut: String = text.chars().take(4000).collect();
+            eprintln!("---- {} ----\n{cut}", p.display());
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.tmux.kill_server();
+    }
+}
