@@ -1,0 +1,29 @@
+# Shared by the scripts: install what the project needs on a fresh machine.
+# Sourced, not run.
+
+CLAUDE_VERSION=2.1.329
+CLAUDE_CACHE=.cache/claude-code
+CLAUDE_BIN=$CLAUDE_CACHE/node_modules/@anthropic-ai/claude-code-linux-x64/claude
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+    echo "installing $* with apt" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_tmux() { command -v tmux >/dev/null || apt_install tmux; }
+
+# Installs the pinned Claude Code into .cache/ unless it is already there.
+ensure_claude() {
+    command -v npm >/dev/null || apt_install nodejs npm
+    if ! [ -x "$CLAUDE_BIN" ] || ! "$CLAUDE_BIN" --version 2>/dev/null | grep -q "^$CLAUDE_VERSION"; then
+        echo "installing @anthropic-ai/claude-code@$CLAUDE_VERSION into $CLAUDE_CACHE" >&2
+        mkdir -p "$CLAUDE_CACHE"
+        # --ignore-scripts: the postinstall only links the native binary, which we call directly.
+        npm install --prefix "$CLAUDE_CACHE" --no-audit --no-fund --loglevel=error --ignore-scripts \
+            "@anthropic-ai/claude-code@$CLAUDE_VERSION" >&2
+    fi
+    "$CLAUDE_BIN" --version >&2
+}
