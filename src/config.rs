@@ -2,8 +2,13 @@
 //! YAML, and the validated [`Config`] the rest of the program uses.
 //!
 //! Every error names the key path and the line it came from, e.g.
-//! `pools[1].start_index (line 23): must be ≥ 0`. A reload builds a new
-//! `Config` aside and swaps it in only when it is valid.
+//! `pools[1].start_index (line 23): must be ≥ 0`. Errors serde finds (syntax,
+//! types, unknown keys) carry serde's own line; errors found afterwards get
+//! theirs from [`crate::yaml_lines`]. A reload builds a new `Config` aside and
+//! swaps it in only when it is valid.
+//!
+//! This module also owns the config's duration syntax ([`parse_duration`],
+//! [`format_duration`]) and its defaults (SPEC.md's example values).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -386,7 +391,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/claude-failover";
 const DEFAULT_BINARY: &str = "claude";
 const DEFAULT_SHARED_ROOT: &str = "~/.claude-shared";
 /// The folders every account must share; always first, in this order.
-pub const REQUIRED_SHARED: [&str; 3] = ["projects", "file-history", "session-env"];
+pub use crate::claude_facts::REQUIRED_SHARED;
 const DEFAULT_USAGE_URL: &str = "https://api.anthropic.com/api/oauth/usage";
 const DEFAULT_TELEGRAM_API: &str = "https://api.telegram.org";
 const DEFAULT_LISTEN: &str = "127.0.0.1:7878";

@@ -11,6 +11,7 @@ pub mod config;
 pub mod hook;
 pub mod process;
 pub mod sandbox;
+pub mod session;
 pub mod settings;
 pub mod standin;
 pub mod yaml_lines;

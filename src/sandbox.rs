@@ -88,6 +88,8 @@ pub struct Sandbox {
     pub pool_dirs: Vec<(String, PathBuf)>,
     /// (project name, folder)
     pub project_dirs: Vec<(String, PathBuf)>,
+    /// The daemon's HTTP address (`http.listen`).
+    pub http_listen: String,
 }
 
 impl Sandbox {
@@ -135,7 +137,14 @@ impl Sandbox {
             }
             accounts.push(SandboxAccount { name: name.clone(), home, token });
         }
+        let mut spec = spec.clone();
+        if let Some(host) = spec.http_listen.strip_suffix(":0") {
+            // The config refuses port 0: pick a free port now.
+            let port = std::net::TcpListener::bind((host, 0))?.local_addr()?.port();
+            spec.http_listen = format!("{host}:{port}");
+        }
         let sandbox = Sandbox {
+            http_listen: spec.http_listen.clone(),
             config_path: root.join("config.yaml"),
             root,
             state_dir,
@@ -144,7 +153,7 @@ impl Sandbox {
             pool_dirs,
             project_dirs,
         };
-        atomic_file::write(&sandbox.config_path, sandbox.config_yaml(spec).as_bytes())?;
+        atomic_file::write(&sandbox.config_path, sandbox.config_yaml(&spec).as_bytes())?;
         Ok(sandbox)
     }
 

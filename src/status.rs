@@ -1,0 +1,73 @@
+//! The published status snapshot: what `GET /status` answers and
+//! `/healthz` judges. The main loop builds a new one after every turn;
+//! HTTP handlers only read the latest, never wait on a role thread.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::Serialize;
+
+/// `GET /status`, field for field as SPEC.md lists them.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Status {
+    pub version: String,
+    pub active_account: Option<String>,
+    pub partial_swap: bool,
+    pub swap_in_progress: bool,
+    pub accounts: Vec<AccountStatus>,
+    pub sessions: Vec<SessionStatus>,
+    /// tmux sessions on the same server that are not ours: listed, never touched.
+    pub unmanaged_sessions: Vec<String>,
+    pub queues: BTreeMap<String, QueueCounts>,
+    pub last_swap: Option<serde_json::Value>,
+    pub config_error: Option<String>,
+    /// Why `/healthz` answers 503; empty when healthy.
+    pub health_problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct AccountStatus {
+    pub name: String,
+    pub home: String,
+    pub usable: bool,
+    pub reason: Option<String>,
+    pub five_hour: Option<serde_json::Value>,
+    pub seven_day: Option<serde_json::Value>,
+    pub auth: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SessionStatus {
+    pub name: String,
+    pub pool: String,
+    pub state: String,
+    pub account: Option<String>,
+    pub claude_session_id: Option<String>,
+    pub task: Option<String>,
+    pub cwd: String,
+    /// RFC 3339.
+    pub since: String,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub pane_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct QueueCounts {
+    pub inbox: usize,
+    pub active: usize,
+    pub done: usize,
+    pub failed: usize,
+}
+
+/// Where the latest snapshot lives.
+pub type Published = Arc<RwLock<Arc<Status>>>;
+
+pub fn publish(slot: &Published, status: Status) {
+    *slot.write() = Arc::new(status);
+}
+
+pub fn latest(slot: &Published) -> Arc<Status> {
+    slot.read().clone()
+}
