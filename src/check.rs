@@ -24,11 +24,11 @@ pub struct CheckLine {
 }
 
 impl CheckLine {
-    fn pass(subject: impl Into<String>, detail: impl Into<String>) -> CheckLine {
+    pub fn pass(subject: impl Into<String>, detail: impl Into<String>) -> CheckLine {
         CheckLine { ok: true, subject: subject.into(), detail: detail.into(), hint: None }
     }
 
-    fn fail(subject: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> CheckLine {
+    pub fn fail(subject: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> CheckLine {
         CheckLine {
             ok: false,
             subject: subject.into(),

@@ -27,6 +27,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon, in the foreground (systemd Type=notify).
+    Run,
     /// Verify the config, tmux, the claude binary and every account; one line per check.
     Check,
     /// Called by Claude Code hooks: records the event for the daemon. Always exits 0.
@@ -53,6 +55,7 @@ impl Cli {
     /// Runs the command; returns the exit status.
     pub fn run(self) -> i32 {
         match self.command {
+            Command::Run => crate::daemon::run(&self.config_path()),
             Command::Hook => {
                 // Never fail Claude Code: a hook that cannot record says so on
                 // stderr (Claude Code shows it in verbose mode) and exits 0.

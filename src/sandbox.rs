@@ -126,7 +126,7 @@ impl Sandbox {
         for name in &spec.accounts {
             let home = root.join("accounts").join(name);
             std::fs::create_dir_all(&home)?;
-            let token = format!("sk-ant-oat01-sandbox-{name}");
+            let token = token_for(name);
             write_credentials(&home, &token, 4_102_444_800_000)?;
             write_claude_json(&home, true, &trusted)?;
             for entry in facts::REQUIRED_SHARED {
@@ -248,6 +248,11 @@ impl Sandbox {
         env.push((facts::ENV_STATE_DIR.to_string(), self.state_dir.to_string_lossy().into_owned()));
         env
     }
+}
+
+/// The made-up OAuth access token of sandbox account `name`.
+pub fn token_for(name: &str) -> String {
+    format!("sk-ant-oat01-sandbox-{name}")
 }
 
 /// Writes `.credentials.json` (mode 0600) in the shape Claude Code uses.

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use claude_failover::sandbox::{self, Sandbox, SandboxSpec};
+use claude_failover::standin::{StandIn, StandInAccount, StandInOptions};
 use claude_failover::tmux::Tmux;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -121,6 +123,12 @@ impl Harness {
         pid
     }
 
+    /// `Some(exit code)` once the spawned child `pid` has exited.
+    pub fn try_exit_status(&mut self, pid: u32) -> Option<Option<i32>> {
+        let child = self.children.iter_mut().find(|c| c.id() == pid)?;
+        child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
     fn dump(&self) {
         eprintln!("==== diagnostics (tmux -L {}) ====", self.socket);
         for log in &self.logs {
@@ -172,5 +180,78 @@ impl Drop for Harness {
             let _ = child.wait();
         }
         let _ = self.tmux.kill_server();
+    }
+}
+
+/// A sandbox with the real Claude Code, the API stand-in and our hooks
+/// installed: everything a daemon test needs.
+pub struct World {
+    pub h: Harness,
+    pub sb: Sandbox,
+    pub api: StandIn,
+    pub claude: PathBuf,
+}
+
+impl World {
+    /// `None` when the end-to-end suite is off. `tweak` adjusts the sandbox
+    /// spec (pools, extra YAML) before it is built.
+    pub fn new(name: &str, tweak: impl FnOnce(&mut SandboxSpec)) -> Option<World> {
+        let claude = e2e_claude()?;
+        let mut h = Harness::new(name);
+        let mut spec = SandboxSpec {
+            claude_binary: claude.to_string_lossy().into_owned(),
+            tmux_socket: h.socket.clone(),
+            ..SandboxSpec::default()
+        };
+        tweak(&mut spec);
+        let api = StandIn::start(StandInOptions {
+            accounts: spec.accounts.iter().map(|n| StandInAccount::new(n.clone(), sandbox::token_for(n))).collect(),
+            ..StandInOptions::default()
+        })
+        .expect("start the API stand-in");
+        spec.api_base_url = api.base_url();
+        let sb = Sandbox::create(&h.path().join("sandbox"), &spec).expect("build the sandbox");
+        sb.install_hooks(bin()).expect("install hooks");
+        h.watch_state_dir(sb.state_dir.clone());
+        Some(World { h, sb, api, claude })
+    }
+
+    /// Starts `claude-failover run` on this sandbox.
+    pub fn start_daemon(&mut self, env: &[(&str, &str)]) -> u32 {
+        let config = self.sb.config_path.to_string_lossy().into_owned();
+        self.h.spawn_bin(&["--config", &config, "run"], env)
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        ureq::get(&format!("http://{}/status", self.sb.http_listen))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    }
+
+    /// The session's entry in `/status`.
+    pub fn session(&self, name: &str) -> Option<serde_json::Value> {
+        let status = self.status()?;
+        status["sessions"].as_array()?.iter().find(|s| s["name"] == name).cloned()
+    }
+
+    /// Waits until `name` is in `state` in `/status`; returns its entry.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> serde_json::Value {
+        wait_for(timeout, &format!("{name} to be {state}"), || {
+            self.session(name).filter(|s| s["state"] == state)
+        })
+    }
+
+    /// Types a prompt the way the dispatcher does: bracketed paste, pause, Enter.
+    pub fn type_prompt(&self, session: &str, text: &str) {
+        self.h.tmux.paste(session, text).expect("paste");
+        std::thread::sleep(Duration::from_millis(300));
+        self.h.tmux.send_key(session, "Enter").expect("Enter");
+    }
+
+    pub fn pane_pid(&self, name: &str) -> Option<u32> {
+        self.h.tmux.list_sessions().ok()?.into_iter().find(|s| s.name == name)?.pane_pid
     }
 }

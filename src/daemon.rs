@@ -1,0 +1,569 @@
+//! `claude-failover run`: the daemon's start-up, its main loop and its stop.
+//!
+//! One closed [`Event`] enum of everything that can wake the daemon, one
+//! `next_event` (a single `select!`), one `handle`, then the work done after
+//! every turn: persist what changed, publish the status snapshot, tell
+//! systemd. Role threads sit behind small handles; see docs/architecture.md.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{after, never, select, tick, Sender};
+use parking_lot::RwLock;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+
+use crate::account::Credentials;
+use crate::atomic_file;
+use crate::claude_facts as facts;
+use crate::cli::exit;
+use crate::config::Config;
+use crate::event_watcher::{Batch, EventWatcher};
+use crate::http::Http;
+use crate::process;
+use crate::sd_notify::Notifier;
+use crate::session::{self, Action, Book, State};
+use crate::session_watcher::{Job, Report, Request, SessionWatcher};
+use crate::status::{self, AccountStatus, Published, SessionStatus, Status};
+use crate::switcher::{self, Active, Switcher};
+use crate::tmux::{Launch, SessionInfo, Tmux};
+
+/// Everything that can wake the main loop.
+#[derive(Debug)]
+enum Event {
+    Signal(i32),
+    /// Hook events recorded by `claude-failover hook`.
+    Hooks(Batch),
+    /// The session watcher observed tmux or finished an action.
+    Session(Report),
+    /// The switcher announced the active account.
+    Account(Active),
+    /// `lifecycle.interval` passed: reconcile fully.
+    Tick,
+    /// A back-off or start-up deadline is due.
+    Deadline,
+    /// A role thread ended unexpectedly.
+    RoleGone(&'static str),
+}
+
+/// How long a role thread may take to finish at stop before we leave it.
+const JOIN_GRACE: Duration = Duration::from_millis(1500);
+/// Every tmux call's deadline.
+const TMUX_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `sessions.json`: what cannot be observed.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct SessionsFile {
+    sessions: Book,
+}
+
+struct Daemon {
+    config: Config,
+    config_path: PathBuf,
+    claude_binary: PathBuf,
+    book: Book,
+    observed: Option<Vec<SessionInfo>>,
+    observe_error: Option<String>,
+    in_flight: HashSet<String>,
+    active: Option<Active>,
+    published: Published,
+    sd: Notifier,
+    ready: bool,
+    persisted: String,
+    consumed: Vec<PathBuf>,
+    config_error: Option<String>,
+    watcher: Sender<Request>,
+    switcher: Sender<switcher::Request>,
+}
+
+/// Runs the daemon in the foreground; returns the exit status.
+pub fn run(config_path: &Path) -> i32 {
+    // Signals first, before any thread exists, so none is lost or kills us.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("claude-failover: cannot register signal handlers: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("claude-failover: bad config: {e}");
+            return exit::BAD_CONFIG;
+        }
+    };
+    let claude_binary = match startup_invariants(&config) {
+        Ok(b) => b,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("claude-failover: cannot start: {p}");
+            }
+            return exit::INVARIANT;
+        }
+    };
+    let events_dir = config.state_dir.join(crate::hook::EVENTS_DIR);
+    if let Err(e) = std::fs::create_dir_all(&events_dir) {
+        eprintln!("claude-failover: cannot create {}: {e}", events_dir.display());
+        return exit::FAILURE;
+    }
+    let book = load_book(&config.state_dir.join("sessions.json"));
+
+    // Role threads. Drop order at stop: the watcher and switcher request
+    // channels close first (no new work), then the event watcher is told to
+    // stop, then HTTP stops answering (it reads snapshots only, so it is last
+    // to go and can report until the end).
+    let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
+    let sig_handle = signals.handle();
+    let sig_thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if sig_tx.send(s).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn signals thread");
+    let published: Published = Arc::new(RwLock::new(Arc::new(Status::default())));
+    let http = match Http::start(config.http.listen, published.clone()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("claude-failover: {e}");
+            return exit::FAILURE;
+        }
+    };
+    log::info!("listening on http://{}", http.addr);
+    let (active_tx, active_rx) = crossbeam_channel::unbounded();
+    let switcher = Switcher::start(&config, active_tx);
+    let (report_tx, report_rx) = crossbeam_channel::unbounded();
+    let watcher = SessionWatcher::start(Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE), report_tx);
+    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    let events = match EventWatcher::start(events_dir, config.lifecycle.interval, events_tx) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("claude-failover: cannot watch the events folder: {e}");
+            return exit::FAILURE;
+        }
+    };
+
+    let mut daemon = Daemon {
+        config_path: config_path.to_path_buf(),
+        claude_binary,
+        book,
+        observed: None,
+        observe_error: None,
+        in_flight: HashSet::new(),
+        active: None,
+        published,
+        sd: Notifier::from_env(),
+        ready: false,
+        persisted: String::new(),
+        consumed: Vec::new(),
+        config_error: None,
+        watcher: watcher.requests.clone(),
+        switcher: switcher.requests.clone(),
+        config,
+    };
+    let _ = daemon.watcher.send(Request::Observe);
+    let mut ticker = tick(daemon.config.lifecycle.interval);
+    let mut interval = daemon.config.lifecycle.interval;
+    let code = loop {
+        let deadline = daemon.next_deadline().map(after).unwrap_or_else(never);
+        let event = select! {
+            recv(sig_rx) -> s => s.map(Event::Signal).unwrap_or(Event::RoleGone("signals")),
+            recv(events_rx) -> b => b.map(Event::Hooks).unwrap_or(Event::RoleGone("event watcher")),
+            recv(report_rx) -> r => r.map(Event::Session).unwrap_or(Event::RoleGone("session watcher")),
+            recv(active_rx) -> a => a.map(Event::Account).unwrap_or(Event::RoleGone("switcher")),
+            recv(ticker) -> _ => Event::Tick,
+            recv(deadline) -> _ => Event::Deadline,
+        };
+        if let Some(code) = daemon.handle(event) {
+            break code;
+        }
+        daemon.after_turn();
+        if daemon.config.lifecycle.interval != interval {
+            interval = daemon.config.lifecycle.interval;
+            ticker = tick(interval);
+        }
+    };
+
+    daemon.sd.notify("STOPPING=1");
+    daemon.persist();
+    log::info!("stopping; tmux sessions are left running for the next start to adopt");
+    drop(daemon);
+    drop(watcher.requests);
+    join_within(watcher.thread, "session watcher");
+    drop(switcher.requests);
+    join_within(switcher.thread, "switcher");
+    drop(events.stop);
+    join_within(events.thread, "event watcher");
+    drop(http);
+    sig_handle.close();
+    join_within(sig_thread, "signals");
+    code
+}
+
+/// What must hold before `run` touches tmux: tmux answers, the claude binary
+/// exists. Returns the claude binary's path.
+fn startup_invariants(config: &Config) -> Result<PathBuf, Vec<String>> {
+    let mut problems = Vec::new();
+    let tmux = Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE);
+    if let Err(e) = tmux.version() {
+        problems.push(format!("tmux does not answer `tmux -V`: {e}"));
+    }
+    let binary = process::which(&config.claude.binary);
+    if binary.is_none() {
+        problems.push(format!(
+            "claude.binary `{}` is not found or not executable",
+            config.claude.binary
+        ));
+    }
+    match binary {
+        Some(b) if problems.is_empty() => Ok(b),
+        _ => Err(problems),
+    }
+}
+
+fn load_book(path: &Path) -> Book {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Book::new(),
+        Err(e) => {
+            log::error!("cannot read {}: {e}; rebuilding session records from tmux", path.display());
+            Book::new()
+        }
+        Ok(bytes) => match serde_json::from_slice::<SessionsFile>(&bytes) {
+            Ok(f) => f.sessions,
+            Err(e) => {
+                let aside = path.with_extension(format!("json.corrupt-{}", now_ms()));
+                log::error!(
+                    "{} is corrupt ({e}); kept as {} and rebuilt from tmux",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(path, &aside);
+                Book::new()
+            }
+        },
+    }
+}
+
+fn join_within(handle: std::thread::JoinHandle<()>, role: &str) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = handle.join();
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(JOIN_GRACE).is_err() {
+        log::warn!("the {role} thread did not stop within {JOIN_GRACE:?}; leaving it");
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Daemon {
+    /// Handles one event; `Some(code)` ends the loop.
+    fn handle(&mut self, event: Event) -> Option<i32> {
+        match event {
+            Event::Signal(SIGTERM | SIGINT) => {
+                log::info!("stop requested by signal");
+                return Some(exit::OK);
+            }
+            Event::Signal(SIGHUP) => self.reload(),
+            Event::Signal(SIGUSR1) => {
+                log::warn!("SIGUSR1: fail-over between accounts is not part of this build yet; nothing done")
+            }
+            Event::Signal(other) => log::debug!("ignoring signal {other}"),
+            Event::Hooks(batch) => {
+                let mut exits = false;
+                for (path, ev) in batch {
+                    let hook = ev.payload.get("hook_event_name").and_then(|v| v.as_str()).unwrap_or("");
+                    exits |= hook == "SessionEnd";
+                    if session::apply_hook(&mut self.book, &ev) {
+                        log::debug!("{}: {hook}", ev.session.as_deref().unwrap_or("?"));
+                    }
+                    self.consumed.push(path);
+                }
+                if exits {
+                    // A program is ending: look at tmux now, not at the next tick.
+                    let _ = self.watcher.send(Request::Observe);
+                }
+            }
+            Event::Session(report) => self.on_report(report),
+            Event::Account(active) => {
+                log::info!("active account: {}", active.name);
+                self.active = Some(active);
+                let _ = self.watcher.send(Request::Observe);
+            }
+            Event::Tick | Event::Deadline => {
+                let _ = self.watcher.send(Request::Observe);
+            }
+            Event::RoleGone(role) => {
+                log::error!("the {role} thread ended unexpectedly; stopping");
+                return Some(exit::FAILURE);
+            }
+        }
+        None
+    }
+
+    fn on_report(&mut self, report: Report) {
+        let now = now_ms();
+        let backoff = self.config.lifecycle.restart_backoff.clone();
+        match report {
+            Report::Observed(Err(e)) => {
+                if self.observe_error.is_none() {
+                    log::error!("tmux is unreachable: {e}");
+                }
+                self.observe_error = Some(e);
+            }
+            Report::Observed(Ok(list)) => {
+                if self.observe_error.take().is_some() {
+                    log::info!("tmux answers again");
+                }
+                for name in session::adopt(&mut self.book, &self.config, &list, now) {
+                    log::info!("{name}: adopted (already running, no record of it)");
+                }
+                self.vanished(&list, now, &backoff);
+                self.observed = Some(list);
+                self.reconcile(now);
+            }
+            Report::Launched { name, pool, account, cwd, pane_pid, resumed, relaunch } => {
+                self.in_flight.remove(&name);
+                match &resumed {
+                    Some(id) => log::info!("{name}: launched under {account}, resuming {id}"),
+                    None => log::info!("{name}: launched under {account}"),
+                }
+                session::on_launched(&mut self.book, &pool, &name, cwd, &account, pane_pid, relaunch, now);
+            }
+            Report::Died { name, last_output } => {
+                self.in_flight.remove(&name);
+                session::on_died(&mut self.book, &name, last_output, &backoff, now);
+                if let Some(r) = self.book.get(&name) {
+                    match r.state {
+                        State::Backoff | State::Failed => log::warn!(
+                            "{name}: failed to start ({} in a row), {}; retry in {}s: {}",
+                            r.failed_starts,
+                            r.state.as_str(),
+                            r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000,
+                            r.last_error.as_deref().unwrap_or("")
+                        ),
+                        _ => log::warn!("{name}: its program ended: {}", r.last_error.as_deref().unwrap_or("")),
+                    }
+                }
+            }
+            Report::Stuck { name, screen } => {
+                self.in_flight.remove(&name);
+                log::error!("{name}: no SessionStart within {:?}; left alone, its screen: {screen}", self.config.claude.startup_timeout);
+                session::on_stuck(&mut self.book, &name, screen, now);
+            }
+        }
+    }
+
+    /// A session launched but gone from tmux before `SessionStart` exited so
+    /// fast that even its pane was not kept: that is a failed start too.
+    fn vanished(&mut self, list: &[SessionInfo], now: u64, backoff: &[Duration]) {
+        let present: HashSet<&str> = list.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .book
+            .iter()
+            .filter(|(n, r)| r.state == State::Starting && !present.contains(n.as_str()) && !self.in_flight.contains(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            session::on_died(&mut self.book, &name, "the session ended before Claude Code started (no screen kept)".into(), backoff, now);
+        }
+    }
+
+    fn reconcile(&mut self, now: u64) {
+        let (Some(observed), Some(active)) = (&self.observed, &self.active) else {
+            return;
+        };
+        let actions = session::reconcile(&self.config, &self.book, observed, &self.in_flight, now);
+        if actions.is_empty() {
+            return;
+        }
+        let mut jobs = Vec::new();
+        for action in actions {
+            self.in_flight.insert(action.name().to_string());
+            jobs.push(match action {
+                Action::Launch { name, cwd, resume } => self.launch_job(&name, cwd, resume, active),
+                Action::CollectDead { name, exit_status } => Job::CollectDead { name, exit_status },
+                Action::ReportStuck { name } => Job::ReportStuck { name },
+            });
+        }
+        let _ = self.watcher.send(Request::Execute(jobs));
+    }
+
+    /// The exact launch of SPEC.md "Sessions".
+    fn launch_job(&self, name: &str, cwd: PathBuf, resume: Option<String>, active: &Active) -> Job {
+        let pool = session::pool_of(&self.config, name).map(|p| p.name.clone()).unwrap_or_default();
+        let mut env = vec![
+            (facts::ENV_CONFIG_DIR.to_string(), active.home.to_string_lossy().into_owned()),
+            (facts::ENV_SESSION.to_string(), name.to_string()),
+            (facts::ENV_STATE_DIR.to_string(), self.config.state_dir.to_string_lossy().into_owned()),
+        ];
+        env.extend(self.config.claude.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut argv = vec![self.claude_binary.to_string_lossy().into_owned()];
+        argv.extend(self.config.claude.args.iter().cloned());
+        let resume = resume.map(|id| {
+            let transcript = active
+                .home
+                .join("projects")
+                .join(facts::transcript_folder_name(&cwd))
+                .join(format!("{id}.jsonl"));
+            (id, transcript)
+        });
+        Job::Launch {
+            launch: Launch {
+                name: name.to_string(),
+                cwd,
+                width: self.config.tmux.width,
+                height: self.config.tmux.height,
+                env,
+                argv,
+            },
+            resume,
+            relaunch: self.book.contains_key(name),
+            pool,
+            account: active.name.clone(),
+        }
+    }
+
+    /// SIGHUP: build the new config aside; refuse a bad one.
+    fn reload(&mut self) {
+        match Config::load(&self.config_path) {
+            Err(e) => {
+                log::error!("reload refused, the running config stays: {e}");
+                self.config_error = Some(e.to_string());
+            }
+            Ok(next) if next.state_dir != self.config.state_dir || next.tmux.socket != self.config.tmux.socket => {
+                let e = "state_dir and tmux.socket cannot change on reload; restart the daemon for that".to_string();
+                log::error!("reload refused, the running config stays: {e}");
+                self.config_error = Some(e);
+            }
+            Ok(next) => {
+                log::info!("config reloaded from {}", self.config_path.display());
+                self.config_error = None;
+                let _ = self.switcher.send(switcher::Request::Reconfigure(Box::new(next.clone())));
+                self.config = next;
+                let _ = self.watcher.send(Request::Observe);
+            }
+        }
+    }
+
+    /// The soonest back-off retry or start-up timeout.
+    fn next_deadline(&self) -> Option<Duration> {
+        let now = now_ms();
+        let startup = self.config.claude.startup_timeout.as_millis() as u64;
+        self.book
+            .values()
+            .filter_map(|r| match r.state {
+                State::Backoff | State::Failed => r.retry_at_ms,
+                State::Starting => r.launched_at_ms.map(|t| t + startup + 1),
+                _ => None,
+            })
+            // A deadline already past has woken us once; don't spin on it.
+            .filter(|&at| at > now)
+            .min()
+            .map(|at| Duration::from_millis(at - now))
+    }
+
+    /// Persist what changed, drop consumed event files, publish, tell systemd.
+    fn after_turn(&mut self) {
+        self.persist();
+        for path in self.consumed.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+        self.publish();
+        if !self.ready && self.observed.is_some() && self.active.is_some() {
+            self.ready = true;
+            self.sd.notify("READY=1");
+            log::info!("ready");
+        }
+    }
+
+    fn persist(&mut self) {
+        let file = SessionsFile { sessions: self.book.clone() };
+        let Ok(text) = serde_json::to_string_pretty(&file) else {
+            return;
+        };
+        if text == self.persisted {
+            return;
+        }
+        let path = self.config.state_dir.join("sessions.json");
+        match atomic_file::write(&path, text.as_bytes()) {
+            Ok(()) => self.persisted = text,
+            Err(e) => log::error!("cannot write {}: {e}", path.display()),
+        }
+    }
+
+    fn publish(&self) {
+        let mut health = Vec::new();
+        if let Some(e) = &self.observe_error {
+            health.push(format!("tmux unreachable: {e}"));
+        }
+        let managed: HashSet<&str> = self.book.keys().map(String::as_str).collect();
+        let unmanaged = self
+            .observed
+            .iter()
+            .flatten()
+            .filter(|s| !managed.contains(s.name.as_str()) && session::pool_of(&self.config, &s.name).is_none())
+            .map(|s| s.name.clone())
+            .collect();
+        let accounts = self
+            .config
+            .accounts
+            .iter()
+            .map(|a| {
+                let auth = match Credentials::read(&a.home) {
+                    Ok(c) if c.expired(SystemTime::now()) => "expired".to_string(),
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("unusable: {e}"),
+                };
+                AccountStatus {
+                    name: a.name.clone(),
+                    home: a.home.to_string_lossy().into_owned(),
+                    usable: auth == "ok",
+                    reason: (auth != "ok").then(|| auth.clone()),
+                    five_hour: None,
+                    seven_day: None,
+                    auth,
+                }
+            })
+            .collect();
+        let sessions = self
+            .book
+            .iter()
+            .map(|(name, r)| SessionStatus {
+                name: name.clone(),
+                pool: r.pool.clone(),
+                state: r.state.as_str().to_string(),
+                account: r.account.clone(),
+                claude_session_id: r.claude_session_id.clone(),
+                task: r.task.clone(),
+                cwd: r.cwd.to_string_lossy().into_owned(),
+                since: crate::time::rfc3339(UNIX_EPOCH + Duration::from_millis(r.since_ms)),
+                restarts: r.restarts,
+                last_error: r.last_error.clone(),
+                pane_pid: r.pane_pid,
+            })
+            .collect();
+        status::publish(
+            &self.published,
+            Status {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                active_account: self.active.as_ref().map(|a| a.name.clone()),
+                accounts,
+                sessions,
+                unmanaged_sessions: unmanaged,
+                config_error: self.config_error.clone(),
+                health_problems: health,
+                ..Status::default()
+            },
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The daemon core on the real Claude Code: pools come up and stay up,
+//! sessions that die are resumed, sessions that cannot start back off and
+//! are reported, the daemon stops and restarts without disturbing a single
+//! session, and other people's tmux sessions are never touched.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use support::{wait_for, World};
+
+const UP: Duration = Duration::from_secs(60);
+
+fn fast_lifecycle(spec: &mut claude_failover::sandbox::SandboxSpec) {
+    spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\n  restart_backoff: [1s, 2s, 3s]\n");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Waits for the daemon process `pid` to exit; returns its exit status.
+fn wait_exit(w: &mut World, pid: u32, timeout: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(code) = w.h.try_exit_status(pid) {
+            return code;
+        }
+        assert!(started.elapsed() < timeout, "daemon {pid} still running after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Manual sessions on the same server run `cat`, so a single keystroke sent
+/// to them would show on their screen.
+fn start_manual_sessions(w: &World) -> Vec<(String, u32)> {
+    ["ccl-0", "ccl-1"]
+        .iter()
+        .map(|name| {
+            let out = w.h.tmux.raw(&["new-session", "-d", "-s", name, "cat"]).unwrap();
+            assert!(out.success(), "{}", out.complaint());
+            (name.to_string(), w.pane_pid(name).unwrap())
+        })
+        .collect()
+}
+
+fn assert_untouched(w: &World, manual: &[(String, u32)]) {
+    for (name, pid) in manual {
+        assert_eq!(w.pane_pid(name), Some(*pid), "{name} was restarted");
+        let screen = w.h.tmux.capture_pane(name, 100).unwrap();
+        assert!(screen.trim().is_empty(), "{name} received keystrokes: {screen:?}");
+    }
+}
+
+#[test]
+fn pools_come_up_survive_kills_and_restarts_and_leave_others_alone() {
+    let Some(mut w) = World::new("core", fast_lifecycle) else { return };
+    let manual = start_manual_sessions(&w);
+    let notify_path = w.h.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let pid = w.start_daemon(&[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+
+    // 1. ccl-auto-11 and ccl-auto-12 come up idle with a conversation id.
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
+    assert_eq!(&buf[..n], b"READY=1");
+    let s11 = w.wait_state("ccl-auto-11", "idle", UP);
+    let s12 = w.wait_state("ccl-auto-12", "idle", UP);
+    for s in [&s11, &s12] {
+        assert!(s["claude_session_id"].as_str().is_some_and(|id| id.len() > 8), "{s}");
+        assert_eq!(s["account"], "alpha");
+        assert_eq!(s["pool"], "auto");
+    }
+    let status = w.status().unwrap();
+    assert_eq!(status["sessions"].as_array().unwrap().len(), 2, "{status}");
+    let unmanaged: Vec<&str> = status["unmanaged_sessions"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(unmanaged, vec!["ccl-0", "ccl-1"]);
+    assert!(w.h.tmux.list_sessions().unwrap().iter().all(|s| s.name != "ccl-auto-13"), "only min sessions");
+
+    // 2. A conversation on ccl-auto-12, then the session is killed: it comes
+    // back resumed, and the next request carries the earlier turns.
+    let id12 = s12["claude_session_id"].as_str().unwrap().to_string();
+    w.type_prompt("ccl-auto-12", "core-first: remember the word heron");
+    w.api.wait_for_request(|r| r.prompt == "core-first: remember the word heron", UP).expect("first prompt reached the API");
+    w.wait_state("ccl-auto-12", "idle", UP);
+    let old_pid = w.pane_pid("ccl-auto-12").unwrap();
+    let killed_at = Instant::now();
+    w.h.tmux.kill_session("ccl-auto-12").unwrap();
+    let back = wait_for(UP, "ccl-auto-12 relaunched and idle", || {
+        w.session("ccl-auto-12").filter(|s| s["state"] == "idle" && s["restarts"].as_u64() >= Some(1))
+    });
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(2) + UP, "took {took:?}");
+    assert_ne!(w.pane_pid("ccl-auto-12"), Some(old_pid));
+    assert_eq!(back["claude_session_id"].as_str(), Some(id12.as_str()), "resumed the same conversation");
+    w.type_prompt("ccl-auto-12", "core-second: which word?");
+    let req = w.api.wait_for_request(|r| r.prompt == "core-second: which word?", UP).expect("second prompt reached the API");
+    let history = req.messages.to_string();
+    assert!(history.contains("core-first: remember the word heron"), "earlier turn missing: {history}");
+    assert!(history.contains("STANDIN-ANSWER[alpha]: core-first"), "earlier answer missing: {history}");
+    w.wait_state("ccl-auto-12", "idle", UP);
+
+    // 4a. SIGTERM: exit 0 within 5 s, sessions left running.
+    let pids_before: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"].iter().map(|n| w.pane_pid(n)).collect();
+    let t = Instant::now();
+    signal(pid, "-TERM");
+    assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+
+    // While the daemon is down, ccl-auto-11 starts a new conversation
+    // (`/clear`): its hook events wait in the events folder.
+    let id11 = s11["claude_session_id"].as_str().unwrap().to_string();
+    w.type_prompt("ccl-auto-11", "/clear");
+    wait_for(UP, "the SessionStart of /clear recorded", || {
+        std::fs::read_dir(w.sb.state_dir.join("events")).ok()?.flatten().find(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"source\":\"clear\""))
+        })
+    });
+
+    // 4b. Start again: nothing relaunched, states rebuilt, the waiting events applied.
+    let pid = w.start_daemon(&[]);
+    let s11 = wait_for(UP, "ccl-auto-11 with its new conversation", || {
+        w.session("ccl-auto-11").filter(|s| s["claude_session_id"].as_str().is_some_and(|id| id != id11))
+    });
+    assert_eq!(s11["state"], "idle");
+    assert_eq!(w.session("ccl-auto-12").unwrap()["claude_session_id"].as_str(), Some(id12.as_str()));
+    let pids_after: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"].iter().map(|n| w.pane_pid(n)).collect();
+    assert_eq!(pids_before, pids_after, "a restart must not relaunch sessions");
+
+    // 4c. kill -9, start again: same.
+    signal(pid, "-KILL");
+    wait_exit(&mut w, pid, Duration::from_secs(5));
+    let pid = w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    w.wait_state("ccl-auto-12", "idle", UP);
+    std::thread::sleep(Duration::from_secs(3)); // more than one interval
+    let pids_after: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"].iter().map(|n| w.pane_pid(n)).collect();
+    assert_eq!(pids_before, pids_after, "a restart after kill -9 must not relaunch sessions");
+    assert_eq!(w.session("ccl-auto-12").unwrap()["restarts"], 1);
+
+    assert_untouched(&w, &manual);
+    signal(pid, "-TERM");
+    assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn a_session_that_cannot_start_backs_off_and_is_reported_failed() {
+    let Some(mut w) = World::new("backoff", |spec| {
+        fast_lifecycle(spec);
+        spec.claude_args = vec!["--no-such-flag-for-claude".into()];
+        spec.pools[0].min = 1;
+    }) else {
+        return;
+    };
+    let pid = w.start_daemon(&[]);
+    // Sample restarts for 14 s: launches at about 0, 1, 3, 6, then every 3 s.
+    let started = Instant::now();
+    let mut launches: Vec<(Duration, u64)> = Vec::new();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(14) {
+        if let Some(s) = w.session("ccl-auto-11") {
+            let r = s["restarts"].as_u64().unwrap_or(0);
+            if last != Some(r) {
+                launches.push((started.elapsed(), r));
+                last = Some(r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = w.session("ccl-auto-11").unwrap();
+    let restarts = s["restarts"].as_u64().unwrap();
+    // Never a tight loop: 14 s allow at most 1 + 1 + 1 + 3 = 6 relaunches.
+    assert!((3..=6).contains(&restarts), "restarts {restarts}: {launches:?}");
+    let gaps: Vec<f64> = launches.windows(2).map(|p| (p[1].0 - p[0].0).as_secs_f64()).collect();
+    for (i, gap) in gaps.iter().enumerate().skip(1) {
+        let step = [1.0, 2.0, 3.0][i.min(2)];
+        assert!(*gap >= step - 0.3, "gap {i} = {gap:.1}s shorter than its back-off step {step}s: {launches:?}");
+    }
+    let s = wait_for(Duration::from_secs(15), "ccl-auto-11 failed", || w.session("ccl-auto-11").filter(|s| s["state"] == "failed"));
+    let err = s["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("no-such-flag-for-claude"), "last_error should hold claude's own words: {err}");
+    signal(pid, "-TERM");
+    assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
+}
