@@ -18,6 +18,8 @@ pub mod sd_notify;
 pub mod session;
 pub mod session_watcher;
 pub mod settings;
+pub mod setup;
+pub mod shared_folders;
 pub mod standin;
 pub mod status;
 pub mod switcher;

@@ -58,7 +58,11 @@ impl fmt::Display for Found {
             Found::WrongTarget(t) => write!(f, "a symlink to {}", t.display()),
             Found::Dangling(t) => write!(f, "a dangling symlink to {}", t.display()),
             Found::RelativeTarget(t) => {
-                write!(f, "a relative symlink to {} (links must be absolute)", t.display())
+                write!(
+                    f,
+                    "a relative symlink to {} (links must be absolute)",
+                    t.display()
+                )
             }
             Found::Unreadable(why) => write!(f, "something that cannot be read ({why})"),
         }
@@ -79,9 +83,17 @@ pub enum Problem {
         found: Found,
     },
     /// `shared_root/<entry>` itself is not a folder.
-    SharedFolder { entry: String, path: PathBuf, found: Found },
+    SharedFolder {
+        entry: String,
+        path: PathBuf,
+        found: Found,
+    },
     /// The account home is not a readable folder.
-    Home { account: String, path: PathBuf, found: Found },
+    Home {
+        account: String,
+        path: PathBuf,
+        found: Found,
+    },
     /// Once symlinks are resolved, an account home is, contains or sits
     /// inside the shared root or another account's home.
     Overlap { account: String, message: String },
@@ -94,9 +106,9 @@ impl Problem {
     /// The account concerned, when there is one.
     pub fn account(&self) -> Option<&str> {
         match self {
-            Problem::Link { account, .. } | Problem::Home { account, .. } | Problem::Overlap { account, .. } => {
-                Some(account)
-            }
+            Problem::Link { account, .. }
+            | Problem::Home { account, .. }
+            | Problem::Overlap { account, .. } => Some(account),
             Problem::SharedFolder { .. } | Problem::BadEntry { .. } => None,
         }
     }
@@ -104,9 +116,9 @@ impl Problem {
     /// The shared entry concerned, when there is one.
     pub fn entry(&self) -> Option<&str> {
         match self {
-            Problem::Link { entry, .. } | Problem::SharedFolder { entry, .. } | Problem::BadEntry { entry } => {
-                Some(entry)
-            }
+            Problem::Link { entry, .. }
+            | Problem::SharedFolder { entry, .. }
+            | Problem::BadEntry { entry } => Some(entry),
             Problem::Home { .. } | Problem::Overlap { .. } => None,
         }
     }
@@ -114,9 +126,9 @@ impl Problem {
     /// What `found` is, for the problems that have one.
     pub fn found(&self) -> Option<&Found> {
         match self {
-            Problem::Link { found, .. } | Problem::SharedFolder { found, .. } | Problem::Home { found, .. } => {
-                Some(found)
-            }
+            Problem::Link { found, .. }
+            | Problem::SharedFolder { found, .. }
+            | Problem::Home { found, .. } => Some(found),
             Problem::Overlap { .. } | Problem::BadEntry { .. } => None,
         }
     }
@@ -141,16 +153,33 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::Link { account, entry, expected, found } => write!(
+            Problem::Link {
+                account,
+                entry,
+                expected,
+                found,
+            } => write!(
                 f,
                 "account {account}: {entry}: expected a symlink to {}, found {found}",
                 expected.display()
             ),
             Problem::SharedFolder { entry, path, found } => {
-                write!(f, "shared root: {entry}: expected a folder at {}, found {found}", path.display())
+                write!(
+                    f,
+                    "shared root: {entry}: expected a folder at {}, found {found}",
+                    path.display()
+                )
             }
-            Problem::Home { account, path, found } => {
-                write!(f, "account {account}: home: expected a folder at {}, found {found}", path.display())
+            Problem::Home {
+                account,
+                path,
+                found,
+            } => {
+                write!(
+                    f,
+                    "account {account}: home: expected a folder at {}, found {found}",
+                    path.display()
+                )
             }
             Problem::Overlap { account, message } => write!(f, "account {account}: {message}"),
             Problem::BadEntry { entry } => write!(
@@ -214,11 +243,16 @@ pub fn verify(config: &Config) -> Vec<Problem> {
         }
     }
     for account in &config.accounts {
-        if homes.iter().any(|p| p.account() == Some(account.name.as_str())) {
+        if homes
+            .iter()
+            .any(|p| p.account() == Some(account.name.as_str()))
+        {
             continue;
         }
         for entry in &config.shared {
-            if let Some(found) = inspect_link(&account.home.join(entry), &shared_path(config, entry)) {
+            if let Some(found) =
+                inspect_link(&account.home.join(entry), &shared_path(config, entry))
+            {
                 problems.push(Problem::Link {
                     account: account.name.clone(),
                     entry: entry.clone(),
@@ -239,10 +273,17 @@ pub fn verify(config: &Config) -> Vec<Problem> {
 ///
 /// A link that resolves to the right folder but is relative is accepted: it
 /// works, and `verify` reports it for `setup` to straighten.
-pub fn ensure_for_account(config: &Config, account: &AccountConfig) -> Result<Vec<PathBuf>, EnsureError> {
+pub fn ensure_for_account(
+    config: &Config,
+    account: &AccountConfig,
+) -> Result<Vec<PathBuf>, EnsureError> {
     let mut problems = entry_problems(config);
     if problems.is_empty() {
-        problems.extend(home_problems(config).into_iter().filter(|p| p.account() == Some(account.name.as_str())));
+        problems.extend(
+            home_problems(config)
+                .into_iter()
+                .filter(|p| p.account() == Some(account.name.as_str())),
+        );
     }
     if problems.is_empty() {
         problems.extend(overlap_problems(config, Some(account)));
@@ -258,7 +299,11 @@ pub fn ensure_for_account(config: &Config, account: &AccountConfig) -> Result<Ve
         match inspect_shared_folder(&target) {
             None => {}
             Some(Found::Missing) => folders.push(target.clone()),
-            Some(found) => problems.push(Problem::SharedFolder { entry: entry.clone(), path: target.clone(), found }),
+            Some(found) => problems.push(Problem::SharedFolder {
+                entry: entry.clone(),
+                path: target.clone(),
+                found,
+            }),
         }
         let link = account.home.join(entry);
         match inspect_link(&link, &target) {
@@ -280,7 +325,12 @@ pub fn ensure_for_account(config: &Config, account: &AccountConfig) -> Result<Ve
     for folder in folders {
         match std::fs::create_dir_all(&folder) {
             Ok(()) => created.push(folder),
-            Err(source) => return Err(EnsureError::Create { path: folder, source }),
+            Err(source) => {
+                return Err(EnsureError::Create {
+                    path: folder,
+                    source,
+                })
+            }
         }
     }
     for (entry, link, target) in links {
@@ -288,17 +338,19 @@ pub fn ensure_for_account(config: &Config, account: &AccountConfig) -> Result<Ve
             Ok(()) => created.push(link),
             // Someone got there first (Claude Code creating a real folder, or
             // another swap creating the same link): judge what is there now.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match inspect_link(&link, &target) {
-                None | Some(Found::RelativeTarget(_)) => {}
-                Some(found) => {
-                    return Err(EnsureError::Problems(vec![Problem::Link {
-                        account: account.name.clone(),
-                        entry: entry.clone(),
-                        expected: target,
-                        found,
-                    }]))
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match inspect_link(&link, &target) {
+                    None | Some(Found::RelativeTarget(_)) => {}
+                    Some(found) => {
+                        return Err(EnsureError::Problems(vec![Problem::Link {
+                            account: account.name.clone(),
+                            entry: entry.clone(),
+                            expected: target,
+                            found,
+                        }]))
+                    }
                 }
-            },
+            }
             Err(source) => return Err(EnsureError::Create { path: link, source }),
         }
     }
@@ -366,7 +418,11 @@ pub fn home_problems(config: &Config) -> Vec<Problem> {
 /// the shared root or another home. With `only`, just that account's.
 pub fn overlap_problems(config: &Config, only: Option<&AccountConfig>) -> Vec<Problem> {
     let root = resolve(&config.shared_root);
-    let homes: Vec<(&AccountConfig, PathBuf)> = config.accounts.iter().map(|a| (a, resolve(&a.home))).collect();
+    let homes: Vec<(&AccountConfig, PathBuf)> = config
+        .accounts
+        .iter()
+        .map(|a| (a, resolve(&a.home)))
+        .collect();
     let mut problems = Vec::new();
     for (i, (account, home)) in homes.iter().enumerate() {
         if only.is_some_and(|o| o.name != account.name) {
@@ -418,7 +474,9 @@ pub fn inspect_shared_folder(path: &Path) -> Option<Found> {
         Ok(m) if m.is_dir() => None,
         Ok(_) => Some(Found::RealFile),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::symlink_metadata(path) {
-            Ok(_) => Some(Found::Dangling(std::fs::read_link(path).unwrap_or_default())),
+            Ok(_) => Some(Found::Dangling(
+                std::fs::read_link(path).unwrap_or_default(),
+            )),
             Err(_) => Some(Found::Missing),
         },
         Err(e) => Some(Found::Unreadable(e.to_string())),
@@ -447,9 +505,12 @@ pub fn inspect_link(link: &Path, expected: &Path) -> Option<Found> {
     };
     let real = match link.canonicalize() {
         Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Some(Found::Unreadable(e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Some(Found::Unreadable(e.to_string()))
+        }
         Err(_) => {
-            let waiting_for_folder = target == expected && std::fs::symlink_metadata(expected).is_err();
+            let waiting_for_folder =
+                target == expected && std::fs::symlink_metadata(expected).is_err();
             return (!waiting_for_folder).then_some(Found::Dangling(target));
         }
     };
@@ -473,7 +534,10 @@ pub fn resolve(path: &Path) -> PathBuf {
     let mut cur = path.to_path_buf();
     loop {
         if let Ok(real) = cur.canonicalize() {
-            return rest.iter().rev().fold(real, |acc, part: &std::ffi::OsString| acc.join(part));
+            return rest
+                .iter()
+                .rev()
+                .fold(real, |acc, part: &std::ffi::OsString| acc.join(part));
         }
         match (cur.file_name().map(|n| n.to_os_string()), cur.parent()) {
             (Some(name), Some(parent)) => {
@@ -508,7 +572,10 @@ mod tests {
         let created = ensure_for_account(&c, &c.accounts[1]).unwrap();
         let home = &c.accounts[1].home;
         let links: Vec<&PathBuf> = created.iter().filter(|p| p.starts_with(home)).collect();
-        let names: Vec<String> = links.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = links
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, REQUIRED_SHARED);
         assert_eq!(names, ["projects", "file-history", "session-env"]);
         let mut parents = Vec::new();
@@ -524,20 +591,33 @@ mod tests {
         assert_eq!(created.len(), 6, "{created:?}");
         assert!(std::fs::symlink_metadata(c.accounts[0].home.join("projects")).is_err());
         // A second call has nothing to do.
-        assert_eq!(ensure_for_account(&c, &c.accounts[1]).unwrap(), Vec::<PathBuf>::new());
-        assert!(verify(&c).iter().all(|p| p.account() == Some("main")), "{:?}", verify(&c));
+        assert_eq!(
+            ensure_for_account(&c, &c.accounts[1]).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        assert!(
+            verify(&c).iter().all(|p| p.account() == Some("main")),
+            "{:?}",
+            verify(&c)
+        );
     }
 
     #[test]
     fn extra_entries_are_linked_too() {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(dir.path(), "shared: [projects, file-history, session-env, todos]\n");
+        let c = config(
+            dir.path(),
+            "shared: [projects, file-history, session-env, todos]\n",
+        );
         for a in &c.accounts {
             std::fs::create_dir_all(&a.home).unwrap();
             ensure_for_account(&c, a).unwrap();
         }
         assert_eq!(verify(&c), vec![]);
-        assert!(std::fs::read_link(c.accounts[0].home.join("todos")).unwrap() == c.shared_root.join("todos"));
+        assert!(
+            std::fs::read_link(c.accounts[0].home.join("todos")).unwrap()
+                == c.shared_root.join("todos")
+        );
     }
 
     #[test]
@@ -553,10 +633,22 @@ mod tests {
             std::fs::create_dir_all(&a.home).unwrap();
         }
         let err = ensure_for_account(&c, &c.accounts[0]).unwrap_err();
-        assert!(err.to_string().contains("`../escape` is not a single folder name"), "{err}");
-        assert!(std::fs::symlink_metadata(c.accounts[0].home.join("projects")).is_err(), "nothing created");
+        assert!(
+            err.to_string()
+                .contains("`../escape` is not a single folder name"),
+            "{err}"
+        );
+        assert!(
+            std::fs::symlink_metadata(c.accounts[0].home.join("projects")).is_err(),
+            "nothing created"
+        );
         assert!(!dir.path().join("escape").exists());
-        assert_eq!(verify(&c), vec![Problem::BadEntry { entry: "../escape".into() }]);
+        assert_eq!(
+            verify(&c),
+            vec![Problem::BadEntry {
+                entry: "../escape".into()
+            }]
+        );
     }
 
     #[test]
@@ -565,10 +657,18 @@ mod tests {
         let c = config(dir.path(), "");
         std::fs::create_dir_all(&c.accounts[0].home).unwrap();
         symlink(&c.accounts[0].home, &c.accounts[1].home).unwrap();
-        let err = ensure_for_account(&c, &c.accounts[1]).unwrap_err().to_string();
-        assert!(err.contains("account backup: home") && err.contains("account main"), "{err}");
+        let err = ensure_for_account(&c, &c.accounts[1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("account backup: home") && err.contains("account main"),
+            "{err}"
+        );
         assert!(err.contains("same folder or nested"), "{err}");
-        assert!(std::fs::symlink_metadata(c.accounts[0].home.join("projects")).is_err(), "nothing created");
+        assert!(
+            std::fs::symlink_metadata(c.accounts[0].home.join("projects")).is_err(),
+            "nothing created"
+        );
 
         std::fs::remove_file(&c.accounts[1].home).unwrap();
         std::fs::create_dir_all(c.shared_root.join("inner")).unwrap();

@@ -187,3 +187,34 @@ fn a_session_that_cannot_start_backs_off_and_is_reported_failed() {
     signal(pid, "-TERM");
     assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
 }
+
+#[test]
+fn a_session_stuck_on_the_trust_dialog_is_reported_and_never_typed_into() {
+    let Some(mut w) = World::new("stuck", |spec| {
+        fast_lifecycle(spec);
+        spec.pools[0].min = 1;
+        spec.extra_yaml.push_str("# startup_timeout is set below\n");
+    }) else {
+        return;
+    };
+    // Untrust the pool folder in the active account and shorten start-up.
+    let alpha = w.sb.account("alpha").unwrap().home.clone();
+    let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
+    claude_failover::sandbox::write_claude_json(&alpha, true, &projects).unwrap();
+    let config = std::fs::read_to_string(&w.sb.config_path).unwrap().replace("startup_timeout: 60s", "startup_timeout: 5s");
+    std::fs::write(&w.sb.config_path, config).unwrap();
+
+    let pid = w.start_daemon(&[]);
+    let s = wait_for(UP, "ccl-auto-11 reported failed", || w.session("ccl-auto-11").filter(|s| s["state"] == "failed"));
+    let err = s["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("no SessionStart"), "{err}");
+    assert!(err.to_lowercase().contains("trust"), "the screen text should name the dialog: {err}");
+    // Left alone: same pane, dialog still up, not relaunched over two intervals.
+    let pane = w.pane_pid("ccl-auto-11");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(w.pane_pid("ccl-auto-11"), pane);
+    assert_eq!(w.session("ccl-auto-11").unwrap()["restarts"], 0);
+    assert_eq!(w.session("ccl-auto-11").unwrap()["state"], "failed");
+    signal(pid, "-TERM");
+    assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
+}

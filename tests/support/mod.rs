@@ -30,7 +30,9 @@ fn cached_claude() -> PathBuf {
 /// end-to-end suite is off (then the test returns early, saying so).
 /// With `CLAUDE_FAILOVER_E2E=1` a missing binary is a failure, never a skip.
 pub fn e2e_claude() -> Option<PathBuf> {
-    let enabled = std::env::var("CLAUDE_FAILOVER_E2E").map(|v| v == "1").unwrap_or(false);
+    let enabled = std::env::var("CLAUDE_FAILOVER_E2E")
+        .map(|v| v == "1")
+        .unwrap_or(false);
     if !enabled {
         eprintln!("end-to-end suite off: set CLAUDE_FAILOVER_E2E=1 (scripts/test.sh does)");
         return None;
@@ -82,7 +84,10 @@ impl Harness {
         );
         let tmux = Tmux::new(Some(socket.clone()), Duration::from_secs(10));
         Harness {
-            dir: tempfile::Builder::new().prefix("cf-test-").tempdir().expect("temp folder"),
+            dir: tempfile::Builder::new()
+                .prefix("cf-test-")
+                .tempdir()
+                .expect("temp folder"),
             socket,
             tmux,
             logs: Vec::new(),
@@ -108,7 +113,9 @@ impl Harness {
     /// Starts the binary under test with `args`, output into a log file that
     /// is dumped on failure; killed at teardown.
     pub fn spawn_bin(&mut self, args: &[&str], env: &[(&str, &str)]) -> u32 {
-        let log = self.path().join(format!("daemon-{}.log", self.children.len()));
+        let log = self
+            .path()
+            .join(format!("daemon-{}.log", self.children.len()));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(bin());
@@ -133,7 +140,10 @@ impl Harness {
         eprintln!("==== diagnostics (tmux -L {}) ====", self.socket);
         for log in &self.logs {
             eprintln!("---- {} ----", log.display());
-            eprintln!("{}", std::fs::read_to_string(log).unwrap_or_else(|e| format!("(unreadable: {e})")));
+            eprintln!(
+                "{}",
+                std::fs::read_to_string(log).unwrap_or_else(|e| format!("(unreadable: {e})"))
+            );
         }
         for dir in &self.state_dirs {
             dump_tree(dir, 0);
@@ -141,8 +151,16 @@ impl Harness {
         match self.tmux.list_sessions() {
             Ok(sessions) => {
                 for s in sessions {
-                    eprintln!("---- capture-pane {} (pid {:?}, dead {}) ----", s.name, s.pane_pid, s.pane_dead);
-                    eprintln!("{}", self.tmux.capture_pane(&s.name, 200).unwrap_or_else(|e| e.to_string()));
+                    eprintln!(
+                        "---- capture-pane {} (pid {:?}, dead {}) ----",
+                        s.name, s.pane_pid, s.pane_dead
+                    );
+                    eprintln!(
+                        "{}",
+                        self.tmux
+                            .capture_pane(&s.name, 200)
+                            .unwrap_or_else(|e| e.to_string())
+                    );
                 }
             }
             Err(e) => eprintln!("tmux list-sessions: {e}"),
@@ -205,7 +223,11 @@ impl World {
         };
         tweak(&mut spec);
         let api = StandIn::start(StandInOptions {
-            accounts: spec.accounts.iter().map(|n| StandInAccount::new(n.clone(), sandbox::token_for(n))).collect(),
+            accounts: spec
+                .accounts
+                .iter()
+                .map(|n| StandInAccount::new(n.clone(), sandbox::token_for(n)))
+                .collect(),
             ..StandInOptions::default()
         })
         .expect("start the API stand-in");
@@ -234,7 +256,11 @@ impl World {
     /// The session's entry in `/status`.
     pub fn session(&self, name: &str) -> Option<serde_json::Value> {
         let status = self.status()?;
-        status["sessions"].as_array()?.iter().find(|s| s["name"] == name).cloned()
+        status["sessions"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
     }
 
     /// Waits until `name` is in `state` in `/status`; returns its entry.
@@ -252,6 +278,12 @@ impl World {
     }
 
     pub fn pane_pid(&self, name: &str) -> Option<u32> {
-        self.h.tmux.list_sessions().ok()?.into_iter().find(|s| s.name == name)?.pane_pid
+        self.h
+            .tmux
+            .list_sessions()
+            .ok()?
+            .into_iter()
+            .find(|s| s.name == name)?
+            .pane_pid
     }
 }
