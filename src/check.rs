@@ -57,9 +57,12 @@ pub fn run_checks(config: &Config, now: SystemTime) -> Vec<CheckLine> {
     let mut lines = vec![CheckLine::pass("config", config.source.display().to_string())];
     lines.push(check_tmux());
     lines.push(check_claude_binary(config));
+    lines.extend(crate::shared_folders::check_lines(config));
     for account in &config.accounts {
         lines.extend(check_account(config, account, now));
     }
+    let binary = std::env::current_exe().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    lines.extend(crate::setup::hooks_installed(config, &binary));
     lines
 }
 

@@ -81,3 +81,57 @@ pub mod headers {
 /// What the TUI prints when the account refuses a request, seen on the pinned
 /// version; the first line also arrives as `StopFailure.last_assistant_message`.
 pub const LIMIT_TEXT_FIVE_HOUR: &str = "You've hit your 5-hour limit";
+
+/// The kinds of refusal Claude Code reports, told apart because each is
+/// handled differently: a window waits for its reset, login and billing need
+/// a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    FiveHour,
+    Weekly,
+    /// A weekly cap on one model (Opus, Sonnet): other models may still work.
+    ModelWeekly,
+    Login,
+    Billing,
+}
+
+/// Every known wording of a refusal on the screen or in
+/// `StopFailure.last_assistant_message`, newest first, with its kind. Text
+/// matching is the last resort: `StopFailure.error` and the quota headers
+/// come first. Matched case-insensitively as substrings.
+pub const LIMIT_TEXTS: &[(&str, LimitKind)] = &[
+    ("you've hit your 5-hour limit", LimitKind::FiveHour),
+    ("you've hit your session limit", LimitKind::FiveHour),
+    ("5-hour limit reached", LimitKind::FiveHour),
+    ("claude ai usage limit reached", LimitKind::FiveHour),
+    ("usage limit reached", LimitKind::FiveHour),
+    ("opus weekly limit reached", LimitKind::ModelWeekly),
+    ("sonnet weekly limit reached", LimitKind::ModelWeekly),
+    ("you've hit your opus limit", LimitKind::ModelWeekly),
+    ("you've hit your weekly limit", LimitKind::Weekly),
+    ("weekly limit reached", LimitKind::Weekly),
+    ("invalid api key", LimitKind::Login),
+    ("please run /login", LimitKind::Login),
+    ("oauth token has expired", LimitKind::Login),
+    ("credit balance is too low", LimitKind::Billing),
+];
+
+/// `StopFailure.error` values and what they mean.
+pub fn stop_failure_kind(error: &str) -> Option<LimitKind> {
+    match error {
+        "rate_limit" => Some(LimitKind::FiveHour),
+        "authentication_failed" => Some(LimitKind::Login),
+        "billing_error" => Some(LimitKind::Billing),
+        _ => None,
+    }
+}
+
+/// The refusal a text describes, by [`LIMIT_TEXTS`].
+pub fn classify_limit_text(text: &str) -> Option<LimitKind> {
+    let lower = text.to_lowercase();
+    LIMIT_TEXTS.iter().find(|(needle, _)| lower.contains(needle)).map(|(_, k)| *k)
+}
+
+/// The usage endpoint's beta header (claude-code-facts §5).
+pub const USAGE_BETA_HEADER: (&str, &str) = ("anthropic-beta", "oauth-2025-04-20");

@@ -31,6 +31,15 @@ pub enum Command {
     Run,
     /// Verify the config, tmux, the claude binary and every account; one line per check.
     Check,
+    /// Create the shared root and links, merge existing folders when nothing
+    /// is lost, install hooks and the status line, pre-trust folders. Idempotent.
+    Setup {
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Called by Claude Code as its status line: records the account's quota reading.
+    Statusline,
     /// Called by Claude Code hooks: records the event for the daemon. Always exits 0.
     Hook,
 }
@@ -62,6 +71,20 @@ impl Cli {
                 if let Err(e) = hook::record_from_stdin("hook") {
                     eprintln!("claude-failover hook: event not recorded: {e}");
                 }
+                exit::OK
+            }
+            Command::Setup { dry_run } => match load(&self.config_path()) {
+                Ok(config) => crate::setup::setup_command(&config, dry_run),
+                Err(code) => code,
+            },
+            Command::Statusline => {
+                // Claude Code shows what we print; a failure to record must
+                // not break its screen.
+                let (line, recorded) = hook::statusline_from_stdin();
+                if let Err(e) = recorded {
+                    eprintln!("claude-failover statusline: reading not recorded: {e}");
+                }
+                println!("{line}");
                 exit::OK
             }
             Command::Check => {

@@ -74,6 +74,8 @@ struct Daemon {
     persisted: String,
     consumed: Vec<PathBuf>,
     config_error: Option<String>,
+    /// Shared-folder divergences found by the last check.
+    shared_problems: Vec<String>,
     watcher: Sender<Request>,
     switcher: Sender<switcher::Request>,
 }
@@ -163,6 +165,7 @@ pub fn run(config_path: &Path) -> i32 {
         persisted: String::new(),
         consumed: Vec::new(),
         config_error: None,
+        shared_problems: Vec::new(),
         watcher: watcher.requests.clone(),
         switcher: switcher.requests.clone(),
         config,
@@ -206,13 +209,17 @@ pub fn run(config_path: &Path) -> i32 {
     code
 }
 
-/// What must hold before `run` touches tmux: tmux answers, the claude binary
+/// What must hold before `run` touches tmux: tmux answers, every account
+/// shares the state folders through the right symlinks, the claude binary
 /// exists. Returns the claude binary's path.
 fn startup_invariants(config: &Config) -> Result<PathBuf, Vec<String>> {
     let mut problems = Vec::new();
     let tmux = Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE);
     if let Err(e) = tmux.version() {
         problems.push(format!("tmux does not answer `tmux -V`: {e}"));
+    }
+    for problem in crate::shared_folders::verify(config) {
+        problems.push(format!("shared folders: {problem} (fix: {})", problem.hint()));
     }
     let binary = process::which(&config.claude.binary);
     if binary.is_none() {
@@ -299,7 +306,11 @@ impl Daemon {
                 self.active = Some(active);
                 let _ = self.watcher.send(Request::Observe);
             }
-            Event::Tick | Event::Deadline => {
+            Event::Tick => {
+                self.check_shared_folders();
+                let _ = self.watcher.send(Request::Observe);
+            }
+            Event::Deadline => {
                 let _ = self.watcher.send(Request::Observe);
             }
             Event::RoleGone(role) => {
@@ -337,7 +348,8 @@ impl Daemon {
                     Some(id) => log::info!("{name}: launched under {account}, resuming {id}"),
                     None => log::info!("{name}: launched under {account}"),
                 }
-                session::on_launched(&mut self.book, &pool, &name, cwd, &account, pane_pid, relaunch, now);
+                let launched = session::Launched { pool: &pool, name: &name, cwd, account: &account, pane_pid, relaunch };
+                session::on_launched(&mut self.book, launched, now);
             }
             Report::Died { name, last_output } => {
                 self.in_flight.remove(&name);
@@ -433,6 +445,19 @@ impl Daemon {
         }
     }
 
+    /// Re-validates the shared folders: a divergence is reported (log,
+    /// `/healthz`), never healed behind the operator's back.
+    fn check_shared_folders(&mut self) {
+        let problems: Vec<String> = crate::shared_folders::verify(&self.config).iter().map(|p| p.to_string()).collect();
+        for p in problems.iter().filter(|p| !self.shared_problems.contains(p)) {
+            log::error!("shared folders diverged: {p}");
+        }
+        if problems.is_empty() && !self.shared_problems.is_empty() {
+            log::info!("shared folders are consistent again");
+        }
+        self.shared_problems = problems;
+    }
+
     /// SIGHUP: build the new config aside; refuse a bad one.
     fn reload(&mut self) {
         match Config::load(&self.config_path) {
@@ -506,6 +531,7 @@ impl Daemon {
         if let Some(e) = &self.observe_error {
             health.push(format!("tmux unreachable: {e}"));
         }
+        health.extend(self.shared_problems.iter().map(|p| format!("shared folders: {p}")));
         let managed: HashSet<&str> = self.book.keys().map(String::as_str).collect();
         let unmanaged = self
             .observed

@@ -34,11 +34,34 @@ pub struct RecordedEvent {
     pub payload: serde_json::Value,
 }
 
+/// `statusline`: records the payload (its `rate_limits` are the account's
+/// quota reading) and returns the short line to print, e.g.
+/// `5h 42% · 7d 7%`. Never fails: a payload it cannot read prints a dash.
+pub fn statusline_from_stdin() -> (String, std::io::Result<PathBuf>) {
+    let mut raw = Vec::new();
+    if let Err(e) = std::io::stdin().take(MAX_PAYLOAD).read_to_end(&mut raw) {
+        return ("claude-failover".into(), Err(e));
+    }
+    let payload: serde_json::Value = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+    let line = match crate::quota::from_statusline(&payload) {
+        Some((five, seven)) => {
+            let pct = |w: Option<crate::quota::Window>| w.map(|w| format!("{:.0}%", w.utilization)).unwrap_or_else(|| "?".into());
+            format!("5h {} · 7d {}", pct(five), pct(seven))
+        }
+        None => "5h ? · 7d ?".into(),
+    };
+    (line, record(&raw, "statusline"))
+}
+
 /// Records stdin as an event. Errors are swallowed by the caller: a hook must
 /// never fail Claude Code.
 pub fn record_from_stdin(kind: &str) -> std::io::Result<PathBuf> {
     let mut raw = Vec::new();
     std::io::stdin().take(MAX_PAYLOAD).read_to_end(&mut raw)?;
+    record(&raw, kind)
+}
+
+fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
     let state_dir = std::env::var_os(facts::ENV_STATE_DIR)
         .map(PathBuf::from)
         .ok_or_else(|| std::io::Error::other(format!("{} is not set", facts::ENV_STATE_DIR)))?;
@@ -47,8 +70,8 @@ pub fn record_from_stdin(kind: &str) -> std::io::Result<PathBuf> {
         session: std::env::var(facts::ENV_SESSION).ok(),
         config_dir: std::env::var(facts::ENV_CONFIG_DIR).ok(),
         recorded_at_ms: now_ms(),
-        payload: serde_json::from_slice(&raw)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&raw).into_owned())),
+        payload: serde_json::from_slice(raw)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(raw).into_owned())),
     };
     write_event(&state_dir, &event)
 }

@@ -13,6 +13,7 @@ pub mod event_watcher;
 pub mod hook;
 pub mod http;
 pub mod process;
+pub mod quota;
 pub mod sandbox;
 pub mod sd_notify;
 pub mod session;

@@ -198,8 +198,21 @@ pub fn reconcile(
     actions
 }
 
-/// Records that `name` was just launched.
-pub fn on_launched(book: &mut Book, pool: &str, name: &str, cwd: PathBuf, account: &str, pane_pid: Option<u32>, relaunch: bool, now_ms: u64) {
+/// A launch that tmux accepted.
+#[derive(Debug, Clone)]
+pub struct Launched<'a> {
+    pub pool: &'a str,
+    pub name: &'a str,
+    pub cwd: PathBuf,
+    pub account: &'a str,
+    pub pane_pid: Option<u32>,
+    /// It ran before (a relaunch, counted in `restarts`).
+    pub relaunch: bool,
+}
+
+/// Records that a session was just launched.
+pub fn on_launched(book: &mut Book, l: Launched<'_>, now_ms: u64) {
+    let Launched { pool, name, cwd, account, pane_pid, relaunch } = l;
     let r = book.entry(name.to_string()).or_insert_with(|| Record { pool: pool.to_string(), ..Record::default() });
     r.pool = pool.to_string();
     r.set_state(State::Starting, now_ms);
@@ -367,7 +380,7 @@ mod tests {
     fn a_killed_session_is_relaunched_resuming_its_conversation() {
         let c = config();
         let mut book = Book::new();
-        on_launched(&mut book, "auto", "ccl-auto-12", "/srv".into(), "a", Some(9), false, 0);
+        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-12", cwd: "/srv".into(), account: "a", pane_pid: Some(9), relaunch: false }, 0);
         apply_hook(&mut book, &hook("ccl-auto-12", json!({"hook_event_name": "SessionStart", "session_id": "s-1", "source": "startup"})));
         assert_eq!(book["ccl-auto-12"].state, State::Idle);
         let observed = vec![alive("ccl-auto-11", 1)];
@@ -388,7 +401,7 @@ mod tests {
             for action in reconcile(&c, &book, &observed, &HashSet::new(), now) {
                 if let Action::Launch { name, cwd, .. } = action {
                     launches.push(now);
-                    on_launched(&mut book, "auto", &name, cwd, "a", None, true, now);
+                    on_launched(&mut book, Launched { pool: "auto", name: &name, cwd, account: "a", pane_pid: None, relaunch: true }, now);
                     on_died(&mut book, &name, "boom".into(), &steps, now + 100);
                 }
             }
@@ -406,7 +419,7 @@ mod tests {
     fn dead_pane_is_collected_and_a_running_session_that_dies_restarts_at_once() {
         let c = config();
         let mut book = Book::new();
-        on_launched(&mut book, "auto", "ccl-auto-11", "/srv".into(), "a", None, false, 0);
+        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-11", cwd: "/srv".into(), account: "a", pane_pid: None, relaunch: false }, 0);
         apply_hook(&mut book, &hook("ccl-auto-11", json!({"hook_event_name": "SessionStart", "session_id": "s-1"})));
         let a = reconcile(&c, &book, &[dead("ccl-auto-11"), alive("ccl-auto-12", 2)], &HashSet::new(), 10);
         assert_eq!(a, vec![Action::CollectDead { name: "ccl-auto-11".into(), exit_status: Some(1) }]);
@@ -420,7 +433,7 @@ mod tests {
     fn stuck_start_is_reported_not_typed_into_and_in_flight_is_skipped() {
         let c = config();
         let mut book = Book::new();
-        on_launched(&mut book, "auto", "ccl-auto-11", "/srv".into(), "a", None, false, 0);
+        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-11", cwd: "/srv".into(), account: "a", pane_pid: None, relaunch: false }, 0);
         let obs = [alive("ccl-auto-11", 1), alive("ccl-auto-12", 2)];
         assert!(reconcile(&c, &book, &obs, &HashSet::new(), 59_000).is_empty());
         assert_eq!(reconcile(&c, &book, &obs, &HashSet::new(), 61_000), vec![Action::ReportStuck { name: "ccl-auto-11".into() }]);
@@ -434,7 +447,7 @@ mod tests {
     #[test]
     fn hooks_move_states_and_stale_conversations_are_ignored() {
         let mut book = Book::new();
-        on_launched(&mut book, "auto", "ccl-auto-11", "/srv".into(), "a", None, false, 0);
+        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-11", cwd: "/srv".into(), account: "a", pane_pid: None, relaunch: false }, 0);
         let s = "ccl-auto-11";
         apply_hook(&mut book, &hook(s, json!({"hook_event_name": "SessionStart", "session_id": "new"})));
         apply_hook(&mut book, &hook(s, json!({"hook_event_name": "UserPromptSubmit", "session_id": "new"})));

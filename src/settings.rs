@@ -75,6 +75,45 @@ pub fn with_hooks(settings: &Value, command: &str) -> Result<(Value, bool), Stri
     Ok((Value::Object(root), changed))
 }
 
+/// The status-line command line for `binary`: `'<binary>' statusline`.
+pub fn statusline_command(binary: &str) -> String {
+    format!("{} statusline", shell_quote(binary))
+}
+
+/// True for a status-line command this program installed (any install path).
+pub fn is_our_statusline(command: &str) -> bool {
+    command
+        .strip_suffix(" statusline")
+        .map(|p| p.trim_matches('\'').rsplit('/').next() == Some("claude-failover"))
+        .unwrap_or(false)
+}
+
+/// The user's own status-line command, when they have one that is not ours.
+pub fn users_statusline(settings: &Value) -> Option<String> {
+    let cmd = settings.get("statusLine")?.get("command")?.as_str()?;
+    (!is_our_statusline(cmd)).then(|| cmd.to_string())
+}
+
+/// Returns `settings` with our status line, and whether anything changed.
+/// A status line of the user's is kept (then passive quota readings are off
+/// for that account and the usage endpoint is polled instead).
+pub fn with_statusline(settings: &Value, command: &str) -> Result<(Value, bool), String> {
+    let mut root = match settings {
+        Value::Null => Map::new(),
+        Value::Object(m) => m.clone(),
+        _ => return Err("settings.json is not a JSON object".into()),
+    };
+    if users_statusline(settings).is_some() {
+        return Ok((Value::Object(root), false));
+    }
+    let wanted = json!({ "type": "command", "command": command, "padding": 0 });
+    if root.get("statusLine") == Some(&wanted) {
+        return Ok((Value::Object(root), false));
+    }
+    root.insert("statusLine".into(), wanted);
+    Ok((Value::Object(root), true))
+}
+
 /// Quotes `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@".contains(&b)) {
@@ -127,6 +166,24 @@ mod tests {
         assert!(with_hooks(&json!([1]), "x hook").is_err());
         assert!(with_hooks(&json!({"hooks": 3}), "x hook").is_err());
         assert!(with_hooks(&json!({"hooks": {"Stop": {}}}), "x hook").is_err());
+    }
+
+    #[test]
+    fn statusline_is_ours_unless_the_user_has_one() {
+        let cmd = statusline_command("/usr/bin/claude-failover");
+        let (v, changed) = with_statusline(&json!({"model": "x"}), &cmd).unwrap();
+        assert!(changed);
+        assert_eq!(v["statusLine"]["command"], cmd.as_str());
+        assert_eq!(v["model"], "x");
+        assert!(!with_statusline(&v, &cmd).unwrap().1);
+        let users = json!({"statusLine": {"type": "command", "command": "~/bin/my-line"}});
+        let (kept, changed) = with_statusline(&users, &cmd).unwrap();
+        assert!(!changed);
+        assert_eq!(kept, users);
+        assert_eq!(users_statusline(&users).as_deref(), Some("~/bin/my-line"));
+        let (moved, changed) = with_statusline(&with_statusline(&Value::Null, &statusline_command("/old/claude-failover")).unwrap().0, &cmd).unwrap();
+        assert!(changed);
+        assert_eq!(moved["statusLine"]["command"], cmd.as_str());
     }
 
     #[test]

@@ -132,6 +132,17 @@ pub fn setup(
     };
     let lines: Vec<String> = actions.iter().map(Action::to_string).collect();
     let o = SetupError::Output;
+    for account in &config.accounts {
+        let path = account.home.join(facts::SETTINGS_JSON);
+        if let Some(theirs) = JsonFile::read(&path).ok().and_then(|f| settings::users_statusline(&f.value)) {
+            writeln!(
+                out,
+                "note: account {} keeps its own status line (`{theirs}`): passive quota readings are off for it; the usage endpoint is polled instead",
+                account.name
+            )
+            .map_err(o)?;
+        }
+    }
     if actions.is_empty() {
         writeln!(
             out,
@@ -469,8 +480,9 @@ fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
         }
     }
 
-    // Hooks.
+    // Hooks and the status line (passive quota readings).
     let command = settings::hook_command(binary);
+    let statusline = settings::statusline_command(binary);
     for account in &config.accounts {
         let path = account.home.join(facts::SETTINGS_JSON);
         let file = match JsonFile::read(&path) {
@@ -480,11 +492,15 @@ fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
                 continue;
             }
         };
-        match settings::with_hooks(&file.value, &command) {
+        let with_both = settings::with_hooks(&file.value, &command).and_then(|(v, hooks_changed)| {
+            let (v, line_changed) = settings::with_statusline(&v, &statusline)?;
+            Ok((v, hooks_changed || line_changed))
+        });
+        match with_both {
             Ok((_, false)) => {}
             Ok((next, true)) => actions.push(file.write_action(
                 format!(
-                    "install the hooks (`{command}`) for account {} in {}",
+                    "install the hooks (`{command}`) and status line for account {} in {}",
                     account.name,
                     path.display()
                 ),

@@ -268,7 +268,8 @@ impl std::error::Error for UnknownAccount {}
 /// The running stand-in. Dropping it stops the server and joins its threads.
 pub struct StandIn {
     shared: Arc<Shared>,
-    server: Arc<tiny_http::Server>,
+    /// Taken on stop, which closes the listening socket.
+    server: Option<Arc<tiny_http::Server>>,
     workers: Vec<JoinHandle<()>>,
     addr: SocketAddr,
     /// Dropped on stop: its receivers then wake every interruptible sleep.
@@ -337,7 +338,7 @@ impl StandIn {
                     // Stop the ones already running before giving up.
                     let mut partial = StandIn {
                         shared,
-                        server,
+                        server: Some(server),
                         workers,
                         addr,
                         shutdown: Some(shutdown_tx),
@@ -350,7 +351,7 @@ impl StandIn {
         debug!("stand-in listening on {addr}");
         Ok(StandIn {
             shared,
-            server,
+            server: Some(server),
             workers,
             addr,
             shutdown: Some(shutdown_tx),
@@ -366,19 +367,26 @@ impl StandIn {
         self.addr.port()
     }
 
-    /// Stops serving: in-flight streams are cut short, workers are joined.
-    /// Idempotent; `Drop` calls it.
+    /// Stops serving and joins the workers. Answers in flight are finished
+    /// at once (no more latency or token delays) rather than cut, so no
+    /// client is left waiting on a half-sent answer. Idempotent; `Drop`
+    /// calls it.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shutdown.take();
-        for _ in 0..self.workers.len() {
-            self.server.unblock();
+        if let Some(server) = &self.server {
+            for _ in 0..self.workers.len() {
+                server.unblock();
+            }
         }
         for handle in self.workers.drain(..) {
             if handle.join().is_err() {
                 warn!("stand-in worker panicked");
             }
         }
+        // The workers held the other references: this closes the listener,
+        // so a client now gets "connection refused" rather than silence.
+        self.server.take();
         // Wake anyone in wait_for_request so they see the end promptly.
         self.shared.recorded_cv.notify_all();
     }
@@ -827,6 +835,18 @@ impl Shared {
 // ----- serving -----
 
 fn worker(shared: &Shared, server: &tiny_http::Server) {
+    serve(shared, server);
+    // Requests already queued when the stop came get a quick refusal rather
+    // than none: tiny_http would keep them (and their clients) waiting.
+    while let Ok(Some(request)) = server.try_recv() {
+        let body = json!({"type": "error", "error": {"type": "overloaded_error",
+            "message": "The stand-in is stopping."}});
+        let headers = [("content-type".to_string(), "application/json".to_string())];
+        let _ = request.respond(make_response(503, &headers, body.to_string().into_bytes()));
+    }
+}
+
+fn serve(shared: &Shared, server: &tiny_http::Server) {
     while !shared.stopped() {
         match server.recv_timeout(POLL) {
             Ok(Some(request)) => {
@@ -915,8 +935,6 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
     let token = token_of(request.headers());
-    let closing = header(request.headers(), "connection")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
     let old_http = *request.http_version() < tiny_http::HTTPVersion(1, 1);
 
     let body = read_body(&mut request);
@@ -941,20 +959,12 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     debug!("stand-in: {} {} -> {}", hit.method, hit.path, hit.status);
     shared.hits.lock().push(hit);
 
-    if !shared.sleep(reply.delay) {
-        return; // stopping: tiny_http answers the dropped request with 500
-    }
+    // When stopping, the answer goes out at once instead.
+    shared.sleep(reply.delay);
     let result = match reply.body {
         Body::Events(events) if !old_http => {
             let writer = request.into_writer();
-            stream_events(
-                shared,
-                writer,
-                reply.status,
-                &reply.headers,
-                events,
-                closing,
-            )
+            stream_events(shared, writer, reply.status, &reply.headers, events)
         }
         Body::Events(events) => {
             // HTTP/1.0 has no chunked encoding: send the lot at once.
@@ -1519,7 +1529,12 @@ fn make_response(
     body: Vec<u8>,
 ) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
     let mut response = tiny_http::Response::from_data(body).with_status_code(status);
-    for (name, value) in headers {
+    // Every answer closes its connection. tiny_http cannot close the idle
+    // keep-alive connections of a stopped server, and a client that sent its
+    // next request on one would wait forever; this way it gets "connection
+    // refused" instead. Local connections are cheap.
+    let close = [("Connection".to_string(), "close".to_string())];
+    for (name, value) in headers.iter().chain(&close) {
         match tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             Ok(h) => response.add_header(h),
             Err(()) => debug!("stand-in: dropping unsendable header {name}"),
@@ -1537,7 +1552,6 @@ fn stream_events(
     status: u16,
     headers: &[(String, String)],
     events: Vec<SseEvent>,
-    closing: bool,
 ) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in headers {
@@ -1546,17 +1560,15 @@ fn stream_events(
             head.push_str(&format!("{name}: {value}\r\n"));
         }
     }
-    head.push_str("transfer-encoding: chunked\r\n");
-    if closing {
-        head.push_str("connection: close\r\n");
-    }
+    head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n");
     head.push_str("\r\n");
     writer.write_all(head.as_bytes())?;
     writer.flush()?;
+    let mut stopping = false;
     for event in events {
-        if !shared.sleep(event.delay) {
-            // Stopping: end the answer abruptly, like a dropped connection.
-            return Ok(());
+        // Once stopping, the rest goes out without delays (see StandIn::stop).
+        if !stopping {
+            stopping = !shared.sleep(event.delay);
         }
         write!(writer, "{:x}\r\n", event.text.len())?;
         writer.write_all(event.text.as_bytes())?;

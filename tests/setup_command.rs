@@ -445,7 +445,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
             w.shared("projects").display()
         ),
         format!(
-            "install the hooks (`{}`) for account main in {}",
+            "install the hooks (`{}`) and status line for account main in {}",
             settings::hook_command(BINARY),
             w.home("main").join("settings.json").display()
         ),
