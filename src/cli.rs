@@ -38,6 +38,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Ask the running daemon to fail over now.
+    Swap {
+        /// The account to move to (default: the best other one).
+        #[arg(long)]
+        to: Option<String>,
+        /// Why, for the log and notifications.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Called by Claude Code as its status line: records the account's quota reading.
     Statusline,
     /// Called by Claude Code hooks: records the event for the daemon. Always exits 0.
@@ -63,6 +72,7 @@ impl Cli {
 
     /// Runs the command; returns the exit status.
     pub fn run(self) -> i32 {
+        let config_path = self.config_path();
         match self.command {
             Command::Run => crate::daemon::run(&self.config_path()),
             Command::Hook => {
@@ -73,8 +83,12 @@ impl Cli {
                 }
                 exit::OK
             }
-            Command::Setup { dry_run } => match load(&self.config_path()) {
+            Command::Setup { dry_run } => match load(&config_path) {
                 Ok(config) => crate::setup::setup_command(&config, dry_run),
+                Err(code) => code,
+            },
+            Command::Swap { to, reason } => match load(&config_path) {
+                Ok(config) => swap_command(&config, to, reason),
                 Err(code) => code,
             },
             Command::Statusline => {
@@ -88,7 +102,7 @@ impl Cli {
                 exit::OK
             }
             Command::Check => {
-                let config = match load(&self.config_path()) {
+                let config = match load(&config_path) {
                     Ok(c) => c,
                     Err(code) => return code,
                 };
@@ -115,4 +129,68 @@ fn load(path: &std::path::Path) -> Result<Config, i32> {
         eprintln!("claude-failover: bad config: {e}");
         exit::BAD_CONFIG
     })
+}
+
+/// The bearer token for POSTs, when the config has one.
+fn token(config: &Config) -> Result<Option<String>, String> {
+    match &config.http.token_file {
+        None => Ok(None),
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| format!("cannot read http.token_file {}: {e}", p.display())),
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `swap [--to NAME] [--reason TEXT]` through `POST /swap`.
+fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> i32 {
+    let token = match token(config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("claude-failover swap: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let mut url = format!("http://{}/swap?", config.http.listen);
+    if let Some(to) = &to {
+        url.push_str(&format!("to={}&", percent_encode(to)));
+    }
+    url.push_str(&format!("reason={}", percent_encode(reason.as_deref().unwrap_or("swap command"))));
+    let mut req = ureq::post(&url).timeout(
+        config.swap.drain_timeout + config.swap.stop_timeout + config.claude.startup_timeout + std::time::Duration::from_secs(60),
+    );
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let (code, body) = match req.call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => {
+            eprintln!("claude-failover swap: the daemon at {} is unreachable: {e}", config.http.listen);
+            return exit::FAILURE;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
+    if code == 200 {
+        println!(
+            "swap {}: {} → {} done in {} ms",
+            v["id"].as_str().unwrap_or("?"),
+            v["from"].as_str().unwrap_or("?"),
+            v["to"].as_str().unwrap_or("?"),
+            v["duration_ms"]
+        );
+        exit::OK
+    } else {
+        let why = v["detail"].as_str().or(v["error"].as_str()).unwrap_or(&body).to_string();
+        eprintln!("claude-failover swap: {} ({code}): {why}", v["result"].as_str().unwrap_or("refused"));
+        exit::FAILURE
+    }
 }

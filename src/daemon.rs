@@ -27,7 +27,7 @@ use crate::sd_notify::Notifier;
 use crate::session::{self, Action, Book, State};
 use crate::session_watcher::{Job, Report, Request, SessionWatcher};
 use crate::status::{self, AccountStatus, Published, SessionStatus, Status};
-use crate::switcher::{self, Active, Switcher};
+use crate::switcher::{self, Active, Notice, SharedView, Switcher};
 use crate::tmux::{Launch, SessionInfo, Tmux};
 
 /// Everything that can wake the main loop.
@@ -38,8 +38,10 @@ enum Event {
     Hooks(Batch),
     /// The session watcher observed tmux or finished an action.
     Session(Report),
-    /// The switcher announced the active account.
-    Account(Active),
+    /// The switcher: the active account, a swap's progress, dispatch pause.
+    Switcher(Notice),
+    /// An HTTP command for the main loop.
+    Control(crate::http::Control),
     /// `lifecycle.interval` passed: reconcile fully.
     Tick,
     /// A back-off or start-up deadline is due.
@@ -78,6 +80,10 @@ struct Daemon {
     shared_problems: Vec<String>,
     watcher: Sender<Request>,
     switcher: Sender<switcher::Request>,
+    /// The switcher's published view (accounts, swaps).
+    view: SharedView,
+    /// A swap is under way: no reconcile, no dispatch; the switcher owns the sessions.
+    swapping: Option<String>,
 }
 
 /// Runs the daemon in the foreground; returns the exit status.
@@ -130,7 +136,31 @@ pub fn run(config_path: &Path) -> i32 {
         })
         .expect("spawn signals thread");
     let published: Published = Arc::new(RwLock::new(Arc::new(Status::default())));
-    let http = match Http::start(config.http.listen, published.clone()) {
+    let (active_tx, active_rx) = crossbeam_channel::unbounded();
+    let switcher = Switcher::start(&config, active_tx, published.clone());
+    let token = match &config.http.token_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => {
+                eprintln!("claude-failover: http.token_file {} is empty", path.display());
+                return exit::BAD_CONFIG;
+            }
+            Err(e) => {
+                eprintln!("claude-failover: cannot read http.token_file {}: {e}", path.display());
+                return exit::BAD_CONFIG;
+            }
+        },
+    };
+    let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    let wiring = crate::http::Wiring {
+        switcher: switcher.requests.clone(),
+        view: switcher.view.clone(),
+        main: control_tx,
+        token,
+        swap_wait: config.swap.drain_timeout + config.swap.stop_timeout + config.claude.startup_timeout + Duration::from_secs(30),
+    };
+    let http = match Http::start(config.http.listen, published.clone(), wiring) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("claude-failover: {e}");
@@ -138,8 +168,7 @@ pub fn run(config_path: &Path) -> i32 {
         }
     };
     log::info!("listening on http://{}", http.addr);
-    let (active_tx, active_rx) = crossbeam_channel::unbounded();
-    let switcher = Switcher::start(&config, active_tx);
+    let monitor = crate::quota_monitor::QuotaMonitor::start(&config, switcher.view.clone(), switcher.requests.clone());
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
     let watcher = SessionWatcher::start(Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE), report_tx);
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -168,6 +197,8 @@ pub fn run(config_path: &Path) -> i32 {
         shared_problems: Vec::new(),
         watcher: watcher.requests.clone(),
         switcher: switcher.requests.clone(),
+        view: switcher.view.clone(),
+        swapping: None,
         config,
     };
     let _ = daemon.watcher.send(Request::Observe);
@@ -179,7 +210,8 @@ pub fn run(config_path: &Path) -> i32 {
             recv(sig_rx) -> s => s.map(Event::Signal).unwrap_or(Event::RoleGone("signals")),
             recv(events_rx) -> b => b.map(Event::Hooks).unwrap_or(Event::RoleGone("event watcher")),
             recv(report_rx) -> r => r.map(Event::Session).unwrap_or(Event::RoleGone("session watcher")),
-            recv(active_rx) -> a => a.map(Event::Account).unwrap_or(Event::RoleGone("switcher")),
+            recv(active_rx) -> a => a.map(Event::Switcher).unwrap_or(Event::RoleGone("switcher")),
+            recv(control_rx) -> c => c.map(Event::Control).unwrap_or(Event::RoleGone("http")),
             recv(ticker) -> _ => Event::Tick,
             recv(deadline) -> _ => Event::Deadline,
         };
@@ -199,6 +231,8 @@ pub fn run(config_path: &Path) -> i32 {
     drop(daemon);
     drop(watcher.requests);
     join_within(watcher.thread, "session watcher");
+    drop(monitor.stop);
+    join_within(monitor.thread, "quota monitor");
     drop(switcher.requests);
     join_within(switcher.thread, "switcher");
     drop(events.stop);
@@ -282,7 +316,8 @@ impl Daemon {
             }
             Event::Signal(SIGHUP) => self.reload(),
             Event::Signal(SIGUSR1) => {
-                log::warn!("SIGUSR1: fail-over between accounts is not part of this build yet; nothing done")
+                log::warn!("SIGUSR1: fail-over requested");
+                let _ = self.switcher.send(switcher::Request::SwapNow { to: None, reason: "SIGUSR1".into(), reply: None });
             }
             Event::Signal(other) => log::debug!("ignoring signal {other}"),
             Event::Hooks(batch) => {
@@ -290,6 +325,7 @@ impl Daemon {
                 for (path, ev) in batch {
                     let hook = ev.payload.get("hook_event_name").and_then(|v| v.as_str()).unwrap_or("");
                     exits |= hook == "SessionEnd";
+                    self.forward_quota_signal(&ev, hook);
                     if session::apply_hook(&mut self.book, &ev) {
                         log::debug!("{}: {hook}", ev.session.as_deref().unwrap_or("?"));
                     }
@@ -301,10 +337,16 @@ impl Daemon {
                 }
             }
             Event::Session(report) => self.on_report(report),
-            Event::Account(active) => {
-                log::info!("active account: {}", active.name);
-                self.active = Some(active);
-                let _ = self.watcher.send(Request::Observe);
+            Event::Switcher(notice) => self.on_switcher(notice),
+            Event::Control(crate::http::Control::Reload { reply }) => {
+                self.reload();
+                let _ = reply.send(match &self.config_error {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(()),
+                });
+            }
+            Event::Control(crate::http::Control::Restart { name, reply }) => {
+                let _ = reply.send(self.restart(&name));
             }
             Event::Tick => {
                 self.check_shared_folders();
@@ -319,6 +361,77 @@ impl Daemon {
             }
         }
         None
+    }
+
+    fn on_switcher(&mut self, notice: Notice) {
+        match notice {
+            Notice::Active(active) => {
+                log::info!("active account: {}", active.name);
+                self.active = Some(active);
+                let _ = self.watcher.send(Request::Observe);
+            }
+            Notice::SwapStarted { id, from, to, reason } => {
+                log::warn!("swap {id} started: {from} → {to} ({reason}); sessions are the switcher's until it ends");
+                self.swapping = Some(id);
+            }
+            Notice::Relaunch { active, .. } => {
+                let now = now_ms();
+                // The switcher stopped them: they are dead, not failed starts.
+                for r in self.book.values_mut() {
+                    r.failed_starts = 0;
+                    r.retry_at_ms = None;
+                    r.pane_pid = None;
+                    r.set_state(State::Dead, now);
+                }
+                self.active = Some(active);
+                self.swapping = None;
+                self.in_flight.clear();
+                let _ = self.watcher.send(Request::Observe);
+            }
+            Notice::SwapEnded(result) => {
+                log::info!("swap {} ended: {}", result.id, result.result);
+                self.swapping = None;
+                let _ = self.watcher.send(Request::Observe);
+            }
+            Notice::NoAccount { paused, reason, earliest_reset } => {
+                if paused {
+                    let when = earliest_reset
+                        .map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t)))
+                        .unwrap_or_else(|| "unknown".into());
+                    log::error!("no account left ({reason}); dispatch paused until {when} or a reading drops");
+                } else {
+                    log::info!("an account can take work again; dispatch resumes");
+                }
+            }
+        }
+    }
+
+    /// Passes quota signals in hook and status-line events to the switcher,
+    /// which owns every account's readings.
+    fn forward_quota_signal(&self, ev: &crate::hook::RecordedEvent, hook: &str) {
+        let Some(home) = ev.config_dir.as_ref().map(PathBuf::from) else {
+            return;
+        };
+        if ev.kind == "statusline" {
+            if let Some((five_hour, seven_day)) = crate::quota::from_statusline(&ev.payload) {
+                let _ = self.switcher.send(switcher::Request::Reading { home, five_hour, seven_day, source: crate::quota::Source::Statusline });
+            }
+            return;
+        }
+        if hook == "StopFailure" {
+            let error = ev.payload.get("error").and_then(|v| v.as_str()).unwrap_or("");
+            let message = ev.payload.get("last_assistant_message").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            // The error field first; the text only when the field says nothing we know.
+            let kind = facts::stop_failure_kind(error).or_else(|| facts::classify_limit_text(&message));
+            if let Some(kind) = kind {
+                let kind = match (kind, facts::classify_limit_text(&message)) {
+                    // rate_limit says "refused", the text says which window.
+                    (facts::LimitKind::FiveHour, Some(text_kind)) => text_kind,
+                    (k, _) => k,
+                };
+                let _ = self.switcher.send(switcher::Request::Refusal { home, kind, message, source: crate::quota::Source::StopFailure });
+            }
+        }
     }
 
     fn on_report(&mut self, report: Report) {
@@ -338,9 +451,13 @@ impl Daemon {
                 for name in session::adopt(&mut self.book, &self.config, &list, now) {
                     log::info!("{name}: adopted (already running, no record of it)");
                 }
-                self.vanished(&list, now, &backoff);
+                if self.swapping.is_none() {
+                    self.vanished(&list, now, &backoff);
+                }
                 self.observed = Some(list);
-                self.reconcile(now);
+                if self.swapping.is_none() {
+                    self.reconcile(now);
+                }
             }
             Report::Launched { name, pool, account, cwd, pane_pid, resumed, relaunch } => {
                 self.in_flight.remove(&name);
@@ -365,6 +482,13 @@ impl Daemon {
                         ),
                         _ => log::warn!("{name}: its program ended: {}", r.last_error.as_deref().unwrap_or("")),
                     }
+                }
+            }
+            Report::Killed { name, error } => {
+                self.in_flight.remove(&name);
+                match error {
+                    Some(e) => log::error!("{name}: restart requested but it could not be stopped: {e}"),
+                    None => log::info!("{name}: restarted on request"),
                 }
             }
             Report::Stuck { name, screen } => {
@@ -458,6 +582,22 @@ impl Daemon {
         self.shared_problems = problems;
     }
 
+    /// `POST /sessions/NAME/restart`: kill it; reconcile relaunches it resumed.
+    fn restart(&mut self, name: &str) -> Result<(), String> {
+        if session::pool_of(&self.config, name).is_none() {
+            return Err(format!("{name} is not a managed session"));
+        }
+        if let Some(r) = self.book.get_mut(name) {
+            // An operator's restart clears the back-off: they fixed something.
+            r.failed_starts = 0;
+            r.retry_at_ms = None;
+            r.set_state(State::Dead, now_ms());
+        }
+        self.in_flight.insert(name.to_string());
+        let _ = self.watcher.send(Request::Execute(vec![Job::Kill { name: name.to_string() }]));
+        Ok(())
+    }
+
     /// SIGHUP: build the new config aside; refuse a bad one.
     fn reload(&mut self) {
         match Config::load(&self.config_path) {
@@ -467,6 +607,11 @@ impl Daemon {
             }
             Ok(next) if next.state_dir != self.config.state_dir || next.tmux.socket != self.config.tmux.socket => {
                 let e = "state_dir and tmux.socket cannot change on reload; restart the daemon for that".to_string();
+                log::error!("reload refused, the running config stays: {e}");
+                self.config_error = Some(e);
+            }
+            Ok(next) if !crate::shared_folders::verify(&next).is_empty() => {
+                let e = format!("shared folders: {}", crate::shared_folders::verify(&next)[0]);
                 log::error!("reload refused, the running config stays: {e}");
                 self.config_error = Some(e);
             }
@@ -540,6 +685,13 @@ impl Daemon {
             .filter(|s| !managed.contains(s.name.as_str()) && session::pool_of(&self.config, &s.name).is_none())
             .map(|s| s.name.clone())
             .collect();
+        let view = self.view.read().clone();
+        if let Some(p) = &view.partial_swap {
+            health.push(format!("partial swap: {p}"));
+        }
+        if let Some(why) = &view.dispatch_paused {
+            health.push(format!("every account exhausted: {why}"));
+        }
         let accounts = self
             .config
             .accounts
@@ -550,13 +702,26 @@ impl Daemon {
                     Ok(_) => "ok".to_string(),
                     Err(e) => format!("unusable: {e}"),
                 };
+                let v = view.accounts.iter().find(|v| v.name == a.name);
+                let window = |w: Option<crate::quota::Window>| {
+                    let q = &v?.quota;
+                    let w = w?;
+                    Some(serde_json::json!({
+                        "utilization": w.utilization,
+                        "resets_at": w.resets_at.map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t))),
+                        "source": q.source,
+                        "observed_at": q.observed_at_ms.map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_millis(t))),
+                    }))
+                };
+                let usable = auth == "ok" && v.is_none_or(|v| v.usable);
+                let reason = if auth != "ok" { Some(auth.clone()) } else { v.and_then(|v| v.reason.clone()) };
                 AccountStatus {
                     name: a.name.clone(),
                     home: a.home.to_string_lossy().into_owned(),
-                    usable: auth == "ok",
-                    reason: (auth != "ok").then(|| auth.clone()),
-                    five_hour: None,
-                    seven_day: None,
+                    usable,
+                    reason,
+                    five_hour: window(v.and_then(|v| v.quota.five_hour)),
+                    seven_day: window(v.and_then(|v| v.quota.seven_day)),
                     auth,
                 }
             })
@@ -583,6 +748,9 @@ impl Daemon {
             Status {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 active_account: self.active.as_ref().map(|a| a.name.clone()),
+                partial_swap: view.partial_swap.is_some(),
+                swap_in_progress: view.swap_in_progress.is_some() || self.swapping.is_some(),
+                last_swap: view.last_swap.as_ref().and_then(|l| serde_json::to_value(l).ok()),
                 accounts,
                 sessions,
                 unmanaged_sessions: unmanaged,

@@ -7,9 +7,32 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crossbeam_channel::Sender;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::status::{self, Published};
+use crate::switcher::{self, SharedView};
+
+/// Commands the main loop answers (it owns sessions and the config).
+#[derive(Debug)]
+pub enum Control {
+    /// As SIGHUP; the reply is the refusal, if any.
+    Reload { reply: Sender<Result<(), String>> },
+    /// Relaunch a managed session; the reply is `Err` for an unknown or unmanaged name.
+    Restart { name: String, reply: Sender<Result<(), String>> },
+}
+
+/// What the handlers may reach besides the snapshot.
+#[derive(Clone)]
+pub struct Wiring {
+    pub switcher: Sender<switcher::Request>,
+    pub view: SharedView,
+    pub main: Sender<Control>,
+    /// When set, every POST needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// How long `POST /swap` waits for the swap to end.
+    pub swap_wait: Duration,
+}
 
 /// Requests larger than this are refused unread.
 const MAX_BODY: u64 = 64 * 1024;
@@ -21,14 +44,14 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn start(listen: SocketAddr, published: Published) -> Result<Http, String> {
+    pub fn start(listen: SocketAddr, published: Published, wiring: Wiring) -> Result<Http, String> {
         let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = server.server_addr().to_ip().unwrap_or(listen);
         let server = Arc::new(server);
         let s = server.clone();
         let thread = std::thread::Builder::new()
             .name("http".into())
-            .spawn(move || serve(&s, &published))
+            .spawn(move || serve(&s, &published, &wiring))
             .map_err(|e| e.to_string())?;
         Ok(Http { server, thread: Some(thread), addr })
     }
@@ -43,18 +66,20 @@ impl Drop for Http {
     }
 }
 
-fn serve(server: &Server, published: &Published) {
+fn serve(server: &Server, published: &Published, wiring: &Wiring) {
     loop {
         match server.recv() {
-            Ok(req) => handle(req, published),
+            Ok(req) => handle(req, published, wiring),
             // unblock() ends recv with an error: that is our shutdown.
             Err(_) => return,
         }
     }
 }
 
-fn handle(mut req: Request, published: &Published) {
-    let path = req.url().split('?').next().unwrap_or("").to_string();
+fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
+    let url = req.url().to_string();
+    let path = url.split('?').next().unwrap_or("").to_string();
+    let query = url.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
     let method = req.method().clone();
     if req.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
         respond(req, json(413, &serde_json::json!({"error": "request body too large"})));
@@ -76,6 +101,13 @@ fn handle(mut req: Request, published: &Published) {
                 text(503, &format!("{}\n", snapshot.health_problems.join("; ")))
             }
         }
+        (Method::Post, _) if !authorised(&req, wiring) => json(401, &serde_json::json!({"error": "missing or wrong bearer token"})),
+        (Method::Post, "/swap") => swap(&query, wiring),
+        (Method::Post, "/reload") => ask_main(wiring, |reply| Control::Reload { reply }, 422),
+        (Method::Post, p) if p.starts_with("/sessions/") && p.ends_with("/restart") => {
+            let name = p.trim_start_matches("/sessions/").trim_end_matches("/restart").to_string();
+            ask_main(wiring, |reply| Control::Restart { name, reply }, 404)
+        }
         (_, "/status" | "/healthz") => json(405, &serde_json::json!({"error": format!("{method} not allowed on {path}")})),
         _ => json(404, &serde_json::json!({"error": format!("no such endpoint: {method} {path}")})),
     };
@@ -83,6 +115,73 @@ fn handle(mut req: Request, published: &Published) {
 }
 
 type Answer = Response<std::io::Cursor<Vec<u8>>>;
+
+/// Constant-time comparison of the bearer token (no early exit on the first
+/// differing byte).
+fn authorised(req: &Request, wiring: &Wiring) -> bool {
+    let Some(token) = &wiring.token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().trim().to_string())
+        .unwrap_or_default();
+    let given = given.strip_prefix("Bearer ").unwrap_or("").as_bytes();
+    let want = token.as_bytes();
+    let mut diff = given.len() ^ want.len();
+    for (i, w) in want.iter().enumerate() {
+        diff |= (given.get(i).copied().unwrap_or(0) ^ w) as usize;
+    }
+    diff == 0
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+}
+
+/// `POST /swap?to=NAME[&reason=TEXT]`: 200 with the result, 409 while a swap
+/// runs or a partial swap holds, 422 when no account can take the work.
+fn swap(query: &str, wiring: &Wiring) -> Answer {
+    let view = wiring.view.read().clone();
+    if let Some(p) = &view.partial_swap {
+        return json(409, &serde_json::json!({"error": format!("a partial swap holds: {p}")}));
+    }
+    if let Some(id) = &view.swap_in_progress {
+        return json(409, &serde_json::json!({"error": format!("swap {id} is under way")}));
+    }
+    let to = query_param(query, "to").filter(|t| !t.is_empty());
+    let reason = query_param(query, "reason").map(|r| r.replace('+', " ")).unwrap_or_else(|| "requested over HTTP".into());
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if wiring.switcher.send(switcher::Request::SwapNow { to, reason, reply: Some(tx) }).is_err() {
+        return json(503, &serde_json::json!({"error": "the switcher is not running"}));
+    }
+    match rx.recv_timeout(wiring.swap_wait) {
+        Ok(result) => {
+            let code = match result.result.as_str() {
+                "done" => 200,
+                "refused" if result.detail.as_deref().is_some_and(|d| d.contains("partial") || d.contains("under way")) => 409,
+                "refused" => 422,
+                _ => 500,
+            };
+            json(code, &result)
+        }
+        Err(_) => json(504, &serde_json::json!({"error": "the swap did not end in time; see /status"})),
+    }
+}
+
+fn ask_main(wiring: &Wiring, make: impl FnOnce(Sender<Result<(), String>>) -> Control, refused: u16) -> Answer {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if wiring.main.send(make(tx)).is_err() {
+        return json(503, &serde_json::json!({"error": "the daemon is stopping"}));
+    }
+    match rx.recv_timeout(CLIENT_TIMEOUT) {
+        Ok(Ok(())) => json(200, &serde_json::json!({"ok": true})),
+        Ok(Err(e)) => json(refused, &serde_json::json!({"error": e})),
+        Err(_) => json(504, &serde_json::json!({"error": "no answer in time"})),
+    }
+}
 
 fn respond(req: Request, answer: Answer) {
     if let Err(e) = req.respond(answer) {

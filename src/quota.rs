@@ -69,14 +69,18 @@ impl AccountQuota {
         }
         self.source = Some(source);
         self.observed_at_ms = Some(now_ms);
-        // A fresh reading under 100 % on the refused window ends a refusal
-        // whose reset time was unknown.
+        if source == Source::UsageEndpoint {
+            // The endpoint answered with this account's token: it is logged in.
+            self.needs_person = None;
+        }
+        // A reading newer than the refusal that shows room on the refused
+        // window ends it (a refused request's own headers read 100 %).
         if let Some(r) = &self.refused {
             let w = match r.kind {
                 LimitKind::Weekly | LimitKind::ModelWeekly => self.seven_day,
                 _ => self.five_hour,
             };
-            if r.until.is_none() && w.is_some_and(|w| w.utilization < 100.0) && source != Source::StopFailure {
+            if w.is_some_and(|w| w.utilization < 100.0) && source != Source::StopFailure && now_ms > r.at_ms {
                 self.refused = None;
             }
         }

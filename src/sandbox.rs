@@ -52,6 +52,9 @@ pub struct SandboxSpec {
     /// YAML appended verbatim at the end of the config (top-level sections
     /// that the defaults don't cover, e.g. `lifecycle:`).
     pub extra_yaml: String,
+    /// Lines added inside the `quota:` section (indented by two spaces),
+    /// e.g. `  five_hour_threshold: 50\n`.
+    pub quota_yaml: String,
 }
 
 impl Default for SandboxSpec {
@@ -72,6 +75,7 @@ impl Default for SandboxSpec {
             tmux_socket: "claude-failover-sandbox".into(),
             http_listen: "127.0.0.1:0".into(),
             extra_yaml: String::new(),
+            quota_yaml: String::new(),
         }
     }
 }
@@ -205,6 +209,8 @@ impl Sandbox {
                 q(&dir.to_string_lossy())
             ));
         }
+        y.push_str(&format!("quota:\n  usage_url: {}\n", q(&format!("{}/api/oauth/usage", spec.api_base_url))));
+        y.push_str(&spec.quota_yaml);
         y.push_str(&format!("http:\n  listen: {}\n", q(&spec.http_listen)));
         y.push_str(&spec.extra_yaml);
         y

@@ -31,6 +31,8 @@ pub enum Job {
     CollectDead { name: String, exit_status: Option<i32> },
     /// Read the screen of a session stuck before `SessionStart`; touch nothing.
     ReportStuck { name: String },
+    /// Remove the session (an operator's restart); reconcile relaunches it.
+    Kill { name: String },
 }
 
 /// What the watcher reports.
@@ -41,6 +43,7 @@ pub enum Report {
     /// A launch that tmux refused, or a pane whose program ended.
     Died { name: String, last_output: String },
     Stuck { name: String, screen: String },
+    Killed { name: String, error: Option<String> },
 }
 
 /// How much of a dead or stuck screen is kept: the last lines that say something.
@@ -118,6 +121,14 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
             let _ = tmux.kill_session(&name);
             let status = exit_status.map(|s| format!(" (exit status {s})")).unwrap_or_default();
             Report::Died { name, last_output: format!("{}{status}", last_lines(&screen)) }
+        }
+        Job::Kill { name } => {
+            let error = match tmux.has_session(&name) {
+                Ok(true) => tmux.kill_session(&name).err().map(|e| e.to_string()),
+                Ok(false) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            Report::Killed { name, error }
         }
         Job::ReportStuck { name } => {
             let screen = tmux.capture_pane(&name, 0).unwrap_or_else(|e| format!("(screen unreadable: {e})"));

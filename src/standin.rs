@@ -18,9 +18,21 @@
 //!   "You've hit your 5-hour limit".
 //! - `POST /v1/messages/count_tokens`: a rough count.
 //! - `GET /api/oauth/usage`: the usage endpoint, utilisation in percent.
-//! - `/_standin/...`: control and inspection over HTTP, for a separate
-//!   process (the demo, a shell) that cannot call the in-process API.
-//! - Anything else: a quick 404, so a start-up probe never hangs.
+//! - Anything else: a quick 404, so a start-up probe never hangs. (Claude
+//!   Code 2.1.329 was seen asking only for `/v1/messages?beta=true`, plus
+//!   `HEAD /api/hello` when nonessential traffic is not disabled.)
+//!
+//! Control and inspection over HTTP, for a separate process (the demo, a
+//! shell) that cannot call the in-process API:
+//!
+//! - `POST /_standin/accounts/<name>` with any of `reset`, `five_hour`,
+//!   `seven_day`, `five_hour_resets_at`, `seven_day_resets_at`, `exhausted`,
+//!   `five_hour_step`, `seven_day_step`, `usage_mode` (`normal|429|403`);
+//!   answers the account's state. `GET` the same path, or
+//!   `GET /_standin/accounts` for all of them.
+//! - `GET /_standin/requests` (recorded `/v1/messages` requests),
+//!   `GET /_standin/hits` (every request), `GET|POST /_standin/config`
+//!   (`latency_ms`, `token_delay_ms`).
 //!
 //! Accounts are told apart by their token (`Authorization: Bearer …` or
 //! `x-api-key`). Each has a five-hour and a seven-day window in percent that
@@ -32,7 +44,9 @@
 //! concurrent requests. Streams are written straight to the connection with
 //! our own chunked framing and a flush per event, because `tiny_http`'s own
 //! chunked encoder buffers 8 KiB before sending anything, which would turn a
-//! slow stream into one late lump.
+//! slow stream into one late lump. Every answer says `Connection: close`:
+//! tiny_http cannot close idle keep-alive connections when it stops, and a
+//! client reusing one would hang instead of seeing the server gone.
 
 use std::fmt;
 use std::io::{self, Read, Write};

@@ -1,18 +1,33 @@
-//! The switcher: the one owner of the mutable account state (which account
-//! is active, since when, by which swap). Other threads learn of it through
-//! messages; nothing else writes `active.json`.
+//! The switcher: the one owner of the mutable account state — which account
+//! is active, every account's quota readings, the swap under way, the last
+//! swap, a sticky partial swap — and the one thread that performs swaps,
+//! one at a time, journalled in `swap.journal`.
 //!
-//! This is the single-account core; fail-over between accounts builds on it.
+//! A swap: checkpoint the sessions into the journal → drain (threshold swaps
+//! wait up to `swap.drain_timeout` for working sessions to end their turn; a
+//! refused request does not wait) → stop every managed session (`/exit`,
+//! kill after `swap.stop_timeout`) → flip (`active.json`, `active_link`) →
+//! `ensure_for_account(target)` (on failure the flip is rolled back; if the
+//! rollback fails too, a sticky partial-swap state refuses every later swap)
+//! → the main loop relaunches every session with `--resume` under the target
+//! → verify each came back → journal removed. A daemon restarted with a
+//! journal on disk finishes or rolls back from the recorded phase.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{select, tick, Receiver, Sender};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file;
+use crate::claude_facts::LimitKind;
 use crate::config::Config;
+use crate::quota::{self, AccountQuota, Decision, Source, Window};
+use crate::status::{self, Published};
+use crate::tmux::Tmux;
 
 /// `<state_dir>/active.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,44 +45,182 @@ pub struct Active {
     pub home: PathBuf,
 }
 
-pub enum Request {
-    /// A new config was applied: the active account may have been removed.
-    Reconfigure(Box<Config>),
+/// The phases a swap passes through, in order, as recorded in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Checkpoint,
+    Drain,
+    Stop,
+    Flip,
+    Ensure,
+    Relaunch,
+    /// The rollback failed: sticky until an operator resolves it.
+    Partial,
 }
+
+impl Phase {
+    pub const ORDER: [Phase; 6] = [Phase::Checkpoint, Phase::Drain, Phase::Stop, Phase::Flip, Phase::Ensure, Phase::Relaunch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Checkpoint => "checkpoint",
+            Phase::Drain => "drain",
+            Phase::Stop => "stop",
+            Phase::Flip => "flip",
+            Phase::Ensure => "ensure",
+            Phase::Relaunch => "relaunch",
+            Phase::Partial => "partial",
+        }
+    }
+}
+
+/// A session as the swap found it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionCheckpoint {
+    pub name: String,
+    pub claude_session_id: Option<String>,
+    pub cwd: String,
+    pub task: Option<String>,
+    pub state: String,
+}
+
+/// `<state_dir>/swap.journal`: exists only while a swap is under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub phase: Phase,
+    pub started_at: String,
+    pub sessions: Vec<SessionCheckpoint>,
+    /// Set when the rollback failed: why.
+    pub partial: Option<String>,
+}
+
+/// How a swap ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwapResult {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub started_at: String,
+    pub duration_ms: u64,
+    /// `done`, `rolled_back`, `partial`, `refused`, `failed`.
+    pub result: String,
+    pub detail: Option<String>,
+    /// Sessions whose conversation id changed on resume: (session, old, new).
+    pub changed_ids: Vec<(String, String, String)>,
+}
+
+/// What others ask of the switcher.
+pub enum Request {
+    /// A new config was applied.
+    Reconfigure(Box<Config>),
+    /// A window reading for the account whose home is `home`.
+    Reading { home: PathBuf, five_hour: Option<Window>, seven_day: Option<Window>, source: Source },
+    /// A refused request (StopFailure, pane text) under the account at `home`.
+    Refusal { home: PathBuf, kind: LimitKind, message: String, source: Source },
+    /// The usage endpoint answered 401/403 for `account`.
+    NeedsLogin { account: String, why: String },
+    /// Fail over now (SIGUSR1, `POST /swap`), to `to` or the best other account.
+    SwapNow { to: Option<String>, reason: String, reply: Option<Sender<SwapResult>> },
+}
+
+/// What the switcher tells the main loop.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// The active account (at start, and after every flip or rollback).
+    Active(Active),
+    /// A swap started: stop reconciling and dispatching; the switcher stops the sessions.
+    SwapStarted { id: String, from: String, to: String, reason: String },
+    /// Relaunch every stopped session with `--resume` under `active`.
+    Relaunch { active: Active, resume_tasks: bool },
+    /// The swap ended.
+    SwapEnded(SwapResult),
+    /// No account can take the work (or one can again): pause or resume dispatch.
+    NoAccount { paused: bool, reason: String, earliest_reset: Option<u64> },
+}
+
+/// The switcher's published view for status and HTTP (read-only for others).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct View {
+    pub active: String,
+    pub accounts: Vec<AccountView>,
+    pub swap_in_progress: Option<String>,
+    pub partial_swap: Option<String>,
+    pub last_swap: Option<SwapResult>,
+    pub dispatch_paused: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AccountView {
+    pub name: String,
+    pub usable: bool,
+    pub reason: Option<String>,
+    pub quota: AccountQuota,
+}
+
+pub type SharedView = Arc<RwLock<View>>;
 
 pub struct Switcher {
     /// Dropping it ends the thread.
     pub requests: Sender<Request>,
     pub thread: JoinHandle<()>,
+    pub view: SharedView,
+}
+
+struct State {
+    config: Config,
+    active: Active,
+    quotas: Vec<(String, AccountQuota)>,
+    last_swap_ms: Option<u64>,
+    last_swap: Option<SwapResult>,
+    partial: Option<String>,
+    no_account: Option<String>,
+    tmux: Tmux,
+    out: Sender<Notice>,
+    published: Published,
+    view: SharedView,
+    journal_path: PathBuf,
+    active_path: PathBuf,
 }
 
 impl Switcher {
-    /// Loads (or rebuilds) the account state and announces it on `out`
-    /// before returning, so the main loop knows the account at once.
-    pub fn start(config: &Config, out: Sender<Active>) -> Switcher {
-        let path = config.state_dir.join("active.json");
-        let mut active = load_or_rebuild(&path, config);
-        let _ = out.send(active.clone());
+    /// Loads (or rebuilds) the account state, finishes or rolls back a swap
+    /// left by a previous run, and announces the active account on `out`
+    /// before returning, so the main loop knows it at once.
+    pub fn start(config: &Config, out: Sender<Notice>, published: Published) -> Switcher {
+        let active_path = config.state_dir.join("active.json");
+        let journal_path = config.state_dir.join("swap.journal");
+        let active = load_or_rebuild(&active_path, config);
+        let view: SharedView = Arc::new(RwLock::new(View::default()));
+        let mut state = State {
+            quotas: config.accounts.iter().map(|a| (a.name.clone(), load_quota(config, &a.name))).collect(),
+            config: config.clone(),
+            active,
+            last_swap_ms: None,
+            last_swap: None,
+            partial: None,
+            no_account: None,
+            tmux: Tmux::new(config.tmux.socket.clone(), Duration::from_secs(10)),
+            out,
+            published,
+            view: view.clone(),
+            journal_path,
+            active_path,
+        };
+        state.recover();
+        let _ = state.out.send(Notice::Active(state.active.clone()));
+        state.publish();
         let (requests, rx) = crossbeam_channel::unbounded::<Request>();
         let thread = std::thread::Builder::new()
             .name("switcher".into())
-            .spawn(move || serve(path, &mut active, rx, out))
+            .spawn(move || state.serve(rx))
             .expect("spawn switcher thread");
-        Switcher { requests, thread }
-    }
-}
-
-fn serve(path: PathBuf, active: &mut Active, requests: Receiver<Request>, out: Sender<Active>) {
-    while let Ok(req) = requests.recv() {
-        match req {
-            Request::Reconfigure(config) => {
-                let next = load_or_rebuild(&path, &config);
-                if &next != active {
-                    *active = next;
-                    let _ = out.send(active.clone());
-                }
-            }
-        }
+        Switcher { requests, thread, view }
     }
 }
 
@@ -85,17 +238,551 @@ pub fn load_or_rebuild(path: &Path, config: &Config) -> Active {
                 config.accounts[0].name
             ),
         },
-        Some(Err(e)) => log::warn!(
-            "{} is corrupt ({e}); rebuilding it with account {:?}",
-            path.display(),
-            config.accounts[0].name
-        ),
+        Some(Err(e)) => log::warn!("{} is corrupt ({e}); rebuilding it with account {:?}", path.display(), config.accounts[0].name),
         None => {}
     }
     let first = &config.accounts[0];
-    let file = ActiveFile { account: first.name.clone(), since: crate::time::rfc3339(SystemTime::now()), swap_id: None };
-    if let Err(e) = atomic_file::write_json(path, &file) {
+    if let Err(e) = write_active(path, &first.name, None) {
         log::error!("cannot write {}: {e}", path.display());
     }
     Active { name: first.name.clone(), home: first.home.clone() }
+}
+
+fn write_active(path: &Path, account: &str, swap_id: Option<&str>) -> std::io::Result<()> {
+    failpoint_io("write-active", account)?;
+    let file = ActiveFile {
+        account: account.to_string(),
+        since: crate::time::rfc3339(SystemTime::now()),
+        swap_id: swap_id.map(String::from),
+    };
+    atomic_file::write_json(path, &file)
+}
+
+fn usage_path(config: &Config, account: &str) -> PathBuf {
+    config.state_dir.join("usage").join(format!("{account}.json"))
+}
+
+fn load_quota(config: &Config, account: &str) -> AccountQuota {
+    let path = usage_path(config, account);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            log::warn!("{} is corrupt ({e}); starting with no reading", path.display());
+            AccountQuota::default()
+        }),
+        Err(_) => AccountQuota::default(),
+    }
+}
+
+/// Test-only crash points: `CLAUDE_FAILOVER_FAILPOINT=swap-<phase>` aborts
+/// the process as the swap enters that phase (a `kill -9` at a chosen spot).
+fn failpoint(phase: Phase) {
+    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref() == Some(&format!("swap-{}", phase.as_str())) {
+        log::error!("fail point swap-{} reached: aborting", phase.as_str());
+        std::process::abort();
+    }
+}
+
+/// Test-only injected I/O failure: `CLAUDE_FAILOVER_FAILPOINT=write-active:<account>`
+/// makes writing `active.json` for that account fail (to exercise a failed rollback).
+fn failpoint_io(what: &str, account: &str) -> std::io::Result<()> {
+    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref() == Some(&format!("{what}:{account}")) {
+        return Err(std::io::Error::other(format!("fail point {what}:{account}")));
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    quota::now_ms(SystemTime::now())
+}
+
+impl State {
+    fn serve(mut self, requests: Receiver<Request>) {
+        let ticker = tick(Duration::from_secs(1));
+        loop {
+            select! {
+                recv(requests) -> r => match r {
+                    Ok(r) => self.handle(r),
+                    Err(_) => return,
+                },
+                recv(ticker) -> _ => {}
+            }
+            // Swap requests queued behind a running swap: ten become one more
+            // run at most (each later one is answered by the state it finds).
+            self.decide();
+            self.publish();
+        }
+    }
+
+    fn quota_mut(&mut self, account: &str) -> Option<&mut AccountQuota> {
+        self.quotas.iter_mut().find(|(n, _)| n == account).map(|(_, q)| q)
+    }
+
+    fn account_by_home(&self, home: &Path) -> Option<String> {
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let want = canon(home);
+        self.config.accounts.iter().find(|a| canon(&a.home) == want).map(|a| a.name.clone())
+    }
+
+    fn persist_quota(&self, account: &str) {
+        if let Some((_, q)) = self.quotas.iter().find(|(n, _)| n == account) {
+            let path = usage_path(&self.config, account);
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")));
+            if let Err(e) = atomic_file::write_json(&path, q) {
+                log::warn!("cannot write {}: {e}", path.display());
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) {
+        let now = now_ms();
+        match req {
+            Request::Reconfigure(config) => {
+                let mut quotas = Vec::new();
+                for a in &config.accounts {
+                    let q = self.quotas.iter().find(|(n, _)| n == &a.name).map(|(_, q)| q.clone()).unwrap_or_else(|| load_quota(&config, &a.name));
+                    quotas.push((a.name.clone(), q));
+                }
+                self.quotas = quotas;
+                self.config = *config;
+                if let Some(a) = self.config.accounts.iter().find(|a| a.name == self.active.name) {
+                    self.active.home = a.home.clone();
+                }
+            }
+            Request::Reading { home, five_hour, seven_day, source } => {
+                if let Some(account) = self.account_by_home(&home) {
+                    if let Some(q) = self.quota_mut(&account) {
+                        q.read(five_hour, seven_day, source, now);
+                    }
+                    self.persist_quota(&account);
+                }
+            }
+            Request::Refusal { home, kind, message, source } => {
+                if let Some(account) = self.account_by_home(&home) {
+                    log::warn!("account {account} refused a request ({kind:?}): {message}");
+                    if let Some(q) = self.quota_mut(&account) {
+                        q.refuse(kind, &message, source, now);
+                    }
+                    self.persist_quota(&account);
+                }
+            }
+            Request::NeedsLogin { account, why } => {
+                log::error!("account {account} needs login: {why}");
+                if let Some(q) = self.quota_mut(&account) {
+                    q.refuse(LimitKind::Login, &why, Source::UsageEndpoint, now);
+                }
+                self.persist_quota(&account);
+            }
+            Request::SwapNow { to, reason, reply } => {
+                let result = self.requested_swap(to, reason);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    fn refused(&self, to: &str, reason: &str, why: String) -> SwapResult {
+        SwapResult {
+            id: String::new(),
+            from: self.active.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            started_at: crate::time::rfc3339(SystemTime::now()),
+            duration_ms: 0,
+            result: "refused".into(),
+            detail: Some(why),
+            changed_ids: Vec::new(),
+        }
+    }
+
+    fn requested_swap(&mut self, to: Option<String>, reason: String) -> SwapResult {
+        if let Some(p) = &self.partial {
+            return self.refused(to.as_deref().unwrap_or(""), &reason, format!("a partial swap holds: {p}"));
+        }
+        let now = now_ms();
+        for (_, q) in self.quotas.iter_mut() {
+            q.pass_resets(now);
+        }
+        let target = match to {
+            Some(name) => {
+                if name == self.active.name {
+                    return self.refused(&name, &reason, format!("{name} is already the active account"));
+                }
+                let Some((_, q)) = self.quotas.iter_mut().find(|(n, _)| *n == name) else {
+                    return self.refused(&name, &reason, format!("no account named {name:?}"));
+                };
+                if let Err(why) = q.evaluate(&self.config.quota) {
+                    return self.refused(&name, &reason, format!("{name} cannot take the work: {why}"));
+                }
+                name
+            }
+            None => {
+                let best = self
+                    .quotas
+                    .iter_mut()
+                    .filter(|(n, _)| *n != self.active.name)
+                    .filter_map(|(n, q)| q.evaluate(&self.config.quota).ok().map(|_| (n.clone(), q.load())))
+                    .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
+                match best {
+                    Some((n, _)) => n,
+                    None => return self.refused("", &reason, "no other account can take the work".into()),
+                }
+            }
+        };
+        self.swap(&target, &reason, true)
+    }
+
+    /// Runs the pure decision and acts on it.
+    fn decide(&mut self) {
+        if self.partial.is_some() {
+            return;
+        }
+        let decision = quota::decide(&mut self.quotas, &self.active.name, &self.config.quota, self.last_swap_ms, now_ms());
+        match decision {
+            Decision::Stay => {
+                if let Some(was) = self.no_account.take() {
+                    log::info!("an account can take the work again (was: {was})");
+                    let _ = self.out.send(Notice::NoAccount { paused: false, reason: String::new(), earliest_reset: None });
+                }
+            }
+            Decision::Swap { to, reason, urgent } => {
+                if self.no_account.take().is_some() {
+                    let _ = self.out.send(Notice::NoAccount { paused: false, reason: String::new(), earliest_reset: None });
+                }
+                self.swap(&to, &reason, urgent);
+            }
+            Decision::NoAccount { reason, earliest_reset } => {
+                if self.no_account.as_deref() != Some(reason.as_str()) {
+                    let when = earliest_reset
+                        .map(|t| crate::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(t)))
+                        .unwrap_or_else(|| "unknown".into());
+                    log::error!("no account can take the work ({reason}); dispatch paused; earliest reset {when}");
+                    if self.no_account.is_none() {
+                        let _ = self.out.send(Notice::NoAccount { paused: true, reason: reason.clone(), earliest_reset });
+                    }
+                    self.no_account = Some(reason);
+                }
+            }
+        }
+    }
+
+    fn write_journal(&self, j: &Journal) {
+        if let Err(e) = atomic_file::write_json(&self.journal_path, j) {
+            log::error!("cannot write {}: {e}", self.journal_path.display());
+        }
+    }
+
+    fn enter(&self, j: &mut Journal, phase: Phase) {
+        j.phase = phase;
+        self.write_journal(j);
+        log::info!("swap {}: {}", j.id, phase.as_str());
+        failpoint(phase);
+    }
+
+    /// One swap, start to end. Blocking: this thread does nothing else meanwhile.
+    fn swap(&mut self, to: &str, reason: &str, urgent: bool) -> SwapResult {
+        let started = Instant::now();
+        let from = self.active.clone();
+        let Some(target) = self.config.accounts.iter().find(|a| a.name == to).cloned() else {
+            return self.refused(to, reason, format!("no account named {to:?}"));
+        };
+        let id = format!("swap-{}", now_ms());
+        log::warn!("swap {id}: {} → {to}: {reason}", from.name);
+        let mut j = Journal {
+            id: id.clone(),
+            from: from.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            phase: Phase::Checkpoint,
+            started_at: crate::time::rfc3339(SystemTime::now()),
+            sessions: self.checkpoint(),
+            partial: None,
+        };
+        // Publish what led here (the reading that crossed the threshold)
+        // before the swap occupies this thread.
+        self.publish();
+        let _ = self.out.send(Notice::SwapStarted { id: id.clone(), from: from.name.clone(), to: to.to_string(), reason: reason.to_string() });
+        self.view.write().swap_in_progress = Some(id.clone());
+        self.enter(&mut j, Phase::Checkpoint);
+
+        self.enter(&mut j, Phase::Drain);
+        if !urgent {
+            self.drain();
+        }
+        self.enter(&mut j, Phase::Stop);
+        self.stop_sessions();
+
+        self.enter(&mut j, Phase::Flip);
+        let flipped = self.flip(&target.name, Some(&id));
+        let mut detail = None;
+        let result = match flipped {
+            Err(e) => {
+                detail = Some(format!("flip failed: {e}"));
+                self.rollback(&mut j, &from, &e)
+            }
+            Ok(()) => {
+                self.active = Active { name: target.name.clone(), home: target.home.clone() };
+                let _ = self.out.send(Notice::Active(self.active.clone()));
+                self.enter(&mut j, Phase::Ensure);
+                match crate::shared_folders::ensure_for_account(&self.config, &target) {
+                    Ok(created) => {
+                        if !created.is_empty() {
+                            log::info!("swap {id}: created {created:?} for {to}");
+                        }
+                        "done"
+                    }
+                    Err(e) => {
+                        detail = Some(format!("shared folders of {to}: {e}"));
+                        self.rollback(&mut j, &from, &e.to_string())
+                    }
+                }
+            }
+        };
+        let mut changed_ids = Vec::new();
+        if result != "partial" {
+            self.enter(&mut j, Phase::Relaunch);
+            let _ = self.out.send(Notice::Relaunch { active: self.active.clone(), resume_tasks: true });
+            changed_ids = self.verify(&j);
+            let _ = std::fs::remove_file(&self.journal_path);
+        }
+        let outcome = SwapResult {
+            id,
+            from: from.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            started_at: j.started_at.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            result: result.to_string(),
+            detail,
+            changed_ids,
+        };
+        match outcome.result.as_str() {
+            "done" => log::warn!("swap {}: done in {} ms, every session on {to}", outcome.id, outcome.duration_ms),
+            other => log::error!("swap {}: {other}: {}", outcome.id, outcome.detail.as_deref().unwrap_or("")),
+        }
+        self.last_swap_ms = Some(now_ms());
+        self.last_swap = Some(outcome.clone());
+        self.view.write().swap_in_progress = None;
+        let _ = self.out.send(Notice::SwapEnded(outcome.clone()));
+        outcome
+    }
+
+    /// Puts `from` back after a failed step; a rollback that fails too leaves
+    /// the sticky partial state.
+    fn rollback(&mut self, j: &mut Journal, from: &Active, why: &str) -> &'static str {
+        log::error!("swap {}: {why}; rolling back to {}", j.id, from.name);
+        match self.flip(&from.name, None) {
+            Ok(()) => {
+                self.active = from.clone();
+                let _ = self.out.send(Notice::Active(self.active.clone()));
+                "rolled_back"
+            }
+            Err(e) => {
+                let p = format!("swap {} {} → {}: {why}; the rollback failed too: {e}", j.id, j.from, j.to);
+                log::error!("PARTIAL SWAP: {p}. Every later swap is refused until an operator fixes the cause and removes {}", self.journal_path.display());
+                j.partial = Some(p.clone());
+                j.phase = Phase::Partial;
+                self.write_journal(j);
+                self.partial = Some(p);
+                "partial"
+            }
+        }
+    }
+
+    /// `active.json` and `active_link` point at `account`.
+    fn flip(&self, account: &str, swap_id: Option<&str>) -> Result<(), String> {
+        write_active(&self.active_path, account, swap_id).map_err(|e| format!("cannot write {}: {e}", self.active_path.display()))?;
+        if let (Some(link), Some(a)) = (&self.config.active_link, self.config.accounts.iter().find(|a| a.name == account)) {
+            repoint(link, &a.home).map_err(|e| format!("cannot repoint {}: {e}", link.display()))?;
+        }
+        Ok(())
+    }
+
+    fn sessions_now(&self) -> Vec<crate::status::SessionStatus> {
+        status::latest(&self.published).sessions.clone()
+    }
+
+    fn checkpoint(&self) -> Vec<SessionCheckpoint> {
+        self.sessions_now()
+            .into_iter()
+            .map(|s| SessionCheckpoint { name: s.name, claude_session_id: s.claude_session_id, cwd: s.cwd, task: s.task, state: s.state })
+            .collect()
+    }
+
+    /// Waits up to `drain_timeout` for working sessions to end their turn.
+    fn drain(&self) {
+        let deadline = Instant::now() + self.config.swap.drain_timeout;
+        while Instant::now() < deadline {
+            if !self.sessions_now().iter().any(|s| s.state == "working") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        log::warn!("drain timeout: stopping sessions that are still working; their tasks continue after the swap");
+    }
+
+    /// `/exit` to every managed session, kill after `stop_timeout`; all in parallel.
+    fn stop_sessions(&self) {
+        let managed: Vec<String> = match self.tmux.list_sessions() {
+            Ok(list) => list.into_iter().map(|s| s.name).filter(|n| crate::session::pool_of(&self.config, n).is_some()).collect(),
+            Err(e) => {
+                log::error!("cannot list sessions to stop them: {e}");
+                return;
+            }
+        };
+        let stop_timeout = self.config.swap.stop_timeout;
+        std::thread::scope(|scope| {
+            for name in &managed {
+                let tmux = self.tmux.clone();
+                scope.spawn(move || stop_one(&tmux, name, stop_timeout));
+            }
+        });
+    }
+
+    /// Waits until every checkpointed session runs again under the target
+    /// (bounded by the start-up timeout). Returns the conversations whose id changed.
+    fn verify(&self, j: &Journal) -> Vec<(String, String, String)> {
+        let deadline = Instant::now() + self.config.claude.startup_timeout + Duration::from_secs(5);
+        let wanted: Vec<&SessionCheckpoint> = j.sessions.iter().collect();
+        loop {
+            let now = self.sessions_now();
+            let pending: Vec<&str> = wanted
+                .iter()
+                .filter(|c| {
+                    !now.iter().any(|s| {
+                        s.name == c.name
+                            && s.account.as_deref() == Some(self.active.name.as_str())
+                            && matches!(s.state.as_str(), "idle" | "working" | "waiting" | "limited")
+                            && s.since >= j.started_at
+                    })
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            if pending.is_empty() {
+                return wanted
+                    .iter()
+                    .filter_map(|c| {
+                        let s = now.iter().find(|s| s.name == c.name)?;
+                        match (&c.claude_session_id, &s.claude_session_id) {
+                            (Some(a), Some(b)) if a != b => Some((c.name.clone(), a.clone(), b.clone())),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+            }
+            if Instant::now() > deadline {
+                log::error!("swap {}: not back under {} in time: {}", j.id, self.active.name, pending.join(", "));
+                return Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Finishes or rolls back a swap a previous run left in `swap.journal`.
+    fn recover(&mut self) {
+        let Ok(bytes) = std::fs::read(&self.journal_path) else {
+            return;
+        };
+        let j: Journal = match serde_json::from_slice(&bytes) {
+            Ok(j) => j,
+            Err(e) => {
+                log::error!("{} is corrupt ({e}); keeping the active account {} as it is", self.journal_path.display(), self.active.name);
+                let _ = std::fs::rename(&self.journal_path, self.journal_path.with_extension("journal.corrupt"));
+                return;
+            }
+        };
+        if j.phase == Phase::Partial {
+            self.partial = j.partial.clone().or_else(|| Some(format!("swap {} left partial", j.id)));
+            log::error!("PARTIAL SWAP from a previous run: {}; every swap is refused until it is resolved", self.partial.as_deref().unwrap_or(""));
+            return;
+        }
+        let account = |name: &str| self.config.accounts.iter().find(|a| a.name == name).cloned();
+        let forward = j.phase >= Phase::Flip;
+        let target = if forward { account(&j.to) } else { None };
+        let finished = target.as_ref().is_some_and(|t| {
+            crate::shared_folders::ensure_for_account(&self.config, t).is_ok() && self.flip(&t.name, Some(&j.id)).is_ok()
+        });
+        let (name, result) = if finished {
+            (j.to.clone(), "finished after restart")
+        } else {
+            (j.from.clone(), "rolled back after restart")
+        };
+        let Some(a) = account(&name) else {
+            return;
+        };
+        if !finished {
+            if let Err(e) = self.flip(&a.name, None) {
+                self.partial = Some(format!("swap {} found after a restart could not be rolled back: {e}", j.id));
+                log::error!("PARTIAL SWAP: {}", self.partial.as_deref().unwrap_or(""));
+                return;
+            }
+        }
+        self.active = Active { name: a.name.clone(), home: a.home.clone() };
+        log::warn!("swap {} ({} → {}) was interrupted at {}: {result}; every session runs on {}", j.id, j.from, j.to, j.phase.as_str(), a.name);
+        let _ = std::fs::remove_file(&self.journal_path);
+        self.last_swap = Some(SwapResult {
+            id: j.id.clone(),
+            from: j.from.clone(),
+            to: j.to.clone(),
+            reason: j.reason.clone(),
+            started_at: j.started_at.clone(),
+            duration_ms: 0,
+            result: result.replace(' ', "_"),
+            detail: Some(format!("interrupted at {}", j.phase.as_str())),
+            changed_ids: Vec::new(),
+        });
+        self.last_swap_ms = Some(now_ms());
+    }
+
+    fn publish(&mut self) {
+        let q = self.config.quota.clone();
+        let accounts = self
+            .quotas
+            .iter_mut()
+            .map(|(n, a)| {
+                let verdict = a.evaluate(&q);
+                AccountView { name: n.clone(), usable: verdict.is_ok(), reason: verdict.err(), quota: a.clone() }
+            })
+            .collect();
+        let mut v = self.view.write();
+        v.active = self.active.name.clone();
+        v.accounts = accounts;
+        v.partial_swap = self.partial.clone();
+        v.last_swap = self.last_swap.clone();
+        v.dispatch_paused = self.no_account.clone();
+    }
+}
+
+/// Stops one session: Escape (ends a turn in progress), `/exit`, then kill
+/// after `timeout` whatever happened.
+fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
+    let alive = |t: &Tmux| {
+        t.list_sessions().ok().and_then(|l| l.into_iter().find(|s| s.name == name)).is_some_and(|s| !s.pane_dead)
+    };
+    if alive(tmux) {
+        let _ = tmux.send_key(name, "Escape");
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = tmux.paste(name, "/exit");
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = tmux.send_key(name, "Enter");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && alive(tmux) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = tmux.kill_session(name);
+}
+
+/// Points `link` at `target` atomically (a new symlink renamed over it).
+/// Refuses to replace anything that is not a symlink.
+pub fn repoint(link: &Path, target: &Path) -> std::io::Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(link) {
+        if !meta.file_type().is_symlink() {
+            return Err(std::io::Error::other(format!("{} is not a symlink; not replacing it", link.display())));
+        }
+    }
+    let tmp = link.with_file_name(format!(".{}.tmp-{}", link.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link)
 }

@@ -135,7 +135,7 @@ fn streaming_answer_comes_event_by_event() {
         .count();
     assert!(deltas >= 3, "a few deltas: {names:?}");
     let mut expected = vec!["message_start", "ping", "content_block_start"];
-    expected.extend(std::iter::repeat("content_block_delta").take(deltas));
+    expected.extend(vec!["content_block_delta"; deltas]);
     expected.extend(["content_block_stop", "message_delta", "message_stop"]);
     assert_eq!(names, expected);
 
@@ -911,9 +911,12 @@ fn real_claude_code_smoke() {
     for hit in si.hits() {
         eprintln!("  {} {} -> {}", hit.method, hit.path, hit.status);
     }
+    // 2.1.329 printed "You've hit your 5-hour limit · resets 10:20am (UTC)"
+    // on stdout and exited 1 (not checked: the exit code of this case has
+    // varied between reports).
     let all = format!("{out}{err}");
     assert!(
-        all.contains("5-hour limit") || all.to_lowercase().contains("limit"),
+        all.contains("You've hit your 5-hour limit"),
         "no limit message in {all:?}"
     );
     assert!(si.requests_for("a").iter().any(|r| r.status == 429));

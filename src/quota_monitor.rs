@@ -1,0 +1,137 @@
+//! The quota monitor: polls the usage endpoint for accounts that have no
+//! fresh passive reading, at most every `quota.poll_interval` per account,
+//! honouring 429 and `Retry-After` with back-off. It never refreshes a
+//! token: it reads the credentials file fresh each time, and a 401/403 means
+//! the account needs a login (refresh tokens are single-use and belong to
+//! Claude Code). Readings go to the switcher, which owns them.
+
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, tick, Sender};
+
+use crate::account::Credentials;
+use crate::claude_facts as facts;
+use crate::config::{AccountConfig, Config};
+use crate::quota::{self, Source};
+use crate::switcher::{Request, SharedView};
+
+pub struct QuotaMonitor {
+    /// Dropping it ends the thread.
+    pub stop: Sender<()>,
+    pub thread: JoinHandle<()>,
+}
+
+/// How often the monitor looks at which accounts are due.
+const LOOK: Duration = Duration::from_secs(1);
+/// Longest back-off after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// One poll's outcome.
+#[derive(Debug)]
+pub enum Poll {
+    Reading(Option<quota::Window>, Option<quota::Window>),
+    /// 429: wait this long.
+    Throttled(Duration),
+    /// 401/403: the account needs a person.
+    NeedsLogin(String),
+    /// Anything else: try again later.
+    Failed(String),
+}
+
+impl QuotaMonitor {
+    pub fn start(config: &Config, view: SharedView, switcher: Sender<Request>) -> QuotaMonitor {
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("quota-monitor".into())
+            .spawn(move || {
+                let ticker = tick(LOOK);
+                let mut next: HashMap<String, Instant> = HashMap::new();
+                let mut failures: HashMap<String, u32> = HashMap::new();
+                loop {
+                    select! {
+                        recv(ticker) -> _ => {}
+                        recv(stop_rx) -> _ => return,
+                    }
+                    let now = Instant::now();
+                    let now_ms = quota::now_ms(SystemTime::now());
+                    let fresh_ms = quota::fresh_for(&config.quota).as_millis() as u64;
+                    for account in &config.accounts {
+                        if next.get(&account.name).is_some_and(|t| *t > now) {
+                            continue;
+                        }
+                        // A fresh passive reading makes polling pointless.
+                        let last = view.read().accounts.iter().find(|a| a.name == account.name).and_then(|a| {
+                            (a.quota.source == Some(Source::Statusline)).then_some(a.quota.observed_at_ms).flatten()
+                        });
+                        if last.is_some_and(|t| now_ms.saturating_sub(t) < fresh_ms) {
+                            next.insert(account.name.clone(), now + Duration::from_millis(fresh_ms - now_ms.saturating_sub(last.unwrap_or(0))));
+                            continue;
+                        }
+                        let wait = match poll(&config.quota.usage_url, account) {
+                            Poll::Reading(five_hour, seven_day) => {
+                                failures.remove(&account.name);
+                                let _ = switcher.send(Request::Reading { home: account.home.clone(), five_hour, seven_day, source: Source::UsageEndpoint });
+                                config.quota.poll_interval
+                            }
+                            Poll::Throttled(d) => {
+                                log::warn!("usage endpoint throttles account {}: waiting {}s", account.name, d.as_secs());
+                                d.max(config.quota.poll_interval)
+                            }
+                            Poll::NeedsLogin(why) => {
+                                let _ = switcher.send(Request::NeedsLogin { account: account.name.clone(), why });
+                                config.quota.poll_interval
+                            }
+                            Poll::Failed(why) => {
+                                let n = failures.entry(account.name.clone()).or_insert(0);
+                                *n += 1;
+                                let d = (config.quota.poll_interval * 2u32.saturating_pow((*n).min(6))).min(MAX_BACKOFF);
+                                log::warn!("usage endpoint for account {}: {why}; next try in {}s", account.name, d.as_secs());
+                                d
+                            }
+                        };
+                        next.insert(account.name.clone(), now + wait);
+                    }
+                }
+            })
+            .expect("spawn quota-monitor thread");
+        QuotaMonitor { stop, thread }
+    }
+}
+
+/// One `GET` of the usage endpoint for `account`, with its token read fresh.
+pub fn poll(url: &str, account: &AccountConfig) -> Poll {
+    let creds = match Credentials::read(&account.home) {
+        Ok(c) => c,
+        Err(e) => return Poll::NeedsLogin(e.to_string()),
+    };
+    if creds.expired(SystemTime::now()) {
+        return Poll::NeedsLogin("its access token has expired and Claude Code has not refreshed it".into());
+    }
+    let answer = ureq::get(url)
+        .timeout(Duration::from_secs(15))
+        .set("Authorization", &format!("Bearer {}", creds.access_token))
+        .set(facts::USAGE_BETA_HEADER.0, facts::USAGE_BETA_HEADER.1)
+        .call();
+    match answer {
+        Ok(r) => match r.into_json::<serde_json::Value>() {
+            Ok(body) => {
+                let (f, s) = quota::from_usage(&body);
+                Poll::Reading(f, s)
+            }
+            Err(e) => Poll::Failed(format!("unreadable answer: {e}")),
+        },
+        Err(ureq::Error::Status(429, r)) => {
+            let secs = r.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(300);
+            Poll::Throttled(Duration::from_secs(secs))
+        }
+        Err(ureq::Error::Status(code @ (401 | 403), r)) => {
+            let body = r.into_string().unwrap_or_default();
+            Poll::NeedsLogin(format!("usage endpoint answered {code}: {}", body.chars().take(200).collect::<String>()))
+        }
+        Err(ureq::Error::Status(code, _)) => Poll::Failed(format!("HTTP {code}")),
+        Err(e) => Poll::Failed(e.to_string()),
+    }
+}

@@ -1,0 +1,257 @@
+//! Fail-over on the real Claude Code against the stand-in with three
+//! accounts: by command and signal, on a threshold, on a refused request,
+//! with no account left, after a crash at each swap phase, and when a step
+//! fails (rollback, then the sticky partial state).
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use claude_failover::sandbox::SandboxSpec;
+use support::{wait_for, World};
+
+const UP: Duration = Duration::from_secs(60);
+
+fn three_accounts(spec: &mut SandboxSpec) {
+    spec.accounts = vec!["alpha".into(), "beta".into(), "gamma".into()];
+    spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\nswap:\n  drain_timeout: 20s\n  stop_timeout: 5s\n");
+    spec.quota_yaml.push_str("  poll_interval: 2s\n  swap_cooldown: 1s\n");
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+/// Waits until the daemon is on `account` and every managed session runs
+/// there, idle.
+fn wait_all_on(w: &World, account: &str, names: &[&str]) {
+    wait_for(UP, &format!("every session idle on {account}"), || {
+        let s = w.status()?;
+        let ok = s["active_account"] == account
+            && s["swap_in_progress"] == false
+            && names.iter().all(|n| {
+                s["sessions"].as_array().is_some_and(|a| {
+                    a.iter().any(|x| x["name"] == *n && x["account"] == account && x["state"] == "idle")
+                })
+            });
+        ok.then_some(())
+    });
+}
+
+/// Sends `prompt` to `session` and returns the stand-in's record of it.
+fn ask(w: &World, session: &str, prompt: &str) -> claude_failover::standin::RecordedRequest {
+    w.type_prompt(session, prompt);
+    w.api.wait_for_request(|r| r.prompt == prompt, UP).unwrap_or_else(|| panic!("{prompt:?} never reached the API"))
+}
+
+fn swap_cli(w: &World, args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(support::bin());
+    cmd.args(["--config", w.sb.config_path.to_str().unwrap(), "swap"]).args(args);
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn swap_by_command_and_signal_continues_every_conversation() {
+    let Some(mut w) = World::new("fo-cmd", three_accounts) else { return };
+    let pid = w.start_daemon(&[]);
+    let names = ["ccl-auto-11", "ccl-auto-12"];
+    wait_all_on(&w, "alpha", &names);
+    ask(&w, "ccl-auto-11", "fo-first: remember the word otter");
+    w.wait_state("ccl-auto-11", "idle", UP);
+    let id11 = w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str().unwrap().to_string();
+
+    let (code, out) = swap_cli(&w, &["--to", "beta", "--reason", "test"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("alpha → beta done"), "{out}");
+    wait_all_on(&w, "beta", &names);
+    let s = w.status().unwrap();
+    assert_eq!(s["last_swap"]["result"], "done", "{s}");
+    assert_eq!(s["last_swap"]["reason"], "test");
+    assert_eq!(w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str(), Some(id11.as_str()));
+    let req = ask(&w, "ccl-auto-11", "fo-second: which word?");
+    assert_eq!(req.account.as_deref(), Some("beta"), "the resumed conversation talks with beta's token");
+    assert!(req.messages.to_string().contains("fo-first: remember the word otter"), "earlier turns carried over");
+    w.wait_state("ccl-auto-11", "idle", UP);
+
+    // Refused: to the active account, to an unknown one.
+    let (code, out) = swap_cli(&w, &["--to", "beta"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("already the active account"), "{out}");
+    let (code, out) = swap_cli(&w, &["--to", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no account named"), "{out}");
+
+    // SIGUSR1: to the best other account. alpha has had traffic, gamma none.
+    signal(pid, "-USR1");
+    wait_all_on(&w, "gamma", &names);
+    let req = ask(&w, "ccl-auto-11", "fo-third: and now?");
+    assert_eq!(req.account.as_deref(), Some("gamma"));
+    assert!(req.messages.to_string().contains("fo-second: which word?"));
+}
+
+#[test]
+fn threshold_swap_then_refusal_swap_then_no_account_then_reset_resumes() {
+    let Some(mut w) = World::new("fo-quota", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 1;
+    }) else {
+        return;
+    };
+    let _pid = w.start_daemon(&[]);
+    let names = ["ccl-auto-11"];
+    wait_all_on(&w, "alpha", &names);
+
+    // Threshold: alpha's traffic reads 95 % (status line and endpoint alike).
+    w.api.set_usage("alpha", 94.5, 10.0).unwrap();
+    ask(&w, "ccl-auto-11", "fo-q1: crossing the threshold");
+    wait_all_on(&w, "beta", &names);
+    let s = w.status().unwrap();
+    assert!(s["last_swap"]["reason"].as_str().unwrap_or("").contains("5-hour"), "{s}");
+    let alpha = s["accounts"].as_array().unwrap().iter().find(|a| a["name"] == "alpha").unwrap().clone();
+    assert_eq!(alpha["usable"], false, "{alpha}");
+    assert!(alpha["five_hour"]["utilization"].as_f64().unwrap() >= 90.0, "{alpha}");
+
+    // Refused mid-turn: beta answers 429; the swap to gamma does not drain.
+    w.api.exhaust("beta").unwrap();
+    let refused_at = Instant::now();
+    w.type_prompt("ccl-auto-11", "fo-q2: refused");
+    wait_all_on(&w, "gamma", &names);
+    assert!(refused_at.elapsed() < Duration::from_secs(40), "urgent swap took {:?}", refused_at.elapsed());
+    assert!(w.status().unwrap()["last_swap"]["reason"].as_str().unwrap_or("").contains("refused"));
+
+    // Every account exhausted: no swap, dispatch paused, /healthz says why.
+    w.api.exhaust("alpha").unwrap();
+    w.api.exhaust("gamma").unwrap();
+    let swaps_before = w.status().unwrap()["last_swap"]["id"].clone();
+    w.type_prompt("ccl-auto-11", "fo-q3: refused again");
+    let url = format!("http://{}/healthz", w.sb.http_listen);
+    let body = wait_for(UP, "healthz 503 with no account left", || match ureq::get(&url).call() {
+        Err(ureq::Error::Status(503, r)) => r.into_string().ok(),
+        _ => None,
+    });
+    assert!(body.contains("every account exhausted"), "{body}");
+    assert_eq!(w.status().unwrap()["last_swap"]["id"], swaps_before, "no swap without a usable account");
+
+    // alpha resets: the daemon notices through the usage endpoint and moves there by itself.
+    w.api.reset("alpha").unwrap();
+    wait_all_on(&w, "alpha", &names);
+    let req = ask(&w, "ccl-auto-11", "fo-q4: back on alpha");
+    assert_eq!(req.account.as_deref(), Some("alpha"));
+    assert!(req.messages.to_string().contains("fo-q1: crossing the threshold"));
+}
+
+#[test]
+fn failed_ensure_rolls_back_and_failed_rollback_is_sticky() {
+    let Some(mut w) = World::new("fo-rollback", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 1;
+    }) else {
+        return;
+    };
+    let _pid = w.start_daemon(&[("CLAUDE_FAILOVER_FAILPOINT", "write-active:alpha")]);
+    let names = ["ccl-auto-11"];
+    wait_all_on(&w, "alpha", &names);
+    // gamma's projects/ becomes a real folder after start: ensure must fail.
+    let link = w.sb.account("gamma").unwrap().home.join("projects");
+    std::fs::remove_file(&link).unwrap();
+    std::fs::create_dir(&link).unwrap();
+    // Rollback to alpha works when writing active.json for alpha works:
+    // here the fail point makes it fail, so the swap must end partial.
+    let (code, out) = swap_cli(&w, &["--to", "gamma"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("partial"), "{out}");
+    let s = w.status().unwrap();
+    assert_eq!(s["partial_swap"], true, "{s}");
+    let url = format!("http://{}/healthz", w.sb.http_listen);
+    match ureq::get(&url).call() {
+        Err(ureq::Error::Status(503, r)) => assert!(r.into_string().unwrap().contains("partial swap")),
+        other => panic!("healthz should be 503: {other:?}"),
+    }
+    let (code, out) = swap_cli(&w, &["--to", "beta"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("partial swap holds"), "{out}");
+    let post = ureq::post(&format!("http://{}/swap?to=beta", w.sb.http_listen)).call();
+    assert!(matches!(post, Err(ureq::Error::Status(409, _))), "{post:?}");
+}
+
+#[test]
+fn failed_ensure_rolls_back_to_the_old_account() {
+    let Some(mut w) = World::new("fo-ensure", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 1;
+    }) else {
+        return;
+    };
+    let _pid = w.start_daemon(&[]);
+    let names = ["ccl-auto-11"];
+    wait_all_on(&w, "alpha", &names);
+    ask(&w, "ccl-auto-11", "fo-e1: before the failed swap");
+    w.wait_state("ccl-auto-11", "idle", UP);
+    let link = w.sb.account("gamma").unwrap().home.join("file-history");
+    std::fs::remove_file(&link).unwrap();
+    std::fs::create_dir(&link).unwrap();
+    let (code, out) = swap_cli(&w, &["--to", "gamma"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("rolled_back") && out.contains("gamma"), "{out}");
+    wait_all_on(&w, "alpha", &names);
+    let s = w.status().unwrap();
+    assert_eq!(s["partial_swap"], false);
+    assert_eq!(s["last_swap"]["result"], "rolled_back");
+    let req = ask(&w, "ccl-auto-11", "fo-e2: after the rollback");
+    assert_eq!(req.account.as_deref(), Some("alpha"));
+    assert!(req.messages.to_string().contains("fo-e1: before the failed swap"));
+}
+
+#[test]
+fn a_crash_at_each_swap_phase_leaves_every_session_on_one_account() {
+    let Some(mut w) = World::new("fo-crash", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 2;
+    }) else {
+        return;
+    };
+    let names = ["ccl-auto-11", "ccl-auto-12"];
+    let mut pid = w.start_daemon(&[]);
+    wait_all_on(&w, "alpha", &names);
+    ask(&w, "ccl-auto-11", "fo-c0: the conversation to keep");
+    w.wait_state("ccl-auto-11", "idle", UP);
+    let id11 = w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str().unwrap().to_string();
+    let mut on = "alpha".to_string();
+    for (i, phase) in ["checkpoint", "drain", "stop", "flip", "ensure", "relaunch"].iter().enumerate() {
+        signal(pid, "-TERM");
+        wait_for(Duration::from_secs(10), "daemon stopped", || w.h.try_exit_status(pid));
+        let fp = format!("swap-{phase}");
+        pid = w.start_daemon(&[("CLAUDE_FAILOVER_FAILPOINT", fp.as_str())]);
+        wait_all_on(&w, &on, &names);
+        signal(pid, "-USR1");
+        let code = wait_for(UP, &format!("the daemon to crash at {fp}"), || w.h.try_exit_status(pid));
+        assert_ne!(code, Some(0), "{fp}: the fail point should have crashed it");
+        pid = w.start_daemon(&[]);
+        // After restart: one account for every session; which one depends on
+        // the phase (before the flip it rolls back, after it finishes).
+        let settled = wait_for(UP, &format!("sessions settled after a crash at {fp}"), || {
+            let s = w.status()?;
+            let acct = s["active_account"].as_str()?.to_string();
+            let all = names.iter().all(|n| {
+                s["sessions"].as_array().is_some_and(|a| a.iter().any(|x| x["name"] == *n && x["account"] == acct.as_str() && x["state"] == "idle"))
+            });
+            all.then_some(acct)
+        });
+        assert!(!w.sb.state_dir.join("swap.journal").exists(), "{fp}: journal left behind");
+        let before_flip = ["checkpoint", "drain", "stop"].contains(phase);
+        if before_flip {
+            assert_eq!(settled, on, "{fp}: a swap crashed before the flip rolls back");
+        } else {
+            assert_ne!(settled, on, "{fp}: a swap crashed after the flip finishes");
+        }
+        on = settled;
+        let prompt = format!("fo-c{}: still the same conversation?", i + 1);
+        let req = ask(&w, "ccl-auto-11", &prompt);
+        assert_eq!(req.account.as_deref(), Some(on.as_str()), "{fp}");
+        assert!(req.messages.to_string().contains("fo-c0: the conversation to keep"), "{fp}: conversation lost");
+        assert_eq!(w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str(), Some(id11.as_str()), "{fp}");
+        w.wait_state("ccl-auto-11", "idle", UP);
+    }
+}
