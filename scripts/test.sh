@@ -16,4 +16,4 @@ export CLAUDE_FAILOVER_E2E=1
 export CLAUDE_FAILOVER_CLAUDE_BIN="$PWD/$CLAUDE_BIN"
 # Two test threads: the machine (and CI) has two cores, and every
 # end-to-end test runs real Claude Code processes.
-exec cargo test --all-targets "$@" -- --test-threads=2
+exec cargo test "$@" -- --test-threads=2

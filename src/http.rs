@@ -89,12 +89,9 @@ fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
     let mut sink = Vec::new();
     let _ = req.as_reader().take(MAX_BODY).read_to_end(&mut sink);
     let answer = match (&method, path.as_str()) {
-        (Method::Get, "/status") => {
-            let snapshot = status::latest(published);
-            json(200, &*snapshot)
-        }
+        (Method::Get, "/status") => json(200, &current(published, wiring)),
         (Method::Get, "/healthz") => {
-            let snapshot = status::latest(published);
+            let snapshot = current(published, wiring);
             if snapshot.health_problems.is_empty() {
                 text(200, "ok\n")
             } else {
@@ -115,6 +112,26 @@ fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
 }
 
 type Answer = Response<std::io::Cursor<Vec<u8>>>;
+
+/// The main loop's snapshot with the switcher's own fields taken fresh from
+/// its view, so an answer never lags behind a swap that just ended.
+fn current(published: &Published, wiring: &Wiring) -> status::Status {
+    let mut s = (*status::latest(published)).clone();
+    let v = wiring.view.read();
+    if !v.active.is_empty() {
+        s.active_account = Some(v.active.clone());
+    }
+    s.partial_swap = v.partial_swap.is_some();
+    s.swap_in_progress = s.swap_in_progress || v.swap_in_progress.is_some();
+    s.last_swap = v.last_swap.as_ref().and_then(|l| serde_json::to_value(l).ok());
+    if let Some(p) = &v.partial_swap {
+        let problem = format!("partial swap: {p}");
+        if !s.health_problems.contains(&problem) {
+            s.health_problems.push(problem);
+        }
+    }
+    s
+}
 
 /// Constant-time comparison of the bearer token (no early exit on the first
 /// differing byte).

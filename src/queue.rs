@@ -328,6 +328,13 @@ fn parse_front_yaml(yaml: &str) -> std::result::Result<FrontMatter, String> {
             // The YAML starts on the file's second line.
             msg = format!("{msg} (line {})", l.line() + 1);
         }
+        let msg = msg
+            .replace("expected i64", "expected an integer")
+            .replace("expected u32", "expected a positive integer")
+            .replace(
+                "expected struct FrontMatter",
+                "expected keys like `priority: 1`",
+            );
         format!("broken front matter: {}", one_line(&msg))
     })
 }
@@ -370,10 +377,10 @@ fn not_a_task(ft: FileType) -> &'static str {
 fn check_name(name: &str) -> Result<()> {
     let why = if name.is_empty() {
         "it is empty"
-    } else if name.starts_with('.') {
-        "it starts with a dot"
     } else if name.contains('/') || name.contains('\0') {
         "it contains / or NUL"
+    } else if name.starts_with('.') {
+        "it starts with a dot"
     } else {
         return Ok(());
     };
@@ -619,8 +626,16 @@ impl Queue {
         self.folder(f).join(format!("{name}{suffix}"))
     }
 
-    /// Creates the queue's folders (idempotent).
+    /// Creates the queue's folders (idempotent). The project folder itself
+    /// must exist: a mistyped path is an error, not a new folder.
     pub fn ensure_layout(&self) -> Result<()> {
+        if !self.project_path.is_dir() {
+            return Err(QueueError::Io {
+                action: "use project folder",
+                path: self.project_path.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "not an existing folder"),
+            });
+        }
         for f in Folder::ALL {
             let dir = self.folder(f);
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
@@ -663,7 +678,7 @@ impl Queue {
         write_json(&self.attempts_path(), a)
     }
 
-    /// Moves `name`'s entry to `new_name` and/or drops it; writes only on change.
+    /// Applies `f` to attempts.json; writes only when it changed something.
     fn edit_attempts(&self, f: impl FnOnce(&mut Attempts)) -> Result<()> {
         let mut a = self.load_attempts();
         let before = a.clone();
@@ -855,13 +870,39 @@ impl Queue {
 
     // -- claim ---------------------------------------------------------------
 
-    /// Takes task `name` out of inbox/ for `session` running under `account`:
-    /// renames it into active/ (atomic: of two claimers exactly one wins, the
-    /// other gets [`QueueError::Gone`]), then writes its marker. The attempt
-    /// number is the task's failed attempts + 1.
+    /// Takes `task` (from this loop's [`scan_inbox`](Self::scan_inbox)) out
+    /// of inbox/ for `session` running under `account`: renames it into
+    /// active/ (atomic: of two claimers exactly one wins, the other gets
+    /// [`QueueError::Gone`]), then writes its marker. The attempt number is
+    /// the task's failed attempts + 1. The file is read again after the
+    /// rename: if it was edited into something invalid meanwhile it goes to
+    /// failed/ and the answer is [`QueueError::Invalid`].
     pub fn claim(
         &self,
+        task: &TaskFile,
+        session: &str,
+        account: &str,
+        now: SystemTime,
+    ) -> Result<ActiveTask> {
+        self.claim_inner(&task.name, Some(task.attempts), session, account, now)
+    }
+
+    /// [`claim`](Self::claim) by name, reading the attempts made from
+    /// attempts.json.
+    pub fn claim_by_name(
+        &self,
         name: &str,
+        session: &str,
+        account: &str,
+        now: SystemTime,
+    ) -> Result<ActiveTask> {
+        self.claim_inner(name, None, session, account, now)
+    }
+
+    fn claim_inner(
+        &self,
+        name: &str,
+        attempts: Option<u32>,
         session: &str,
         account: &str,
         now: SystemTime,
@@ -869,6 +910,11 @@ impl Queue {
         check_name(name)?;
         let from = self.task_path(Folder::Inbox, name);
         let to = self.task_path(Folder::Active, name);
+        if !exists(&from) {
+            return Err(QueueError::Gone {
+                name: name.to_string(),
+            });
+        }
         if exists(&to) {
             return Err(QueueError::Conflict {
                 name: name.to_string(),
@@ -894,7 +940,8 @@ impl Queue {
             },
             Err(e) => Err(format!("cannot look at it: {e}")),
         };
-        let attempts = self.load_attempts().get(name).map_or(0, |r| r.attempts);
+        let attempts =
+            attempts.unwrap_or_else(|| self.load_attempts().get(name).map_or(0, |r| r.attempts));
         let parsed = match parsed {
             Ok(p) => p,
             Err(reason) => {
@@ -1006,8 +1053,11 @@ impl Queue {
         check_name(name)?;
         let from = self.task_path(Folder::Active, name);
         if !exists(&from) {
+            let ended = [Folder::Done, Folder::Archive]
+                .into_iter()
+                .any(|f| exists(&self.task_path(f, name)));
             return match self.locate(name) {
-                Some(Folder::Done) | Some(Folder::Archive) => {
+                _ if ended => {
                     remove_if_present(&self.marker_path(name))?;
                     Ok(Completion::AlreadyDone)
                 }
@@ -1031,7 +1081,16 @@ impl Queue {
                 });
             }
         }
-        let recorded = self.load_attempts().get(name).map_or(0, |r| r.attempts);
+        // A first attempt has no attempts.json entry: skip reading it (it
+        // grows with the tasks that failed before).
+        let mut attempts = match &marker {
+            Some(m) if m.attempt <= 1 => None,
+            _ => Some(self.load_attempts()),
+        };
+        let recorded = attempts
+            .as_ref()
+            .and_then(|a| a.get(name))
+            .map_or(0, |r| r.attempts);
         let result = TaskResult {
             last_assistant_message: last_assistant_message.map(str::to_string),
             claude_session_id: claude_session_id
@@ -1062,9 +1121,11 @@ impl Queue {
             return Err(io_err("move to done/", &from)(e));
         }
         remove_if_present(&self.marker_path(name))?;
-        self.edit_attempts(|a| {
-            a.remove(name);
-        })?;
+        if let Some(a) = attempts.as_mut() {
+            if a.remove(name).is_some() {
+                self.save_attempts(a)?;
+            }
+        }
         Ok(Completion::Done { name: final_name })
     }
 
@@ -1103,6 +1164,7 @@ impl Queue {
         }
         let marker = self.read_marker(name).ok().flatten();
         let mut attempts = self.load_attempts();
+        let had_entry = attempts.contains_key(name);
         let mut record = attempts.remove(name).unwrap_or_default();
         record.attempts = match &marker {
             Some(m) => m.attempt.max(record.attempts),
@@ -1131,9 +1193,9 @@ impl Queue {
                 .move_to_failed(&from, name, ".md", &failure)?
                 .ok_or_else(|| self.not_active(name))?;
             remove_if_present(&self.marker_path(name))?;
-            self.edit_attempts(|a| {
-                a.remove(name);
-            })?;
+            if had_entry {
+                self.save_attempts(&attempts)?;
+            }
             return Ok(Outcome::Failed {
                 name: final_stem,
                 attempts: failure.attempts,
@@ -1238,7 +1300,7 @@ impl Queue {
         if let Err(e) = self.archive_done(now, cfg.done_retention, &mut report) {
             report.errors.push(e.to_string());
         }
-        let queued: Vec<String> = [Folder::Inbox, Folder::Active]
+        let queued: std::collections::BTreeSet<String> = [Folder::Inbox, Folder::Active]
             .into_iter()
             .flat_map(|f| self.md_names(f).unwrap_or_default())
             .collect();
@@ -1389,12 +1451,19 @@ impl Queue {
     }
 
     fn remove_delivered_temps(&self, errors: &mut Vec<String>) -> usize {
-        let Ok(files) = list_names(&self.root) else {
+        let Ok(entries) = fs::read_dir(&self.root) else {
             return 0;
         };
         let mut removed = 0;
-        for file in files.iter().filter(|f| f.starts_with(ENQUEUE_TEMP_PREFIX)) {
-            let path = self.root.join(file);
+        for entry in entries.filter_map(|e| e.ok()) {
+            if !entry
+                .file_name()
+                .to_str()
+                .is_some_and(|f| f.starts_with(ENQUEUE_TEMP_PREFIX))
+            {
+                continue;
+            }
+            let path = entry.path();
             // Linked into inbox/ (two links): the task is safe, the temp is litter.
             if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.nlink() > 1) {
                 match fs::remove_file(&path) {

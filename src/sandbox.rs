@@ -225,8 +225,8 @@ impl Sandbox {
         self.accounts.iter().map(|a| (a.name.clone(), a.token.clone())).collect()
     }
 
-    /// Installs our hook command (`BINARY hook`) in every account's
-    /// `settings.json`, as `setup` does.
+    /// Installs our hook command (`BINARY hook`) and status line
+    /// (`BINARY statusline`) in every account's `settings.json`, as `setup` does.
     pub fn install_hooks(&self, binary: &str) -> std::io::Result<()> {
         for a in &self.accounts {
             let path = a.home.join(facts::SETTINGS_JSON);
@@ -236,6 +236,7 @@ impl Sandbox {
                 Err(e) => return Err(e),
             };
             let (next, _) = settings::with_hooks(&current, &settings::hook_command(binary))
+                .and_then(|(v, _)| settings::with_statusline(&v, &settings::statusline_command(binary)))
                 .map_err(std::io::Error::other)?;
             let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
             atomic_file::write(&path, &bytes)?;

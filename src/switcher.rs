@@ -562,6 +562,8 @@ impl State {
         }
         self.last_swap_ms = Some(now_ms());
         self.last_swap = Some(outcome.clone());
+        // The view is current before anyone hears that the swap ended.
+        self.publish();
         self.view.write().swap_in_progress = None;
         let _ = self.out.send(Notice::SwapEnded(outcome.clone()));
         outcome

@@ -29,7 +29,9 @@ fn prepared(h: &Harness) -> Sandbox {
         tmux_socket: h.socket.clone(),
         ..SandboxSpec::default()
     };
-    Sandbox::create(&h.path().join("sandbox"), &spec).unwrap()
+    let sb = Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    sb.install_hooks(support::bin()).unwrap();
+    sb
 }
 
 fn check(sb: &Sandbox) -> (i32, String) {
@@ -71,6 +73,7 @@ fn fails_for_a_missing_claude_binary() {
     let mut spec = SandboxSpec { tmux_socket: h.socket.clone(), ..SandboxSpec::default() };
     spec.claude_binary = h.path().join("no-such-claude").to_string_lossy().into_owned();
     let sb = Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    sb.install_hooks(support::bin()).unwrap();
     let (code, text) = check(&sb);
     assert_eq!(code, 1, "{text}");
     let line = only_failure(&text);
