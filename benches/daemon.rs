@@ -26,7 +26,84 @@ fn main() {
     };
     println!("claude: {}", claude.display());
     hook_wall_time();
+    swap_timing();
     idle_daemon();
+}
+
+/// One cold start of Claude Code in tmux: launch → its SessionStart hook.
+fn cold_start(w: &World) -> Duration {
+    let events = w.sb.state_dir.join("events");
+    let _ = std::fs::remove_dir_all(&events);
+    let mut env = w.sb.claude_env("alpha", &w.api.base_url());
+    env.push(("CLAUDE_FAILOVER_SESSION".into(), "cold".into()));
+    let t = Instant::now();
+    w.h.tmux
+        .new_session(&claude_failover::tmux::Launch {
+            name: "cold".into(),
+            cwd: w.sb.pool_dirs[0].1.clone(),
+            width: 200,
+            height: 50,
+            env,
+            argv: vec![w.claude.to_string_lossy().into_owned()],
+        })
+        .unwrap();
+    support::wait_for(Duration::from_secs(60), "cold start SessionStart", || {
+        std::fs::read_dir(&events).ok()?.flatten().find(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("SessionStart")))
+    });
+    let took = t.elapsed();
+    let _ = w.h.tmux.kill_session("cold");
+    took
+}
+
+/// Trigger → every session resumed and idle under the target, for 1, 5, 10 sessions.
+fn swap_timing() {
+    for n in [1u32, 5, 10] {
+        let Some(mut w) = World::new("bench-swap", |spec| {
+            spec.pools[0].min = n;
+            spec.pools[0].max = n.max(2);
+            spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\nswap:\n  stop_timeout: 5s\n");
+        }) else {
+            return;
+        };
+        let cold = cold_start(&w);
+        let pid = w.start_daemon(&[]);
+        let names: Vec<String> = (11..11 + n).map(|i| format!("ccl-auto-{i}")).collect();
+        for name in &names {
+            w.wait_state(name, "idle", Duration::from_secs(120));
+        }
+        // Give each a conversation so the swap has something to resume.
+        for name in &names {
+            let p = format!("bench: hello from {name}");
+            // A TUI that has just started may not take input yet: retry.
+            let answered = (0..5).any(|_| {
+                w.type_prompt(name, &p);
+                w.api.wait_for_request(|r| r.prompt == p, Duration::from_secs(5)).is_some()
+            });
+            assert!(answered, "{name} never took its prompt");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let t = Instant::now();
+        let url = format!("http://{}/swap?to=beta", w.sb.http_listen);
+        let answer: serde_json::Value = ureq::post(&url).call().expect("swap").into_json().unwrap();
+        support::wait_for(Duration::from_secs(120), "all resumed on beta", || {
+            let s = w.status()?;
+            let sessions = s["sessions"].as_array()?;
+            names
+                .iter()
+                .all(|n| sessions.iter().any(|x| x["name"] == n.as_str() && x["account"] == "beta" && x["state"] == "idle"))
+                .then_some(())
+        });
+        let total = t.elapsed();
+        println!(
+            "swap of {n:>2} session(s): trigger → all resumed {:.2} s (switcher {} ms); one cold start of Claude Code {:.2} s; ratio {:.2} (target ≤ 2 for 10)",
+            total.as_secs_f64(),
+            answer["duration_ms"],
+            cold.as_secs_f64(),
+            total.as_secs_f64() / cold.as_secs_f64()
+        );
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

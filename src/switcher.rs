@@ -676,7 +676,7 @@ impl State {
                 log::error!("swap {}: not back under {} in time: {}", j.id, self.active.name, pending.join(", "));
                 return Vec::new();
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -763,13 +763,13 @@ fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
     };
     if alive(tmux) {
         let _ = tmux.send_key(name, "Escape");
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
         let _ = tmux.paste(name, "/exit");
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
         let _ = tmux.send_key(name, "Enter");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && alive(tmux) {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
     let _ = tmux.kill_session(name);
