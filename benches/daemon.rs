@@ -101,6 +101,12 @@ fn swap_timing() {
             cold.as_secs_f64(),
             total.as_secs_f64() / cold.as_secs_f64()
         );
+        if std::env::var("BENCH_SWAP_PHASES").is_ok() {
+            let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains("swap") || l.contains("launched")) {
+                println!("    {line}");
+            }
+        }
         let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -42,6 +42,8 @@ enum Event {
     Switcher(Notice),
     /// An HTTP command for the main loop.
     Control(crate::http::Control),
+    /// The dispatcher: task assignments, pool resizing, queue counts.
+    Dispatch(crate::dispatcher::Output),
     /// `lifecycle.interval` passed: reconcile fully.
     Tick,
     /// A back-off or start-up deadline is due.
@@ -74,7 +76,7 @@ struct Daemon {
     sd: Notifier,
     ready: bool,
     persisted: String,
-    consumed: Vec<PathBuf>,
+    consumed: Vec<(PathBuf, crate::hook::RecordedEvent)>,
     config_error: Option<String>,
     /// Shared-folder divergences found by the last check.
     shared_problems: Vec<String>,
@@ -84,6 +86,12 @@ struct Daemon {
     view: SharedView,
     /// A swap is under way: no reconcile, no dispatch; the switcher owns the sessions.
     swapping: Option<String>,
+    dispatcher: Sender<crate::dispatcher::Input>,
+    /// The last session snapshot sent to the dispatcher.
+    sent_sessions: Vec<crate::dispatcher::SessionView>,
+    queues: std::collections::BTreeMap<String, crate::status::QueueCounts>,
+    /// No account can take work: why.
+    no_account: Option<String>,
 }
 
 /// Runs the daemon in the foreground; returns the exit status.
@@ -171,6 +179,8 @@ pub fn run(config_path: &Path) -> i32 {
     let monitor = crate::quota_monitor::QuotaMonitor::start(&config, switcher.view.clone(), switcher.requests.clone());
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
     let watcher = SessionWatcher::start(Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE), report_tx);
+    let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
+    let dispatcher = crate::dispatcher::Dispatcher::start(&config, dispatch_tx);
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let events = match EventWatcher::start(events_dir, config.lifecycle.interval, events_tx) {
         Ok(w) => w,
@@ -199,6 +209,10 @@ pub fn run(config_path: &Path) -> i32 {
         switcher: switcher.requests.clone(),
         view: switcher.view.clone(),
         swapping: None,
+        dispatcher: dispatcher.input.clone(),
+        sent_sessions: Vec::new(),
+        queues: Default::default(),
+        no_account: None,
         config,
     };
     let _ = daemon.watcher.send(Request::Observe);
@@ -212,6 +226,7 @@ pub fn run(config_path: &Path) -> i32 {
             recv(report_rx) -> r => r.map(Event::Session).unwrap_or(Event::RoleGone("session watcher")),
             recv(active_rx) -> a => a.map(Event::Switcher).unwrap_or(Event::RoleGone("switcher")),
             recv(control_rx) -> c => c.map(Event::Control).unwrap_or(Event::RoleGone("http")),
+            recv(dispatch_rx) -> d => d.map(Event::Dispatch).unwrap_or(Event::RoleGone("dispatcher")),
             recv(ticker) -> _ => Event::Tick,
             recv(deadline) -> _ => Event::Deadline,
         };
@@ -231,6 +246,8 @@ pub fn run(config_path: &Path) -> i32 {
     drop(daemon);
     drop(watcher.requests);
     join_within(watcher.thread, "session watcher");
+    drop(dispatcher.input);
+    join_within(dispatcher.thread, "dispatcher");
     drop(monitor.stop);
     join_within(monitor.thread, "quota monitor");
     drop(switcher.requests);
@@ -329,7 +346,7 @@ impl Daemon {
                     if session::apply_hook(&mut self.book, &ev) {
                         log::debug!("{}: {hook}", ev.session.as_deref().unwrap_or("?"));
                     }
-                    self.consumed.push(path);
+                    self.consumed.push((path, ev));
                 }
                 if exits {
                     // A program is ending: look at tmux now, not at the next tick.
@@ -338,6 +355,7 @@ impl Daemon {
             }
             Event::Session(report) => self.on_report(report),
             Event::Switcher(notice) => self.on_switcher(notice),
+            Event::Dispatch(out) => self.on_dispatch(out),
             Event::Control(crate::http::Control::Reload { reply }) => {
                 self.reload();
                 let _ = reply.send(match &self.config_error {
@@ -372,6 +390,7 @@ impl Daemon {
             }
             Notice::SwapStarted { id, from, to, reason } => {
                 log::warn!("swap {id} started: {from} → {to} ({reason}); sessions are the switcher's until it ends");
+                let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(Some(format!("swap {id} under way"))));
                 self.swapping = Some(id);
             }
             Notice::Relaunch { active, .. } => {
@@ -391,9 +410,14 @@ impl Daemon {
             Notice::SwapEnded(result) => {
                 log::info!("swap {} ended: {}", result.id, result.result);
                 self.swapping = None;
+                let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(self.no_account.clone()));
                 let _ = self.watcher.send(Request::Observe);
             }
             Notice::NoAccount { paused, reason, earliest_reset } => {
+                self.no_account = paused.then(|| format!("no account can take work: {reason}"));
+                if self.swapping.is_none() {
+                    let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(self.no_account.clone()));
+                }
                 if paused {
                     let when = earliest_reset
                         .map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t)))
@@ -403,6 +427,45 @@ impl Daemon {
                     log::info!("an account can take work again; dispatch resumes");
                 }
             }
+        }
+    }
+
+    fn on_dispatch(&mut self, out: crate::dispatcher::Output) {
+        use crate::dispatcher::Output;
+        let now = now_ms();
+        match out {
+            Output::Task { session, task } => {
+                if let Some(r) = self.book.get_mut(&session) {
+                    r.task = task;
+                }
+            }
+            Output::Relocate { session, cwd } => {
+                if let Some(r) = self.book.get_mut(&session) {
+                    log::info!("{session}: moving to {} for its task (a fresh conversation there)", cwd.display());
+                    r.cwd = cwd;
+                    r.claude_session_id = None;
+                    r.failed_starts = 0;
+                    r.set_state(State::Dead, now);
+                    self.in_flight.insert(session.clone());
+                    let _ = self.watcher.send(Request::Execute(vec![Job::Kill { name: session }]));
+                }
+            }
+            Output::Grow { pool, name } => {
+                if !self.book.contains_key(&name) {
+                    let cwd = self.config.pools.iter().find(|p| p.name == pool).map(|p| p.cwd.clone()).unwrap_or_default();
+                    self.book.insert(name, session::Record { pool, state: State::Dead, since_ms: now, cwd, ..Default::default() });
+                    let _ = self.watcher.send(Request::Observe);
+                }
+            }
+            Output::Shrink { name } => {
+                if let Some(r) = self.book.get_mut(&name) {
+                    r.set_state(State::Stopping, now);
+                    self.in_flight.insert(name.clone());
+                    let _ = self.watcher.send(Request::Execute(vec![Job::Kill { name }]));
+                }
+            }
+            Output::Counts(c) => self.queues = c,
+            Output::Outcome { .. } | Output::TaskFailed { .. } => {}
         }
     }
 
@@ -486,6 +549,11 @@ impl Daemon {
             }
             Report::Killed { name, error } => {
                 self.in_flight.remove(&name);
+                if self.book.get(&name).is_some_and(|r| r.state == State::Stopping) && error.is_none() {
+                    log::info!("{name}: stopped (pool shrinks)");
+                    self.book.remove(&name);
+                    return;
+                }
                 match error {
                     Some(e) => log::error!("{name}: restart requested but it could not be stopped: {e}"),
                     None => log::info!("{name}: restarted on request"),
@@ -619,6 +687,7 @@ impl Daemon {
                 log::info!("config reloaded from {}", self.config_path.display());
                 self.config_error = None;
                 let _ = self.switcher.send(switcher::Request::Reconfigure(Box::new(next.clone())));
+                let _ = self.dispatcher.send(crate::dispatcher::Input::Reconfigure(Box::new(next.clone())));
                 self.config = next;
                 let _ = self.watcher.send(Request::Observe);
             }
@@ -645,8 +714,30 @@ impl Daemon {
     /// Persist what changed, drop consumed event files, publish, tell systemd.
     fn after_turn(&mut self) {
         self.persist();
-        for path in self.consumed.drain(..) {
-            let _ = std::fs::remove_file(path);
+        // Persisted first: the dispatcher deletes each event file once it has
+        // handled it too, so a crash replays an event, never loses one.
+        for (path, ev) in self.consumed.drain(..) {
+            if let Err(crossbeam_channel::SendError(crate::dispatcher::Input::Hook(path, _))) =
+                self.dispatcher.send(crate::dispatcher::Input::Hook(path, Box::new(ev)))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let view: Vec<crate::dispatcher::SessionView> = self
+            .book
+            .iter()
+            .map(|(name, r)| crate::dispatcher::SessionView {
+                name: name.clone(),
+                pool: r.pool.clone(),
+                state: r.state,
+                cwd: r.cwd.clone(),
+                account: r.account.clone(),
+                claude_session_id: r.claude_session_id.clone(),
+            })
+            .collect();
+        if view != self.sent_sessions {
+            let _ = self.dispatcher.send(crate::dispatcher::Input::Sessions(view.clone()));
+            self.sent_sessions = view;
         }
         self.publish();
         if !self.ready && self.observed.is_some() && self.active.is_some() {
@@ -756,6 +847,7 @@ impl Daemon {
                 unmanaged_sessions: unmanaged,
                 config_error: self.config_error.clone(),
                 health_problems: health,
+                queues: self.queues.clone(),
                 ..Status::default()
             },
         );

@@ -9,6 +9,8 @@ pub mod claude_facts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
+pub mod dispatcher;
 pub mod event_watcher;
 pub mod hook;
 pub mod http;

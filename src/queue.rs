@@ -29,8 +29,10 @@
 //!   every write, truncate, `touch` and rename, so this covers "size and
 //!   mtime stable" and cannot be fooled by tools that set an old or future
 //!   mtime (`cp -p`, `touch -d`). Writing elsewhere and renaming into inbox
-//!   (what `enqueue` does) is the clean way; an editor writing in place is
-//!   covered by the settle time.
+//!   (what `enqueue` does) is the clean way, and is seen at once: inotify
+//!   reports the rename (`IN_MOVED_TO`) or the writer's close
+//!   (`IN_CLOSE_WRITE`) and the dispatcher skips the settle time for that
+//!   name. An editor writing in place is covered by the settle time.
 //! - **Bad input** (not UTF-8, over 1 MiB, broken front matter, no prompt)
 //!   goes to failed/ with the reason in `<name>.error.json`. Nothing is ever
 //!   deleted: every move is a rename, and a name already taken in the
@@ -694,6 +696,14 @@ impl Queue {
     /// Looks at every inbox entry: claimable tasks in order, bad ones moved
     /// to failed/, unsettled ones reported.
     pub fn scan_inbox(&self, now: SystemTime) -> Result<ScanResult> {
+        self.scan_inbox_with(now, &std::collections::HashSet::new())
+    }
+
+    /// As [`Queue::scan_inbox`], but the file names in `complete` (`x.md`)
+    /// skip the settle time: the dispatcher saw inotify report them renamed
+    /// into inbox (`IN_MOVED_TO`) or closed after writing (`IN_CLOSE_WRITE`),
+    /// which is how a complete file arrives.
+    pub fn scan_inbox_with(&self, now: SystemTime, complete: &std::collections::HashSet<String>) -> Result<ScanResult> {
         let inbox = self.folder(Folder::Inbox);
         let entries = fs::read_dir(&inbox).map_err(io_err("list", &inbox))?;
         let attempts = self.load_attempts();
@@ -746,7 +756,7 @@ impl Queue {
                 continue;
             };
             let changed_at = last_change(&meta);
-            if age(now, changed_at) < SETTLE {
+            if age(now, changed_at) < SETTLE && !complete.contains(file) {
                 out.not_ready.push(name.to_string());
                 continue;
             }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The two-minute tour: builds claude-failover and runs `claude-failover demo`,
+# a self-contained sandbox (the local Anthropic API stand-in, two made-up
+# accounts, a private tmux server, the real Claude Code) that shows sessions
+# starting, tasks running, the first account crossing its quota threshold and
+# every session failing over to the second one. It cleans up after itself.
+#
+#   scripts/demo.sh                 # 6 tasks on 3 sessions
+#   scripts/demo.sh --keep          # leave it running afterwards, to look around
+#   scripts/demo.sh --tasks 9 --sessions 2
+#
+# On a fresh machine it first installs tmux (apt) and, when no `claude` is on
+# PATH, the pinned Claude Code (npm, into .cache/, reused after).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_tmux
+given=""
+for arg in "$@"; do
+    case "$arg" in --claude|--claude=*) given=1 ;; esac
+done
+claude_args=()
+if [ -z "$given" ]; then
+    if claude_path=$(command -v claude); then
+        :
+    else
+        ensure_claude
+        claude_path="$PWD/$CLAUDE_BIN"
+    fi
+    claude_args=(--claude "$claude_path")
+fi
+cargo build --release --quiet
+exec "${CARGO_TARGET_DIR:-target}/release/claude-failover" demo ${claude_args[@]+"${claude_args[@]}"} "$@"

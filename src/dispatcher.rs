@@ -1,0 +1,679 @@
+//! The dispatcher: feeds queued tasks to idle sessions, exactly once each,
+//! and records their results.
+//!
+//! It owns every project's queue on disk (claims, completions, attempts, the
+//! janitor, `status.json`) and the typing of prompts. It learns of sessions
+//! from the main loop's snapshots and of their turns from the hook events
+//! the main loop forwards; it asks the main loop to move a session to a
+//! project folder, grow a pool or shrink it. A task:
+//!
+//! 1. is claimed (atomic rename into `active/` plus its marker);
+//! 2. gets a fresh conversation: `/clear` when the session already runs in
+//!    the project's folder (confirmed by `SessionStart` with source
+//!    `clear`), else the session is relaunched there;
+//! 3. is pasted (bracketed paste, pause, Enter), confirmed by the
+//!    `UserPromptSubmit` hook within a deadline (one retry of Enter, then the
+//!    task goes back to the inbox and the session is reported);
+//! 4. is done on the `Stop` hook that answers it: `done/` + `result.json`.
+//!
+//! A session that dies mid-task, or a `StopFailure` other than a refused
+//! request, costs an attempt (then `failed/` after `max_attempts`). A refused
+//! request is not an attempt: the task waits for the swap, and the resumed
+//! conversation gets a continuation prompt. Hook event files are deleted
+//! here, once handled, so a crash replays an event rather than losing it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, tick, Receiver, Sender};
+
+use crate::config::Config;
+use crate::hook::RecordedEvent;
+use crate::queue::{Completion, Outcome, Queue};
+use crate::session::State;
+use crate::status::QueueCounts;
+use crate::tmux::Tmux;
+
+/// What the dispatcher sees of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub name: String,
+    pub pool: String,
+    pub state: State,
+    pub cwd: PathBuf,
+    pub account: Option<String>,
+    pub claude_session_id: Option<String>,
+}
+
+pub enum Input {
+    Sessions(Vec<SessionView>),
+    /// A hook event and its file (deleted once handled).
+    Hook(PathBuf, Box<RecordedEvent>),
+    /// Dispatch paused (a swap, or no account can take work), with why.
+    Paused(Option<String>),
+    Reconfigure(Box<Config>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// The task a session works on, for status.
+    Task { session: String, task: Option<String> },
+    /// Relaunch the session, fresh, in `cwd`.
+    Relocate { session: String, cwd: PathBuf },
+    /// Start one more session of the pool (above `min`).
+    Grow { pool: String, name: String },
+    /// Stop an idle session above `min`.
+    Shrink { name: String },
+    Counts(BTreeMap<String, QueueCounts>),
+    /// A task finished: `done`, `failed` or `requeued`, and the time from
+    /// its arrival to its confirmed submission.
+    Outcome { outcome: &'static str, dispatch_latency: Option<Duration> },
+    /// A task failed for good (for notifications).
+    TaskFailed { project: String, task: String, reason: String },
+}
+
+pub struct Dispatcher {
+    pub input: Sender<Input>,
+    pub thread: JoinHandle<()>,
+}
+
+/// How long a pasted prompt may wait for its `UserPromptSubmit`.
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long `/clear` may take to answer with `SessionStart`.
+const CLEAR_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a relocated session may take to come back.
+const RELOCATE_DEADLINE: Duration = Duration::from_secs(90);
+/// What a resumed conversation is told after a swap interrupted its task.
+pub const CONTINUE_PROMPT: &str = "This session was moved to another account and resumed. Continue the task you were working on from where you stopped, and finish it.";
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    /// Waiting for the session to come back in the project's folder.
+    Relocating { since: Instant },
+    /// `/clear` typed; waiting for `SessionStart` with source `clear`.
+    Clearing { since: Instant },
+    /// Prompt pasted; waiting for `UserPromptSubmit`.
+    Typing { since: Instant, retried: bool, text: String },
+    /// Submitted; waiting for `Stop`.
+    Running,
+    /// A swap (or a refusal) interrupted it; continue after `SessionStart(resume)`.
+    Interrupted,
+}
+
+#[derive(Debug, Clone)]
+struct Assignment {
+    project: String,
+    /// Claimed task name (None while relocating for a not yet claimed task).
+    task: Option<String>,
+    prompt: String,
+    phase: Phase,
+    /// When the task was seen ready (for dispatch latency).
+    seen_at: Instant,
+}
+
+struct Run {
+    config: Config,
+    tmux: Tmux,
+    queues: Vec<(Queue, String)>, // (queue, pool)
+    sessions: Vec<SessionView>,
+    assigned: HashMap<String, Assignment>,
+    /// Sessions whose conversation is fresh (no prompt since it started or cleared).
+    fresh: HashSet<String>,
+    paused: Option<String>,
+    out: Sender<Output>,
+    /// Names inotify reported complete, per project.
+    complete: HashMap<String, HashSet<String>>,
+    idle_since: HashMap<String, Instant>,
+    last_janitor: Instant,
+    started: Instant,
+    recovered: bool,
+}
+
+impl Dispatcher {
+    pub fn start(config: &Config, out: Sender<Output>) -> Dispatcher {
+        let (input, rx) = crossbeam_channel::unbounded();
+        let config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("dispatcher".into())
+            .spawn(move || {
+                let wake = watch_inboxes(&config);
+                let mut run = Run::new(config, out);
+                run.serve(rx, wake);
+            })
+            .expect("spawn dispatcher thread");
+        Dispatcher { input, thread }
+    }
+}
+
+/// inotify on every project's inbox: names renamed in or closed after
+/// writing. A detached reader (it blocks in `read`); it only sends names.
+fn watch_inboxes(config: &Config) -> Receiver<(String, String)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let Ok(mut inotify) = inotify::Inotify::init() else {
+        log::warn!("inotify unavailable: inboxes are scanned every interval");
+        return rx;
+    };
+    let mut projects = HashMap::new();
+    for p in &config.projects {
+        let inbox = p.path.join(crate::queue::QUEUE_DIR).join("inbox");
+        let _ = std::fs::create_dir_all(&inbox);
+        match inotify.watches().add(&inbox, inotify::WatchMask::MOVED_TO | inotify::WatchMask::CLOSE_WRITE) {
+            Ok(wd) => {
+                projects.insert(wd, p.name.clone());
+            }
+            Err(e) => log::warn!("cannot watch {}: {e}; scanned every interval", inbox.display()),
+        }
+    }
+    let _ = std::thread::Builder::new().name("inbox-inotify".into()).spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Ok(events) = inotify.read_events_blocking(&mut buf) else {
+                return;
+            };
+            for e in events {
+                let project = projects.get(&e.wd).cloned().unwrap_or_default();
+                let name = e.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if tx.send((project, name)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl Run {
+    fn new(config: Config, out: Sender<Output>) -> Run {
+        let queues = config
+            .projects
+            .iter()
+            .map(|p| {
+                let q = Queue::for_project(p);
+                if let Err(e) = q.ensure_layout() {
+                    log::error!("project {}: {e}", p.name);
+                }
+                (q, p.pool.clone())
+            })
+            .collect();
+        Run {
+            tmux: Tmux::new(config.tmux.socket.clone(), Duration::from_secs(10)),
+            config,
+            queues,
+            sessions: Vec::new(),
+            assigned: HashMap::new(),
+            fresh: HashSet::new(),
+            paused: None,
+            out,
+            complete: HashMap::new(),
+            idle_since: HashMap::new(),
+            last_janitor: Instant::now(),
+            started: Instant::now(),
+            recovered: false,
+        }
+    }
+
+    fn serve(&mut self, rx: Receiver<Input>, wake: Receiver<(String, String)>) {
+        let ticker = tick(Duration::from_millis(500));
+        let mut wake = wake;
+        loop {
+            select! {
+                recv(rx) -> msg => match msg {
+                    Ok(input) => self.handle(input),
+                    Err(_) => return,
+                },
+                recv(wake) -> msg => match msg {
+                    Ok((project, name)) => { self.complete.entry(project).or_default().insert(name); }
+                    Err(_) => wake = crossbeam_channel::never(),
+                },
+                recv(ticker) -> _ => {}
+            }
+            // Drain what else is waiting before deciding once.
+            while let Ok(input) = rx.try_recv() {
+                self.handle(input);
+            }
+            while let Ok((project, name)) = wake.try_recv() {
+                self.complete.entry(project).or_default().insert(name);
+            }
+            self.turn();
+        }
+    }
+
+    fn queue(&self, project: &str) -> Option<&Queue> {
+        self.queues.iter().map(|(q, _)| q).find(|q| q.project() == project)
+    }
+
+    fn session(&self, name: &str) -> Option<&SessionView> {
+        self.sessions.iter().find(|s| s.name == name)
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Sessions(s) => self.sessions = s,
+            Input::Paused(p) => {
+                if p.is_some() && self.paused.is_none() {
+                    // Work under way waits for the swap and continues after it.
+                    for a in self.assigned.values_mut() {
+                        if matches!(a.phase, Phase::Running | Phase::Typing { .. }) && a.task.is_some() {
+                            a.phase = Phase::Interrupted;
+                        }
+                    }
+                }
+                self.paused = p;
+            }
+            Input::Reconfigure(c) => {
+                self.queues = c.projects.iter().map(|p| (Queue::for_project(p), p.pool.clone())).collect();
+                self.config = *c;
+            }
+            Input::Hook(path, ev) => {
+                self.on_hook(&ev);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    fn on_hook(&mut self, ev: &RecordedEvent) {
+        let Some(session) = ev.session.clone() else {
+            return;
+        };
+        let p = &ev.payload;
+        let hook = p.get("hook_event_name").and_then(|v| v.as_str()).unwrap_or("");
+        let sid = p.get("session_id").and_then(|v| v.as_str()).map(String::from);
+        let source = p.get("source").and_then(|v| v.as_str()).unwrap_or("");
+        match hook {
+            "SessionStart" => {
+                if source == "startup" || source == "clear" {
+                    self.fresh.insert(session.clone());
+                }
+                let Some(a) = self.assigned.get_mut(&session) else {
+                    return;
+                };
+                match (&a.phase, source) {
+                    (Phase::Clearing { .. }, "clear") | (Phase::Relocating { .. }, "startup") => {
+                        let text = a.prompt.clone();
+                        self.type_text(&session, &text, false);
+                    }
+                    (Phase::Interrupted, "resume") => self.type_text(&session, CONTINUE_PROMPT, false),
+                    (Phase::Running | Phase::Typing { .. } | Phase::Clearing { .. }, "startup" | "resume") if self.paused.is_none() => {
+                        // The program restarted under the task (it died and was
+                        // relaunched): that attempt is lost.
+                        self.release(&session, Release::Attempt(format!("session {session} restarted while working on it")));
+                    }
+                    (Phase::Interrupted, _) => {
+                        // The conversation could not be resumed: start the task
+                        // afresh without counting an attempt.
+                        log::warn!("{session}: resumed as a new conversation; its task goes back to the inbox");
+                        self.release(&session, Release::Requeue);
+                    }
+                    _ => {}
+                }
+            }
+            "UserPromptSubmit" => {
+                self.fresh.remove(&session);
+                let Some(a) = self.assigned.get_mut(&session) else {
+                    return;
+                };
+                if let Phase::Typing { .. } = a.phase {
+                    a.phase = Phase::Running;
+                    let latency = a.seen_at.elapsed();
+                    let (task, project) = (a.task.clone(), a.project.clone());
+                    if let (Some(task), Some(id)) = (task, sid) {
+                        if let Some(q) = self.queue(&project) {
+                            let _ = q.record_claude_session_id(&task, &id);
+                        }
+                    }
+                    log::info!("{session}: task submitted ({} ms after it was seen)", latency.as_millis());
+                    let _ = self.out.send(Output::Outcome { outcome: "submitted", dispatch_latency: Some(latency) });
+                }
+            }
+            "Stop" => {
+                let Some(a) = self.assigned.get(&session).cloned() else {
+                    return;
+                };
+                if !matches!(a.phase, Phase::Running | Phase::Typing { .. } | Phase::Interrupted) {
+                    return;
+                }
+                let (Some(task), Some(q)) = (a.task.clone(), self.queue(&a.project)) else {
+                    return;
+                };
+                let message = p.get("last_assistant_message").and_then(|v| v.as_str());
+                match q.complete(&task, message, sid.as_deref(), now()) {
+                    Ok(Completion::Done { name }) => {
+                        log::info!("{session}: task {}/{name} done", a.project);
+                        let _ = self.out.send(Output::Outcome { outcome: "done", dispatch_latency: None });
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::error!("{session}: task {}/{task} could not be completed: {e}", a.project),
+                }
+                self.release(&session, Release::Done);
+            }
+            "StopFailure" => {
+                let error = p.get("error").and_then(|v| v.as_str()).unwrap_or("unknown");
+                let message = p.get("last_assistant_message").and_then(|v| v.as_str()).unwrap_or("");
+                let Some(a) = self.assigned.get_mut(&session) else {
+                    return;
+                };
+                if crate::claude_facts::stop_failure_kind(error) == Some(crate::claude_facts::LimitKind::FiveHour) {
+                    // Refused: not an attempt; it continues after the swap.
+                    a.phase = Phase::Interrupted;
+                } else {
+                    let reason = format!("{error}: {message}");
+                    self.release(&session, Release::Attempt(reason));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Pastes `text` and presses Enter; the assignment waits for `UserPromptSubmit`.
+    fn type_text(&mut self, session: &str, text: &str, retried: bool) {
+        if let Err(e) = self.tmux.paste(session, text) {
+            log::warn!("{session}: cannot paste: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        if let Err(e) = self.tmux.send_key(session, "Enter") {
+            log::warn!("{session}: cannot press Enter: {e}");
+        }
+        if let Some(a) = self.assigned.get_mut(session) {
+            a.phase = Phase::Typing { since: Instant::now(), retried, text: text.to_string() };
+        }
+    }
+
+    fn release(&mut self, session: &str, how: Release) {
+        let Some(a) = self.assigned.remove(session) else {
+            return;
+        };
+        let _ = self.out.send(Output::Task { session: session.to_string(), task: None });
+        self.idle_since.insert(session.to_string(), Instant::now());
+        let Some(task) = a.task else {
+            return;
+        };
+        let Some(q) = self.queue(&a.project) else {
+            return;
+        };
+        match how {
+            Release::Done => {}
+            Release::Requeue => match q.requeue(&task) {
+                Ok(_) => {
+                    let _ = self.out.send(Output::Outcome { outcome: "requeued", dispatch_latency: None });
+                }
+                Err(e) => log::error!("task {}/{task}: cannot go back to the inbox: {e}", a.project),
+            },
+            Release::Attempt(reason) => match q.fail_attempt(&task, &reason, self.config.janitor.max_attempts, now()) {
+                Ok(Outcome::Requeued { attempts, .. }) => {
+                    log::warn!("task {}/{task}: attempt {attempts} failed ({reason}); back in the inbox", a.project);
+                    let _ = self.out.send(Output::Outcome { outcome: "requeued", dispatch_latency: None });
+                }
+                Ok(Outcome::Failed { name, attempts }) => {
+                    log::error!("task {}/{name}: failed after {attempts} attempts: {reason}", a.project);
+                    let _ = self.out.send(Output::Outcome { outcome: "failed", dispatch_latency: None });
+                    let _ = self.out.send(Output::TaskFailed { project: a.project.clone(), task: name, reason });
+                }
+                Err(e) => log::error!("task {}/{task}: {e}", a.project),
+            },
+        }
+    }
+
+    /// Adopts tasks left active by a previous run.
+    fn recover(&mut self) {
+        for (q, _) in &self.queues {
+            let Ok(active) = q.list_active() else {
+                continue;
+            };
+            for (name, marker) in active {
+                let Some(m) = marker else {
+                    continue; // the janitor returns marker-less tasks
+                };
+                let state = self.sessions.iter().find(|s| s.name == m.session).map(|s| s.state);
+                let confirmed = m.claude_session_id.is_some();
+                if confirmed && state.is_some() && !self.assigned.contains_key(&m.session) {
+                    log::info!("{}: adopting its active task {}/{name}", m.session, q.project());
+                    self.assigned.insert(
+                        m.session.clone(),
+                        Assignment { project: q.project().to_string(), task: Some(name.clone()), prompt: String::new(), phase: Phase::Running, seen_at: Instant::now() },
+                    );
+                    let _ = self.out.send(Output::Task { session: m.session.clone(), task: Some(name) });
+                } else {
+                    // Never confirmed: the prompt may not have been typed. Start it again.
+                    log::warn!("task {}/{name} was claimed but never confirmed before a restart; back to the inbox", q.project());
+                    let _ = q.requeue(&name);
+                }
+            }
+        }
+    }
+
+    fn turn(&mut self) {
+        if !self.recovered {
+            // Wait for the first session snapshot so adoption sees states.
+            if self.sessions.is_empty() && self.started.elapsed() < Duration::from_secs(5) {
+                return;
+            }
+            self.recover();
+            self.recovered = true;
+        }
+        self.check_assignments();
+        if self.paused.is_none() {
+            self.dispatch();
+        }
+        self.resize_pools();
+        if self.last_janitor.elapsed() >= self.config.janitor.interval {
+            self.last_janitor = Instant::now();
+            self.janitor();
+        }
+        self.publish_counts();
+    }
+
+    /// Deadlines, and sessions that died under a task.
+    fn check_assignments(&mut self) {
+        let names: Vec<String> = self.assigned.keys().cloned().collect();
+        for name in names {
+            let Some(a) = self.assigned.get(&name).cloned() else {
+                continue;
+            };
+            let state = self.session(&name).map(|s| s.state);
+            let gone = matches!(state, None | Some(State::Dead | State::Backoff | State::Failed));
+            match &a.phase {
+                Phase::Interrupted => {}
+                Phase::Relocating { since } => {
+                    if since.elapsed() > RELOCATE_DEADLINE {
+                        log::warn!("{name}: did not come back in {} in time", a.project);
+                        self.release(&name, Release::Requeue);
+                    }
+                }
+                _ if gone && self.paused.is_none() => {
+                    self.release(&name, Release::Attempt(format!("session {name} ended while working on it")));
+                }
+                Phase::Clearing { since } if since.elapsed() > CLEAR_DEADLINE => {
+                    log::warn!("{name}: /clear was not confirmed; its task goes back to the inbox");
+                    self.release(&name, Release::Requeue);
+                }
+                Phase::Typing { since, retried, text } if since.elapsed() > SUBMIT_DEADLINE => {
+                    if *retried {
+                        log::error!("{name}: the prompt was not taken (no UserPromptSubmit after a retry); task back to the inbox; look at the session");
+                        self.release(&name, Release::Requeue);
+                    } else {
+                        // One more Enter, as some versions ignore the first.
+                        let _ = self.tmux.send_key(&name, "Enter");
+                        if let Some(x) = self.assigned.get_mut(&name) {
+                            x.phase = Phase::Typing { since: Instant::now(), retried: true, text: text.clone() };
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn free_sessions(&self, pool: &str) -> Vec<SessionView> {
+        self.sessions
+            .iter()
+            .filter(|s| s.pool == pool && s.state == State::Idle && !self.assigned.contains_key(&s.name))
+            .cloned()
+            .collect()
+    }
+
+    fn dispatch(&mut self) {
+        let queues: Vec<(Queue, String)> = self.queues.clone();
+        for (q, pool) in queues {
+            let dispatchable = self.config.pools.iter().any(|p| p.name == pool && p.dispatch);
+            if !dispatchable {
+                continue;
+            }
+            let mut free = self.free_sessions(&pool);
+            if free.is_empty() {
+                continue;
+            }
+            let complete = self.complete.remove(q.project()).unwrap_or_default();
+            let scan = match q.scan_inbox_with(now(), &complete) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("project {}: {e}", q.project());
+                    continue;
+                }
+            };
+            for r in &scan.rejected {
+                log::error!("project {}: {} refused: {}", q.project(), r.file, r.reason);
+                let _ = self.out.send(Output::Outcome { outcome: "failed", dispatch_latency: None });
+                let _ = self.out.send(Output::TaskFailed { project: q.project().to_string(), task: r.file.clone(), reason: r.reason.clone() });
+            }
+            // Names seen complete but not ready yet (same name active) stay known.
+            for n in &scan.not_ready {
+                let file = format!("{n}.md");
+                if complete.contains(&file) {
+                    self.complete.entry(q.project().to_string()).or_default().insert(file);
+                }
+            }
+            for task in scan.ready {
+                // Prefer a session already in the project's folder.
+                let pos = free.iter().position(|s| s.cwd == q.project_path()).unwrap_or(0);
+                if free.is_empty() {
+                    break;
+                }
+                let s = free.remove(pos);
+                let seen_at = Instant::now();
+                let account = s.account.clone().unwrap_or_default();
+                let claimed = match q.claim(&task, &s.name, &account, now()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::warn!("project {}: cannot claim {}: {e}", q.project(), task.name);
+                        continue;
+                    }
+                };
+                log::info!("{}: task {}/{} (attempt {})", s.name, q.project(), claimed.name, claimed.marker.attempt);
+                let _ = self.out.send(Output::Task { session: s.name.clone(), task: Some(claimed.name.clone()) });
+                let mut a = Assignment { project: q.project().to_string(), task: Some(claimed.name.clone()), prompt: claimed.prompt.clone(), phase: Phase::Running, seen_at };
+                if s.cwd != q.project_path() {
+                    a.phase = Phase::Relocating { since: Instant::now() };
+                    self.assigned.insert(s.name.clone(), a);
+                    let _ = self.out.send(Output::Relocate { session: s.name.clone(), cwd: q.project_path().to_path_buf() });
+                } else if self.fresh.contains(&s.name) {
+                    self.assigned.insert(s.name.clone(), a);
+                    self.type_text(&s.name, &claimed.prompt, false);
+                } else {
+                    a.phase = Phase::Clearing { since: Instant::now() };
+                    self.assigned.insert(s.name.clone(), a);
+                    let _ = self.tmux.paste(&s.name, "/clear");
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = self.tmux.send_key(&s.name, "Enter");
+                }
+            }
+        }
+    }
+
+    /// Grow pools while tasks wait and an account is usable; shrink idle
+    /// sessions above `min` after `idle_shrink_after`.
+    fn resize_pools(&mut self) {
+        for pool in self.config.pools.clone() {
+            if !pool.dispatch {
+                continue;
+            }
+            let waiting: usize = self
+                .queues
+                .iter()
+                .filter(|(_, p)| *p == pool.name)
+                .filter_map(|(q, _)| q.counts().ok())
+                .map(|c| c.inbox)
+                .sum();
+            let members: Vec<&SessionView> = self.sessions.iter().filter(|s| s.pool == pool.name).collect();
+            let free = members.iter().filter(|s| s.state == State::Idle && !self.assigned.contains_key(&s.name)).count();
+            let starting = members.iter().filter(|s| matches!(s.state, State::Starting | State::Dead)).count();
+            if self.paused.is_none() && waiting > free + starting && (members.len() as u32) < pool.max {
+                let taken: HashSet<&str> = members.iter().map(|s| s.name.as_str()).collect();
+                if let Some(name) = pool.session_names().into_iter().find(|n| !taken.contains(n.as_str())) {
+                    log::info!("pool {}: {waiting} task(s) waiting, growing with {name}", pool.name);
+                    let _ = self.out.send(Output::Grow { pool: pool.name.clone(), name });
+                }
+            }
+            if waiting == 0 && members.len() as u32 > pool.min {
+                let names = pool.session_names();
+                // Shrink from the top index down, one per turn.
+                if let Some(s) = members
+                    .iter()
+                    .filter(|s| names.iter().position(|n| n == &s.name).is_some_and(|i| i as u32 >= pool.min))
+                    .filter(|s| s.state == State::Idle && !self.assigned.contains_key(&s.name))
+                    .filter(|s| self.idle_since.get(&s.name).is_some_and(|t| t.elapsed() >= pool.idle_shrink_after))
+                    .max_by_key(|s| names.iter().position(|n| n == &s.name))
+                {
+                    log::info!("pool {}: {} idle for {:?}, shrinking", pool.name, s.name, pool.idle_shrink_after);
+                    self.idle_since.remove(&s.name);
+                    let _ = self.out.send(Output::Shrink { name: s.name.clone() });
+                }
+            }
+        }
+        for s in &self.sessions {
+            if s.state != State::Idle || self.assigned.contains_key(&s.name) {
+                self.idle_since.remove(&s.name);
+            } else {
+                self.idle_since.entry(s.name.clone()).or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    fn janitor(&mut self) {
+        let assigned: HashSet<String> = self.assigned.values().filter_map(|a| a.task.clone()).collect();
+        for (q, _) in &self.queues {
+            let live = |m: &crate::queue::Marker| self.assigned.contains_key(&m.session);
+            match q.janitor(now(), &self.config.janitor, &live) {
+                Ok(r) => {
+                    for (name, _) in &r.stale {
+                        if !assigned.contains(name) {
+                            log::warn!("project {}: task {name} had no sign of life for {:?}; back to the inbox", q.project(), self.config.janitor.stale_task_after);
+                        }
+                    }
+                    for e in r.errors {
+                        log::warn!("project {}: janitor: {e}", q.project());
+                    }
+                }
+                Err(e) => log::warn!("project {}: janitor: {e}", q.project()),
+            }
+        }
+    }
+
+    fn publish_counts(&mut self) {
+        let mut counts = BTreeMap::new();
+        for (q, _) in &self.queues {
+            if let Ok(c) = q.counts() {
+                counts.insert(q.project().to_string(), c);
+            }
+            let serving: Vec<String> = self.assigned.iter().filter(|(_, a)| a.project == q.project()).map(|(s, _)| s.clone()).collect();
+            let _ = q.write_status(&serving, now());
+        }
+        let _ = self.out.send(Output::Counts(counts));
+    }
+}
+
+enum Release {
+    Done,
+    Requeue,
+    Attempt(String),
+}
+
+/// The transcript of a conversation (for checkpoints and diagnostics).
+pub fn transcript_path(home: &Path, cwd: &Path, id: &str) -> PathBuf {
+    home.join("projects").join(crate::claude_facts::transcript_folder_name(cwd)).join(format!("{id}.jsonl"))
+}
