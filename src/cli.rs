@@ -38,6 +38,22 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Ask the running daemon how things stand: accounts, sessions, queues, last swap.
+    Status {
+        /// The raw `/status` JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a task into a project's inbox atomically.
+    Enqueue {
+        #[arg(long)]
+        project: String,
+        /// Higher runs first.
+        #[arg(long)]
+        priority: Option<i64>,
+        /// The task file, or `-` for standard input.
+        file: String,
+    },
     /// Ask the running daemon to fail over now.
     Swap {
         /// The account to move to (default: the best other one).
@@ -85,6 +101,14 @@ impl Cli {
             }
             Command::Setup { dry_run } => match load(&config_path) {
                 Ok(config) => crate::setup::setup_command(&config, dry_run),
+                Err(code) => code,
+            },
+            Command::Status { json } => match load(&config_path) {
+                Ok(config) => status_command(&config, json),
+                Err(code) => code,
+            },
+            Command::Enqueue { project, priority, file } => match load(&config_path) {
+                Ok(config) => enqueue_command(&config, &project, priority, &file),
                 Err(code) => code,
             },
             Command::Swap { to, reason } => match load(&config_path) {
@@ -192,5 +216,63 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
         let why = v["detail"].as_str().or(v["error"].as_str()).unwrap_or(&body).to_string();
         eprintln!("claude-failover swap: {} ({code}): {why}", v["result"].as_str().unwrap_or("refused"));
         exit::FAILURE
+    }
+}
+
+/// `status [--json]` through `GET /status`.
+fn status_command(config: &Config, json: bool) -> i32 {
+    let url = format!("http://{}/status", config.http.listen);
+    let body: serde_json::Value = match ureq::get(&url).timeout(crate::http::CLIENT_TIMEOUT).call().map(|r| r.into_json()) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            eprintln!("claude-failover status: unreadable answer from {url}: {e}");
+            return exit::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("claude-failover status: the daemon at {} is unreachable: {e}", config.http.listen);
+            return exit::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    } else {
+        print!("{}", crate::status_table::render(&body, SystemTime::now()));
+    }
+    exit::OK
+}
+
+/// `enqueue --project NAME [--priority N] FILE|-`.
+fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: &str) -> i32 {
+    use std::io::Read;
+    let Some(p) = config.projects.iter().find(|p| p.name == project) else {
+        let known: Vec<&str> = config.projects.iter().map(|p| p.name.as_str()).collect();
+        eprintln!("claude-failover enqueue: no project named {project:?} (known: {})", known.join(", "));
+        return exit::FAILURE;
+    };
+    let (content, hint) = if file == "-" {
+        let mut buf = Vec::new();
+        if let Err(e) = std::io::stdin().take(crate::queue::MAX_TASK_BYTES as u64 + 1).read_to_end(&mut buf) {
+            eprintln!("claude-failover enqueue: cannot read standard input: {e}");
+            return exit::FAILURE;
+        }
+        (buf, None)
+    } else {
+        match std::fs::read(file) {
+            Ok(b) => (b, std::path::Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned())),
+            Err(e) => {
+                eprintln!("claude-failover enqueue: cannot read {file}: {e}");
+                return exit::FAILURE;
+            }
+        }
+    };
+    match crate::queue::enqueue(&p.path, priority, &content, hint.as_deref(), SystemTime::now()) {
+        Ok(path) => {
+            println!("{}", path.display());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("claude-failover enqueue: {e}");
+            exit::FAILURE
+        }
     }
 }

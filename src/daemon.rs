@@ -48,6 +48,8 @@ enum Event {
     Tick,
     /// A back-off or start-up deadline is due.
     Deadline,
+    /// Time to tell systemd's watchdog the loop turns.
+    Watchdog,
     /// A role thread ended unexpectedly.
     RoleGone(&'static str),
 }
@@ -92,6 +94,8 @@ struct Daemon {
     queues: std::collections::BTreeMap<String, crate::status::QueueCounts>,
     /// No account can take work: why.
     no_account: Option<String>,
+    notify: crate::notifier::NotifyHandle,
+    counters: Arc<crate::metrics::Counters>,
 }
 
 /// Runs the daemon in the foreground; returns the exit status.
@@ -160,12 +164,16 @@ pub fn run(config_path: &Path) -> i32 {
             }
         },
     };
+    let notifier = crate::notifier::Notifier::start(&config.notify);
+    let counters = Arc::new(crate::metrics::Counters::default());
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
     let wiring = crate::http::Wiring {
         switcher: switcher.requests.clone(),
         view: switcher.view.clone(),
         main: control_tx,
         token,
+        counters: counters.clone(),
+        notify: notifier.handle(),
         swap_wait: config.swap.drain_timeout + config.swap.stop_timeout + config.claude.startup_timeout + Duration::from_secs(30),
     };
     let http = match Http::start(config.http.listen, published.clone(), wiring) {
@@ -213,9 +221,12 @@ pub fn run(config_path: &Path) -> i32 {
         sent_sessions: Vec::new(),
         queues: Default::default(),
         no_account: None,
+        notify: notifier.handle(),
+        counters: counters.clone(),
         config,
     };
     let _ = daemon.watcher.send(Request::Observe);
+    let watchdog = Notifier::watchdog_interval().map(tick).unwrap_or_else(never);
     let mut ticker = tick(daemon.config.lifecycle.interval);
     let mut interval = daemon.config.lifecycle.interval;
     let code = loop {
@@ -228,6 +239,7 @@ pub fn run(config_path: &Path) -> i32 {
             recv(control_rx) -> c => c.map(Event::Control).unwrap_or(Event::RoleGone("http")),
             recv(dispatch_rx) -> d => d.map(Event::Dispatch).unwrap_or(Event::RoleGone("dispatcher")),
             recv(ticker) -> _ => Event::Tick,
+            recv(watchdog) -> _ => Event::Watchdog,
             recv(deadline) -> _ => Event::Deadline,
         };
         if let Some(code) = daemon.handle(event) {
@@ -255,6 +267,9 @@ pub fn run(config_path: &Path) -> i32 {
     drop(events.stop);
     join_within(events.thread, "event watcher");
     drop(http);
+    if !notifier.shutdown(JOIN_GRACE) {
+        log::warn!("notifications still pending at stop were dropped");
+    }
     sig_handle.close();
     join_within(sig_thread, "signals");
     code
@@ -370,6 +385,7 @@ impl Daemon {
                 self.check_shared_folders();
                 let _ = self.watcher.send(Request::Observe);
             }
+            Event::Watchdog => self.sd.notify("WATCHDOG=1"),
             Event::Deadline => {
                 let _ = self.watcher.send(Request::Observe);
             }
@@ -390,6 +406,11 @@ impl Daemon {
             }
             Notice::SwapStarted { id, from, to, reason } => {
                 log::warn!("swap {id} started: {from} → {to} ({reason}); sessions are the switcher's until it ends");
+                self.notify.send(crate::notifier::Note::new(
+                    crate::notifier::Kind::SwapStarted,
+                    format!("swap {id} started: {from} → {to}: {reason}"),
+                    serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason}),
+                ));
                 let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(Some(format!("swap {id} under way"))));
                 self.swapping = Some(id);
             }
@@ -409,9 +430,34 @@ impl Daemon {
             }
             Notice::SwapEnded(result) => {
                 log::info!("swap {} ended: {}", result.id, result.result);
+                use crate::notifier::Kind;
+                let kind = match result.result.as_str() {
+                    "done" => Kind::SwapDone,
+                    "rolled_back" => Kind::SwapRolledBack,
+                    "partial" => Kind::SwapPartial,
+                    _ => Kind::SwapFailed,
+                };
+                let text = format!(
+                    "swap {} {} → {}: {} in {} ms{}",
+                    result.id,
+                    result.from,
+                    result.to,
+                    result.result,
+                    result.duration_ms,
+                    result.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+                );
+                self.notify.send(crate::notifier::Note::new(kind, text, serde_json::to_value(&result).unwrap_or_default()));
+                self.counters.record_swap(&result.result, Some(Duration::from_millis(result.duration_ms)));
                 self.swapping = None;
                 let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(self.no_account.clone()));
                 let _ = self.watcher.send(Request::Observe);
+            }
+            Notice::NeedsLogin { account, why } => {
+                self.notify.send(crate::notifier::Note::new(
+                    crate::notifier::Kind::NeedsLogin,
+                    format!("account {account} needs a login: {why}"),
+                    serde_json::json!({"account": account, "why": why}),
+                ));
             }
             Notice::NoAccount { paused, reason, earliest_reset } => {
                 self.no_account = paused.then(|| format!("no account can take work: {reason}"));
@@ -419,6 +465,14 @@ impl Daemon {
                     let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(self.no_account.clone()));
                 }
                 if paused {
+                    self.notify.send(crate::notifier::Note::new(
+                        crate::notifier::Kind::NoAccount,
+                        format!(
+                            "no account left ({reason}); dispatch paused; earliest reset {}",
+                            earliest_reset.map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t))).unwrap_or_else(|| "unknown".into())
+                        ),
+                        serde_json::json!({"reason": reason, "earliest_reset": earliest_reset}),
+                    ));
                     let when = earliest_reset
                         .map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t)))
                         .unwrap_or_else(|| "unknown".into());
@@ -465,7 +519,20 @@ impl Daemon {
                 }
             }
             Output::Counts(c) => self.queues = c,
-            Output::Outcome { .. } | Output::TaskFailed { .. } => {}
+            Output::Outcome { outcome, dispatch_latency } => {
+                if let Some(l) = dispatch_latency {
+                    self.counters.observe_dispatch(l);
+                } else {
+                    self.counters.record_task(outcome);
+                }
+            }
+            Output::TaskFailed { project, task, reason } => {
+                self.notify.send(crate::notifier::Note::new(
+                    crate::notifier::Kind::TaskFailed,
+                    format!("task {project}/{task} failed: {reason}"),
+                    serde_json::json!({"project": project, "task": task, "reason": reason}),
+                ));
+            }
         }
     }
 
@@ -536,7 +603,15 @@ impl Daemon {
                 session::on_died(&mut self.book, &name, last_output, &backoff, now);
                 if let Some(r) = self.book.get(&name) {
                     match r.state {
-                        State::Backoff | State::Failed => log::warn!(
+                        State::Failed => {
+                            log::error!("{name}: failed to start {} times in a row; retried every {}s: {}", r.failed_starts, r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000, r.last_error.as_deref().unwrap_or(""));
+                            self.notify.send(crate::notifier::Note::new(
+                                crate::notifier::Kind::SessionFailedToStart,
+                                format!("{name} failed to start: {}", r.last_error.as_deref().unwrap_or("")),
+                                serde_json::json!({"session": name, "last_output": r.last_error, "attempts": r.failed_starts}),
+                            ));
+                        }
+                        State::Backoff => log::warn!(
                             "{name}: failed to start ({} in a row), {}; retry in {}s: {}",
                             r.failed_starts,
                             r.state.as_str(),
@@ -562,6 +637,11 @@ impl Daemon {
             Report::Stuck { name, screen } => {
                 self.in_flight.remove(&name);
                 log::error!("{name}: no SessionStart within {:?}; left alone, its screen: {screen}", self.config.claude.startup_timeout);
+                self.notify.send(crate::notifier::Note::new(
+                    crate::notifier::Kind::SessionFailedToStart,
+                    format!("{name} is stuck before start-up (left alone, not typed into): {screen}"),
+                    serde_json::json!({"session": name, "last_output": screen}),
+                ));
                 session::on_stuck(&mut self.book, &name, screen, now);
             }
         }
@@ -643,6 +723,11 @@ impl Daemon {
         let problems: Vec<String> = crate::shared_folders::verify(&self.config).iter().map(|p| p.to_string()).collect();
         for p in problems.iter().filter(|p| !self.shared_problems.contains(p)) {
             log::error!("shared folders diverged: {p}");
+            self.notify.send(crate::notifier::Note::new(
+                crate::notifier::Kind::SharedFoldersDiverged,
+                format!("shared folders diverged: {p}"),
+                serde_json::json!({"problem": p}),
+            ));
         }
         if problems.is_empty() && !self.shared_problems.is_empty() {
             log::info!("shared folders are consistent again");
@@ -666,8 +751,23 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGHUP: build the new config aside; refuse a bad one.
+    /// SIGHUP: build the new config aside; refuse a bad one (and say so).
     fn reload(&mut self) {
+        self.sd.reloading();
+        self.reload_config();
+        if let Some(e) = &self.config_error {
+            self.notify.send(crate::notifier::Note::new(
+                crate::notifier::Kind::ReloadRefused,
+                format!("config reload refused, the running config stays: {e}"),
+                serde_json::json!({"error": e}),
+            ));
+        } else {
+            self.notify.reconfigure(self.config.notify.clone());
+        }
+        self.sd.notify("READY=1");
+    }
+
+    fn reload_config(&mut self) {
         match Config::load(&self.config_path) {
             Err(e) => {
                 log::error!("reload refused, the running config stays: {e}");

@@ -463,18 +463,21 @@ impl Demo {
                 tl.line(&format!("daemon up: {url} answers"));
             }
             let mut next = Snapshot::parse(&status, PROJECT);
-            if next.queue.is_none() {
-                // The queue layout of SPEC.md is the contract too: count on disk
-                // when the status has no counts for the project.
-                next.queue = queue::Queue::new(PROJECT, &project_dir)
-                    .counts()
-                    .ok()
-                    .map(|c| Counts {
-                        inbox: c.inbox,
-                        active: c.active,
-                        done: c.done,
-                        failed: c.failed,
-                    });
+            // The queue's folders (SPEC.md's layout) are the truth and are
+            // read fresh; `/status.queues` can lag a turn behind (it showed
+            // 2 of 6 tasks while the demo was still enqueueing), so it is
+            // only the fallback.
+            let on_disk = queue::Queue::new(PROJECT, &project_dir)
+                .counts()
+                .ok()
+                .map(|c| Counts {
+                    inbox: c.inbox,
+                    active: c.active,
+                    done: c.done,
+                    failed: c.failed,
+                });
+            if on_disk.is_some() {
+                next.queue = on_disk;
             }
             for (name, s) in &next.sessions {
                 if let Some(t) = &s.task {

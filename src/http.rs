@@ -32,6 +32,8 @@ pub struct Wiring {
     pub token: Option<String>,
     /// How long `POST /swap` waits for the swap to end.
     pub swap_wait: Duration,
+    pub counters: std::sync::Arc<crate::metrics::Counters>,
+    pub notify: crate::notifier::NotifyHandle,
 }
 
 /// Requests larger than this are refused unread.
@@ -90,6 +92,13 @@ fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
     let _ = req.as_reader().take(MAX_BODY).read_to_end(&mut sink);
     let answer = match (&method, path.as_str()) {
         (Method::Get, "/status") => json(200, &current(published, wiring)),
+        (Method::Get, "/metrics") => {
+            wiring.counters.set_notifications_dropped(wiring.notify.stats().dropped);
+            let body = crate::metrics::render(&current(published, wiring), &wiring.counters);
+            Response::from_data(body.into_bytes())
+                .with_status_code(200)
+                .with_header(header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"))
+        }
         (Method::Get, "/healthz") => {
             let snapshot = current(published, wiring);
             if snapshot.health_problems.is_empty() {

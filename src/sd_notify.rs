@@ -14,6 +14,22 @@ impl Notifier {
         Notifier { socket: std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty()) }
     }
 
+    /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when set for us.
+    pub fn watchdog_interval() -> Option<std::time::Duration> {
+        let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+        if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+            if pid.parse::<u32>().ok() != Some(std::process::id()) {
+                return None;
+            }
+        }
+        (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC`, as systemd's `Type=notify-reload` wants.
+    pub fn reloading(&self) {
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+    }
+
     /// Sends `state` (e.g. `READY=1`); failures are logged, never fatal.
     pub fn notify(&self, state: &str) {
         let Some(path) = &self.socket else {
@@ -35,4 +51,15 @@ fn send(path: &str, state: &str) -> std::io::Result<()> {
         sock.send_to(state.as_bytes(), path)?;
     }
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we pass it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

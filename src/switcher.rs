@@ -142,6 +142,8 @@ pub enum Notice {
     SwapEnded(SwapResult),
     /// No account can take the work (or one can again): pause or resume dispatch.
     NoAccount { paused: bool, reason: String, earliest_reset: Option<u64> },
+    /// An account needs a person (login, billing).
+    NeedsLogin { account: String, why: String },
 }
 
 /// The switcher's published view for status and HTTP (read-only for others).
@@ -367,6 +369,10 @@ impl State {
             }
             Request::NeedsLogin { account, why } => {
                 log::error!("account {account} needs login: {why}");
+                let already = self.quotas.iter().any(|(n, q)| *n == account && q.needs_person.is_some());
+                if !already {
+                    let _ = self.out.send(Notice::NeedsLogin { account: account.clone(), why: why.clone() });
+                }
                 if let Some(q) = self.quota_mut(&account) {
                     q.refuse(LimitKind::Login, &why, Source::UsageEndpoint, now);
                 }
