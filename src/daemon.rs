@@ -948,7 +948,6 @@ impl Daemon {
                 config_error: self.config_error.clone(),
                 health_problems: health,
                 queues: self.queues.clone(),
-                ..Status::default()
             },
         );
     }

@@ -479,12 +479,11 @@ impl Run {
             let gone = matches!(state, None | Some(State::Dead | State::Backoff | State::Failed));
             match &a.phase {
                 Phase::Interrupted => {}
-                Phase::Relocating { since } => {
-                    if since.elapsed() > RELOCATE_DEADLINE {
-                        log::warn!("{name}: did not come back in {} in time", a.project);
-                        self.release(&name, Release::Requeue);
-                    }
+                Phase::Relocating { since } if since.elapsed() > RELOCATE_DEADLINE => {
+                    log::warn!("{name}: did not come back in {} in time", a.project);
+                    self.release(&name, Release::Requeue);
                 }
+                Phase::Relocating { .. } => {}
                 _ if gone && self.paused.is_none() => {
                     self.release(&name, Release::Attempt(format!("session {name} ended while working on it")));
                 }
