@@ -10,13 +10,16 @@
 //! what the demo shows is exactly what `run` does in production.
 //!
 //! alpha starts at 50 % of its five-hour window with a 60 % threshold, and
-//! every answer adds a step chosen so that alpha crosses the threshold about
-//! halfway through the tasks. The demo enqueues the tasks once every session
-//! is idle, then polls `GET /status` every 250 ms and prints a timeline of
-//! what changes: sessions starting, idle and working, tasks dispatched and
-//! done, alpha's quota rising, the swap, the sessions resuming on beta. A
-//! summary follows; the exit status is 0 only when every task is done and
-//! the swap happened. An overall deadline keeps it from ever hanging.
+//! every request adds a step chosen so that alpha crosses the threshold
+//! during the first round of tasks (see [`crossing_request`]): the daemon
+//! swaps while those finish, and the rest run on beta. beta climbs at half
+//! the pace and never gets near the threshold. The demo enqueues the tasks
+//! once every session is idle, then polls `GET /status` every 250 ms and
+//! prints a timeline of what changes: sessions starting, idle and working,
+//! tasks dispatched and done, alpha's quota rising, the swap, the sessions
+//! resuming on beta. A summary follows; the exit status is 0 only when every
+//! task is done and the swap happened. An overall deadline keeps it from
+//! ever hanging.
 //!
 //! Clean-up is the point of a demo that starts daemons: at the end, on
 //! Ctrl-C or SIGTERM (a flag checked by the polling loop), and on a panic
@@ -92,12 +95,15 @@ const THRESHOLD: f64 = 60.0;
 const PROJECT: &str = "demo";
 const POOL: &str = "demo";
 const PREFIX: &str = "ccl-demo-";
-/// Delay of every stand-in answer, so that "working" lasts long enough to see.
-/// With these, a task takes about four seconds: long enough for the daemon
-/// to read alpha's crossing (usage endpoint every 2 s, status line on every
-/// redraw) while the first tasks still run, so the rest go to beta.
-const ANSWER_LATENCY: Duration = Duration::from_millis(2000);
-const TOKEN_DELAY: Duration = Duration::from_millis(300);
+/// How the stand-in paces its answers: the quota headers come with the first
+/// byte after `ANSWER_LATENCY`, then the text streams for about 3.5 s (seven
+/// delays between eight pieces). So the daemon reads alpha's crossing early
+/// (the status line of the session being answered, or the usage endpoint
+/// every 2 s) while the answer still streams, and the swap starts before the
+/// session is free for its next task. It also keeps "working" on screen long
+/// enough to see.
+const ANSWER_LATENCY: Duration = Duration::from_millis(1000);
+const TOKEN_DELAY: Duration = Duration::from_millis(500);
 /// How long the daemon gets to stop after SIGTERM before SIGKILL.
 const DAEMON_STOP: Duration = Duration::from_secs(10);
 /// How long Claude Code gets to exit once its tmux server is gone.
@@ -225,16 +231,29 @@ fn claude_version(claude: &Path) -> Result<String, String> {
     Ok(out.stdout.trim().to_string())
 }
 
-/// Percent added to alpha's five-hour window per request, so that it
-/// reaches [`THRESHOLD`] with the request of the last task of the first
-/// round (one task per session, at most half the tasks; Claude Code sends
-/// one request per task here): e.g. 6 tasks on 3 sessions → 4 % a step, 58 %
-/// after two requests and 62 % at the third. The stand-in counts a request
-/// when it arrives, so the daemon can see the crossing while that round is
-/// still being answered, and the later rounds run on beta.
+/// The request (Claude Code sends one per task here) that takes alpha over
+/// [`THRESHOLD`]: the second one with two sessions or more (so the timeline
+/// shows the quota rising first), the first with one session, and never
+/// later than half the tasks. It comes early on purpose: the stand-in counts
+/// a request when it arrives, so the daemon reads the crossing (usage
+/// endpoint every 2 s, status line) while the first round of tasks is still
+/// being answered, and the swap starts before the sessions free up for the
+/// next round: the remaining tasks run on beta. A later crossing races with
+/// the dispatcher, which hands a freed session its next task at once.
+pub fn crossing_request(tasks: usize, sessions: u32) -> usize {
+    let sessions = sessions as usize;
+    sessions
+        .saturating_sub(1)
+        .min(tasks.div_ceil(2))
+        .clamp(1, 2)
+}
+
+/// Percent added to alpha's five-hour window per request, so that request
+/// number [`crossing_request`] reaches [`THRESHOLD`] and the one before does
+/// not: e.g. 3 sessions → 6.7 % a step, 57 % after the first request, 63 %
+/// at the second.
 pub fn alpha_step(tasks: usize, sessions: u32) -> f64 {
-    let crossing = tasks.div_ceil(2).min(sessions as usize).max(1) as f64;
-    (THRESHOLD - ALPHA_START) / (crossing - 0.5)
+    (THRESHOLD - ALPHA_START) / (crossing_request(tasks, sessions) as f64 - 0.5)
 }
 
 /// How the run ended.
@@ -1254,29 +1273,35 @@ mod tests {
     }
 
     #[test]
-    fn step_makes_alpha_cross_about_halfway() {
-        for tasks in [1usize, 2, 3, 6, 10] {
-            let step = alpha_step(tasks, 3);
-            let half = tasks.div_ceil(2).min(3);
-            let at = |n: usize| ALPHA_START + step * n as f64;
-            assert!(
-                at(half) >= THRESHOLD,
-                "{tasks} tasks: {} after {half}",
-                at(half)
-            );
-            assert!(
-                at(half - 1) < THRESHOLD,
-                "{tasks} tasks: {} after {}",
-                at(half - 1),
-                half - 1
-            );
+    fn alpha_crosses_early_in_the_first_round() {
+        for sessions in [1u32, 2, 3, 5] {
+            for tasks in [1usize, 2, 3, 6, 10] {
+                let k = crossing_request(tasks, sessions);
+                assert!(
+                    k >= 1 && k <= sessions.max(1) as usize && k <= tasks.div_ceil(2),
+                    "{tasks} tasks, {sessions} sessions: {k}"
+                );
+                let step = alpha_step(tasks, sessions);
+                let at = |n: usize| ALPHA_START + step * n as f64;
+                assert!(
+                    at(k) >= THRESHOLD,
+                    "{tasks}/{sessions}: {} at request {k}",
+                    at(k)
+                );
+                assert!(
+                    at(k - 1) < THRESHOLD,
+                    "{tasks}/{sessions}: {} before request {k}",
+                    at(k - 1)
+                );
+            }
         }
-        assert_eq!(alpha_step(6, 3), 4.0);
+        assert_eq!(crossing_request(6, 3), 2);
         assert_eq!(
-            alpha_step(6, 1),
-            20.0,
+            crossing_request(6, 1),
+            1,
             "one session: the first request crosses"
         );
+        assert_eq!(crossing_request(1, 3), 1);
     }
 
     #[test]

@@ -129,6 +129,9 @@ struct Run {
     last_janitor: Instant,
     started: Instant,
     recovered: bool,
+    /// Hook events that arrived before recovery.
+    pending: Vec<(PathBuf, Box<RecordedEvent>)>,
+    last_counts: Instant,
 }
 
 impl Dispatcher {
@@ -215,6 +218,8 @@ impl Run {
             last_janitor: Instant::now(),
             started: Instant::now(),
             recovered: false,
+            pending: Vec::new(),
+            last_counts: Instant::now() - Duration::from_secs(10),
         }
     }
 
@@ -271,6 +276,12 @@ impl Run {
                 self.config = *c;
             }
             Input::Hook(path, ev) => {
+                if !self.recovered {
+                    // Tasks left active by a previous run are adopted first,
+                    // so a replayed Stop finds its task.
+                    self.pending.push((path, ev));
+                    return;
+                }
                 self.on_hook(&ev);
                 let _ = std::fs::remove_file(path);
             }
@@ -372,13 +383,7 @@ impl Run {
 
     /// Pastes `text` and presses Enter; the assignment waits for `UserPromptSubmit`.
     fn type_text(&mut self, session: &str, text: &str, retried: bool) {
-        if let Err(e) = self.tmux.paste(session, text) {
-            log::warn!("{session}: cannot paste: {e}");
-        }
-        std::thread::sleep(Duration::from_millis(150));
-        if let Err(e) = self.tmux.send_key(session, "Enter") {
-            log::warn!("{session}: cannot press Enter: {e}");
-        }
+        type_in(&self.tmux, session, text);
         if let Some(a) = self.assigned.get_mut(session) {
             a.phase = Phase::Typing { since: Instant::now(), retried, text: text.to_string() };
         }
@@ -455,6 +460,10 @@ impl Run {
             }
             self.recover();
             self.recovered = true;
+            for (path, ev) in std::mem::take(&mut self.pending) {
+                self.on_hook(&ev);
+                let _ = std::fs::remove_file(path);
+            }
         }
         self.check_assignments();
         if self.paused.is_none() {
@@ -465,7 +474,10 @@ impl Run {
             self.last_janitor = Instant::now();
             self.janitor();
         }
-        self.publish_counts();
+        if self.last_counts.elapsed() >= Duration::from_secs(1) {
+            self.last_counts = Instant::now();
+            self.publish_counts();
+        }
     }
 
     /// Deadlines, and sessions that died under a task.
@@ -576,9 +588,7 @@ impl Run {
                 } else {
                     a.phase = Phase::Clearing { since: Instant::now() };
                     self.assigned.insert(s.name.clone(), a);
-                    let _ = self.tmux.paste(&s.name, "/clear");
-                    std::thread::sleep(Duration::from_millis(100));
-                    let _ = self.tmux.send_key(&s.name, "Enter");
+                    type_in(&self.tmux, &s.name, "/clear");
                 }
             }
         }
@@ -635,6 +645,16 @@ impl Run {
 
     fn janitor(&mut self) {
         let assigned: HashSet<String> = self.assigned.values().filter_map(|a| a.task.clone()).collect();
+        // An active task with a marker that no session works on (its Stop
+        // was lost with a crash, say) goes back to the inbox at once.
+        for (q, _) in &self.queues {
+            for (name, marker) in q.list_active().unwrap_or_default() {
+                if marker.is_some() && !assigned.contains(&name) {
+                    log::warn!("project {}: task {name} is active but no session works on it; back to the inbox", q.project());
+                    let _ = q.requeue(&name);
+                }
+            }
+        }
         for (q, _) in &self.queues {
             let live = |m: &crate::queue::Marker| self.assigned.contains_key(&m.session);
             match q.janitor(now(), &self.config.janitor, &live) {
@@ -665,6 +685,26 @@ impl Run {
         let _ = self.out.send(Output::Counts(counts));
     }
 }
+
+/// Types `text` into `session` the way that works with Claude Code's TUI:
+/// bracketed paste, a short pause, Enter. On a thread of its own, so the
+/// pause never holds up other sessions; confirmation comes by hook.
+fn type_in(tmux: &Tmux, session: &str, text: &str) {
+    let (tmux, session, text) = (tmux.clone(), session.to_string(), text.to_string());
+    std::thread::spawn(move || {
+        if let Err(e) = tmux.paste(&session, &text) {
+            log::warn!("{session}: cannot paste: {e}");
+            return;
+        }
+        std::thread::sleep(TYPE_PAUSE);
+        if let Err(e) = tmux.send_key(&session, "Enter") {
+            log::warn!("{session}: cannot press Enter: {e}");
+        }
+    });
+}
+
+/// Between a paste and its Enter (claude-code-facts §7: "a short pause").
+const TYPE_PAUSE: Duration = Duration::from_millis(150);
 
 enum Release {
     Done,
