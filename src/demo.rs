@@ -794,7 +794,7 @@ impl Demo {
         );
         println!("  log:       {}", self.log_path().display());
         println!(
-            "  clean up:  kill {pid}; tmux -L {} kill-server; rm -rf {}",
+            "  clean up:  kill {pid}; tmux -L {} kill-server; sleep 3; rm -rf {}",
             self.socket,
             sb.root.display()
         );

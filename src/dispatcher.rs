@@ -309,7 +309,21 @@ impl Run {
                         let text = a.prompt.clone();
                         self.type_text(&session, &text, false);
                     }
-                    (Phase::Interrupted, "resume") => self.type_text(&session, CONTINUE_PROMPT, false),
+                    (Phase::Interrupted, "resume") => {
+                        // The task now runs under the account the session resumed on.
+                        let account = ev.config_dir.as_ref().and_then(|d| {
+                            let d = std::path::Path::new(d);
+                            self.config.accounts.iter().find(|a| a.home == d).map(|a| a.name.clone())
+                        });
+                        if let (Some(task), Some(account)) = (a.task.clone(), account) {
+                            let project = a.project.clone();
+                            if let Some(q) = self.queue(&project) {
+                                let _ = q.update_marker(&task, |m| m.account = account);
+                            }
+                        }
+                        log::info!("{session}: resumed after a swap; continuing its task");
+                        self.type_text(&session, CONTINUE_PROMPT, false);
+                    }
                     (Phase::Running | Phase::Typing { .. } | Phase::Clearing { .. }, "startup" | "resume") if self.paused.is_none() => {
                         // The program restarted under the task (it died and was
                         // relaunched): that attempt is lost.

@@ -115,6 +115,8 @@ fn threshold_swap_then_refusal_swap_then_no_account_then_reset_resumes() {
     assert!(alpha["five_hour"]["utilization"].as_f64().unwrap() >= 90.0, "{alpha}");
 
     // Refused mid-turn: beta answers 429; the swap to gamma does not drain.
+    // (Beta's usage endpoint is throttled, so only the refusal can tell.)
+    w.api.set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited).unwrap();
     w.api.exhaust("beta").unwrap();
     let refused_at = Instant::now();
     w.type_prompt("ccl-auto-11", "fo-q2: refused");
@@ -254,5 +256,86 @@ fn a_crash_at_each_swap_phase_leaves_every_session_on_one_account() {
         assert!(req.messages.to_string().contains("fo-c0: the conversation to keep"), "{fp}: conversation lost");
         assert_eq!(w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str(), Some(id11.as_str()), "{fp}");
         w.wait_state("ccl-auto-11", "idle", UP);
+    }
+}
+
+fn done_results(project: &std::path::Path) -> Vec<(String, serde_json::Value)> {
+    let dir = project.join(".agent-queue/done");
+    let mut v: Vec<(String, serde_json::Value)> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".result.json"))
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().trim_end_matches(".result.json").to_string();
+                    Some((name, serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn tasks_keep_flowing_through_a_threshold_swap_and_a_refusal_swap() {
+    let Some(mut w) = World::new("fo-tasks", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 3;
+        spec.pools[0].max = 3;
+    }) else {
+        return;
+    };
+    w.api.set_latency(Duration::from_millis(1200));
+    let _pid = w.start_daemon(&[]);
+    let names = ["ccl-auto-11", "ccl-auto-12", "ccl-auto-13"];
+    wait_all_on(&w, "alpha", &names);
+    let project = w.sb.project_dirs[0].1.clone();
+    for i in 0..12 {
+        let body = format!("fo-task {i:02}: answer me");
+        claude_failover::queue::enqueue(&project, None, body.as_bytes(), Some(&format!("f{i:02}")), std::time::SystemTime::now()).unwrap();
+    }
+    // Three sessions work on alpha; after a few tasks alpha crosses 90 %.
+    wait_for(UP, "3 tasks done on alpha", || (done_results(&project).len() >= 3).then_some(()));
+    w.api.set_usage("alpha", 95.0, 10.0).unwrap();
+    wait_for(UP, "the threshold swap to beta", || {
+        let s = w.status()?;
+        (s["active_account"] == "beta" && s["last_swap"]["result"] == "done").then_some(())
+    });
+    for n in names {
+        assert_eq!(w.session(n).unwrap()["account"], "beta");
+    }
+    // Beta refuses mid-turn: an immediate swap to gamma; the interrupted task finishes there.
+    wait_for(UP, "a task running on beta", || {
+        let s = w.status()?;
+        s["sessions"].as_array()?.iter().find(|x| x["state"] == "working" && x["account"] == "beta").map(|_| ())
+    });
+    w.api.set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited).unwrap();
+    w.api.exhaust("beta").unwrap();
+    wait_for(UP, "the refusal swap to gamma", || {
+        let s = w.status()?;
+        (s["active_account"] == "gamma" && s["last_swap"]["reason"].as_str()?.contains("refused")).then_some(())
+    });
+    wait_for(Duration::from_secs(120), "all 12 tasks done", || (done_results(&project).len() == 12).then_some(()));
+    let results = done_results(&project);
+    let accounts: Vec<&str> = results.iter().map(|(_, r)| r["account"].as_str().unwrap_or("")).collect();
+    assert!(accounts.contains(&"alpha") && accounts.contains(&"gamma"), "{accounts:?}");
+    for (name, r) in &results {
+        let i: usize = name.trim_start_matches('f').parse().unwrap();
+        let answer = r["last_assistant_message"].as_str().unwrap_or("");
+        let own = answer.contains(&format!("fo-task {i:02}: answer me"));
+        let continued = answer.contains("Continue the task you were working on");
+        assert!(own || continued, "{name}: {answer}");
+    }
+    // The continuation went out under gamma, with the interrupted task's turns in it.
+    let cont = w
+        .api
+        .requests_for("gamma")
+        .into_iter()
+        .find(|r| r.prompt.contains("Continue the task you were working on"))
+        .expect("a continuation prompt on gamma");
+    assert!(cont.messages.to_string().contains("fo-task"), "the resumed conversation carried the task: {}", cont.messages);
+    for folder in ["inbox", "active", "failed"] {
+        let n = std::fs::read_dir(project.join(".agent-queue").join(folder)).map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".md")).count()).unwrap_or(0);
+        assert_eq!(n, 0, "{folder}/ not empty");
     }
 }
