@@ -48,7 +48,10 @@ fn cold_start(w: &World) -> Duration {
         })
         .unwrap();
     support::wait_for(Duration::from_secs(60), "cold start SessionStart", || {
-        std::fs::read_dir(&events).ok()?.flatten().find(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("SessionStart")))
+        std::fs::read_dir(&events)
+            .ok()?
+            .flatten()
+            .find(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("SessionStart")))
     });
     let took = t.elapsed();
     let _ = w.h.tmux.kill_session("cold");
@@ -61,7 +64,8 @@ fn swap_timing() {
         let Some(mut w) = World::new("bench-swap", |spec| {
             spec.pools[0].min = n;
             spec.pools[0].max = n.max(2);
-            spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\nswap:\n  stop_timeout: 5s\n");
+            spec.extra_yaml
+                .push_str("lifecycle:\n  interval: 2s\nswap:\n  stop_timeout: 5s\n");
         }) else {
             return;
         };
@@ -77,7 +81,9 @@ fn swap_timing() {
             // A TUI that has just started may not take input yet: retry.
             let answered = (0..5).any(|_| {
                 w.type_prompt(name, &p);
-                w.api.wait_for_request(|r| r.prompt == p, Duration::from_secs(5)).is_some()
+                w.api
+                    .wait_for_request(|r| r.prompt == p, Duration::from_secs(5))
+                    .is_some()
             });
             assert!(answered, "{name} never took its prompt");
         }
@@ -90,7 +96,11 @@ fn swap_timing() {
             let sessions = s["sessions"].as_array()?;
             names
                 .iter()
-                .all(|n| sessions.iter().any(|x| x["name"] == n.as_str() && x["account"] == "beta" && x["state"] == "idle"))
+                .all(|n| {
+                    sessions.iter().any(|x| {
+                        x["name"] == n.as_str() && x["account"] == "beta" && x["state"] == "idle"
+                    })
+                })
                 .then_some(())
         });
         let total = t.elapsed();
@@ -103,11 +113,16 @@ fn swap_timing() {
         );
         if std::env::var("BENCH_SWAP_PHASES").is_ok() {
             let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
-            for line in log.lines().filter(|l| l.contains("swap") || l.contains("launched")) {
+            for line in log
+                .lines()
+                .filter(|l| l.contains("swap") || l.contains("launched"))
+            {
                 println!("    {line}");
             }
         }
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -136,7 +151,9 @@ fn hook_wall_time() {
         assert!(child.wait().unwrap().success());
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let written = std::fs::read_dir(dir.path().join("events")).unwrap().count();
+    let written = std::fs::read_dir(dir.path().join("events"))
+        .unwrap()
+        .count();
     assert_eq!(written, 300, "every hook call recorded its event");
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
@@ -157,14 +174,28 @@ fn proc_usage(pid: u32) -> (u64, u64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = fields
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     (rss, ticks)
 }
 
 fn idle_daemon() {
-    let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let Some(mut w) = World::new("bench-idle", |spec| {
         spec.pools[0].min = 10;
         spec.pools[0].max = 10;
@@ -177,17 +208,28 @@ fn idle_daemon() {
     std::fs::create_dir_all(&wrap).unwrap();
     let log = w.h.path().join("tmux-calls.log");
     let real = support_which("tmux");
-    let script = format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n", log.display(), real);
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+        log.display(),
+        real
+    );
     std::fs::write(wrap.join("tmux"), script).unwrap();
     std::fs::set_permissions(wrap.join("tmux"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", wrap.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        wrap.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let pid = w.start_daemon(&[("PATH", path.as_str())]);
     for i in 11..21 {
         w.wait_state(&format!("ccl-auto-{i}"), "idle", Duration::from_secs(120));
     }
     // Let start-up traffic settle, then measure an idle window.
     std::thread::sleep(Duration::from_secs(3));
-    let calls_before = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    let calls_before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
     let (rss0, ticks0) = proc_usage(pid);
     let t0 = Instant::now();
     let mut rss_max = rss0;
@@ -197,8 +239,17 @@ fn idle_daemon() {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let (rss1, ticks1) = proc_usage(pid);
-    let calls: Vec<String> = std::fs::read_to_string(&log).unwrap_or_default().lines().skip(calls_before).map(String::from).collect();
-    let turns = calls.iter().filter(|c| c.contains("list-sessions")).count().max(1);
+    let calls: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .skip(calls_before)
+        .map(String::from)
+        .collect();
+    let turns = calls
+        .iter()
+        .filter(|c| c.contains("list-sessions"))
+        .count()
+        .max(1);
     let hz = 100.0; // USER_HZ on Linux
     let cpu = (ticks1 - ticks0) as f64 / hz / elapsed * 100.0;
     println!(
@@ -211,9 +262,13 @@ fn idle_daemon() {
         calls.len(),
         turns
     );
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 fn support_which(name: &str) -> String {
-    claude_failover::process::which(name).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_string())
+    claude_failover::process::which(name)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_string())
 }

@@ -50,8 +50,11 @@ impl Credentials {
             }
             Err(source) => return Err(CredentialsError::Unreadable { path, source }),
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| CredentialsError::Unreadable { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| CredentialsError::Unreadable {
+                path: path.clone(),
+                source,
+            })?;
         let malformed = |reason: &str| CredentialsError::Malformed {
             path: path.clone(),
             reason: reason.to_string(),
@@ -70,7 +73,11 @@ impl Credentials {
         let scopes = oauth
             .get("scopes")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Credentials {
             access_token,
@@ -87,7 +94,10 @@ impl Credentials {
 
     /// True when the access token's expiry has passed at `now`.
     pub fn expired(&self, now: SystemTime) -> bool {
-        let now_ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         matches!(self.expires_at_ms, Some(t) if t <= now_ms)
     }
 }
@@ -125,12 +135,17 @@ impl ClaudeJson {
             .map(|projects| {
                 projects
                     .iter()
-                    .filter(|(_, v)| v.get(facts::KEY_TRUST_ACCEPTED).and_then(Value::as_bool) == Some(true))
+                    .filter(|(_, v)| {
+                        v.get(facts::KEY_TRUST_ACCEPTED).and_then(Value::as_bool) == Some(true)
+                    })
                     .map(|(k, _)| PathBuf::from(k))
                     .collect()
             })
             .unwrap_or_default();
-        Ok(ClaudeJson { onboarding_done, trusted })
+        Ok(ClaudeJson {
+            onboarding_done,
+            trusted,
+        })
     }
 
     /// Claude Code accepts trust given to a folder for every folder below it.

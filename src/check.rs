@@ -25,10 +25,19 @@ pub struct CheckLine {
 
 impl CheckLine {
     pub fn pass(subject: impl Into<String>, detail: impl Into<String>) -> CheckLine {
-        CheckLine { ok: true, subject: subject.into(), detail: detail.into(), hint: None }
+        CheckLine {
+            ok: true,
+            subject: subject.into(),
+            detail: detail.into(),
+            hint: None,
+        }
     }
 
-    pub fn fail(subject: impl Into<String>, detail: impl Into<String>, hint: impl Into<String>) -> CheckLine {
+    pub fn fail(
+        subject: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> CheckLine {
         CheckLine {
             ok: false,
             subject: subject.into(),
@@ -54,14 +63,19 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs every check against `config` at `now`.
 pub fn run_checks(config: &Config, now: SystemTime) -> Vec<CheckLine> {
-    let mut lines = vec![CheckLine::pass("config", config.source.display().to_string())];
+    let mut lines = vec![CheckLine::pass(
+        "config",
+        config.source.display().to_string(),
+    )];
     lines.push(check_tmux());
     lines.push(check_claude_binary(config));
     lines.extend(crate::shared_folders::check_lines(config));
     for account in &config.accounts {
         lines.extend(check_account(config, account, now));
     }
-    let binary = std::env::current_exe().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let binary = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     lines.extend(crate::setup::hooks_installed(config, &binary));
     lines
 }
@@ -70,8 +84,16 @@ pub fn run_checks(config: &Config, now: SystemTime) -> Vec<CheckLine> {
 pub fn check_tmux() -> CheckLine {
     match process::run(Command::new("tmux").arg("-V"), None, PROBE_DEADLINE) {
         Ok(f) if f.success() => CheckLine::pass("tmux", f.stdout.trim().to_string()),
-        Ok(f) => CheckLine::fail("tmux", format!("`tmux -V` failed: {}", f.complaint()), "install tmux ≥ 3.0"),
-        Err(e) => CheckLine::fail("tmux", e.to_string(), "install tmux ≥ 3.0 (apt-get install tmux)"),
+        Ok(f) => CheckLine::fail(
+            "tmux",
+            format!("`tmux -V` failed: {}", f.complaint()),
+            "install tmux ≥ 3.0",
+        ),
+        Err(e) => CheckLine::fail(
+            "tmux",
+            e.to_string(),
+            "install tmux ≥ 3.0 (apt-get install tmux)",
+        ),
     }
 }
 
@@ -95,13 +117,19 @@ pub fn check_claude_binary(config: &Config) -> CheckLine {
         cmd.env(k, v);
     }
     match process::run(&mut cmd, None, PROBE_DEADLINE) {
-        Ok(f) if f.success() => CheckLine::pass(subject, format!("{} ({})", f.stdout.trim(), path.display())),
+        Ok(f) if f.success() => {
+            CheckLine::pass(subject, format!("{} ({})", f.stdout.trim(), path.display()))
+        }
         Ok(f) => CheckLine::fail(
             subject,
             format!("`{} --version` failed: {}", path.display(), f.complaint()),
             "reinstall Claude Code or point claude.binary at a working one",
         ),
-        Err(e) => CheckLine::fail(subject, e.to_string(), "point claude.binary at a working Claude Code"),
+        Err(e) => CheckLine::fail(
+            subject,
+            e.to_string(),
+            "point claude.binary at a working Claude Code",
+        ),
     }
 }
 
@@ -121,28 +149,42 @@ pub fn check_account(config: &Config, account: &AccountConfig, now: SystemTime) 
             format!("mkdir -p {} and log in there: {login_hint}", home.display()),
         )];
     }
-    let mut lines = vec![CheckLine::pass(format!("{who}: home"), home.display().to_string())];
+    let mut lines = vec![CheckLine::pass(
+        format!("{who}: home"),
+        home.display().to_string(),
+    )];
 
     let subject = format!("{who}: credentials");
     match Credentials::read(home) {
-        Err(e @ CredentialsError::Missing { .. }) => lines.push(CheckLine::fail(subject, e.to_string(), login_hint.clone())),
+        Err(e @ CredentialsError::Missing { .. }) => {
+            lines.push(CheckLine::fail(subject, e.to_string(), login_hint.clone()))
+        }
         Err(e) => lines.push(CheckLine::fail(subject, e.to_string(), login_hint.clone())),
         Ok(c) => {
             let path = Credentials::path(home);
             if c.too_open() {
                 lines.push(CheckLine::fail(
                     format!("{who}: credentials mode"),
-                    format!("{} has mode {:04o}, readable by others", path.display(), c.mode),
+                    format!(
+                        "{} has mode {:04o}, readable by others",
+                        path.display(),
+                        c.mode
+                    ),
                     format!("chmod 600 {}", path.display()),
                 ));
             } else {
-                lines.push(CheckLine::pass(format!("{who}: credentials mode"), format!("{:04o}", c.mode)));
+                lines.push(CheckLine::pass(
+                    format!("{who}: credentials mode"),
+                    format!("{:04o}", c.mode),
+                ));
             }
             if c.expired(now) {
                 lines.push(CheckLine::fail(
                     format!("{who}: token"),
                     format!("access token expired at {}", describe_ms(c.expires_at_ms)),
-                    format!("Claude Code refreshes it when it runs; if it stays expired, {login_hint}"),
+                    format!(
+                        "Claude Code refreshes it when it runs; if it stays expired, {login_hint}"
+                    ),
                 ));
             } else {
                 lines.push(CheckLine::pass(
@@ -157,7 +199,10 @@ pub fn check_account(config: &Config, account: &AccountConfig, now: SystemTime) 
         Err(e) => lines.push(CheckLine::fail(
             format!("{who}: onboarding"),
             e,
-            format!("repair or remove {}, then {login_hint}", ClaudeJson::path(home).display()),
+            format!(
+                "repair or remove {}, then {login_hint}",
+                ClaudeJson::path(home).display()
+            ),
         )),
         Ok(cj) => {
             if cj.onboarding_done {
@@ -165,8 +210,15 @@ pub fn check_account(config: &Config, account: &AccountConfig, now: SystemTime) 
             } else {
                 lines.push(CheckLine::fail(
                     format!("{who}: onboarding"),
-                    format!("{} is not true in {}", facts::KEY_ONBOARDING_DONE, ClaudeJson::path(home).display()),
-                    format!("run `CLAUDE_CONFIG_DIR={} claude` once and finish the first-run screens", home.display()),
+                    format!(
+                        "{} is not true in {}",
+                        facts::KEY_ONBOARDING_DONE,
+                        ClaudeJson::path(home).display()
+                    ),
+                    format!(
+                        "run `CLAUDE_CONFIG_DIR={} claude` once and finish the first-run screens",
+                        home.display()
+                    ),
                 ));
             }
             for (what, folder) in folders_to_trust(config) {
@@ -191,8 +243,14 @@ pub fn check_account(config: &Config, account: &AccountConfig, now: SystemTime) 
 
 /// Every folder a session may be started in: pool folders and project folders.
 pub fn folders_to_trust(config: &Config) -> Vec<(String, PathBuf)> {
-    let pools = config.pools.iter().map(|p| (format!("pool {}", p.name), p.cwd.clone()));
-    let projects = config.projects.iter().map(|p| (format!("project {}", p.name), p.path.clone()));
+    let pools = config
+        .pools
+        .iter()
+        .map(|p| (format!("pool {}", p.name), p.cwd.clone()));
+    let projects = config
+        .projects
+        .iter()
+        .map(|p| (format!("project {}", p.name), p.path.clone()));
     pools.chain(projects).collect()
 }
 

@@ -130,8 +130,15 @@ pub fn stop_failure_kind(error: &str) -> Option<LimitKind> {
 /// The refusal a text describes, by [`LIMIT_TEXTS`].
 pub fn classify_limit_text(text: &str) -> Option<LimitKind> {
     let lower = text.to_lowercase();
-    LIMIT_TEXTS.iter().find(|(needle, _)| lower.contains(needle)).map(|(_, k)| *k)
+    LIMIT_TEXTS
+        .iter()
+        .find(|(needle, _)| lower.contains(needle))
+        .map(|(_, k)| *k)
 }
 
 /// The usage endpoint's beta header (claude-code-facts §5).
 pub const USAGE_BETA_HEADER: (&str, &str) = ("anthropic-beta", "oauth-2025-04-20");
+
+/// The input prompt's mark: drawn when the TUI takes typed input. Text pasted
+/// before it appears (right after `SessionStart`) can be lost.
+pub const PROMPT_READY_MARK: &str = "❯";

@@ -16,7 +16,11 @@ pub const DEFAULT_CONFIG: &str = "/etc/claude-failover/config.yaml";
 pub const ENV_CONFIG: &str = "CLAUDE_FAILOVER_CONFIG";
 
 #[derive(Debug, Parser)]
-#[command(name = "claude-failover", version, about = "Keeps Claude Code sessions alive in tmux and fails them over between accounts")]
+#[command(
+    name = "claude-failover",
+    version,
+    about = "Keeps Claude Code sessions alive in tmux and fails them over between accounts"
+)]
 pub struct Cli {
     /// The config file (default: $CLAUDE_FAILOVER_CONFIG, then /etc/claude-failover/config.yaml).
     #[arg(long, global = true, value_name = "PATH")]
@@ -118,14 +122,26 @@ impl Cli {
                 Ok(config) => crate::setup::setup_command(&config, dry_run),
                 Err(code) => code,
             },
-            Command::Demo { claude, keep, tasks, sessions } => {
-                crate::demo::demo_command(crate::demo::DemoOptions { claude, keep, tasks, sessions })
-            }
+            Command::Demo {
+                claude,
+                keep,
+                tasks,
+                sessions,
+            } => crate::demo::demo_command(crate::demo::DemoOptions {
+                claude,
+                keep,
+                tasks,
+                sessions,
+            }),
             Command::Status { json } => match load(&config_path) {
                 Ok(config) => status_command(&config, json),
                 Err(code) => code,
             },
-            Command::Enqueue { project, priority, file } => match load(&config_path) {
+            Command::Enqueue {
+                project,
+                priority,
+                file,
+            } => match load(&config_path) {
                 Ok(config) => enqueue_command(&config, &project, priority, &file),
                 Err(code) => code,
             },
@@ -186,7 +202,9 @@ fn token(config: &Config) -> Result<Option<String>, String> {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -205,9 +223,15 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
     if let Some(to) = &to {
         url.push_str(&format!("to={}&", percent_encode(to)));
     }
-    url.push_str(&format!("reason={}", percent_encode(reason.as_deref().unwrap_or("swap command"))));
+    url.push_str(&format!(
+        "reason={}",
+        percent_encode(reason.as_deref().unwrap_or("swap command"))
+    ));
     let mut req = ureq::post(&url).timeout(
-        config.swap.drain_timeout + config.swap.stop_timeout + config.claude.startup_timeout + std::time::Duration::from_secs(60),
+        config.swap.drain_timeout
+            + config.swap.stop_timeout
+            + config.claude.startup_timeout
+            + std::time::Duration::from_secs(60),
     );
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -216,11 +240,15 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
         Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => {
-            eprintln!("claude-failover swap: the daemon at {} is unreachable: {e}", config.http.listen);
+            eprintln!(
+                "claude-failover swap: the daemon at {} is unreachable: {e}",
+                config.http.listen
+            );
             return exit::FAILURE;
         }
     };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if code == 200 {
         println!(
             "swap {}: {} → {} done in {} ms",
@@ -231,8 +259,15 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
         );
         exit::OK
     } else {
-        let why = v["detail"].as_str().or(v["error"].as_str()).unwrap_or(&body).to_string();
-        eprintln!("claude-failover swap: {} ({code}): {why}", v["result"].as_str().unwrap_or("refused"));
+        let why = v["detail"]
+            .as_str()
+            .or(v["error"].as_str())
+            .unwrap_or(&body)
+            .to_string();
+        eprintln!(
+            "claude-failover swap: {} ({code}): {why}",
+            v["result"].as_str().unwrap_or("refused")
+        );
         exit::FAILURE
     }
 }
@@ -240,19 +275,29 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
 /// `status [--json]` through `GET /status`.
 fn status_command(config: &Config, json: bool) -> i32 {
     let url = format!("http://{}/status", config.http.listen);
-    let body: serde_json::Value = match ureq::get(&url).timeout(crate::http::CLIENT_TIMEOUT).call().map(|r| r.into_json()) {
+    let body: serde_json::Value = match ureq::get(&url)
+        .timeout(crate::http::CLIENT_TIMEOUT)
+        .call()
+        .map(|r| r.into_json())
+    {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             eprintln!("claude-failover status: unreadable answer from {url}: {e}");
             return exit::FAILURE;
         }
         Err(e) => {
-            eprintln!("claude-failover status: the daemon at {} is unreachable: {e}", config.http.listen);
+            eprintln!(
+                "claude-failover status: the daemon at {} is unreachable: {e}",
+                config.http.listen
+            );
             return exit::FAILURE;
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
     } else {
         print!("{}", crate::status_table::render(&body, SystemTime::now()));
     }
@@ -264,26 +309,43 @@ fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: 
     use std::io::Read;
     let Some(p) = config.projects.iter().find(|p| p.name == project) else {
         let known: Vec<&str> = config.projects.iter().map(|p| p.name.as_str()).collect();
-        eprintln!("claude-failover enqueue: no project named {project:?} (known: {})", known.join(", "));
+        eprintln!(
+            "claude-failover enqueue: no project named {project:?} (known: {})",
+            known.join(", ")
+        );
         return exit::FAILURE;
     };
     let (content, hint) = if file == "-" {
         let mut buf = Vec::new();
-        if let Err(e) = std::io::stdin().take(crate::queue::MAX_TASK_BYTES as u64 + 1).read_to_end(&mut buf) {
+        if let Err(e) = std::io::stdin()
+            .take(crate::queue::MAX_TASK_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+        {
             eprintln!("claude-failover enqueue: cannot read standard input: {e}");
             return exit::FAILURE;
         }
         (buf, None)
     } else {
         match std::fs::read(file) {
-            Ok(b) => (b, std::path::Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned())),
+            Ok(b) => (
+                b,
+                std::path::Path::new(file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned()),
+            ),
             Err(e) => {
                 eprintln!("claude-failover enqueue: cannot read {file}: {e}");
                 return exit::FAILURE;
             }
         }
     };
-    match crate::queue::enqueue(&p.path, priority, &content, hint.as_deref(), SystemTime::now()) {
+    match crate::queue::enqueue(
+        &p.path,
+        priority,
+        &content,
+        hint.as_deref(),
+        SystemTime::now(),
+    ) {
         Ok(path) => {
             println!("{}", path.display());
             exit::OK

@@ -96,6 +96,8 @@ struct Daemon {
     no_account: Option<String>,
     notify: crate::notifier::NotifyHandle,
     counters: Arc<crate::metrics::Counters>,
+    /// SIGTERM came during a swap: stop once it ends, or at this deadline.
+    stop_after_swap: Option<std::time::Instant>,
 }
 
 /// Runs the daemon in the foreground; returns the exit status.
@@ -126,7 +128,10 @@ pub fn run(config_path: &Path) -> i32 {
     };
     let events_dir = config.state_dir.join(crate::hook::EVENTS_DIR);
     if let Err(e) = std::fs::create_dir_all(&events_dir) {
-        eprintln!("claude-failover: cannot create {}: {e}", events_dir.display());
+        eprintln!(
+            "claude-failover: cannot create {}: {e}",
+            events_dir.display()
+        );
         return exit::FAILURE;
     }
     let book = load_book(&config.state_dir.join("sessions.json"));
@@ -155,11 +160,17 @@ pub fn run(config_path: &Path) -> i32 {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
             Ok(_) => {
-                eprintln!("claude-failover: http.token_file {} is empty", path.display());
+                eprintln!(
+                    "claude-failover: http.token_file {} is empty",
+                    path.display()
+                );
                 return exit::BAD_CONFIG;
             }
             Err(e) => {
-                eprintln!("claude-failover: cannot read http.token_file {}: {e}", path.display());
+                eprintln!(
+                    "claude-failover: cannot read http.token_file {}: {e}",
+                    path.display()
+                );
                 return exit::BAD_CONFIG;
             }
         },
@@ -174,7 +185,11 @@ pub fn run(config_path: &Path) -> i32 {
         token,
         counters: counters.clone(),
         notify: notifier.handle(),
-        swap_wait: config.swap.drain_timeout + config.swap.stop_timeout + config.claude.startup_timeout + Duration::from_secs(30),
+        swap_pending: Default::default(),
+        swap_wait: config.swap.drain_timeout
+            + config.swap.stop_timeout
+            + config.claude.startup_timeout
+            + Duration::from_secs(30),
     };
     let http = match Http::start(config.http.listen, published.clone(), wiring) {
         Ok(h) => h,
@@ -184,9 +199,16 @@ pub fn run(config_path: &Path) -> i32 {
         }
     };
     log::info!("listening on http://{}", http.addr);
-    let monitor = crate::quota_monitor::QuotaMonitor::start(&config, switcher.view.clone(), switcher.requests.clone());
+    let monitor = crate::quota_monitor::QuotaMonitor::start(
+        &config,
+        switcher.view.clone(),
+        switcher.requests.clone(),
+    );
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
-    let watcher = SessionWatcher::start(Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE), report_tx);
+    let watcher = SessionWatcher::start(
+        Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
+        report_tx,
+    );
     let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
     let dispatcher = crate::dispatcher::Dispatcher::start(&config, dispatch_tx);
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -223,10 +245,13 @@ pub fn run(config_path: &Path) -> i32 {
         no_account: None,
         notify: notifier.handle(),
         counters: counters.clone(),
+        stop_after_swap: None,
         config,
     };
     let _ = daemon.watcher.send(Request::Observe);
-    let watchdog = Notifier::watchdog_interval().map(tick).unwrap_or_else(never);
+    let watchdog = Notifier::watchdog_interval()
+        .map(tick)
+        .unwrap_or_else(never);
     let mut ticker = tick(daemon.config.lifecycle.interval);
     let mut interval = daemon.config.lifecycle.interval;
     let code = loop {
@@ -244,6 +269,16 @@ pub fn run(config_path: &Path) -> i32 {
         };
         if let Some(code) = daemon.handle(event) {
             break code;
+        }
+        if let Some(deadline) = daemon.stop_after_swap {
+            if daemon.swapping.is_none() {
+                log::info!("the swap ended; stopping as requested");
+                break exit::OK;
+            }
+            if std::time::Instant::now() > deadline {
+                log::error!("the swap did not end in time; stopping anyway: the next start finishes or rolls it back from its journal");
+                break exit::OK;
+            }
         }
         daemon.after_turn();
         if daemon.config.lifecycle.interval != interval {
@@ -285,7 +320,10 @@ fn startup_invariants(config: &Config) -> Result<PathBuf, Vec<String>> {
         problems.push(format!("tmux does not answer `tmux -V`: {e}"));
     }
     for problem in crate::shared_folders::verify(config) {
-        problems.push(format!("shared folders: {problem} (fix: {})", problem.hint()));
+        problems.push(format!(
+            "shared folders: {problem} (fix: {})",
+            problem.hint()
+        ));
     }
     let binary = process::which(&config.claude.binary);
     if binary.is_none() {
@@ -304,7 +342,10 @@ fn load_book(path: &Path) -> Book {
     match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Book::new(),
         Err(e) => {
-            log::error!("cannot read {}: {e}; rebuilding session records from tmux", path.display());
+            log::error!(
+                "cannot read {}: {e}; rebuilding session records from tmux",
+                path.display()
+            );
             Book::new()
         }
         Ok(bytes) => match serde_json::from_slice::<SessionsFile>(&bytes) {
@@ -335,7 +376,10 @@ fn join_within(handle: std::thread::JoinHandle<()>, role: &str) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Daemon {
@@ -343,19 +387,41 @@ impl Daemon {
     fn handle(&mut self, event: Event) -> Option<i32> {
         match event {
             Event::Signal(SIGTERM | SIGINT) => {
+                if self.swapping.is_some() {
+                    // A swap under way finishes first (bounded): the loop
+                    // keeps turning so its relaunch can happen.
+                    let n = self.book.len().max(1) as u32;
+                    let bound = self.config.swap.stop_timeout * n
+                        + self.config.claude.startup_timeout
+                        + self.config.swap.drain_timeout;
+                    log::warn!(
+                        "stop requested during a swap: letting it finish first (at most {}s)",
+                        bound.as_secs()
+                    );
+                    self.stop_after_swap = Some(std::time::Instant::now() + bound);
+                    return None;
+                }
                 log::info!("stop requested by signal");
                 return Some(exit::OK);
             }
             Event::Signal(SIGHUP) => self.reload(),
             Event::Signal(SIGUSR1) => {
                 log::warn!("SIGUSR1: fail-over requested");
-                let _ = self.switcher.send(switcher::Request::SwapNow { to: None, reason: "SIGUSR1".into(), reply: None });
+                let _ = self.switcher.send(switcher::Request::SwapNow {
+                    to: None,
+                    reason: "SIGUSR1".into(),
+                    reply: None,
+                });
             }
             Event::Signal(other) => log::debug!("ignoring signal {other}"),
             Event::Hooks(batch) => {
                 let mut exits = false;
                 for (path, ev) in batch {
-                    let hook = ev.payload.get("hook_event_name").and_then(|v| v.as_str()).unwrap_or("");
+                    let hook = ev
+                        .payload
+                        .get("hook_event_name")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("");
                     exits |= hook == "SessionEnd";
                     self.forward_quota_signal(&ev, hook);
                     if session::apply_hook(&mut self.book, &ev) {
@@ -404,14 +470,23 @@ impl Daemon {
                 self.active = Some(active);
                 let _ = self.watcher.send(Request::Observe);
             }
-            Notice::SwapStarted { id, from, to, reason } => {
+            Notice::SwapStarted {
+                id,
+                from,
+                to,
+                reason,
+            } => {
                 log::warn!("swap {id} started: {from} → {to} ({reason}); sessions are the switcher's until it ends");
                 self.notify.send(crate::notifier::Note::new(
                     crate::notifier::Kind::SwapStarted,
                     format!("swap {id} started: {from} → {to}: {reason}"),
                     serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason}),
                 ));
-                let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(Some(format!("swap {id} under way"))));
+                let _ = self
+                    .dispatcher
+                    .send(crate::dispatcher::Input::Paused(Some(format!(
+                        "swap {id} under way"
+                    ))));
                 self.swapping = Some(id);
             }
             Notice::Relaunch { active, .. } => {
@@ -444,12 +519,25 @@ impl Daemon {
                     result.to,
                     result.result,
                     result.duration_ms,
-                    result.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+                    result
+                        .detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
                 );
-                self.notify.send(crate::notifier::Note::new(kind, text, serde_json::to_value(&result).unwrap_or_default()));
-                self.counters.record_swap(&result.result, Some(Duration::from_millis(result.duration_ms)));
+                self.notify.send(crate::notifier::Note::new(
+                    kind,
+                    text,
+                    serde_json::to_value(&result).unwrap_or_default(),
+                ));
+                self.counters.record_swap(
+                    &result.result,
+                    Some(Duration::from_millis(result.duration_ms)),
+                );
                 self.swapping = None;
-                let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(self.no_account.clone()));
+                let _ = self
+                    .dispatcher
+                    .send(crate::dispatcher::Input::Paused(self.no_account.clone()));
                 let _ = self.watcher.send(Request::Observe);
             }
             Notice::NeedsLogin { account, why } => {
@@ -459,17 +547,25 @@ impl Daemon {
                     serde_json::json!({"account": account, "why": why}),
                 ));
             }
-            Notice::NoAccount { paused, reason, earliest_reset } => {
+            Notice::NoAccount {
+                paused,
+                reason,
+                earliest_reset,
+            } => {
                 self.no_account = paused.then(|| format!("no account can take work: {reason}"));
                 if self.swapping.is_none() {
-                    let _ = self.dispatcher.send(crate::dispatcher::Input::Paused(self.no_account.clone()));
+                    let _ = self
+                        .dispatcher
+                        .send(crate::dispatcher::Input::Paused(self.no_account.clone()));
                 }
                 if paused {
                     self.notify.send(crate::notifier::Note::new(
                         crate::notifier::Kind::NoAccount,
                         format!(
                             "no account left ({reason}); dispatch paused; earliest reset {}",
-                            earliest_reset.map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t))).unwrap_or_else(|| "unknown".into())
+                            earliest_reset
+                                .map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t)))
+                                .unwrap_or_else(|| "unknown".into())
                         ),
                         serde_json::json!({"reason": reason, "earliest_reset": earliest_reset}),
                     ));
@@ -495,19 +591,39 @@ impl Daemon {
             }
             Output::Relocate { session, cwd } => {
                 if let Some(r) = self.book.get_mut(&session) {
-                    log::info!("{session}: moving to {} for its task (a fresh conversation there)", cwd.display());
+                    log::info!(
+                        "{session}: moving to {} for its task (a fresh conversation there)",
+                        cwd.display()
+                    );
                     r.cwd = cwd;
                     r.claude_session_id = None;
                     r.failed_starts = 0;
                     r.set_state(State::Dead, now);
                     self.in_flight.insert(session.clone());
-                    let _ = self.watcher.send(Request::Execute(vec![Job::Kill { name: session }]));
+                    let _ = self
+                        .watcher
+                        .send(Request::Execute(vec![Job::Kill { name: session }]));
                 }
             }
             Output::Grow { pool, name } => {
                 if !self.book.contains_key(&name) {
-                    let cwd = self.config.pools.iter().find(|p| p.name == pool).map(|p| p.cwd.clone()).unwrap_or_default();
-                    self.book.insert(name, session::Record { pool, state: State::Dead, since_ms: now, cwd, ..Default::default() });
+                    let cwd = self
+                        .config
+                        .pools
+                        .iter()
+                        .find(|p| p.name == pool)
+                        .map(|p| p.cwd.clone())
+                        .unwrap_or_default();
+                    self.book.insert(
+                        name,
+                        session::Record {
+                            pool,
+                            state: State::Dead,
+                            since_ms: now,
+                            cwd,
+                            ..Default::default()
+                        },
+                    );
                     let _ = self.watcher.send(Request::Observe);
                 }
             }
@@ -515,18 +631,27 @@ impl Daemon {
                 if let Some(r) = self.book.get_mut(&name) {
                     r.set_state(State::Stopping, now);
                     self.in_flight.insert(name.clone());
-                    let _ = self.watcher.send(Request::Execute(vec![Job::Kill { name }]));
+                    let _ = self
+                        .watcher
+                        .send(Request::Execute(vec![Job::Kill { name }]));
                 }
             }
             Output::Counts(c) => self.queues = c,
-            Output::Outcome { outcome, dispatch_latency } => {
+            Output::Outcome {
+                outcome,
+                dispatch_latency,
+            } => {
                 if let Some(l) = dispatch_latency {
                     self.counters.observe_dispatch(l);
                 } else {
                     self.counters.record_task(outcome);
                 }
             }
-            Output::TaskFailed { project, task, reason } => {
+            Output::TaskFailed {
+                project,
+                task,
+                reason,
+            } => {
                 self.notify.send(crate::notifier::Note::new(
                     crate::notifier::Kind::TaskFailed,
                     format!("task {project}/{task} failed: {reason}"),
@@ -544,22 +669,42 @@ impl Daemon {
         };
         if ev.kind == "statusline" {
             if let Some((five_hour, seven_day)) = crate::quota::from_statusline(&ev.payload) {
-                let _ = self.switcher.send(switcher::Request::Reading { home, five_hour, seven_day, source: crate::quota::Source::Statusline });
+                let _ = self.switcher.send(switcher::Request::Reading {
+                    home,
+                    five_hour,
+                    seven_day,
+                    source: crate::quota::Source::Statusline,
+                });
             }
             return;
         }
         if hook == "StopFailure" {
-            let error = ev.payload.get("error").and_then(|v| v.as_str()).unwrap_or("");
-            let message = ev.payload.get("last_assistant_message").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let error = ev
+                .payload
+                .get("error")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let message = ev
+                .payload
+                .get("last_assistant_message")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
             // The error field first; the text only when the field says nothing we know.
-            let kind = facts::stop_failure_kind(error).or_else(|| facts::classify_limit_text(&message));
+            let kind =
+                facts::stop_failure_kind(error).or_else(|| facts::classify_limit_text(&message));
             if let Some(kind) = kind {
                 let kind = match (kind, facts::classify_limit_text(&message)) {
                     // rate_limit says "refused", the text says which window.
                     (facts::LimitKind::FiveHour, Some(text_kind)) => text_kind,
                     (k, _) => k,
                 };
-                let _ = self.switcher.send(switcher::Request::Refusal { home, kind, message, source: crate::quota::Source::StopFailure });
+                let _ = self.switcher.send(switcher::Request::Refusal {
+                    home,
+                    kind,
+                    message,
+                    source: crate::quota::Source::StopFailure,
+                });
             }
         }
     }
@@ -589,13 +734,28 @@ impl Daemon {
                     self.reconcile(now);
                 }
             }
-            Report::Launched { name, pool, account, cwd, pane_pid, resumed, relaunch } => {
+            Report::Launched {
+                name,
+                pool,
+                account,
+                cwd,
+                pane_pid,
+                resumed,
+                relaunch,
+            } => {
                 self.in_flight.remove(&name);
                 match &resumed {
                     Some(id) => log::info!("{name}: launched under {account}, resuming {id}"),
                     None => log::info!("{name}: launched under {account}"),
                 }
-                let launched = session::Launched { pool: &pool, name: &name, cwd, account: &account, pane_pid, relaunch };
+                let launched = session::Launched {
+                    pool: &pool,
+                    name: &name,
+                    cwd,
+                    account: &account,
+                    pane_pid,
+                    relaunch,
+                };
                 session::on_launched(&mut self.book, launched, now);
             }
             Report::Died { name, last_output } => {
@@ -604,7 +764,12 @@ impl Daemon {
                 if let Some(r) = self.book.get(&name) {
                     match r.state {
                         State::Failed => {
-                            log::error!("{name}: failed to start {} times in a row; retried every {}s: {}", r.failed_starts, r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000, r.last_error.as_deref().unwrap_or(""));
+                            log::error!(
+                                "{name}: failed to start {} times in a row; retried every {}s: {}",
+                                r.failed_starts,
+                                r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000,
+                                r.last_error.as_deref().unwrap_or("")
+                            );
                             self.notify.send(crate::notifier::Note::new(
                                 crate::notifier::Kind::SessionFailedToStart,
                                 format!("{name} failed to start: {}", r.last_error.as_deref().unwrap_or("")),
@@ -618,28 +783,43 @@ impl Daemon {
                             r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000,
                             r.last_error.as_deref().unwrap_or("")
                         ),
-                        _ => log::warn!("{name}: its program ended: {}", r.last_error.as_deref().unwrap_or("")),
+                        _ => log::warn!(
+                            "{name}: its program ended: {}",
+                            r.last_error.as_deref().unwrap_or("")
+                        ),
                     }
                 }
             }
             Report::Killed { name, error } => {
                 self.in_flight.remove(&name);
-                if self.book.get(&name).is_some_and(|r| r.state == State::Stopping) && error.is_none() {
+                if self
+                    .book
+                    .get(&name)
+                    .is_some_and(|r| r.state == State::Stopping)
+                    && error.is_none()
+                {
                     log::info!("{name}: stopped (pool shrinks)");
                     self.book.remove(&name);
                     return;
                 }
                 match error {
-                    Some(e) => log::error!("{name}: restart requested but it could not be stopped: {e}"),
+                    Some(e) => {
+                        log::error!("{name}: restart requested but it could not be stopped: {e}")
+                    }
                     None => log::info!("{name}: restarted on request"),
                 }
             }
             Report::Stuck { name, screen } => {
                 self.in_flight.remove(&name);
-                log::error!("{name}: no SessionStart within {:?}; left alone, its screen: {screen}", self.config.claude.startup_timeout);
+                log::error!(
+                    "{name}: no SessionStart within {:?}; left alone, its screen: {screen}",
+                    self.config.claude.startup_timeout
+                );
                 self.notify.send(crate::notifier::Note::new(
                     crate::notifier::Kind::SessionFailedToStart,
-                    format!("{name} is stuck before start-up (left alone, not typed into): {screen}"),
+                    format!(
+                        "{name} is stuck before start-up (left alone, not typed into): {screen}"
+                    ),
                     serde_json::json!({"session": name, "last_output": screen}),
                 ));
                 session::on_stuck(&mut self.book, &name, screen, now);
@@ -654,11 +834,21 @@ impl Daemon {
         let gone: Vec<String> = self
             .book
             .iter()
-            .filter(|(n, r)| r.state == State::Starting && !present.contains(n.as_str()) && !self.in_flight.contains(*n))
+            .filter(|(n, r)| {
+                r.state == State::Starting
+                    && !present.contains(n.as_str())
+                    && !self.in_flight.contains(*n)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
-            session::on_died(&mut self.book, &name, "the session ended before Claude Code started (no screen kept)".into(), backoff, now);
+            session::on_died(
+                &mut self.book,
+                &name,
+                "the session ended before Claude Code started (no screen kept)".into(),
+                backoff,
+                now,
+            );
         }
     }
 
@@ -684,13 +874,27 @@ impl Daemon {
 
     /// The exact launch of SPEC.md "Sessions".
     fn launch_job(&self, name: &str, cwd: PathBuf, resume: Option<String>, active: &Active) -> Job {
-        let pool = session::pool_of(&self.config, name).map(|p| p.name.clone()).unwrap_or_default();
+        let pool = session::pool_of(&self.config, name)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
         let mut env = vec![
-            (facts::ENV_CONFIG_DIR.to_string(), active.home.to_string_lossy().into_owned()),
+            (
+                facts::ENV_CONFIG_DIR.to_string(),
+                active.home.to_string_lossy().into_owned(),
+            ),
             (facts::ENV_SESSION.to_string(), name.to_string()),
-            (facts::ENV_STATE_DIR.to_string(), self.config.state_dir.to_string_lossy().into_owned()),
+            (
+                facts::ENV_STATE_DIR.to_string(),
+                self.config.state_dir.to_string_lossy().into_owned(),
+            ),
         ];
-        env.extend(self.config.claude.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(
+            self.config
+                .claude
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         let mut argv = vec![self.claude_binary.to_string_lossy().into_owned()];
         argv.extend(self.config.claude.args.iter().cloned());
         let resume = resume.map(|id| {
@@ -720,8 +924,14 @@ impl Daemon {
     /// Re-validates the shared folders: a divergence is reported (log,
     /// `/healthz`), never healed behind the operator's back.
     fn check_shared_folders(&mut self) {
-        let problems: Vec<String> = crate::shared_folders::verify(&self.config).iter().map(|p| p.to_string()).collect();
-        for p in problems.iter().filter(|p| !self.shared_problems.contains(p)) {
+        let problems: Vec<String> = crate::shared_folders::verify(&self.config)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        for p in problems
+            .iter()
+            .filter(|p| !self.shared_problems.contains(p))
+        {
             log::error!("shared folders diverged: {p}");
             self.notify.send(crate::notifier::Note::new(
                 crate::notifier::Kind::SharedFoldersDiverged,
@@ -747,7 +957,9 @@ impl Daemon {
             r.set_state(State::Dead, now_ms());
         }
         self.in_flight.insert(name.to_string());
-        let _ = self.watcher.send(Request::Execute(vec![Job::Kill { name: name.to_string() }]));
+        let _ = self.watcher.send(Request::Execute(vec![Job::Kill {
+            name: name.to_string(),
+        }]));
         Ok(())
     }
 
@@ -773,21 +985,33 @@ impl Daemon {
                 log::error!("reload refused, the running config stays: {e}");
                 self.config_error = Some(e.to_string());
             }
-            Ok(next) if next.state_dir != self.config.state_dir || next.tmux.socket != self.config.tmux.socket => {
+            Ok(next)
+                if next.state_dir != self.config.state_dir
+                    || next.tmux.socket != self.config.tmux.socket =>
+            {
                 let e = "state_dir and tmux.socket cannot change on reload; restart the daemon for that".to_string();
                 log::error!("reload refused, the running config stays: {e}");
                 self.config_error = Some(e);
             }
             Ok(next) if !crate::shared_folders::verify(&next).is_empty() => {
-                let e = format!("shared folders: {}", crate::shared_folders::verify(&next)[0]);
+                let e = format!(
+                    "shared folders: {}",
+                    crate::shared_folders::verify(&next)[0]
+                );
                 log::error!("reload refused, the running config stays: {e}");
                 self.config_error = Some(e);
             }
             Ok(next) => {
                 log::info!("config reloaded from {}", self.config_path.display());
                 self.config_error = None;
-                let _ = self.switcher.send(switcher::Request::Reconfigure(Box::new(next.clone())));
-                let _ = self.dispatcher.send(crate::dispatcher::Input::Reconfigure(Box::new(next.clone())));
+                let _ = self
+                    .switcher
+                    .send(switcher::Request::Reconfigure(Box::new(next.clone())));
+                let _ = self
+                    .dispatcher
+                    .send(crate::dispatcher::Input::Reconfigure(Box::new(
+                        next.clone(),
+                    )));
                 self.config = next;
                 let _ = self.watcher.send(Request::Observe);
             }
@@ -817,8 +1041,9 @@ impl Daemon {
         // Persisted first: the dispatcher deletes each event file once it has
         // handled it too, so a crash replays an event, never loses one.
         for (path, ev) in self.consumed.drain(..) {
-            if let Err(crossbeam_channel::SendError(crate::dispatcher::Input::Hook(path, _))) =
-                self.dispatcher.send(crate::dispatcher::Input::Hook(path, Box::new(ev)))
+            if let Err(crossbeam_channel::SendError(crate::dispatcher::Input::Hook(path, _))) = self
+                .dispatcher
+                .send(crate::dispatcher::Input::Hook(path, Box::new(ev)))
             {
                 let _ = std::fs::remove_file(path);
             }
@@ -836,7 +1061,9 @@ impl Daemon {
             })
             .collect();
         if view != self.sent_sessions {
-            let _ = self.dispatcher.send(crate::dispatcher::Input::Sessions(view.clone()));
+            let _ = self
+                .dispatcher
+                .send(crate::dispatcher::Input::Sessions(view.clone()));
             self.sent_sessions = view;
         }
         self.publish();
@@ -848,7 +1075,9 @@ impl Daemon {
     }
 
     fn persist(&mut self) {
-        let file = SessionsFile { sessions: self.book.clone() };
+        let file = SessionsFile {
+            sessions: self.book.clone(),
+        };
         let Ok(text) = serde_json::to_string_pretty(&file) else {
             return;
         };
@@ -867,13 +1096,20 @@ impl Daemon {
         if let Some(e) = &self.observe_error {
             health.push(format!("tmux unreachable: {e}"));
         }
-        health.extend(self.shared_problems.iter().map(|p| format!("shared folders: {p}")));
+        health.extend(
+            self.shared_problems
+                .iter()
+                .map(|p| format!("shared folders: {p}")),
+        );
         let managed: HashSet<&str> = self.book.keys().map(String::as_str).collect();
         let unmanaged = self
             .observed
             .iter()
             .flatten()
-            .filter(|s| !managed.contains(s.name.as_str()) && session::pool_of(&self.config, &s.name).is_none())
+            .filter(|s| {
+                !managed.contains(s.name.as_str())
+                    && session::pool_of(&self.config, &s.name).is_none()
+            })
             .map(|s| s.name.clone())
             .collect();
         let view = self.view.read().clone();
@@ -941,7 +1177,10 @@ impl Daemon {
                 active_account: self.active.as_ref().map(|a| a.name.clone()),
                 partial_swap: view.partial_swap.is_some(),
                 swap_in_progress: view.swap_in_progress.is_some() || self.swapping.is_some(),
-                last_swap: view.last_swap.as_ref().and_then(|l| serde_json::to_value(l).ok()),
+                last_swap: view
+                    .last_swap
+                    .as_ref()
+                    .and_then(|l| serde_json::to_value(l).ok()),
                 accounts,
                 sessions,
                 unmanaged_sessions: unmanaged,

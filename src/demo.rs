@@ -219,6 +219,9 @@ fn find_claude(given: Option<&Path>) -> Result<PathBuf, String> {
 fn claude_version(claude: &Path) -> Result<String, String> {
     let mut cmd = Command::new(claude);
     cmd.arg("--version");
+    for (k, v) in facts::ENV_OFFLINE {
+        cmd.env(k, v);
+    }
     let out = process::run(&mut cmd, None, Duration::from_secs(30))
         .map_err(|e| format!("{} does not run: {e}", claude.display()))?;
     if !out.success() {

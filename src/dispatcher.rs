@@ -59,19 +59,37 @@ pub enum Input {
 #[derive(Debug, Clone)]
 pub enum Output {
     /// The task a session works on, for status.
-    Task { session: String, task: Option<String> },
+    Task {
+        session: String,
+        task: Option<String>,
+    },
     /// Relaunch the session, fresh, in `cwd`.
-    Relocate { session: String, cwd: PathBuf },
+    Relocate {
+        session: String,
+        cwd: PathBuf,
+    },
     /// Start one more session of the pool (above `min`).
-    Grow { pool: String, name: String },
+    Grow {
+        pool: String,
+        name: String,
+    },
     /// Stop an idle session above `min`.
-    Shrink { name: String },
+    Shrink {
+        name: String,
+    },
     Counts(BTreeMap<String, QueueCounts>),
     /// A task finished: `done`, `failed` or `requeued`, and the time from
     /// its arrival to its confirmed submission.
-    Outcome { outcome: &'static str, dispatch_latency: Option<Duration> },
+    Outcome {
+        outcome: &'static str,
+        dispatch_latency: Option<Duration>,
+    },
     /// A task failed for good (for notifications).
-    TaskFailed { project: String, task: String, reason: String },
+    TaskFailed {
+        project: String,
+        task: String,
+        reason: String,
+    },
 }
 
 pub struct Dispatcher {
@@ -95,7 +113,11 @@ enum Phase {
     /// `/clear` typed; waiting for `SessionStart` with source `clear`.
     Clearing { since: Instant },
     /// Prompt pasted; waiting for `UserPromptSubmit`.
-    Typing { since: Instant, retried: bool, text: String },
+    Typing {
+        since: Instant,
+        retried: bool,
+        text: String,
+    },
     /// Submitted; waiting for `Stop`.
     Running,
     /// A swap (or a refusal) interrupted it; continue after `SessionStart(resume)`.
@@ -162,28 +184,39 @@ fn watch_inboxes(config: &Config) -> Receiver<(String, String)> {
     for p in &config.projects {
         let inbox = p.path.join(crate::queue::QUEUE_DIR).join("inbox");
         let _ = std::fs::create_dir_all(&inbox);
-        match inotify.watches().add(&inbox, inotify::WatchMask::MOVED_TO | inotify::WatchMask::CLOSE_WRITE) {
+        match inotify.watches().add(
+            &inbox,
+            inotify::WatchMask::MOVED_TO | inotify::WatchMask::CLOSE_WRITE,
+        ) {
             Ok(wd) => {
                 projects.insert(wd, p.name.clone());
             }
-            Err(e) => log::warn!("cannot watch {}: {e}; scanned every interval", inbox.display()),
+            Err(e) => log::warn!(
+                "cannot watch {}: {e}; scanned every interval",
+                inbox.display()
+            ),
         }
     }
-    let _ = std::thread::Builder::new().name("inbox-inotify".into()).spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            let Ok(events) = inotify.read_events_blocking(&mut buf) else {
-                return;
-            };
-            for e in events {
-                let project = projects.get(&e.wd).cloned().unwrap_or_default();
-                let name = e.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                if tx.send((project, name)).is_err() {
+    let _ = std::thread::Builder::new()
+        .name("inbox-inotify".into())
+        .spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                let Ok(events) = inotify.read_events_blocking(&mut buf) else {
                     return;
+                };
+                for e in events {
+                    let project = projects.get(&e.wd).cloned().unwrap_or_default();
+                    let name = e
+                        .name
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if tx.send((project, name)).is_err() {
+                        return;
+                    }
                 }
             }
-        }
-    });
+        });
     rx
 }
 
@@ -250,7 +283,10 @@ impl Run {
     }
 
     fn queue(&self, project: &str) -> Option<&Queue> {
-        self.queues.iter().map(|(q, _)| q).find(|q| q.project() == project)
+        self.queues
+            .iter()
+            .map(|(q, _)| q)
+            .find(|q| q.project() == project)
     }
 
     fn session(&self, name: &str) -> Option<&SessionView> {
@@ -264,7 +300,9 @@ impl Run {
                 if p.is_some() && self.paused.is_none() {
                     // Work under way waits for the swap and continues after it.
                     for a in self.assigned.values_mut() {
-                        if matches!(a.phase, Phase::Running | Phase::Typing { .. }) && a.task.is_some() {
+                        if matches!(a.phase, Phase::Running | Phase::Typing { .. })
+                            && a.task.is_some()
+                        {
                             a.phase = Phase::Interrupted;
                         }
                     }
@@ -272,7 +310,11 @@ impl Run {
                 self.paused = p;
             }
             Input::Reconfigure(c) => {
-                self.queues = c.projects.iter().map(|p| (Queue::for_project(p), p.pool.clone())).collect();
+                self.queues = c
+                    .projects
+                    .iter()
+                    .map(|p| (Queue::for_project(p), p.pool.clone()))
+                    .collect();
                 self.config = *c;
             }
             Input::Hook(path, ev) => {
@@ -293,8 +335,14 @@ impl Run {
             return;
         };
         let p = &ev.payload;
-        let hook = p.get("hook_event_name").and_then(|v| v.as_str()).unwrap_or("");
-        let sid = p.get("session_id").and_then(|v| v.as_str()).map(String::from);
+        let hook = p
+            .get("hook_event_name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let sid = p
+            .get("session_id")
+            .and_then(|v| v.as_str())
+            .map(String::from);
         let source = p.get("source").and_then(|v| v.as_str()).unwrap_or("");
         match hook {
             "SessionStart" => {
@@ -313,7 +361,11 @@ impl Run {
                         // The task now runs under the account the session resumed on.
                         let account = ev.config_dir.as_ref().and_then(|d| {
                             let d = std::path::Path::new(d);
-                            self.config.accounts.iter().find(|a| a.home == d).map(|a| a.name.clone())
+                            self.config
+                                .accounts
+                                .iter()
+                                .find(|a| a.home == d)
+                                .map(|a| a.name.clone())
                         });
                         if let (Some(task), Some(account)) = (a.task.clone(), account) {
                             let project = a.project.clone();
@@ -324,10 +376,18 @@ impl Run {
                         log::info!("{session}: resumed after a swap; continuing its task");
                         self.type_text(&session, CONTINUE_PROMPT, false);
                     }
-                    (Phase::Running | Phase::Typing { .. } | Phase::Clearing { .. }, "startup" | "resume") if self.paused.is_none() => {
+                    (
+                        Phase::Running | Phase::Typing { .. } | Phase::Clearing { .. },
+                        "startup" | "resume",
+                    ) if self.paused.is_none() => {
                         // The program restarted under the task (it died and was
                         // relaunched): that attempt is lost.
-                        self.release(&session, Release::Attempt(format!("session {session} restarted while working on it")));
+                        self.release(
+                            &session,
+                            Release::Attempt(format!(
+                                "session {session} restarted while working on it"
+                            )),
+                        );
                     }
                     (Phase::Interrupted, _) => {
                         // The conversation could not be resumed: start the task
@@ -352,15 +412,24 @@ impl Run {
                             let _ = q.record_claude_session_id(&task, &id);
                         }
                     }
-                    log::info!("{session}: task submitted ({} ms after it was seen)", latency.as_millis());
-                    let _ = self.out.send(Output::Outcome { outcome: "submitted", dispatch_latency: Some(latency) });
+                    log::info!(
+                        "{session}: task submitted ({} ms after it was seen)",
+                        latency.as_millis()
+                    );
+                    let _ = self.out.send(Output::Outcome {
+                        outcome: "submitted",
+                        dispatch_latency: Some(latency),
+                    });
                 }
             }
             "Stop" => {
                 let Some(a) = self.assigned.get(&session).cloned() else {
                     return;
                 };
-                if !matches!(a.phase, Phase::Running | Phase::Typing { .. } | Phase::Interrupted) {
+                if !matches!(
+                    a.phase,
+                    Phase::Running | Phase::Typing { .. } | Phase::Interrupted
+                ) {
                     return;
                 }
                 let (Some(task), Some(q)) = (a.task.clone(), self.queue(&a.project)) else {
@@ -370,20 +439,31 @@ impl Run {
                 match q.complete(&task, message, sid.as_deref(), now()) {
                     Ok(Completion::Done { name }) => {
                         log::info!("{session}: task {}/{name} done", a.project);
-                        let _ = self.out.send(Output::Outcome { outcome: "done", dispatch_latency: None });
+                        let _ = self.out.send(Output::Outcome {
+                            outcome: "done",
+                            dispatch_latency: None,
+                        });
                     }
                     Ok(_) => {}
-                    Err(e) => log::error!("{session}: task {}/{task} could not be completed: {e}", a.project),
+                    Err(e) => log::error!(
+                        "{session}: task {}/{task} could not be completed: {e}",
+                        a.project
+                    ),
                 }
                 self.release(&session, Release::Done);
             }
             "StopFailure" => {
                 let error = p.get("error").and_then(|v| v.as_str()).unwrap_or("unknown");
-                let message = p.get("last_assistant_message").and_then(|v| v.as_str()).unwrap_or("");
+                let message = p
+                    .get("last_assistant_message")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
                 let Some(a) = self.assigned.get_mut(&session) else {
                     return;
                 };
-                if crate::claude_facts::stop_failure_kind(error) == Some(crate::claude_facts::LimitKind::FiveHour) {
+                if crate::claude_facts::stop_failure_kind(error)
+                    == Some(crate::claude_facts::LimitKind::FiveHour)
+                {
                     // Refused: not an attempt; it continues after the swap.
                     a.phase = Phase::Interrupted;
                 } else {
@@ -399,7 +479,11 @@ impl Run {
     fn type_text(&mut self, session: &str, text: &str, retried: bool) {
         type_in(&self.tmux, session, text);
         if let Some(a) = self.assigned.get_mut(session) {
-            a.phase = Phase::Typing { since: Instant::now(), retried, text: text.to_string() };
+            a.phase = Phase::Typing {
+                since: Instant::now(),
+                retried,
+                text: text.to_string(),
+            };
         }
     }
 
@@ -407,7 +491,10 @@ impl Run {
         let Some(a) = self.assigned.remove(session) else {
             return;
         };
-        let _ = self.out.send(Output::Task { session: session.to_string(), task: None });
+        let _ = self.out.send(Output::Task {
+            session: session.to_string(),
+            task: None,
+        });
         self.idle_since.insert(session.to_string(), Instant::now());
         let Some(task) = a.task else {
             return;
@@ -419,22 +506,43 @@ impl Run {
             Release::Done => {}
             Release::Requeue => match q.requeue(&task) {
                 Ok(_) => {
-                    let _ = self.out.send(Output::Outcome { outcome: "requeued", dispatch_latency: None });
+                    let _ = self.out.send(Output::Outcome {
+                        outcome: "requeued",
+                        dispatch_latency: None,
+                    });
                 }
-                Err(e) => log::error!("task {}/{task}: cannot go back to the inbox: {e}", a.project),
+                Err(e) => log::error!(
+                    "task {}/{task}: cannot go back to the inbox: {e}",
+                    a.project
+                ),
             },
-            Release::Attempt(reason) => match q.fail_attempt(&task, &reason, self.config.janitor.max_attempts, now()) {
-                Ok(Outcome::Requeued { attempts, .. }) => {
-                    log::warn!("task {}/{task}: attempt {attempts} failed ({reason}); back in the inbox", a.project);
-                    let _ = self.out.send(Output::Outcome { outcome: "requeued", dispatch_latency: None });
+            Release::Attempt(reason) => {
+                match q.fail_attempt(&task, &reason, self.config.janitor.max_attempts, now()) {
+                    Ok(Outcome::Requeued { attempts, .. }) => {
+                        log::warn!("task {}/{task}: attempt {attempts} failed ({reason}); back in the inbox", a.project);
+                        let _ = self.out.send(Output::Outcome {
+                            outcome: "requeued",
+                            dispatch_latency: None,
+                        });
+                    }
+                    Ok(Outcome::Failed { name, attempts }) => {
+                        log::error!(
+                            "task {}/{name}: failed after {attempts} attempts: {reason}",
+                            a.project
+                        );
+                        let _ = self.out.send(Output::Outcome {
+                            outcome: "failed",
+                            dispatch_latency: None,
+                        });
+                        let _ = self.out.send(Output::TaskFailed {
+                            project: a.project.clone(),
+                            task: name,
+                            reason,
+                        });
+                    }
+                    Err(e) => log::error!("task {}/{task}: {e}", a.project),
                 }
-                Ok(Outcome::Failed { name, attempts }) => {
-                    log::error!("task {}/{name}: failed after {attempts} attempts: {reason}", a.project);
-                    let _ = self.out.send(Output::Outcome { outcome: "failed", dispatch_latency: None });
-                    let _ = self.out.send(Output::TaskFailed { project: a.project.clone(), task: name, reason });
-                }
-                Err(e) => log::error!("task {}/{task}: {e}", a.project),
-            },
+            }
         }
     }
 
@@ -448,15 +556,32 @@ impl Run {
                 let Some(m) = marker else {
                     continue; // the janitor returns marker-less tasks
                 };
-                let state = self.sessions.iter().find(|s| s.name == m.session).map(|s| s.state);
+                let state = self
+                    .sessions
+                    .iter()
+                    .find(|s| s.name == m.session)
+                    .map(|s| s.state);
                 let confirmed = m.claude_session_id.is_some();
                 if confirmed && state.is_some() && !self.assigned.contains_key(&m.session) {
-                    log::info!("{}: adopting its active task {}/{name}", m.session, q.project());
+                    log::info!(
+                        "{}: adopting its active task {}/{name}",
+                        m.session,
+                        q.project()
+                    );
                     self.assigned.insert(
                         m.session.clone(),
-                        Assignment { project: q.project().to_string(), task: Some(name.clone()), prompt: String::new(), phase: Phase::Running, seen_at: Instant::now() },
+                        Assignment {
+                            project: q.project().to_string(),
+                            task: Some(name.clone()),
+                            prompt: String::new(),
+                            phase: Phase::Running,
+                            seen_at: Instant::now(),
+                        },
                     );
-                    let _ = self.out.send(Output::Task { session: m.session.clone(), task: Some(name) });
+                    let _ = self.out.send(Output::Task {
+                        session: m.session.clone(),
+                        task: Some(name),
+                    });
                 } else {
                     // Never confirmed: the prompt may not have been typed. Start it again.
                     log::warn!("task {}/{name} was claimed but never confirmed before a restart; back to the inbox", q.project());
@@ -502,7 +627,10 @@ impl Run {
                 continue;
             };
             let state = self.session(&name).map(|s| s.state);
-            let gone = matches!(state, None | Some(State::Dead | State::Backoff | State::Failed));
+            let gone = matches!(
+                state,
+                None | Some(State::Dead | State::Backoff | State::Failed)
+            );
             match &a.phase {
                 Phase::Interrupted => {}
                 Phase::Relocating { since } if since.elapsed() > RELOCATE_DEADLINE => {
@@ -511,13 +639,20 @@ impl Run {
                 }
                 Phase::Relocating { .. } => {}
                 _ if gone && self.paused.is_none() => {
-                    self.release(&name, Release::Attempt(format!("session {name} ended while working on it")));
+                    self.release(
+                        &name,
+                        Release::Attempt(format!("session {name} ended while working on it")),
+                    );
                 }
                 Phase::Clearing { since } if since.elapsed() > CLEAR_DEADLINE => {
                     log::warn!("{name}: /clear was not confirmed; its task goes back to the inbox");
                     self.release(&name, Release::Requeue);
                 }
-                Phase::Typing { since, retried, text } if since.elapsed() > SUBMIT_DEADLINE => {
+                Phase::Typing {
+                    since,
+                    retried,
+                    text,
+                } if since.elapsed() > SUBMIT_DEADLINE => {
                     if *retried {
                         log::error!("{name}: the prompt was not taken (no UserPromptSubmit after a retry); task back to the inbox; look at the session");
                         self.release(&name, Release::Requeue);
@@ -525,7 +660,11 @@ impl Run {
                         // One more Enter, as some versions ignore the first.
                         let _ = self.tmux.send_key(&name, "Enter");
                         if let Some(x) = self.assigned.get_mut(&name) {
-                            x.phase = Phase::Typing { since: Instant::now(), retried: true, text: text.clone() };
+                            x.phase = Phase::Typing {
+                                since: Instant::now(),
+                                retried: true,
+                                text: text.clone(),
+                            };
                         }
                     }
                 }
@@ -537,7 +676,9 @@ impl Run {
     fn free_sessions(&self, pool: &str) -> Vec<SessionView> {
         self.sessions
             .iter()
-            .filter(|s| s.pool == pool && s.state == State::Idle && !self.assigned.contains_key(&s.name))
+            .filter(|s| {
+                s.pool == pool && s.state == State::Idle && !self.assigned.contains_key(&s.name)
+            })
             .cloned()
             .collect()
     }
@@ -545,7 +686,11 @@ impl Run {
     fn dispatch(&mut self) {
         let queues: Vec<(Queue, String)> = self.queues.clone();
         for (q, pool) in queues {
-            let dispatchable = self.config.pools.iter().any(|p| p.name == pool && p.dispatch);
+            let dispatchable = self
+                .config
+                .pools
+                .iter()
+                .any(|p| p.name == pool && p.dispatch);
             if !dispatchable {
                 continue;
             }
@@ -563,19 +708,32 @@ impl Run {
             };
             for r in &scan.rejected {
                 log::error!("project {}: {} refused: {}", q.project(), r.file, r.reason);
-                let _ = self.out.send(Output::Outcome { outcome: "failed", dispatch_latency: None });
-                let _ = self.out.send(Output::TaskFailed { project: q.project().to_string(), task: r.file.clone(), reason: r.reason.clone() });
+                let _ = self.out.send(Output::Outcome {
+                    outcome: "failed",
+                    dispatch_latency: None,
+                });
+                let _ = self.out.send(Output::TaskFailed {
+                    project: q.project().to_string(),
+                    task: r.file.clone(),
+                    reason: r.reason.clone(),
+                });
             }
             // Names seen complete but not ready yet (same name active) stay known.
             for n in &scan.not_ready {
                 let file = format!("{n}.md");
                 if complete.contains(&file) {
-                    self.complete.entry(q.project().to_string()).or_default().insert(file);
+                    self.complete
+                        .entry(q.project().to_string())
+                        .or_default()
+                        .insert(file);
                 }
             }
             for task in scan.ready {
                 // Prefer a session already in the project's folder.
-                let pos = free.iter().position(|s| s.cwd == q.project_path()).unwrap_or(0);
+                let pos = free
+                    .iter()
+                    .position(|s| s.cwd == q.project_path())
+                    .unwrap_or(0);
                 if free.is_empty() {
                     break;
                 }
@@ -589,18 +747,40 @@ impl Run {
                         continue;
                     }
                 };
-                log::info!("{}: task {}/{} (attempt {})", s.name, q.project(), claimed.name, claimed.marker.attempt);
-                let _ = self.out.send(Output::Task { session: s.name.clone(), task: Some(claimed.name.clone()) });
-                let mut a = Assignment { project: q.project().to_string(), task: Some(claimed.name.clone()), prompt: claimed.prompt.clone(), phase: Phase::Running, seen_at };
+                log::info!(
+                    "{}: task {}/{} (attempt {})",
+                    s.name,
+                    q.project(),
+                    claimed.name,
+                    claimed.marker.attempt
+                );
+                let _ = self.out.send(Output::Task {
+                    session: s.name.clone(),
+                    task: Some(claimed.name.clone()),
+                });
+                let mut a = Assignment {
+                    project: q.project().to_string(),
+                    task: Some(claimed.name.clone()),
+                    prompt: claimed.prompt.clone(),
+                    phase: Phase::Running,
+                    seen_at,
+                };
                 if s.cwd != q.project_path() {
-                    a.phase = Phase::Relocating { since: Instant::now() };
+                    a.phase = Phase::Relocating {
+                        since: Instant::now(),
+                    };
                     self.assigned.insert(s.name.clone(), a);
-                    let _ = self.out.send(Output::Relocate { session: s.name.clone(), cwd: q.project_path().to_path_buf() });
+                    let _ = self.out.send(Output::Relocate {
+                        session: s.name.clone(),
+                        cwd: q.project_path().to_path_buf(),
+                    });
                 } else if self.fresh.contains(&s.name) {
                     self.assigned.insert(s.name.clone(), a);
                     self.type_text(&s.name, &claimed.prompt, false);
                 } else {
-                    a.phase = Phase::Clearing { since: Instant::now() };
+                    a.phase = Phase::Clearing {
+                        since: Instant::now(),
+                    };
                     self.assigned.insert(s.name.clone(), a);
                     type_in(&self.tmux, &s.name, "/clear");
                 }
@@ -622,14 +802,37 @@ impl Run {
                 .filter_map(|(q, _)| q.counts().ok())
                 .map(|c| c.inbox)
                 .sum();
-            let members: Vec<&SessionView> = self.sessions.iter().filter(|s| s.pool == pool.name).collect();
-            let free = members.iter().filter(|s| s.state == State::Idle && !self.assigned.contains_key(&s.name)).count();
-            let starting = members.iter().filter(|s| matches!(s.state, State::Starting | State::Dead)).count();
-            if self.paused.is_none() && waiting > free + starting && (members.len() as u32) < pool.max {
+            let members: Vec<&SessionView> = self
+                .sessions
+                .iter()
+                .filter(|s| s.pool == pool.name)
+                .collect();
+            let free = members
+                .iter()
+                .filter(|s| s.state == State::Idle && !self.assigned.contains_key(&s.name))
+                .count();
+            let starting = members
+                .iter()
+                .filter(|s| matches!(s.state, State::Starting | State::Dead))
+                .count();
+            if self.paused.is_none()
+                && waiting > free + starting
+                && (members.len() as u32) < pool.max
+            {
                 let taken: HashSet<&str> = members.iter().map(|s| s.name.as_str()).collect();
-                if let Some(name) = pool.session_names().into_iter().find(|n| !taken.contains(n.as_str())) {
-                    log::info!("pool {}: {waiting} task(s) waiting, growing with {name}", pool.name);
-                    let _ = self.out.send(Output::Grow { pool: pool.name.clone(), name });
+                if let Some(name) = pool
+                    .session_names()
+                    .into_iter()
+                    .find(|n| !taken.contains(n.as_str()))
+                {
+                    log::info!(
+                        "pool {}: {waiting} task(s) waiting, growing with {name}",
+                        pool.name
+                    );
+                    let _ = self.out.send(Output::Grow {
+                        pool: pool.name.clone(),
+                        name,
+                    });
                 }
             }
             if waiting == 0 && members.len() as u32 > pool.min {
@@ -637,14 +840,30 @@ impl Run {
                 // Shrink from the top index down, one per turn.
                 if let Some(s) = members
                     .iter()
-                    .filter(|s| names.iter().position(|n| n == &s.name).is_some_and(|i| i as u32 >= pool.min))
+                    .filter(|s| {
+                        names
+                            .iter()
+                            .position(|n| n == &s.name)
+                            .is_some_and(|i| i as u32 >= pool.min)
+                    })
                     .filter(|s| s.state == State::Idle && !self.assigned.contains_key(&s.name))
-                    .filter(|s| self.idle_since.get(&s.name).is_some_and(|t| t.elapsed() >= pool.idle_shrink_after))
+                    .filter(|s| {
+                        self.idle_since
+                            .get(&s.name)
+                            .is_some_and(|t| t.elapsed() >= pool.idle_shrink_after)
+                    })
                     .max_by_key(|s| names.iter().position(|n| n == &s.name))
                 {
-                    log::info!("pool {}: {} idle for {:?}, shrinking", pool.name, s.name, pool.idle_shrink_after);
+                    log::info!(
+                        "pool {}: {} idle for {:?}, shrinking",
+                        pool.name,
+                        s.name,
+                        pool.idle_shrink_after
+                    );
                     self.idle_since.remove(&s.name);
-                    let _ = self.out.send(Output::Shrink { name: s.name.clone() });
+                    let _ = self.out.send(Output::Shrink {
+                        name: s.name.clone(),
+                    });
                 }
             }
         }
@@ -652,13 +871,19 @@ impl Run {
             if s.state != State::Idle || self.assigned.contains_key(&s.name) {
                 self.idle_since.remove(&s.name);
             } else {
-                self.idle_since.entry(s.name.clone()).or_insert_with(Instant::now);
+                self.idle_since
+                    .entry(s.name.clone())
+                    .or_insert_with(Instant::now);
             }
         }
     }
 
     fn janitor(&mut self) {
-        let assigned: HashSet<String> = self.assigned.values().filter_map(|a| a.task.clone()).collect();
+        let assigned: HashSet<String> = self
+            .assigned
+            .values()
+            .filter_map(|a| a.task.clone())
+            .collect();
         // An active task with a marker that no session works on (its Stop
         // was lost with a crash, say) goes back to the inbox at once.
         for (q, _) in &self.queues {
@@ -693,7 +918,12 @@ impl Run {
             if let Ok(c) = q.counts() {
                 counts.insert(q.project().to_string(), c);
             }
-            let serving: Vec<String> = self.assigned.iter().filter(|(_, a)| a.project == q.project()).map(|(s, _)| s.clone()).collect();
+            let serving: Vec<String> = self
+                .assigned
+                .iter()
+                .filter(|(_, a)| a.project == q.project())
+                .map(|(s, _)| s.clone())
+                .collect();
             let _ = q.write_status(&serving, now());
         }
         let _ = self.out.send(Output::Counts(counts));
@@ -706,6 +936,15 @@ impl Run {
 fn type_in(tmux: &Tmux, session: &str, text: &str) {
     let (tmux, session, text) = (tmux.clone(), session.to_string(), text.to_string());
     std::thread::spawn(move || {
+        // Wait (briefly) for the input prompt: a paste right after start-up can be lost.
+        let ready_by = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < ready_by {
+            match tmux.capture_pane(&session, 0) {
+                Ok(screen) if screen.contains(crate::claude_facts::PROMPT_READY_MARK) => break,
+                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => break,
+            }
+        }
         if let Err(e) = tmux.paste(&session, &text) {
             log::warn!("{session}: cannot paste: {e}");
             return;
@@ -728,5 +967,7 @@ enum Release {
 
 /// The transcript of a conversation (for checkpoints and diagnostics).
 pub fn transcript_path(home: &Path, cwd: &Path, id: &str) -> PathBuf {
-    home.join("projects").join(crate::claude_facts::transcript_folder_name(cwd)).join(format!("{id}.jsonl"))
+    home.join("projects")
+        .join(crate::claude_facts::transcript_folder_name(cwd))
+        .join(format!("{id}.jsonl"))
 }

@@ -26,7 +26,11 @@ pub struct EventWatcher {
 }
 
 impl EventWatcher {
-    pub fn start(dir: PathBuf, rescan: Duration, out: Sender<Batch>) -> std::io::Result<EventWatcher> {
+    pub fn start(
+        dir: PathBuf,
+        rescan: Duration,
+        out: Sender<Batch>,
+    ) -> std::io::Result<EventWatcher> {
         std::fs::create_dir_all(&dir)?;
         let wake = watch(&dir)?;
         let (stop, stop_rx) = crossbeam_channel::bounded(0);
@@ -41,29 +45,41 @@ impl EventWatcher {
 /// ends with the process; it only ever sends wake-ups.
 fn watch(dir: &Path) -> std::io::Result<Receiver<()>> {
     let mut inotify = Inotify::init()?;
-    inotify.watches().add(dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO)?;
+    inotify
+        .watches()
+        .add(dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO)?;
     let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new().name("event-inotify".into()).spawn(move || {
-        let mut buf = [0u8; 4096];
-        loop {
-            match inotify.read_events_blocking(&mut buf) {
-                // Overflow or not, the answer is the same: scan the folder.
-                Ok(_) => {
-                    if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = tx.try_send(()) {
+    std::thread::Builder::new()
+        .name("event-inotify".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match inotify.read_events_blocking(&mut buf) {
+                    // Overflow or not, the answer is the same: scan the folder.
+                    Ok(_) => {
+                        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
+                            tx.try_send(())
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("inotify on the events folder failed, relying on rescans: {e}");
                         return;
                     }
                 }
-                Err(e) => {
-                    log::error!("inotify on the events folder failed, relying on rescans: {e}");
-                    return;
-                }
             }
-        }
-    })?;
+        })?;
     Ok(rx)
 }
 
-fn serve(dir: PathBuf, rescan: Duration, wake: Receiver<()>, stop: Receiver<()>, out: Sender<Batch>) {
+fn serve(
+    dir: PathBuf,
+    rescan: Duration,
+    wake: Receiver<()>,
+    stop: Receiver<()>,
+    out: Sender<Batch>,
+) {
     let ticker = tick(rescan);
     let mut wake = wake;
     let mut sent: HashSet<PathBuf> = HashSet::new();
@@ -107,7 +123,10 @@ fn scan(dir: &Path, sent: &mut HashSet<PathBuf>) -> Batch {
         if sent.contains(&path) {
             continue;
         }
-        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<RecordedEvent>(&b).map_err(|e| e.to_string())) {
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<RecordedEvent>(&b).map_err(|e| e.to_string()))
+        {
             Ok(ev) => {
                 sent.insert(path.clone());
                 batch.push((path, ev));
@@ -116,7 +135,11 @@ fn scan(dir: &Path, sent: &mut HashSet<PathBuf>) -> Batch {
                 let corrupt = dir.join("corrupt");
                 let _ = std::fs::create_dir_all(&corrupt);
                 let target = corrupt.join(path.file_name().unwrap_or_default());
-                log::warn!("event file {} is unreadable ({e}); moved to {}", path.display(), target.display());
+                log::warn!(
+                    "event file {} is unreadable ({e}); moved to {}",
+                    path.display(),
+                    target.display()
+                );
                 let _ = std::fs::rename(&path, &target);
             }
         }

@@ -42,10 +42,14 @@ pub fn statusline_from_stdin() -> (String, std::io::Result<PathBuf>) {
     if let Err(e) = std::io::stdin().take(MAX_PAYLOAD).read_to_end(&mut raw) {
         return ("claude-failover".into(), Err(e));
     }
-    let payload: serde_json::Value = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+    let payload: serde_json::Value =
+        serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
     let line = match crate::quota::from_statusline(&payload) {
         Some((five, seven)) => {
-            let pct = |w: Option<crate::quota::Window>| w.map(|w| format!("{:.0}%", w.utilization)).unwrap_or_else(|| "?".into());
+            let pct = |w: Option<crate::quota::Window>| {
+                w.map(|w| format!("{:.0}%", w.utilization))
+                    .unwrap_or_else(|| "?".into())
+            };
             format!("5h {} · 7d {}", pct(five), pct(seven))
         }
         None => "5h ? · 7d ?".into(),
@@ -70,8 +74,9 @@ fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
         session: std::env::var(facts::ENV_SESSION).ok(),
         config_dir: std::env::var(facts::ENV_CONFIG_DIR).ok(),
         recorded_at_ms: now_ms(),
-        payload: serde_json::from_slice(raw)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(raw).into_owned())),
+        payload: serde_json::from_slice(raw).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(raw).into_owned())
+        }),
     };
     write_event(&state_dir, &event)
 }
@@ -81,15 +86,27 @@ fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
 pub fn write_event(state_dir: &Path, event: &RecordedEvent) -> std::io::Result<PathBuf> {
     let dir = state_dir.join(EVENTS_DIR);
     if !dir.is_dir() {
-        std::fs::create_dir_all(&dir)?;
+        // Only the last level: a state dir that is gone (a removed sandbox,
+        // a mistyped path) is not recreated by a hook.
+        std::fs::create_dir(&dir)?;
     }
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let path = dir.join(format!("{nanos:020}-{}-{}.json", std::process::id(), event.kind));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let path = dir.join(format!(
+        "{nanos:020}-{}-{}.json",
+        std::process::id(),
+        event.kind
+    ));
     let bytes = serde_json::to_vec(event).map_err(std::io::Error::other)?;
     atomic_file::write(&path, &bytes)?;
     Ok(path)
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -19,7 +19,10 @@ pub enum Control {
     /// As SIGHUP; the reply is the refusal, if any.
     Reload { reply: Sender<Result<(), String>> },
     /// Relaunch a managed session; the reply is `Err` for an unknown or unmanaged name.
-    Restart { name: String, reply: Sender<Result<(), String>> },
+    Restart {
+        name: String,
+        reply: Sender<Result<(), String>>,
+    },
 }
 
 /// What the handlers may reach besides the snapshot.
@@ -34,6 +37,8 @@ pub struct Wiring {
     pub swap_wait: Duration,
     pub counters: std::sync::Arc<crate::metrics::Counters>,
     pub notify: crate::notifier::NotifyHandle,
+    /// A `POST /swap` is being answered.
+    pub swap_pending: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Requests larger than this are refused unread.
@@ -55,7 +60,11 @@ impl Http {
             .name("http".into())
             .spawn(move || serve(&s, &published, &wiring))
             .map_err(|e| e.to_string())?;
-        Ok(Http { server, thread: Some(thread), addr })
+        Ok(Http {
+            server,
+            thread: Some(thread),
+            addr,
+        })
     }
 }
 
@@ -81,10 +90,16 @@ fn serve(server: &Server, published: &Published, wiring: &Wiring) {
 fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
     let url = req.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
-    let query = url.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default();
     let method = req.method().clone();
     if req.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
-        respond(req, json(413, &serde_json::json!({"error": "request body too large"})));
+        respond(
+            req,
+            json(413, &serde_json::json!({"error": "request body too large"})),
+        );
         return;
     }
     // Drain a small body so keep-alive works; never read more than the cap.
@@ -93,11 +108,16 @@ fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
     let answer = match (&method, path.as_str()) {
         (Method::Get, "/status") => json(200, &current(published, wiring)),
         (Method::Get, "/metrics") => {
-            wiring.counters.set_notifications_dropped(wiring.notify.stats().dropped);
+            wiring
+                .counters
+                .set_notifications_dropped(wiring.notify.stats().dropped);
             let body = crate::metrics::render(&current(published, wiring), &wiring.counters);
             Response::from_data(body.into_bytes())
                 .with_status_code(200)
-                .with_header(header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"))
+                .with_header(header(
+                    "Content-Type",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                ))
         }
         (Method::Get, "/healthz") => {
             let snapshot = current(published, wiring);
@@ -107,15 +127,46 @@ fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
                 text(503, &format!("{}\n", snapshot.health_problems.join("; ")))
             }
         }
-        (Method::Post, _) if !authorised(&req, wiring) => json(401, &serde_json::json!({"error": "missing or wrong bearer token"})),
-        (Method::Post, "/swap") => swap(&query, wiring),
+        (Method::Post, _) if !authorised(&req, wiring) => json(
+            401,
+            &serde_json::json!({"error": "missing or wrong bearer token"}),
+        ),
+        (Method::Post, "/swap") => {
+            // The swap can take a while: answer it from its own thread so
+            // /status and /healthz keep answering meanwhile; one at a time.
+            if wiring
+                .swap_pending
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                json(409, &serde_json::json!({"error": "a swap is under way"}))
+            } else {
+                let wiring = wiring.clone();
+                std::thread::spawn(move || {
+                    let answer = swap(&query, &wiring);
+                    wiring
+                        .swap_pending
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    respond(req, answer);
+                });
+                return;
+            }
+        }
         (Method::Post, "/reload") => ask_main(wiring, |reply| Control::Reload { reply }, 422),
         (Method::Post, p) if p.starts_with("/sessions/") && p.ends_with("/restart") => {
-            let name = p.trim_start_matches("/sessions/").trim_end_matches("/restart").to_string();
+            let name = p
+                .trim_start_matches("/sessions/")
+                .trim_end_matches("/restart")
+                .to_string();
             ask_main(wiring, |reply| Control::Restart { name, reply }, 404)
         }
-        (_, "/status" | "/healthz") => json(405, &serde_json::json!({"error": format!("{method} not allowed on {path}")})),
-        _ => json(404, &serde_json::json!({"error": format!("no such endpoint: {method} {path}")})),
+        (_, "/status" | "/healthz") => json(
+            405,
+            &serde_json::json!({"error": format!("{method} not allowed on {path}")}),
+        ),
+        _ => json(
+            404,
+            &serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
+        ),
     };
     respond(req, answer);
 }
@@ -132,7 +183,10 @@ fn current(published: &Published, wiring: &Wiring) -> status::Status {
     }
     s.partial_swap = v.partial_swap.is_some();
     s.swap_in_progress = s.swap_in_progress || v.swap_in_progress.is_some();
-    s.last_swap = v.last_swap.as_ref().and_then(|l| serde_json::to_value(l).ok());
+    s.last_swap = v
+        .last_swap
+        .as_ref()
+        .and_then(|l| serde_json::to_value(l).ok());
     if let Some(p) = &v.partial_swap {
         let problem = format!("partial swap: {p}");
         if !s.health_problems.contains(&problem) {
@@ -164,7 +218,11 @@ fn authorised(req: &Request, wiring: &Wiring) -> bool {
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
 }
 
 /// `POST /swap?to=NAME[&reason=TEXT]`: 200 with the result, 409 while a swap
@@ -172,32 +230,65 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 fn swap(query: &str, wiring: &Wiring) -> Answer {
     let view = wiring.view.read().clone();
     if let Some(p) = &view.partial_swap {
-        return json(409, &serde_json::json!({"error": format!("a partial swap holds: {p}")}));
+        return json(
+            409,
+            &serde_json::json!({"error": format!("a partial swap holds: {p}")}),
+        );
     }
     if let Some(id) = &view.swap_in_progress {
-        return json(409, &serde_json::json!({"error": format!("swap {id} is under way")}));
+        return json(
+            409,
+            &serde_json::json!({"error": format!("swap {id} is under way")}),
+        );
     }
     let to = query_param(query, "to").filter(|t| !t.is_empty());
-    let reason = query_param(query, "reason").map(|r| r.replace('+', " ")).unwrap_or_else(|| "requested over HTTP".into());
+    let reason = query_param(query, "reason")
+        .map(|r| r.replace('+', " "))
+        .unwrap_or_else(|| "requested over HTTP".into());
     let (tx, rx) = crossbeam_channel::bounded(1);
-    if wiring.switcher.send(switcher::Request::SwapNow { to, reason, reply: Some(tx) }).is_err() {
-        return json(503, &serde_json::json!({"error": "the switcher is not running"}));
+    if wiring
+        .switcher
+        .send(switcher::Request::SwapNow {
+            to,
+            reason,
+            reply: Some(tx),
+        })
+        .is_err()
+    {
+        return json(
+            503,
+            &serde_json::json!({"error": "the switcher is not running"}),
+        );
     }
     match rx.recv_timeout(wiring.swap_wait) {
         Ok(result) => {
             let code = match result.result.as_str() {
                 "done" => 200,
-                "refused" if result.detail.as_deref().is_some_and(|d| d.contains("partial") || d.contains("under way")) => 409,
+                "refused"
+                    if result
+                        .detail
+                        .as_deref()
+                        .is_some_and(|d| d.contains("partial") || d.contains("under way")) =>
+                {
+                    409
+                }
                 "refused" => 422,
                 _ => 500,
             };
             json(code, &result)
         }
-        Err(_) => json(504, &serde_json::json!({"error": "the swap did not end in time; see /status"})),
+        Err(_) => json(
+            504,
+            &serde_json::json!({"error": "the swap did not end in time; see /status"}),
+        ),
     }
 }
 
-fn ask_main(wiring: &Wiring, make: impl FnOnce(Sender<Result<(), String>>) -> Control, refused: u16) -> Answer {
+fn ask_main(
+    wiring: &Wiring,
+    make: impl FnOnce(Sender<Result<(), String>>) -> Control,
+    refused: u16,
+) -> Answer {
     let (tx, rx) = crossbeam_channel::bounded(1);
     if wiring.main.send(make(tx)).is_err() {
         return json(503, &serde_json::json!({"error": "the daemon is stopping"}));

@@ -53,11 +53,19 @@ pub enum ProcessError {
 
 /// Runs `cmd` to completion, feeding it `input` on stdin, killing it at
 /// `deadline`.
-pub fn run(cmd: &mut Command, input: Option<&[u8]>, deadline: Duration) -> Result<Finished, ProcessError> {
+pub fn run(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    deadline: Duration,
+) -> Result<Finished, ProcessError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
         program: program.clone(),
         source,
@@ -147,21 +155,34 @@ mod tests {
     #[test]
     fn kills_at_deadline() {
         let t = Instant::now();
-        let e = run(Command::new("sleep").arg("10"), None, Duration::from_millis(200)).unwrap_err();
+        let e = run(
+            Command::new("sleep").arg("10"),
+            None,
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
         assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(3));
     }
 
     #[test]
     fn feeds_stdin() {
-        let f = run(&mut Command::new("cat"), Some(b"hello"), Duration::from_secs(5)).unwrap();
+        let f = run(
+            &mut Command::new("cat"),
+            Some(b"hello"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(f.stdout, "hello");
     }
 
     #[test]
     fn large_output_does_not_deadlock() {
         let f = run(
-            Command::new("sh").args(["-c", "head -c 1000000 /dev/zero | tr '\\0' x; head -c 500000 /dev/zero | tr '\\0' y >&2"]),
+            Command::new("sh").args([
+                "-c",
+                "head -c 1000000 /dev/zero | tr '\\0' x; head -c 500000 /dev/zero | tr '\\0' y >&2",
+            ]),
             None,
             Duration::from_secs(10),
         )
@@ -172,7 +193,15 @@ mod tests {
 
     #[test]
     fn missing_program_is_a_spawn_error() {
-        let e = run(&mut Command::new("/nonexistent/prog"), None, Duration::from_secs(1)).unwrap_err();
-        assert!(e.to_string().contains("cannot start /nonexistent/prog"), "{e}");
+        let e = run(
+            &mut Command::new("/nonexistent/prog"),
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("cannot start /nonexistent/prog"),
+            "{e}"
+        );
     }
 }

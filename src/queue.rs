@@ -703,7 +703,11 @@ impl Queue {
     /// skip the settle time: the dispatcher saw inotify report them renamed
     /// into inbox (`IN_MOVED_TO`) or closed after writing (`IN_CLOSE_WRITE`),
     /// which is how a complete file arrives.
-    pub fn scan_inbox_with(&self, now: SystemTime, complete: &std::collections::HashSet<String>) -> Result<ScanResult> {
+    pub fn scan_inbox_with(
+        &self,
+        now: SystemTime,
+        complete: &std::collections::HashSet<String>,
+    ) -> Result<ScanResult> {
         let inbox = self.folder(Folder::Inbox);
         let entries = fs::read_dir(&inbox).map_err(io_err("list", &inbox))?;
         let attempts = self.load_attempts();

@@ -60,7 +60,13 @@ pub struct Refusal {
 
 impl AccountQuota {
     /// Records a window reading (status line or usage endpoint).
-    pub fn read(&mut self, five_hour: Option<Window>, seven_day: Option<Window>, source: Source, now_ms: u64) {
+    pub fn read(
+        &mut self,
+        five_hour: Option<Window>,
+        seven_day: Option<Window>,
+        source: Source,
+        now_ms: u64,
+    ) {
         if five_hour.is_some() {
             self.five_hour = five_hour;
         }
@@ -80,7 +86,10 @@ impl AccountQuota {
                 LimitKind::Weekly | LimitKind::ModelWeekly => self.seven_day,
                 _ => self.five_hour,
             };
-            if w.is_some_and(|w| w.utilization < 100.0) && source != Source::StopFailure && now_ms > r.at_ms {
+            if w.is_some_and(|w| w.utilization < 100.0)
+                && source != Source::StopFailure
+                && now_ms > r.at_ms
+            {
                 self.refused = None;
             }
         }
@@ -92,14 +101,28 @@ impl AccountQuota {
             LimitKind::Login | LimitKind::Billing => self.needs_person = Some(message.to_string()),
             _ => {
                 let until = match kind {
-                    LimitKind::Weekly | LimitKind::ModelWeekly => self.seven_day.and_then(|w| w.resets_at),
+                    LimitKind::Weekly | LimitKind::ModelWeekly => {
+                        self.seven_day.and_then(|w| w.resets_at)
+                    }
                     _ => self.five_hour.and_then(|w| w.resets_at),
                 }
                 .filter(|&t| t * 1000 > now_ms);
-                self.refused = Some(Refusal { kind, at_ms: now_ms, until, message: message.to_string() });
-                let full = |w: Option<Window>| Some(Window { utilization: 100.0, resets_at: w.and_then(|w| w.resets_at) });
+                self.refused = Some(Refusal {
+                    kind,
+                    at_ms: now_ms,
+                    until,
+                    message: message.to_string(),
+                });
+                let full = |w: Option<Window>| {
+                    Some(Window {
+                        utilization: 100.0,
+                        resets_at: w.and_then(|w| w.resets_at),
+                    })
+                };
                 match kind {
-                    LimitKind::Weekly | LimitKind::ModelWeekly => self.seven_day = full(self.seven_day),
+                    LimitKind::Weekly | LimitKind::ModelWeekly => {
+                        self.seven_day = full(self.seven_day)
+                    }
                     _ => self.five_hour = full(self.five_hour),
                 }
             }
@@ -111,13 +134,20 @@ impl AccountQuota {
     /// Passes resets that are due: a window whose reset time is past reads 0.
     pub fn pass_resets(&mut self, now_ms: u64) {
         let now_s = now_ms / 1000;
-        for w in [&mut self.five_hour, &mut self.seven_day].into_iter().flatten() {
+        for w in [&mut self.five_hour, &mut self.seven_day]
+            .into_iter()
+            .flatten()
+        {
             if w.resets_at.is_some_and(|t| t <= now_s) {
                 w.utilization = 0.0;
                 w.resets_at = None;
             }
         }
-        if self.refused.as_ref().is_some_and(|r| r.until.is_some_and(|t| t <= now_s)) {
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|r| r.until.is_some_and(|t| t <= now_s))
+        {
             self.refused = None;
         }
     }
@@ -139,8 +169,18 @@ impl AccountQuota {
         }
         let mut reasons = Vec::new();
         for (w, threshold, over, label) in [
-            (self.five_hour, q.five_hour_threshold, &mut self.five_hour_over, "5-hour"),
-            (self.seven_day, q.seven_day_threshold, &mut self.seven_day_over, "7-day"),
+            (
+                self.five_hour,
+                q.five_hour_threshold,
+                &mut self.five_hour_over,
+                "5-hour",
+            ),
+            (
+                self.seven_day,
+                q.seven_day_threshold,
+                &mut self.seven_day_over,
+                "7-day",
+            ),
         ] {
             let u = w.map(|w| w.utilization).unwrap_or(0.0);
             if u >= threshold {
@@ -180,9 +220,16 @@ impl AccountQuota {
 pub enum Decision {
     Stay,
     /// Swap now. `urgent` = the active account refused: don't drain.
-    Swap { to: String, reason: String, urgent: bool },
+    Swap {
+        to: String,
+        reason: String,
+        urgent: bool,
+    },
     /// The active account is due but no account can take the work.
-    NoAccount { reason: String, earliest_reset: Option<u64> },
+    NoAccount {
+        reason: String,
+        earliest_reset: Option<u64>,
+    },
 }
 
 /// Decides, from every account's quota (in config order), whether to leave
@@ -205,12 +252,20 @@ pub fn decide(
         .collect();
     let Some((_, active_verdict, _)) = verdicts.iter().find(|(n, _, _)| n == active) else {
         // The active account is not configured any more: leave it.
-        return pick(&verdicts, accounts, active, "the active account is no longer configured".into(), true);
+        return pick(
+            &verdicts,
+            accounts,
+            active,
+            "the active account is no longer configured".into(),
+            true,
+        );
     };
     let Err(why) = active_verdict else {
         return Decision::Stay;
     };
-    let refused = accounts.iter().any(|(n, a)| n == active && (a.refused.is_some() || a.needs_person.is_some()));
+    let refused = accounts
+        .iter()
+        .any(|(n, a)| n == active && (a.refused.is_some() || a.needs_person.is_some()));
     if !refused {
         if let Some(last) = last_swap_ms {
             if now_ms < last + q.swap_cooldown.as_millis() as u64 {
@@ -218,7 +273,13 @@ pub fn decide(
             }
         }
     }
-    pick(&verdicts, accounts, active, format!("{active}: {why}"), refused)
+    pick(
+        &verdicts,
+        accounts,
+        active,
+        format!("{active}: {why}"),
+        refused,
+    )
 }
 
 fn pick(
@@ -234,10 +295,18 @@ fn pick(
         .filter(|(n, ok, _)| n != active && ok.is_ok())
         .min_by(|a, b| a.2.partial_cmp(&b.2).unwrap_or(std::cmp::Ordering::Equal));
     match best {
-        Some((to, _, _)) => Decision::Swap { to: to.clone(), reason, urgent },
+        Some((to, _, _)) => Decision::Swap {
+            to: to.clone(),
+            reason,
+            urgent,
+        },
         None => Decision::NoAccount {
             reason,
-            earliest_reset: accounts.iter().filter(|(_, a)| a.needs_person.is_none()).filter_map(|(_, a)| a.earliest_reset()).min(),
+            earliest_reset: accounts
+                .iter()
+                .filter(|(_, a)| a.needs_person.is_none())
+                .filter_map(|(_, a)| a.earliest_reset())
+                .min(),
         },
     }
 }
@@ -255,7 +324,9 @@ pub fn from_statusline(payload: &serde_json::Value) -> Option<(Option<Window>, O
         let x = rl.get(k)?;
         Some(Window {
             utilization: x.get("used_percentage")?.as_f64()?,
-            resets_at: x.get("resets_at").and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64))),
+            resets_at: x
+                .get("resets_at")
+                .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64))),
         })
     };
     let (five, seven) = (w("five_hour"), w("seven_day"));
@@ -280,7 +351,9 @@ pub fn from_usage(body: &serde_json::Value) -> (Option<Window>, Option<Window>) 
 
 /// Unix ms now.
 pub fn now_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -302,8 +375,14 @@ mod tests {
     fn acct(name: &str, five: f64, seven: f64) -> (String, AccountQuota) {
         let mut a = AccountQuota::default();
         a.read(
-            Some(Window { utilization: five, resets_at: Some(10_000) }),
-            Some(Window { utilization: seven, resets_at: Some(600_000) }),
+            Some(Window {
+                utilization: five,
+                resets_at: Some(10_000),
+            }),
+            Some(Window {
+                utilization: seven,
+                resets_at: Some(600_000),
+            }),
             Source::Statusline,
             0,
         );
@@ -312,64 +391,123 @@ mod tests {
 
     fn set(accts: &mut [(String, AccountQuota)], name: &str, five: f64, now_ms: u64) {
         let a = &mut accts.iter_mut().find(|(n, _)| n == name).unwrap().1;
-        a.read(Some(Window { utilization: five, resets_at: Some(10_000) }), None, Source::Statusline, now_ms);
+        a.read(
+            Some(Window {
+                utilization: five,
+                resets_at: Some(10_000),
+            }),
+            None,
+            Source::Statusline,
+            now_ms,
+        );
     }
 
     #[test]
     fn stays_below_threshold_and_swaps_to_lowest_load_at_it() {
-        let mut a = vec![acct("a", 50.0, 10.0), acct("b", 30.0, 40.0), acct("c", 20.0, 35.0)];
+        let mut a = vec![
+            acct("a", 50.0, 10.0),
+            acct("b", 30.0, 40.0),
+            acct("c", 20.0, 35.0),
+        ];
         assert_eq!(decide(&mut a, "a", &q(), None, 1000), Decision::Stay);
         set(&mut a, "a", 90.0, 2000);
         // b's load is 40, c's is 35: c wins.
-        assert!(matches!(decide(&mut a, "a", &q(), None, 2000), Decision::Swap { ref to, urgent: false, .. } if to == "c"));
+        assert!(
+            matches!(decide(&mut a, "a", &q(), None, 2000), Decision::Swap { ref to, urgent: false, .. } if to == "c")
+        );
     }
 
     #[test]
     fn ties_go_in_config_order() {
-        let mut a = vec![acct("a", 95.0, 0.0), acct("b", 10.0, 0.0), acct("c", 10.0, 0.0)];
-        assert!(matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "b"));
+        let mut a = vec![
+            acct("a", 95.0, 0.0),
+            acct("b", 10.0, 0.0),
+            acct("c", 10.0, 0.0),
+        ];
+        assert!(
+            matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "b")
+        );
     }
 
     #[test]
     fn flapping_readings_do_not_ping_pong() {
         let mut a = vec![acct("a", 91.0, 0.0), acct("b", 10.0, 0.0)];
-        let Decision::Swap { to, .. } = decide(&mut a, "a", &q(), None, 1_000) else { panic!() };
+        let Decision::Swap { to, .. } = decide(&mut a, "a", &q(), None, 1_000) else {
+            panic!()
+        };
         assert_eq!(to, "b");
         // b rises to the threshold soon after: the cooldown holds.
         set(&mut a, "b", 92.0, 30_000);
         set(&mut a, "a", 85.0, 30_000);
-        assert_eq!(decide(&mut a, "b", &q(), Some(1_000), 30_000), Decision::Stay);
+        assert_eq!(
+            decide(&mut a, "b", &q(), Some(1_000), 30_000),
+            Decision::Stay
+        );
         // After the cooldown, a at 85 % is still not usable: it was over, and
         // is usable again only below 80 %.
         let d = decide(&mut a, "b", &q(), Some(1_000), 200_000);
         assert!(matches!(d, Decision::NoAccount { .. }), "{d:?}");
         // a flaps 89 → 91 → 79: usable only once under 80.
         set(&mut a, "a", 79.0, 210_000);
-        assert!(matches!(decide(&mut a, "b", &q(), Some(1_000), 210_000), Decision::Swap { ref to, .. } if to == "a"));
+        assert!(
+            matches!(decide(&mut a, "b", &q(), Some(1_000), 210_000), Decision::Swap { ref to, .. } if to == "a")
+        );
     }
 
     #[test]
     fn two_accounts_near_their_limit_prefers_the_lower() {
-        let mut a = vec![acct("a", 90.0, 50.0), acct("b", 88.0, 60.0), acct("c", 89.0, 20.0)];
+        let mut a = vec![
+            acct("a", 90.0, 50.0),
+            acct("b", 88.0, 60.0),
+            acct("c", 89.0, 20.0),
+        ];
         // b: load 88; c: load 89.
-        assert!(matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "b"));
+        assert!(
+            matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "b")
+        );
     }
 
     #[test]
     fn a_refusal_swaps_at_once_even_in_cooldown_and_a_reset_passing_restores() {
         let mut a = vec![acct("a", 10.0, 0.0), acct("b", 40.0, 0.0)];
-        a[0].1.refuse(LimitKind::FiveHour, "You've hit your 5-hour limit", Source::StopFailure, 5_000);
+        a[0].1.refuse(
+            LimitKind::FiveHour,
+            "You've hit your 5-hour limit",
+            Source::StopFailure,
+            5_000,
+        );
         let d = decide(&mut a, "a", &q(), Some(4_000), 5_000);
-        assert!(matches!(d, Decision::Swap { ref to, urgent: true, .. } if to == "b"), "{d:?}");
+        assert!(
+            matches!(d, Decision::Swap { ref to, urgent: true, .. } if to == "b"),
+            "{d:?}"
+        );
         // Now on b, which is refused too (its window resets later): nowhere
         // to go, and the earliest reset is a's.
-        a[1].1.read(Some(Window { utilization: 99.0, resets_at: Some(20_000) }), None, Source::Statusline, 5_500);
-        a[1].1.refuse(LimitKind::FiveHour, "limit", Source::StopFailure, 6_000);
+        a[1].1.read(
+            Some(Window {
+                utilization: 99.0,
+                resets_at: Some(20_000),
+            }),
+            None,
+            Source::Statusline,
+            5_500,
+        );
+        a[1].1
+            .refuse(LimitKind::FiveHour, "limit", Source::StopFailure, 6_000);
         let d = decide(&mut a, "b", &q(), Some(5_000), 6_000);
-        assert_eq!(d, Decision::NoAccount { reason: d_reason(&d), earliest_reset: Some(10_000) });
+        assert_eq!(
+            d,
+            Decision::NoAccount {
+                reason: d_reason(&d),
+                earliest_reset: Some(10_000)
+            }
+        );
         // The reset passes: a is usable again and b swaps to it.
         let d = decide(&mut a, "b", &q(), Some(5_000), 10_001_000);
-        assert!(matches!(d, Decision::Swap { ref to, .. } if to == "a"), "{d:?}");
+        assert!(
+            matches!(d, Decision::Swap { ref to, .. } if to == "a"),
+            "{d:?}"
+        );
     }
 
     fn d_reason(d: &Decision) -> String {
@@ -381,27 +519,66 @@ mod tests {
 
     #[test]
     fn a_login_failure_on_the_target_rules_it_out() {
-        let mut a = vec![acct("a", 95.0, 0.0), acct("b", 0.0, 0.0), acct("c", 50.0, 0.0)];
-        a[1].1.refuse(LimitKind::Login, "401 from the usage endpoint", Source::UsageEndpoint, 0);
-        assert!(matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "c"));
-        a[2].1.refuse(LimitKind::Billing, "credit balance is too low", Source::PaneText, 0);
-        assert!(matches!(decide(&mut a, "a", &q(), None, 0), Decision::NoAccount { .. }));
+        let mut a = vec![
+            acct("a", 95.0, 0.0),
+            acct("b", 0.0, 0.0),
+            acct("c", 50.0, 0.0),
+        ];
+        a[1].1.refuse(
+            LimitKind::Login,
+            "401 from the usage endpoint",
+            Source::UsageEndpoint,
+            0,
+        );
+        assert!(
+            matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "c")
+        );
+        a[2].1.refuse(
+            LimitKind::Billing,
+            "credit balance is too low",
+            Source::PaneText,
+            0,
+        );
+        assert!(matches!(
+            decide(&mut a, "a", &q(), None, 0),
+            Decision::NoAccount { .. }
+        ));
     }
 
     #[test]
     fn weekly_threshold_counts_too() {
         let mut a = vec![acct("a", 10.0, 96.0), acct("b", 10.0, 10.0)];
-        assert!(matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "b"));
+        assert!(
+            matches!(decide(&mut a, "a", &q(), None, 0), Decision::Swap { ref to, .. } if to == "b")
+        );
     }
 
     #[test]
     fn limit_texts_are_told_apart() {
-        assert_eq!(classify_limit_text("You've hit your 5-hour limit · resets 5:36am (UTC)"), Some(LimitKind::FiveHour));
-        assert_eq!(classify_limit_text("Claude AI usage limit reached|1767383999"), Some(LimitKind::FiveHour));
-        assert_eq!(classify_limit_text("You've hit your weekly limit · resets Sep 15 at 7pm"), Some(LimitKind::Weekly));
-        assert_eq!(classify_limit_text("Opus weekly limit reached"), Some(LimitKind::ModelWeekly));
-        assert_eq!(classify_limit_text("You've hit your session limit · resets 8pm (America/New_York)"), Some(LimitKind::FiveHour));
-        assert_eq!(classify_limit_text("Credit balance is too low"), Some(LimitKind::Billing));
+        assert_eq!(
+            classify_limit_text("You've hit your 5-hour limit · resets 5:36am (UTC)"),
+            Some(LimitKind::FiveHour)
+        );
+        assert_eq!(
+            classify_limit_text("Claude AI usage limit reached|1767383999"),
+            Some(LimitKind::FiveHour)
+        );
+        assert_eq!(
+            classify_limit_text("You've hit your weekly limit · resets Sep 15 at 7pm"),
+            Some(LimitKind::Weekly)
+        );
+        assert_eq!(
+            classify_limit_text("Opus weekly limit reached"),
+            Some(LimitKind::ModelWeekly)
+        );
+        assert_eq!(
+            classify_limit_text("You've hit your session limit · resets 8pm (America/New_York)"),
+            Some(LimitKind::FiveHour)
+        );
+        assert_eq!(
+            classify_limit_text("Credit balance is too low"),
+            Some(LimitKind::Billing)
+        );
         assert_eq!(classify_limit_text("all good"), None);
     }
 
@@ -409,12 +586,24 @@ mod tests {
     fn parses_statusline_and_usage_shapes() {
         let sl = serde_json::json!({"rate_limits": {"five_hour": {"used_percentage": 42.5, "resets_at": 1767383999}, "seven_day": {"used_percentage": 7}}});
         let (f, s) = from_statusline(&sl).unwrap();
-        assert_eq!(f, Some(Window { utilization: 42.5, resets_at: Some(1_767_383_999) }));
+        assert_eq!(
+            f,
+            Some(Window {
+                utilization: 42.5,
+                resets_at: Some(1_767_383_999)
+            })
+        );
         assert_eq!(s.unwrap().utilization, 7.0);
         assert!(from_statusline(&serde_json::json!({"session_id": "x"})).is_none());
         let u = serde_json::json!({"five_hour": {"utilization": 24.0, "resets_at": "2026-01-02T19:59:59.600956+00:00"}, "seven_day": null});
         let (f, s) = from_usage(&u);
-        assert_eq!(f, Some(Window { utilization: 24.0, resets_at: Some(1_767_383_999) }));
+        assert_eq!(
+            f,
+            Some(Window {
+                utilization: 24.0,
+                resets_at: Some(1_767_383_999)
+            })
+        );
         assert_eq!(s, None);
     }
 }

@@ -63,32 +63,62 @@ impl QuotaMonitor {
                             continue;
                         }
                         // A fresh passive reading makes polling pointless.
-                        let last = view.read().accounts.iter().find(|a| a.name == account.name).and_then(|a| {
-                            (a.quota.source == Some(Source::Statusline)).then_some(a.quota.observed_at_ms).flatten()
-                        });
+                        let last = view
+                            .read()
+                            .accounts
+                            .iter()
+                            .find(|a| a.name == account.name)
+                            .and_then(|a| {
+                                (a.quota.source == Some(Source::Statusline))
+                                    .then_some(a.quota.observed_at_ms)
+                                    .flatten()
+                            });
                         if last.is_some_and(|t| now_ms.saturating_sub(t) < fresh_ms) {
-                            next.insert(account.name.clone(), now + Duration::from_millis(fresh_ms - now_ms.saturating_sub(last.unwrap_or(0))));
+                            next.insert(
+                                account.name.clone(),
+                                now + Duration::from_millis(
+                                    fresh_ms - now_ms.saturating_sub(last.unwrap_or(0)),
+                                ),
+                            );
                             continue;
                         }
                         let wait = match poll(&config.quota.usage_url, account) {
                             Poll::Reading(five_hour, seven_day) => {
                                 failures.remove(&account.name);
-                                let _ = switcher.send(Request::Reading { home: account.home.clone(), five_hour, seven_day, source: Source::UsageEndpoint });
+                                let _ = switcher.send(Request::Reading {
+                                    home: account.home.clone(),
+                                    five_hour,
+                                    seven_day,
+                                    source: Source::UsageEndpoint,
+                                });
                                 config.quota.poll_interval
                             }
                             Poll::Throttled(d) => {
-                                log::warn!("usage endpoint throttles account {}: waiting {}s", account.name, d.as_secs());
+                                log::warn!(
+                                    "usage endpoint throttles account {}: waiting {}s",
+                                    account.name,
+                                    d.as_secs()
+                                );
                                 d.max(config.quota.poll_interval)
                             }
                             Poll::NeedsLogin(why) => {
-                                let _ = switcher.send(Request::NeedsLogin { account: account.name.clone(), why });
+                                let _ = switcher.send(Request::NeedsLogin {
+                                    account: account.name.clone(),
+                                    why,
+                                });
                                 config.quota.poll_interval
                             }
                             Poll::Failed(why) => {
                                 let n = failures.entry(account.name.clone()).or_insert(0);
                                 *n += 1;
-                                let d = (config.quota.poll_interval * 2u32.saturating_pow((*n).min(6))).min(MAX_BACKOFF);
-                                log::warn!("usage endpoint for account {}: {why}; next try in {}s", account.name, d.as_secs());
+                                let d = (config.quota.poll_interval
+                                    * 2u32.saturating_pow((*n).min(6)))
+                                .min(MAX_BACKOFF);
+                                log::warn!(
+                                    "usage endpoint for account {}: {why}; next try in {}s",
+                                    account.name,
+                                    d.as_secs()
+                                );
                                 d
                             }
                         };
@@ -108,7 +138,9 @@ pub fn poll(url: &str, account: &AccountConfig) -> Poll {
         Err(e) => return Poll::NeedsLogin(e.to_string()),
     };
     if creds.expired(SystemTime::now()) {
-        return Poll::NeedsLogin("its access token has expired and Claude Code has not refreshed it".into());
+        return Poll::NeedsLogin(
+            "its access token has expired and Claude Code has not refreshed it".into(),
+        );
     }
     let answer = ureq::get(url)
         .timeout(Duration::from_secs(15))
@@ -124,12 +156,18 @@ pub fn poll(url: &str, account: &AccountConfig) -> Poll {
             Err(e) => Poll::Failed(format!("unreadable answer: {e}")),
         },
         Err(ureq::Error::Status(429, r)) => {
-            let secs = r.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(300);
+            let secs = r
+                .header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(300);
             Poll::Throttled(Duration::from_secs(secs))
         }
         Err(ureq::Error::Status(code @ (401 | 403), r)) => {
             let body = r.into_string().unwrap_or_default();
-            Poll::NeedsLogin(format!("usage endpoint answered {code}: {}", body.chars().take(200).collect::<String>()))
+            Poll::NeedsLogin(format!(
+                "usage endpoint answered {code}: {}",
+                body.chars().take(200).collect::<String>()
+            ))
         }
         Err(ureq::Error::Status(code, _)) => Poll::Failed(format!("HTTP {code}")),
         Err(e) => Poll::Failed(e.to_string()),

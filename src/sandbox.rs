@@ -125,7 +125,11 @@ impl Sandbox {
                 std::fs::create_dir_all(dir.join(".agent-queue").join(q))?;
             }
         }
-        let trusted: Vec<&PathBuf> = pool_dirs.iter().chain(&project_dirs).map(|(_, d)| d).collect();
+        let trusted: Vec<&PathBuf> = pool_dirs
+            .iter()
+            .chain(&project_dirs)
+            .map(|(_, d)| d)
+            .collect();
         let mut accounts = Vec::new();
         for name in &spec.accounts {
             let home = root.join("accounts").join(name);
@@ -139,7 +143,11 @@ impl Sandbox {
                     symlink(shared_root.join(entry), &link)?;
                 }
             }
-            accounts.push(SandboxAccount { name: name.clone(), home, token });
+            accounts.push(SandboxAccount {
+                name: name.clone(),
+                home,
+                token,
+            });
         }
         let mut spec = spec.clone();
         if let Some(host) = spec.http_listen.strip_suffix(":0") {
@@ -165,22 +173,36 @@ impl Sandbox {
     pub fn config_yaml(&self, spec: &SandboxSpec) -> String {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let mut y = String::new();
-        y.push_str(&format!("state_dir: {}\n", q(&self.state_dir.to_string_lossy())));
+        y.push_str(&format!(
+            "state_dir: {}\n",
+            q(&self.state_dir.to_string_lossy())
+        ));
         y.push_str("claude:\n");
         y.push_str(&format!("  binary: {}\n", q(&spec.claude_binary)));
         let args: Vec<String> = spec.claude_args.iter().map(|a| q(a)).collect();
         y.push_str(&format!("  args: [{}]\n", args.join(", ")));
         y.push_str("  env:\n");
-        y.push_str(&format!("    {}: {}\n", facts::ENV_BASE_URL, q(&spec.api_base_url)));
+        y.push_str(&format!(
+            "    {}: {}\n",
+            facts::ENV_BASE_URL,
+            q(&spec.api_base_url)
+        ));
         for (k, v) in facts::ENV_OFFLINE {
             y.push_str(&format!("    {k}: {}\n", q(v)));
         }
         y.push_str("  startup_timeout: 60s\n");
         y.push_str(&format!("tmux:\n  socket: {}\n", q(&spec.tmux_socket)));
-        y.push_str(&format!("shared_root: {}\n", q(&self.shared_root.to_string_lossy())));
+        y.push_str(&format!(
+            "shared_root: {}\n",
+            q(&self.shared_root.to_string_lossy())
+        ));
         y.push_str("accounts:\n");
         for a in &self.accounts {
-            y.push_str(&format!("  - name: {}\n    home: {}\n", a.name, q(&a.home.to_string_lossy())));
+            y.push_str(&format!(
+                "  - name: {}\n    home: {}\n",
+                a.name,
+                q(&a.home.to_string_lossy())
+            ));
         }
         if spec.pools.is_empty() {
             y.push_str("pools: []\n");
@@ -209,7 +231,10 @@ impl Sandbox {
                 q(&dir.to_string_lossy())
             ));
         }
-        y.push_str(&format!("quota:\n  usage_url: {}\n", q(&format!("{}/api/oauth/usage", spec.api_base_url))));
+        y.push_str(&format!(
+            "quota:\n  usage_url: {}\n",
+            q(&format!("{}/api/oauth/usage", spec.api_base_url))
+        ));
         y.push_str(&spec.quota_yaml);
         y.push_str(&format!("http:\n  listen: {}\n", q(&spec.http_listen)));
         y.push_str(&spec.extra_yaml);
@@ -222,7 +247,10 @@ impl Sandbox {
 
     /// (name, token) of every account, for the API stand-in.
     pub fn tokens(&self) -> Vec<(String, String)> {
-        self.accounts.iter().map(|a| (a.name.clone(), a.token.clone())).collect()
+        self.accounts
+            .iter()
+            .map(|a| (a.name.clone(), a.token.clone()))
+            .collect()
     }
 
     /// Installs our hook command (`BINARY hook`) and status line
@@ -236,7 +264,9 @@ impl Sandbox {
                 Err(e) => return Err(e),
             };
             let (next, _) = settings::with_hooks(&current, &settings::hook_command(binary))
-                .and_then(|(v, _)| settings::with_statusline(&v, &settings::statusline_command(binary)))
+                .and_then(|(v, _)| {
+                    settings::with_statusline(&v, &settings::statusline_command(binary))
+                })
                 .map_err(std::io::Error::other)?;
             let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
             atomic_file::write(&path, &bytes)?;
@@ -248,11 +278,21 @@ impl Sandbox {
     /// under `account` (used by tests that start claude themselves).
     pub fn claude_env(&self, account: &str, api_base_url: &str) -> Vec<(String, String)> {
         let mut env = vec![(facts::ENV_BASE_URL.to_string(), api_base_url.to_string())];
-        env.extend(facts::ENV_OFFLINE.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env.extend(
+            facts::ENV_OFFLINE
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         if let Some(a) = self.account(account) {
-            env.push((facts::ENV_CONFIG_DIR.to_string(), a.home.to_string_lossy().into_owned()));
+            env.push((
+                facts::ENV_CONFIG_DIR.to_string(),
+                a.home.to_string_lossy().into_owned(),
+            ));
         }
-        env.push((facts::ENV_STATE_DIR.to_string(), self.state_dir.to_string_lossy().into_owned()));
+        env.push((
+            facts::ENV_STATE_DIR.to_string(),
+            self.state_dir.to_string_lossy().into_owned(),
+        ));
         env
     }
 }
@@ -280,7 +320,11 @@ pub fn write_credentials(home: &Path, token: &str, expires_at_ms: u64) -> std::i
 }
 
 /// Writes `.claude.json` with onboarding done (or not) and `trusted` folders.
-pub fn write_claude_json(home: &Path, onboarding_done: bool, trusted: &[&PathBuf]) -> std::io::Result<()> {
+pub fn write_claude_json(
+    home: &Path,
+    onboarding_done: bool,
+    trusted: &[&PathBuf],
+) -> std::io::Result<()> {
     let mut projects = serde_json::Map::new();
     for dir in trusted {
         projects.insert(
@@ -291,9 +335,15 @@ pub fn write_claude_json(home: &Path, onboarding_done: bool, trusted: &[&PathBuf
     let mut body = serde_json::Map::new();
     if onboarding_done {
         body.insert(facts::KEY_ONBOARDING_DONE.into(), json!(true));
-        body.insert(facts::KEY_ONBOARDING_VERSION.into(), json!(facts::PINNED_VERSION));
+        body.insert(
+            facts::KEY_ONBOARDING_VERSION.into(),
+            json!(facts::PINNED_VERSION),
+        );
     }
-    body.insert(facts::KEY_PROJECTS.into(), serde_json::Value::Object(projects));
+    body.insert(
+        facts::KEY_PROJECTS.into(),
+        serde_json::Value::Object(projects),
+    );
     let bytes = serde_json::to_vec_pretty(&body).map_err(std::io::Error::other)?;
     atomic_file::write(&home.join(facts::CLAUDE_JSON), &bytes)
 }

@@ -11,7 +11,11 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn from_env() -> Notifier {
-        Notifier { socket: std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty()) }
+        Notifier {
+            socket: std::env::var("NOTIFY_SOCKET")
+                .ok()
+                .filter(|s| !s.is_empty()),
+        }
     }
 
     /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when set for us.
@@ -55,7 +59,10 @@ fn send(path: &str, state: &str) -> std::io::Result<()> {
 
 /// CLOCK_MONOTONIC in microseconds.
 pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes the timespec we pass it.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     if rc != 0 {

@@ -116,7 +116,10 @@ pub enum Action {
     },
     /// The pane's program ended: read its last screen, then remove the
     /// session so it can be launched again.
-    CollectDead { name: String, exit_status: Option<i32> },
+    CollectDead {
+        name: String,
+        exit_status: Option<i32>,
+    },
     /// No `SessionStart` within the start-up timeout: read the screen and
     /// report it. Never typed into.
     ReportStuck { name: String },
@@ -125,7 +128,9 @@ pub enum Action {
 impl Action {
     pub fn name(&self) -> &str {
         match self {
-            Action::Launch { name, .. } | Action::CollectDead { name, .. } | Action::ReportStuck { name } => name,
+            Action::Launch { name, .. }
+            | Action::CollectDead { name, .. }
+            | Action::ReportStuck { name } => name,
         }
     }
 }
@@ -212,8 +217,18 @@ pub struct Launched<'a> {
 
 /// Records that a session was just launched.
 pub fn on_launched(book: &mut Book, l: Launched<'_>, now_ms: u64) {
-    let Launched { pool, name, cwd, account, pane_pid, relaunch } = l;
-    let r = book.entry(name.to_string()).or_insert_with(|| Record { pool: pool.to_string(), ..Record::default() });
+    let Launched {
+        pool,
+        name,
+        cwd,
+        account,
+        pane_pid,
+        relaunch,
+    } = l;
+    let r = book.entry(name.to_string()).or_insert_with(|| Record {
+        pool: pool.to_string(),
+        ..Record::default()
+    });
     r.pool = pool.to_string();
     r.set_state(State::Starting, now_ms);
     r.since_ms = now_ms;
@@ -231,7 +246,13 @@ pub fn on_launched(book: &mut Book, l: Launched<'_>, now_ms: u64) {
 /// A session that never reached `SessionStart` counts as a failed start and
 /// walks the back-off steps; one that had been running is simply dead and is
 /// relaunched at once.
-pub fn on_died(book: &mut Book, name: &str, last_output: String, backoff: &[Duration], now_ms: u64) {
+pub fn on_died(
+    book: &mut Book,
+    name: &str,
+    last_output: String,
+    backoff: &[Duration],
+    now_ms: u64,
+) {
     let Some(r) = book.get_mut(name) else {
         return;
     };
@@ -239,8 +260,13 @@ pub fn on_died(book: &mut Book, name: &str, last_output: String, backoff: &[Dura
     r.last_error = Some(last_output);
     if r.state == State::Starting || r.state == State::Backoff || r.state == State::Failed {
         r.failed_starts += 1;
-        let step = (r.failed_starts as usize).min(backoff.len()).saturating_sub(1);
-        let delay = backoff.get(step).copied().unwrap_or(Duration::from_secs(60));
+        let step = (r.failed_starts as usize)
+            .min(backoff.len())
+            .saturating_sub(1);
+        let delay = backoff
+            .get(step)
+            .copied()
+            .unwrap_or(Duration::from_secs(60));
         r.retry_at_ms = Some(now_ms + delay.as_millis() as u64);
         if r.failed_starts as usize > backoff.len() {
             r.set_state(State::Failed, now_ms);
@@ -257,7 +283,9 @@ pub fn on_died(book: &mut Book, name: &str, last_output: String, backoff: &[Dura
 /// Records a session stuck before `SessionStart` (a dialog, a login screen).
 pub fn on_stuck(book: &mut Book, name: &str, screen: String, now_ms: u64) {
     if let Some(r) = book.get_mut(name) {
-        r.last_error = Some(format!("no SessionStart within the start-up timeout; its screen: {screen}"));
+        r.last_error = Some(format!(
+            "no SessionStart within the start-up timeout; its screen: {screen}"
+        ));
         r.retry_at_ms = None;
         r.set_state(State::Failed, now_ms);
     }
@@ -265,7 +293,12 @@ pub fn on_stuck(book: &mut Book, name: &str, screen: String, now_ms: u64) {
 
 /// Adopts a running session the daemon has no record of (its state file was
 /// lost): it runs, so it is treated as idle until a hook says otherwise.
-pub fn adopt(book: &mut Book, config: &Config, observed: &[SessionInfo], now_ms: u64) -> Vec<String> {
+pub fn adopt(
+    book: &mut Book,
+    config: &Config,
+    observed: &[SessionInfo],
+    now_ms: u64,
+) -> Vec<String> {
     let mut adopted = Vec::new();
     for s in observed.iter().filter(|s| !s.pane_dead) {
         if book.contains_key(&s.name) {
@@ -301,12 +334,16 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         return false;
     };
     let p = &event.payload;
-    let hook = p.get("hook_event_name").and_then(|v| v.as_str()).unwrap_or("");
+    let hook = p
+        .get("hook_event_name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     let session_id = p.get("session_id").and_then(|v| v.as_str());
     let at = event.recorded_at_ms;
     // An event of a conversation this session no longer runs (left over from
     // before a relaunch) must not move today's state.
-    let other_conversation = matches!((session_id, &r.claude_session_id), (Some(a), Some(b)) if a != b);
+    let other_conversation =
+        matches!((session_id, &r.claude_session_id), (Some(a), Some(b)) if a != b);
     match hook {
         "SessionStart" => {
             if let Some(id) = session_id {
@@ -322,8 +359,15 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         "Stop" => r.set_state(State::Idle, at),
         "StopFailure" => {
             let error = p.get("error").and_then(|v| v.as_str()).unwrap_or("unknown");
-            let message = p.get("last_assistant_message").and_then(|v| v.as_str()).unwrap_or("");
-            r.last_error = Some(format!("{error}: {message}").trim_end_matches([':', ' ']).to_string());
+            let message = p
+                .get("last_assistant_message")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            r.last_error = Some(
+                format!("{error}: {message}")
+                    .trim_end_matches([':', ' '])
+                    .to_string(),
+            );
             if error == crate::claude_facts::STOP_FAILURE_RATE_LIMIT {
                 r.set_state(State::Limited, at);
             } else {
@@ -355,37 +399,84 @@ mod tests {
     }
 
     fn alive(name: &str, pid: u32) -> SessionInfo {
-        SessionInfo { name: name.into(), pane_pid: Some(pid), pane_dead: false, pane_dead_status: None, pane_in_mode: false }
+        SessionInfo {
+            name: name.into(),
+            pane_pid: Some(pid),
+            pane_dead: false,
+            pane_dead_status: None,
+            pane_in_mode: false,
+        }
     }
 
     fn dead(name: &str) -> SessionInfo {
-        SessionInfo { pane_dead: true, pane_dead_status: Some(1), ..alive(name, 1) }
+        SessionInfo {
+            pane_dead: true,
+            pane_dead_status: Some(1),
+            ..alive(name, 1)
+        }
     }
 
     fn hook(session: &str, payload: serde_json::Value) -> RecordedEvent {
-        RecordedEvent { kind: "hook".into(), session: Some(session.into()), config_dir: None, recorded_at_ms: 5, payload }
+        RecordedEvent {
+            kind: "hook".into(),
+            session: Some(session.into()),
+            config_dir: None,
+            recorded_at_ms: 5,
+            payload,
+        }
     }
 
     #[test]
     fn launches_up_to_min_and_never_touches_other_names() {
         let c = config();
-        let observed = vec![alive("ccl-0", 1), alive("ccl-1", 2), alive("ccl-auto-1", 3), alive("ccl-auto-110", 4)];
+        let observed = vec![
+            alive("ccl-0", 1),
+            alive("ccl-1", 2),
+            alive("ccl-auto-1", 3),
+            alive("ccl-auto-110", 4),
+        ];
         let a = reconcile(&c, &Book::new(), &observed, &HashSet::new(), 0);
         let names: Vec<&str> = a.iter().map(Action::name).collect();
         assert_eq!(names, vec!["ccl-auto-11", "ccl-auto-12"]);
-        assert!(a.iter().all(|x| matches!(x, Action::Launch { resume: None, .. })));
+        assert!(a
+            .iter()
+            .all(|x| matches!(x, Action::Launch { resume: None, .. })));
     }
 
     #[test]
     fn a_killed_session_is_relaunched_resuming_its_conversation() {
         let c = config();
         let mut book = Book::new();
-        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-12", cwd: "/srv".into(), account: "a", pane_pid: Some(9), relaunch: false }, 0);
-        apply_hook(&mut book, &hook("ccl-auto-12", json!({"hook_event_name": "SessionStart", "session_id": "s-1", "source": "startup"})));
+        on_launched(
+            &mut book,
+            Launched {
+                pool: "auto",
+                name: "ccl-auto-12",
+                cwd: "/srv".into(),
+                account: "a",
+                pane_pid: Some(9),
+                relaunch: false,
+            },
+            0,
+        );
+        apply_hook(
+            &mut book,
+            &hook(
+                "ccl-auto-12",
+                json!({"hook_event_name": "SessionStart", "session_id": "s-1", "source": "startup"}),
+            ),
+        );
         assert_eq!(book["ccl-auto-12"].state, State::Idle);
         let observed = vec![alive("ccl-auto-11", 1)];
         let a = reconcile(&c, &book, &observed, &HashSet::new(), 10);
-        assert_eq!(a, vec![Action::Launch { name: "ccl-auto-12".into(), cwd: "/srv".into(), resume: Some("s-1".into()) }]);
+        assert_eq!(
+            a,
+            vec![Action::Launch {
+                name: "ccl-auto-12".into(),
+                cwd: "/srv".into(),
+                resume: Some("s-1".into())
+            }]
+        );
     }
 
     #[test]
@@ -401,7 +492,18 @@ mod tests {
             for action in reconcile(&c, &book, &observed, &HashSet::new(), now) {
                 if let Action::Launch { name, cwd, .. } = action {
                     launches.push(now);
-                    on_launched(&mut book, Launched { pool: "auto", name: &name, cwd, account: "a", pane_pid: None, relaunch: true }, now);
+                    on_launched(
+                        &mut book,
+                        Launched {
+                            pool: "auto",
+                            name: &name,
+                            cwd,
+                            account: "a",
+                            pane_pid: None,
+                            relaunch: true,
+                        },
+                        now,
+                    );
                     on_died(&mut book, &name, "boom".into(), &steps, now + 100);
                 }
             }
@@ -419,11 +521,46 @@ mod tests {
     fn dead_pane_is_collected_and_a_running_session_that_dies_restarts_at_once() {
         let c = config();
         let mut book = Book::new();
-        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-11", cwd: "/srv".into(), account: "a", pane_pid: None, relaunch: false }, 0);
-        apply_hook(&mut book, &hook("ccl-auto-11", json!({"hook_event_name": "SessionStart", "session_id": "s-1"})));
-        let a = reconcile(&c, &book, &[dead("ccl-auto-11"), alive("ccl-auto-12", 2)], &HashSet::new(), 10);
-        assert_eq!(a, vec![Action::CollectDead { name: "ccl-auto-11".into(), exit_status: Some(1) }]);
-        on_died(&mut book, "ccl-auto-11", "bye".into(), &c.lifecycle.restart_backoff, 20);
+        on_launched(
+            &mut book,
+            Launched {
+                pool: "auto",
+                name: "ccl-auto-11",
+                cwd: "/srv".into(),
+                account: "a",
+                pane_pid: None,
+                relaunch: false,
+            },
+            0,
+        );
+        apply_hook(
+            &mut book,
+            &hook(
+                "ccl-auto-11",
+                json!({"hook_event_name": "SessionStart", "session_id": "s-1"}),
+            ),
+        );
+        let a = reconcile(
+            &c,
+            &book,
+            &[dead("ccl-auto-11"), alive("ccl-auto-12", 2)],
+            &HashSet::new(),
+            10,
+        );
+        assert_eq!(
+            a,
+            vec![Action::CollectDead {
+                name: "ccl-auto-11".into(),
+                exit_status: Some(1)
+            }]
+        );
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "bye".into(),
+            &c.lifecycle.restart_backoff,
+            20,
+        );
         assert_eq!(book["ccl-auto-11"].state, State::Dead);
         let a = reconcile(&c, &book, &[alive("ccl-auto-12", 2)], &HashSet::new(), 21);
         assert!(matches!(&a[0], Action::Launch { resume: Some(id), .. } if id == "s-1"));
@@ -433,13 +570,34 @@ mod tests {
     fn stuck_start_is_reported_not_typed_into_and_in_flight_is_skipped() {
         let c = config();
         let mut book = Book::new();
-        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-11", cwd: "/srv".into(), account: "a", pane_pid: None, relaunch: false }, 0);
+        on_launched(
+            &mut book,
+            Launched {
+                pool: "auto",
+                name: "ccl-auto-11",
+                cwd: "/srv".into(),
+                account: "a",
+                pane_pid: None,
+                relaunch: false,
+            },
+            0,
+        );
         let obs = [alive("ccl-auto-11", 1), alive("ccl-auto-12", 2)];
         assert!(reconcile(&c, &book, &obs, &HashSet::new(), 59_000).is_empty());
-        assert_eq!(reconcile(&c, &book, &obs, &HashSet::new(), 61_000), vec![Action::ReportStuck { name: "ccl-auto-11".into() }]);
+        assert_eq!(
+            reconcile(&c, &book, &obs, &HashSet::new(), 61_000),
+            vec![Action::ReportStuck {
+                name: "ccl-auto-11".into()
+            }]
+        );
         let busy: HashSet<String> = ["ccl-auto-11".to_string()].into();
         assert!(reconcile(&c, &book, &obs, &busy, 61_000).is_empty());
-        on_stuck(&mut book, "ccl-auto-11", "Do you trust the files in this folder?".into(), 61_000);
+        on_stuck(
+            &mut book,
+            "ccl-auto-11",
+            "Do you trust the files in this folder?".into(),
+            61_000,
+        );
         assert_eq!(book["ccl-auto-11"].state, State::Failed);
         assert!(reconcile(&c, &book, &obs, &HashSet::new(), 99_000).is_empty());
     }
@@ -447,26 +605,80 @@ mod tests {
     #[test]
     fn hooks_move_states_and_stale_conversations_are_ignored() {
         let mut book = Book::new();
-        on_launched(&mut book, Launched { pool: "auto", name: "ccl-auto-11", cwd: "/srv".into(), account: "a", pane_pid: None, relaunch: false }, 0);
+        on_launched(
+            &mut book,
+            Launched {
+                pool: "auto",
+                name: "ccl-auto-11",
+                cwd: "/srv".into(),
+                account: "a",
+                pane_pid: None,
+                relaunch: false,
+            },
+            0,
+        );
         let s = "ccl-auto-11";
-        apply_hook(&mut book, &hook(s, json!({"hook_event_name": "SessionStart", "session_id": "new"})));
-        apply_hook(&mut book, &hook(s, json!({"hook_event_name": "UserPromptSubmit", "session_id": "new"})));
+        apply_hook(
+            &mut book,
+            &hook(
+                s,
+                json!({"hook_event_name": "SessionStart", "session_id": "new"}),
+            ),
+        );
+        apply_hook(
+            &mut book,
+            &hook(
+                s,
+                json!({"hook_event_name": "UserPromptSubmit", "session_id": "new"}),
+            ),
+        );
         assert_eq!(book[s].state, State::Working);
-        assert!(!apply_hook(&mut book, &hook(s, json!({"hook_event_name": "Stop", "session_id": "old"}))));
+        assert!(!apply_hook(
+            &mut book,
+            &hook(s, json!({"hook_event_name": "Stop", "session_id": "old"}))
+        ));
         assert_eq!(book[s].state, State::Working);
-        apply_hook(&mut book, &hook(s, json!({"hook_event_name": "Notification", "session_id": "new", "notification_type": "permission_prompt"})));
+        apply_hook(
+            &mut book,
+            &hook(
+                s,
+                json!({"hook_event_name": "Notification", "session_id": "new", "notification_type": "permission_prompt"}),
+            ),
+        );
         assert_eq!(book[s].state, State::Waiting);
-        apply_hook(&mut book, &hook(s, json!({"hook_event_name": "StopFailure", "session_id": "new", "error": "rate_limit", "last_assistant_message": "You've hit your 5-hour limit"})));
+        apply_hook(
+            &mut book,
+            &hook(
+                s,
+                json!({"hook_event_name": "StopFailure", "session_id": "new", "error": "rate_limit", "last_assistant_message": "You've hit your 5-hour limit"}),
+            ),
+        );
         assert_eq!(book[s].state, State::Limited);
-        assert!(book[s].last_error.as_deref().unwrap().contains("rate_limit: You've hit"));
-        assert!(!apply_hook(&mut book, &hook("ccl-0", json!({"hook_event_name": "Stop"}))));
+        assert!(book[s]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("rate_limit: You've hit"));
+        assert!(!apply_hook(
+            &mut book,
+            &hook("ccl-0", json!({"hook_event_name": "Stop"}))
+        ));
     }
 
     #[test]
     fn adopts_running_managed_sessions_only() {
         let c = config();
         let mut book = Book::new();
-        let adopted = adopt(&mut book, &c, &[alive("ccl-auto-13", 7), alive("ccl-0", 8), dead("ccl-auto-14")], 0);
+        let adopted = adopt(
+            &mut book,
+            &c,
+            &[
+                alive("ccl-auto-13", 7),
+                alive("ccl-0", 8),
+                dead("ccl-auto-14"),
+            ],
+            0,
+        );
         assert_eq!(adopted, vec!["ccl-auto-13".to_string()]);
         assert_eq!(book["ccl-auto-13"].state, State::Idle);
         assert_eq!(book["ccl-auto-13"].pane_pid, Some(7));

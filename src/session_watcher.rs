@@ -26,9 +26,18 @@ pub enum Job {
     /// `--resume` is added only when the transcript exists, because a
     /// conversation that never got a prompt has nothing to resume and
     /// `claude --resume` would exit at once.
-    Launch { launch: Launch, resume: Option<(String, PathBuf)>, relaunch: bool, pool: String, account: String },
+    Launch {
+        launch: Launch,
+        resume: Option<(String, PathBuf)>,
+        relaunch: bool,
+        pool: String,
+        account: String,
+    },
     /// Read the dead pane's last screen, then remove the session.
-    CollectDead { name: String, exit_status: Option<i32> },
+    CollectDead {
+        name: String,
+        exit_status: Option<i32>,
+    },
     /// Read the screen of a session stuck before `SessionStart`; touch nothing.
     ReportStuck { name: String },
     /// Remove the session (an operator's restart); reconcile relaunches it.
@@ -39,11 +48,28 @@ pub enum Job {
 #[derive(Debug, Clone)]
 pub enum Report {
     Observed(Result<Vec<SessionInfo>, String>),
-    Launched { name: String, pool: String, account: String, cwd: PathBuf, pane_pid: Option<u32>, resumed: Option<String>, relaunch: bool },
+    Launched {
+        name: String,
+        pool: String,
+        account: String,
+        cwd: PathBuf,
+        pane_pid: Option<u32>,
+        resumed: Option<String>,
+        relaunch: bool,
+    },
     /// A launch that tmux refused, or a pane whose program ended.
-    Died { name: String, last_output: String },
-    Stuck { name: String, screen: String },
-    Killed { name: String, error: Option<String> },
+    Died {
+        name: String,
+        last_output: String,
+    },
+    Stuck {
+        name: String,
+        screen: String,
+    },
+    Killed {
+        name: String,
+        error: Option<String>,
+    },
 }
 
 /// How much of a dead or stuck screen is kept: the last lines that say something.
@@ -71,7 +97,10 @@ fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
         // Coalesce: ten Observe requests queued behind a slow call are one.
         let mut batch = vec![first];
         batch.extend(requests.try_iter());
-        for req in batch.into_iter().filter(|r| matches!(r, Request::Execute(_))) {
+        for req in batch
+            .into_iter()
+            .filter(|r| matches!(r, Request::Execute(_)))
+        {
             if let Request::Execute(jobs) = req {
                 for job in jobs {
                     let report = execute(&tmux, job);
@@ -90,7 +119,13 @@ fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
 
 fn execute(tmux: &Tmux, job: Job) -> Report {
     match job {
-        Job::Launch { mut launch, resume, relaunch, pool, account } => {
+        Job::Launch {
+            mut launch,
+            resume,
+            relaunch,
+            pool,
+            account,
+        } => {
             let name = launch.name.clone();
             // A dead pane kept by remain-on-exit still holds the name.
             if let Ok(true) = tmux.has_session(&name) {
@@ -111,16 +146,34 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
                         .ok()
                         .and_then(|all| all.into_iter().find(|s| s.name == name))
                         .and_then(|s| s.pane_pid);
-                    Report::Launched { name, pool, account, cwd: launch.cwd, pane_pid, resumed, relaunch }
+                    Report::Launched {
+                        name,
+                        pool,
+                        account,
+                        cwd: launch.cwd,
+                        pane_pid,
+                        resumed,
+                        relaunch,
+                    }
                 }
-                Err(e) => Report::Died { name, last_output: format!("tmux could not start it: {e}") },
+                Err(e) => Report::Died {
+                    name,
+                    last_output: format!("tmux could not start it: {e}"),
+                },
             }
         }
         Job::CollectDead { name, exit_status } => {
-            let screen = tmux.capture_pane(&name, 200).unwrap_or_else(|e| format!("(screen unreadable: {e})"));
+            let screen = tmux
+                .capture_pane(&name, 200)
+                .unwrap_or_else(|e| format!("(screen unreadable: {e})"));
             let _ = tmux.kill_session(&name);
-            let status = exit_status.map(|s| format!(" (exit status {s})")).unwrap_or_default();
-            Report::Died { name, last_output: format!("{}{status}", last_lines(&screen)) }
+            let status = exit_status
+                .map(|s| format!(" (exit status {s})"))
+                .unwrap_or_default();
+            Report::Died {
+                name,
+                last_output: format!("{}{status}", last_lines(&screen)),
+            }
         }
         Job::Kill { name } => {
             let error = match tmux.has_session(&name) {
@@ -131,8 +184,13 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
             Report::Killed { name, error }
         }
         Job::ReportStuck { name } => {
-            let screen = tmux.capture_pane(&name, 0).unwrap_or_else(|e| format!("(screen unreadable: {e})"));
-            Report::Stuck { name, screen: last_lines(&screen) }
+            let screen = tmux
+                .capture_pane(&name, 0)
+                .unwrap_or_else(|e| format!("(screen unreadable: {e})"));
+            Report::Stuck {
+                name,
+                screen: last_lines(&screen),
+            }
         }
     }
 }
@@ -158,7 +216,8 @@ mod tests {
 
     #[test]
     fn keeps_the_last_meaningful_lines() {
-        let screen = "\n\nerror: unknown option '--bogus'\n\nPane is dead (status 1, Sat Nov 21)\n\n";
+        let screen =
+            "\n\nerror: unknown option '--bogus'\n\nPane is dead (status 1, Sat Nov 21)\n\n";
         assert_eq!(last_lines(screen), "error: unknown option '--bogus'");
         assert_eq!(last_lines("\n \n"), "(no output)");
     }

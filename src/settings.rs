@@ -116,7 +116,10 @@ pub fn with_statusline(settings: &Value, command: &str) -> Result<(Value, bool),
 
 /// Quotes `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -142,7 +145,14 @@ mod tests {
         assert_eq!(stop[0]["hooks"][0]["command"], "notify-send done");
         assert_eq!(stop[1]["hooks"][0]["command"], cmd.as_str());
         for e in facts::HOOK_EVENTS {
-            assert!(once["hooks"][e].as_array().unwrap().iter().any(|g| g["hooks"][0]["command"] == cmd.as_str()), "{e}");
+            assert!(
+                once["hooks"][e]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g["hooks"][0]["command"] == cmd.as_str()),
+                "{e}"
+            );
         }
         let (twice, changed) = with_hooks(&once, &cmd).unwrap();
         assert!(!changed);
@@ -181,7 +191,13 @@ mod tests {
         assert!(!changed);
         assert_eq!(kept, users);
         assert_eq!(users_statusline(&users).as_deref(), Some("~/bin/my-line"));
-        let (moved, changed) = with_statusline(&with_statusline(&Value::Null, &statusline_command("/old/claude-failover")).unwrap().0, &cmd).unwrap();
+        let (moved, changed) = with_statusline(
+            &with_statusline(&Value::Null, &statusline_command("/old/claude-failover"))
+                .unwrap()
+                .0,
+            &cmd,
+        )
+        .unwrap();
         assert!(changed);
         assert_eq!(moved["statusLine"]["command"], cmd.as_str());
     }

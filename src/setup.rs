@@ -134,7 +134,10 @@ pub fn setup(
     let o = SetupError::Output;
     for account in &config.accounts {
         let path = account.home.join(facts::SETTINGS_JSON);
-        if let Some(theirs) = JsonFile::read(&path).ok().and_then(|f| settings::users_statusline(&f.value)) {
+        if let Some(theirs) = JsonFile::read(&path)
+            .ok()
+            .and_then(|f| settings::users_statusline(&f.value))
+        {
             writeln!(
                 out,
                 "note: account {} keeps its own status line (`{theirs}`): passive quota readings are off for it; the usage endpoint is polled instead",
@@ -492,10 +495,11 @@ fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
                 continue;
             }
         };
-        let with_both = settings::with_hooks(&file.value, &command).and_then(|(v, hooks_changed)| {
-            let (v, line_changed) = settings::with_statusline(&v, &statusline)?;
-            Ok((v, hooks_changed || line_changed))
-        });
+        let with_both =
+            settings::with_hooks(&file.value, &command).and_then(|(v, hooks_changed)| {
+                let (v, line_changed) = settings::with_statusline(&v, &statusline)?;
+                Ok((v, hooks_changed || line_changed))
+            });
         match with_both {
             Ok((_, false)) => {}
             Ok((next, true)) => actions.push(file.write_action(

@@ -60,7 +60,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ORDER: [Phase; 6] = [Phase::Checkpoint, Phase::Drain, Phase::Stop, Phase::Flip, Phase::Ensure, Phase::Relaunch];
+    pub const ORDER: [Phase; 6] = [
+        Phase::Checkpoint,
+        Phase::Drain,
+        Phase::Stop,
+        Phase::Flip,
+        Phase::Ensure,
+        Phase::Relaunch,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -120,13 +127,27 @@ pub enum Request {
     /// A new config was applied.
     Reconfigure(Box<Config>),
     /// A window reading for the account whose home is `home`.
-    Reading { home: PathBuf, five_hour: Option<Window>, seven_day: Option<Window>, source: Source },
+    Reading {
+        home: PathBuf,
+        five_hour: Option<Window>,
+        seven_day: Option<Window>,
+        source: Source,
+    },
     /// A refused request (StopFailure, pane text) under the account at `home`.
-    Refusal { home: PathBuf, kind: LimitKind, message: String, source: Source },
+    Refusal {
+        home: PathBuf,
+        kind: LimitKind,
+        message: String,
+        source: Source,
+    },
     /// The usage endpoint answered 401/403 for `account`.
     NeedsLogin { account: String, why: String },
     /// Fail over now (SIGUSR1, `POST /swap`), to `to` or the best other account.
-    SwapNow { to: Option<String>, reason: String, reply: Option<Sender<SwapResult>> },
+    SwapNow {
+        to: Option<String>,
+        reason: String,
+        reply: Option<Sender<SwapResult>>,
+    },
 }
 
 /// What the switcher tells the main loop.
@@ -135,13 +156,22 @@ pub enum Notice {
     /// The active account (at start, and after every flip or rollback).
     Active(Active),
     /// A swap started: stop reconciling and dispatching; the switcher stops the sessions.
-    SwapStarted { id: String, from: String, to: String, reason: String },
+    SwapStarted {
+        id: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
     /// Relaunch every stopped session with `--resume` under `active`.
     Relaunch { active: Active, resume_tasks: bool },
     /// The swap ended.
     SwapEnded(SwapResult),
     /// No account can take the work (or one can again): pause or resume dispatch.
-    NoAccount { paused: bool, reason: String, earliest_reset: Option<u64> },
+    NoAccount {
+        paused: bool,
+        reason: String,
+        earliest_reset: Option<u64>,
+    },
     /// An account needs a person (login, billing).
     NeedsLogin { account: String, why: String },
 }
@@ -200,7 +230,11 @@ impl Switcher {
         let active = load_or_rebuild(&active_path, config);
         let view: SharedView = Arc::new(RwLock::new(View::default()));
         let mut state = State {
-            quotas: config.accounts.iter().map(|a| (a.name.clone(), load_quota(config, &a.name))).collect(),
+            quotas: config
+                .accounts
+                .iter()
+                .map(|a| (a.name.clone(), load_quota(config, &a.name)))
+                .collect(),
             config: config.clone(),
             active,
             last_swap_ms: None,
@@ -222,17 +256,28 @@ impl Switcher {
             .name("switcher".into())
             .spawn(move || state.serve(rx))
             .expect("spawn switcher thread");
-        Switcher { requests, thread, view }
+        Switcher {
+            requests,
+            thread,
+            view,
+        }
     }
 }
 
 /// Reads `active.json`; a missing, corrupt or stale one (naming an account
 /// no longer configured) is reported and rebuilt with the first account.
 pub fn load_or_rebuild(path: &Path, config: &Config) -> Active {
-    let read = std::fs::read(path).ok().map(|b| serde_json::from_slice::<ActiveFile>(&b));
+    let read = std::fs::read(path)
+        .ok()
+        .map(|b| serde_json::from_slice::<ActiveFile>(&b));
     match read {
         Some(Ok(f)) => match config.accounts.iter().find(|a| a.name == f.account) {
-            Some(a) => return Active { name: a.name.clone(), home: a.home.clone() },
+            Some(a) => {
+                return Active {
+                    name: a.name.clone(),
+                    home: a.home.clone(),
+                }
+            }
             None => log::warn!(
                 "{} names account {:?}, which is not configured; using {:?}",
                 path.display(),
@@ -240,14 +285,21 @@ pub fn load_or_rebuild(path: &Path, config: &Config) -> Active {
                 config.accounts[0].name
             ),
         },
-        Some(Err(e)) => log::warn!("{} is corrupt ({e}); rebuilding it with account {:?}", path.display(), config.accounts[0].name),
+        Some(Err(e)) => log::warn!(
+            "{} is corrupt ({e}); rebuilding it with account {:?}",
+            path.display(),
+            config.accounts[0].name
+        ),
         None => {}
     }
     let first = &config.accounts[0];
     if let Err(e) = write_active(path, &first.name, None) {
         log::error!("cannot write {}: {e}", path.display());
     }
-    Active { name: first.name.clone(), home: first.home.clone() }
+    Active {
+        name: first.name.clone(),
+        home: first.home.clone(),
+    }
 }
 
 fn write_active(path: &Path, account: &str, swap_id: Option<&str>) -> std::io::Result<()> {
@@ -261,14 +313,20 @@ fn write_active(path: &Path, account: &str, swap_id: Option<&str>) -> std::io::R
 }
 
 fn usage_path(config: &Config, account: &str) -> PathBuf {
-    config.state_dir.join("usage").join(format!("{account}.json"))
+    config
+        .state_dir
+        .join("usage")
+        .join(format!("{account}.json"))
 }
 
 fn load_quota(config: &Config, account: &str) -> AccountQuota {
     let path = usage_path(config, account);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            log::warn!("{} is corrupt ({e}); starting with no reading", path.display());
+            log::warn!(
+                "{} is corrupt ({e}); starting with no reading",
+                path.display()
+            );
             AccountQuota::default()
         }),
         Err(_) => AccountQuota::default(),
@@ -278,7 +336,9 @@ fn load_quota(config: &Config, account: &str) -> AccountQuota {
 /// Test-only crash points: `CLAUDE_FAILOVER_FAILPOINT=swap-<phase>` aborts
 /// the process as the swap enters that phase (a `kill -9` at a chosen spot).
 fn failpoint(phase: Phase) {
-    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref() == Some(&format!("swap-{}", phase.as_str())) {
+    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref()
+        == Some(&format!("swap-{}", phase.as_str()))
+    {
         log::error!("fail point swap-{} reached: aborting", phase.as_str());
         std::process::abort();
     }
@@ -287,8 +347,12 @@ fn failpoint(phase: Phase) {
 /// Test-only injected I/O failure: `CLAUDE_FAILOVER_FAILPOINT=write-active:<account>`
 /// makes writing `active.json` for that account fail (to exercise a failed rollback).
 fn failpoint_io(what: &str, account: &str) -> std::io::Result<()> {
-    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref() == Some(&format!("{what}:{account}")) {
-        return Err(std::io::Error::other(format!("fail point {what}:{account}")));
+    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref()
+        == Some(&format!("{what}:{account}"))
+    {
+        return Err(std::io::Error::other(format!(
+            "fail point {what}:{account}"
+        )));
     }
     Ok(())
 }
@@ -316,13 +380,20 @@ impl State {
     }
 
     fn quota_mut(&mut self, account: &str) -> Option<&mut AccountQuota> {
-        self.quotas.iter_mut().find(|(n, _)| n == account).map(|(_, q)| q)
+        self.quotas
+            .iter_mut()
+            .find(|(n, _)| n == account)
+            .map(|(_, q)| q)
     }
 
     fn account_by_home(&self, home: &Path) -> Option<String> {
         let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         let want = canon(home);
-        self.config.accounts.iter().find(|a| canon(&a.home) == want).map(|a| a.name.clone())
+        self.config
+            .accounts
+            .iter()
+            .find(|a| canon(&a.home) == want)
+            .map(|a| a.name.clone())
     }
 
     fn persist_quota(&self, account: &str) {
@@ -341,16 +412,31 @@ impl State {
             Request::Reconfigure(config) => {
                 let mut quotas = Vec::new();
                 for a in &config.accounts {
-                    let q = self.quotas.iter().find(|(n, _)| n == &a.name).map(|(_, q)| q.clone()).unwrap_or_else(|| load_quota(&config, &a.name));
+                    let q = self
+                        .quotas
+                        .iter()
+                        .find(|(n, _)| n == &a.name)
+                        .map(|(_, q)| q.clone())
+                        .unwrap_or_else(|| load_quota(&config, &a.name));
                     quotas.push((a.name.clone(), q));
                 }
                 self.quotas = quotas;
                 self.config = *config;
-                if let Some(a) = self.config.accounts.iter().find(|a| a.name == self.active.name) {
+                if let Some(a) = self
+                    .config
+                    .accounts
+                    .iter()
+                    .find(|a| a.name == self.active.name)
+                {
                     self.active.home = a.home.clone();
                 }
             }
-            Request::Reading { home, five_hour, seven_day, source } => {
+            Request::Reading {
+                home,
+                five_hour,
+                seven_day,
+                source,
+            } => {
                 if let Some(account) = self.account_by_home(&home) {
                     if let Some(q) = self.quota_mut(&account) {
                         q.read(five_hour, seven_day, source, now);
@@ -358,7 +444,12 @@ impl State {
                     self.persist_quota(&account);
                 }
             }
-            Request::Refusal { home, kind, message, source } => {
+            Request::Refusal {
+                home,
+                kind,
+                message,
+                source,
+            } => {
                 if let Some(account) = self.account_by_home(&home) {
                     log::warn!("account {account} refused a request ({kind:?}): {message}");
                     if let Some(q) = self.quota_mut(&account) {
@@ -369,9 +460,15 @@ impl State {
             }
             Request::NeedsLogin { account, why } => {
                 log::error!("account {account} needs login: {why}");
-                let already = self.quotas.iter().any(|(n, q)| *n == account && q.needs_person.is_some());
+                let already = self
+                    .quotas
+                    .iter()
+                    .any(|(n, q)| *n == account && q.needs_person.is_some());
                 if !already {
-                    let _ = self.out.send(Notice::NeedsLogin { account: account.clone(), why: why.clone() });
+                    let _ = self.out.send(Notice::NeedsLogin {
+                        account: account.clone(),
+                        why: why.clone(),
+                    });
                 }
                 if let Some(q) = self.quota_mut(&account) {
                     q.refuse(LimitKind::Login, &why, Source::UsageEndpoint, now);
@@ -403,7 +500,11 @@ impl State {
 
     fn requested_swap(&mut self, to: Option<String>, reason: String) -> SwapResult {
         if let Some(p) = &self.partial {
-            return self.refused(to.as_deref().unwrap_or(""), &reason, format!("a partial swap holds: {p}"));
+            return self.refused(
+                to.as_deref().unwrap_or(""),
+                &reason,
+                format!("a partial swap holds: {p}"),
+            );
         }
         let now = now_ms();
         for (_, q) in self.quotas.iter_mut() {
@@ -412,13 +513,21 @@ impl State {
         let target = match to {
             Some(name) => {
                 if name == self.active.name {
-                    return self.refused(&name, &reason, format!("{name} is already the active account"));
+                    return self.refused(
+                        &name,
+                        &reason,
+                        format!("{name} is already the active account"),
+                    );
                 }
                 let Some((_, q)) = self.quotas.iter_mut().find(|(n, _)| *n == name) else {
                     return self.refused(&name, &reason, format!("no account named {name:?}"));
                 };
                 if let Err(why) = q.evaluate(&self.config.quota) {
-                    return self.refused(&name, &reason, format!("{name} cannot take the work: {why}"));
+                    return self.refused(
+                        &name,
+                        &reason,
+                        format!("{name} cannot take the work: {why}"),
+                    );
                 }
                 name
             }
@@ -427,15 +536,27 @@ impl State {
                     .quotas
                     .iter_mut()
                     .filter(|(n, _)| *n != self.active.name)
-                    .filter_map(|(n, q)| q.evaluate(&self.config.quota).ok().map(|_| (n.clone(), q.load())))
+                    .filter_map(|(n, q)| {
+                        q.evaluate(&self.config.quota)
+                            .ok()
+                            .map(|_| (n.clone(), q.load()))
+                    })
                     .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
                 match best {
                     Some((n, _)) => n,
-                    None => return self.refused("", &reason, "no other account can take the work".into()),
+                    None => {
+                        return self.refused(
+                            "",
+                            &reason,
+                            "no other account can take the work".into(),
+                        )
+                    }
                 }
             }
         };
-        self.swap(&target, &reason, true)
+        // A requested swap starts now but lets a turn in progress finish
+        // (up to drain_timeout): only a refused request makes waiting pointless.
+        self.swap(&target, &reason, false)
     }
 
     /// Runs the pure decision and acts on it.
@@ -443,28 +564,51 @@ impl State {
         if self.partial.is_some() {
             return;
         }
-        let decision = quota::decide(&mut self.quotas, &self.active.name, &self.config.quota, self.last_swap_ms, now_ms());
+        let decision = quota::decide(
+            &mut self.quotas,
+            &self.active.name,
+            &self.config.quota,
+            self.last_swap_ms,
+            now_ms(),
+        );
         match decision {
             Decision::Stay => {
                 if let Some(was) = self.no_account.take() {
                     log::info!("an account can take the work again (was: {was})");
-                    let _ = self.out.send(Notice::NoAccount { paused: false, reason: String::new(), earliest_reset: None });
+                    let _ = self.out.send(Notice::NoAccount {
+                        paused: false,
+                        reason: String::new(),
+                        earliest_reset: None,
+                    });
                 }
             }
             Decision::Swap { to, reason, urgent } => {
                 if self.no_account.take().is_some() {
-                    let _ = self.out.send(Notice::NoAccount { paused: false, reason: String::new(), earliest_reset: None });
+                    let _ = self.out.send(Notice::NoAccount {
+                        paused: false,
+                        reason: String::new(),
+                        earliest_reset: None,
+                    });
                 }
                 self.swap(&to, &reason, urgent);
             }
-            Decision::NoAccount { reason, earliest_reset } => {
+            Decision::NoAccount {
+                reason,
+                earliest_reset,
+            } => {
                 if self.no_account.as_deref() != Some(reason.as_str()) {
                     let when = earliest_reset
-                        .map(|t| crate::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(t)))
+                        .map(|t| {
+                            crate::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(t))
+                        })
                         .unwrap_or_else(|| "unknown".into());
                     log::error!("no account can take the work ({reason}); dispatch paused; earliest reset {when}");
                     if self.no_account.is_none() {
-                        let _ = self.out.send(Notice::NoAccount { paused: true, reason: reason.clone(), earliest_reset });
+                        let _ = self.out.send(Notice::NoAccount {
+                            paused: true,
+                            reason: reason.clone(),
+                            earliest_reset,
+                        });
                     }
                     self.no_account = Some(reason);
                 }
@@ -507,7 +651,12 @@ impl State {
         // Publish what led here (the reading that crossed the threshold)
         // before the swap occupies this thread.
         self.publish();
-        let _ = self.out.send(Notice::SwapStarted { id: id.clone(), from: from.name.clone(), to: to.to_string(), reason: reason.to_string() });
+        let _ = self.out.send(Notice::SwapStarted {
+            id: id.clone(),
+            from: from.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+        });
         self.view.write().swap_in_progress = Some(id.clone());
         self.enter(&mut j, Phase::Checkpoint);
 
@@ -527,7 +676,10 @@ impl State {
                 self.rollback(&mut j, &from, &e)
             }
             Ok(()) => {
-                self.active = Active { name: target.name.clone(), home: target.home.clone() };
+                self.active = Active {
+                    name: target.name.clone(),
+                    home: target.home.clone(),
+                };
                 let _ = self.out.send(Notice::Active(self.active.clone()));
                 self.enter(&mut j, Phase::Ensure);
                 match crate::shared_folders::ensure_for_account(&self.config, &target) {
@@ -547,7 +699,10 @@ impl State {
         let mut changed_ids = Vec::new();
         if result != "partial" {
             self.enter(&mut j, Phase::Relaunch);
-            let _ = self.out.send(Notice::Relaunch { active: self.active.clone(), resume_tasks: true });
+            let _ = self.out.send(Notice::Relaunch {
+                active: self.active.clone(),
+                resume_tasks: true,
+            });
             changed_ids = self.verify(&j);
             let _ = std::fs::remove_file(&self.journal_path);
         }
@@ -563,8 +718,16 @@ impl State {
             changed_ids,
         };
         match outcome.result.as_str() {
-            "done" => log::warn!("swap {}: done in {} ms, every session on {to}", outcome.id, outcome.duration_ms),
-            other => log::error!("swap {}: {other}: {}", outcome.id, outcome.detail.as_deref().unwrap_or("")),
+            "done" => log::warn!(
+                "swap {}: done in {} ms, every session on {to}",
+                outcome.id,
+                outcome.duration_ms
+            ),
+            other => log::error!(
+                "swap {}: {other}: {}",
+                outcome.id,
+                outcome.detail.as_deref().unwrap_or("")
+            ),
         }
         self.last_swap_ms = Some(now_ms());
         self.last_swap = Some(outcome.clone());
@@ -586,7 +749,10 @@ impl State {
                 "rolled_back"
             }
             Err(e) => {
-                let p = format!("swap {} {} → {}: {why}; the rollback failed too: {e}", j.id, j.from, j.to);
+                let p = format!(
+                    "swap {} {} → {}: {why}; the rollback failed too: {e}",
+                    j.id, j.from, j.to
+                );
                 log::error!("PARTIAL SWAP: {p}. Every later swap is refused until an operator fixes the cause and removes {}", self.journal_path.display());
                 j.partial = Some(p.clone());
                 j.phase = Phase::Partial;
@@ -599,9 +765,14 @@ impl State {
 
     /// `active.json` and `active_link` point at `account`.
     fn flip(&self, account: &str, swap_id: Option<&str>) -> Result<(), String> {
-        write_active(&self.active_path, account, swap_id).map_err(|e| format!("cannot write {}: {e}", self.active_path.display()))?;
-        if let (Some(link), Some(a)) = (&self.config.active_link, self.config.accounts.iter().find(|a| a.name == account)) {
-            repoint(link, &a.home).map_err(|e| format!("cannot repoint {}: {e}", link.display()))?;
+        write_active(&self.active_path, account, swap_id)
+            .map_err(|e| format!("cannot write {}: {e}", self.active_path.display()))?;
+        if let (Some(link), Some(a)) = (
+            &self.config.active_link,
+            self.config.accounts.iter().find(|a| a.name == account),
+        ) {
+            repoint(link, &a.home)
+                .map_err(|e| format!("cannot repoint {}: {e}", link.display()))?;
         }
         Ok(())
     }
@@ -613,7 +784,13 @@ impl State {
     fn checkpoint(&self) -> Vec<SessionCheckpoint> {
         self.sessions_now()
             .into_iter()
-            .map(|s| SessionCheckpoint { name: s.name, claude_session_id: s.claude_session_id, cwd: s.cwd, task: s.task, state: s.state })
+            .map(|s| SessionCheckpoint {
+                name: s.name,
+                claude_session_id: s.claude_session_id,
+                cwd: s.cwd,
+                task: s.task,
+                state: s.state,
+            })
             .collect()
     }
 
@@ -632,7 +809,11 @@ impl State {
     /// `/exit` to every managed session, kill after `stop_timeout`; all in parallel.
     fn stop_sessions(&self) {
         let managed: Vec<String> = match self.tmux.list_sessions() {
-            Ok(list) => list.into_iter().map(|s| s.name).filter(|n| crate::session::pool_of(&self.config, n).is_some()).collect(),
+            Ok(list) => list
+                .into_iter()
+                .map(|s| s.name)
+                .filter(|n| crate::session::pool_of(&self.config, n).is_some())
+                .collect(),
             Err(e) => {
                 log::error!("cannot list sessions to stop them: {e}");
                 return;
@@ -660,7 +841,10 @@ impl State {
                     !now.iter().any(|s| {
                         s.name == c.name
                             && s.account.as_deref() == Some(self.active.name.as_str())
-                            && matches!(s.state.as_str(), "idle" | "working" | "waiting" | "limited")
+                            && matches!(
+                                s.state.as_str(),
+                                "idle" | "working" | "waiting" | "limited"
+                            )
                             && s.since >= j.started_at
                     })
                 })
@@ -672,14 +856,21 @@ impl State {
                     .filter_map(|c| {
                         let s = now.iter().find(|s| s.name == c.name)?;
                         match (&c.claude_session_id, &s.claude_session_id) {
-                            (Some(a), Some(b)) if a != b => Some((c.name.clone(), a.clone(), b.clone())),
+                            (Some(a), Some(b)) if a != b => {
+                                Some((c.name.clone(), a.clone(), b.clone()))
+                            }
                             _ => None,
                         }
                     })
                     .collect();
             }
             if Instant::now() > deadline {
-                log::error!("swap {}: not back under {} in time: {}", j.id, self.active.name, pending.join(", "));
+                log::error!(
+                    "swap {}: not back under {} in time: {}",
+                    j.id,
+                    self.active.name,
+                    pending.join(", ")
+                );
                 return Vec::new();
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -694,21 +885,41 @@ impl State {
         let j: Journal = match serde_json::from_slice(&bytes) {
             Ok(j) => j,
             Err(e) => {
-                log::error!("{} is corrupt ({e}); keeping the active account {} as it is", self.journal_path.display(), self.active.name);
-                let _ = std::fs::rename(&self.journal_path, self.journal_path.with_extension("journal.corrupt"));
+                log::error!(
+                    "{} is corrupt ({e}); keeping the active account {} as it is",
+                    self.journal_path.display(),
+                    self.active.name
+                );
+                let _ = std::fs::rename(
+                    &self.journal_path,
+                    self.journal_path.with_extension("journal.corrupt"),
+                );
                 return;
             }
         };
         if j.phase == Phase::Partial {
-            self.partial = j.partial.clone().or_else(|| Some(format!("swap {} left partial", j.id)));
-            log::error!("PARTIAL SWAP from a previous run: {}; every swap is refused until it is resolved", self.partial.as_deref().unwrap_or(""));
+            self.partial = j
+                .partial
+                .clone()
+                .or_else(|| Some(format!("swap {} left partial", j.id)));
+            log::error!(
+                "PARTIAL SWAP from a previous run: {}; every swap is refused until it is resolved",
+                self.partial.as_deref().unwrap_or("")
+            );
             return;
         }
-        let account = |name: &str| self.config.accounts.iter().find(|a| a.name == name).cloned();
+        let account = |name: &str| {
+            self.config
+                .accounts
+                .iter()
+                .find(|a| a.name == name)
+                .cloned()
+        };
         let forward = j.phase >= Phase::Flip;
         let target = if forward { account(&j.to) } else { None };
         let finished = target.as_ref().is_some_and(|t| {
-            crate::shared_folders::ensure_for_account(&self.config, t).is_ok() && self.flip(&t.name, Some(&j.id)).is_ok()
+            crate::shared_folders::ensure_for_account(&self.config, t).is_ok()
+                && self.flip(&t.name, Some(&j.id)).is_ok()
         });
         let (name, result) = if finished {
             (j.to.clone(), "finished after restart")
@@ -720,13 +931,26 @@ impl State {
         };
         if !finished {
             if let Err(e) = self.flip(&a.name, None) {
-                self.partial = Some(format!("swap {} found after a restart could not be rolled back: {e}", j.id));
+                self.partial = Some(format!(
+                    "swap {} found after a restart could not be rolled back: {e}",
+                    j.id
+                ));
                 log::error!("PARTIAL SWAP: {}", self.partial.as_deref().unwrap_or(""));
                 return;
             }
         }
-        self.active = Active { name: a.name.clone(), home: a.home.clone() };
-        log::warn!("swap {} ({} → {}) was interrupted at {}: {result}; every session runs on {}", j.id, j.from, j.to, j.phase.as_str(), a.name);
+        self.active = Active {
+            name: a.name.clone(),
+            home: a.home.clone(),
+        };
+        log::warn!(
+            "swap {} ({} → {}) was interrupted at {}: {result}; every session runs on {}",
+            j.id,
+            j.from,
+            j.to,
+            j.phase.as_str(),
+            a.name
+        );
         let _ = std::fs::remove_file(&self.journal_path);
         self.last_swap = Some(SwapResult {
             id: j.id.clone(),
@@ -749,7 +973,12 @@ impl State {
             .iter_mut()
             .map(|(n, a)| {
                 let verdict = a.evaluate(&q);
-                AccountView { name: n.clone(), usable: verdict.is_ok(), reason: verdict.err(), quota: a.clone() }
+                AccountView {
+                    name: n.clone(),
+                    usable: verdict.is_ok(),
+                    reason: verdict.err(),
+                    quota: a.clone(),
+                }
             })
             .collect();
         let mut v = self.view.write();
@@ -765,7 +994,10 @@ impl State {
 /// after `timeout` whatever happened.
 fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
     let alive = |t: &Tmux| {
-        t.list_sessions().ok().and_then(|l| l.into_iter().find(|s| s.name == name)).is_some_and(|s| !s.pane_dead)
+        t.list_sessions()
+            .ok()
+            .and_then(|l| l.into_iter().find(|s| s.name == name))
+            .is_some_and(|s| !s.pane_dead)
     };
     if alive(tmux) {
         let _ = tmux.send_key(name, "Escape");
@@ -786,10 +1018,17 @@ fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
 pub fn repoint(link: &Path, target: &Path) -> std::io::Result<()> {
     if let Ok(meta) = std::fs::symlink_metadata(link) {
         if !meta.file_type().is_symlink() {
-            return Err(std::io::Error::other(format!("{} is not a symlink; not replacing it", link.display())));
+            return Err(std::io::Error::other(format!(
+                "{} is not a symlink; not replacing it",
+                link.display()
+            )));
         }
     }
-    let tmp = link.with_file_name(format!(".{}.tmp-{}", link.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = link.with_file_name(format!(
+        ".{}.tmp-{}",
+        link.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;
     std::fs::rename(&tmp, link)

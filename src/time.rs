@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `2026-11-21T04:58:00Z` (seconds precision, UTC).
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     format!(
@@ -20,7 +23,13 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// writes it.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -36,7 +45,11 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         if digits.is_empty() {
             return None;
         }
-        let padded: String = digits.chars().chain(std::iter::repeat('0')).take(9).collect();
+        let padded: String = digits
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(9)
+            .collect();
         nanos = padded.parse().ok()?;
         rest = &frac[digits.len()..];
     }
@@ -88,7 +101,9 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Seconds since the epoch (0 before it).
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -106,12 +121,22 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2026-01-02T21:59:59+02:00"), Some(t));
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "2026-01-02", "2026-13-02T00:00:00Z", "2026-01-02T19:59:59", "2026-01-02T19:59:59+0200", "x026-01-02T19:59:59Z"] {
+        for bad in [
+            "",
+            "2026-01-02",
+            "2026-13-02T00:00:00Z",
+            "2026-01-02T19:59:59",
+            "2026-01-02T19:59:59+0200",
+            "x026-01-02T19:59:59Z",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

@@ -51,7 +51,8 @@ pub enum TmuxError {
 }
 
 const FIELD_SEP: char = '\t';
-const LIST_FORMAT: &str = "#{session_name}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}\t#{pane_in_mode}";
+const LIST_FORMAT: &str =
+    "#{session_name}\t#{pane_pid}\t#{pane_dead}\t#{pane_dead_status}\t#{pane_in_mode}";
 
 impl Tmux {
     pub fn new(socket: Option<String>, deadline: Duration) -> Tmux {
@@ -81,7 +82,10 @@ impl Tmux {
         if f.success() {
             Ok(f)
         } else {
-            Err(TmuxError::Failed { args: args.join(" "), message: f.complaint() })
+            Err(TmuxError::Failed {
+                args: args.join(" "),
+                message: f.complaint(),
+            })
         }
     }
 
@@ -98,7 +102,10 @@ impl Tmux {
             if is_no_server(&msg) {
                 return Ok(Vec::new());
             }
-            return Err(TmuxError::Failed { args: "list-sessions".into(), message: msg });
+            return Err(TmuxError::Failed {
+                args: "list-sessions".into(),
+                message: msg,
+            });
         }
         Ok(parse_list(&f.stdout))
     }
@@ -116,8 +123,16 @@ impl Tmux {
         let height = launch.height.to_string();
         let cwd = launch.cwd.to_string_lossy().into_owned();
         let mut args: Vec<String> = vec![
-            "new-session".into(), "-d".into(), "-s".into(), launch.name.clone(),
-            "-x".into(), width, "-y".into(), height, "-c".into(), cwd,
+            "new-session".into(),
+            "-d".into(),
+            "-s".into(),
+            launch.name.clone(),
+            "-x".into(),
+            width,
+            "-y".into(),
+            height,
+            "-c".into(),
+            cwd,
         ];
         for (k, v) in &launch.env {
             args.push("-e".into());
@@ -127,34 +142,65 @@ impl Tmux {
         // remain-on-exit must be on before the program can exit: set it in
         // the same tmux invocation (`;` chains commands atomically).
         args.extend([
-            ";".into(), "set-option".into(), "-w".into(), "-t".into(), pane_target(&launch.name),
-            "remain-on-exit".into(), "on".into(),
+            ";".into(),
+            "set-option".into(),
+            "-w".into(),
+            "-t".into(),
+            pane_target(&launch.name),
+            "remain-on-exit".into(),
+            "on".into(),
         ]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ok(&refs, None).map(|_| ())
     }
 
     pub fn kill_session(&self, name: &str) -> Result<(), TmuxError> {
-        self.ok(&["kill-session", "-t", &session_target(name)], None).map(|_| ())
+        self.ok(&["kill-session", "-t", &session_target(name)], None)
+            .map(|_| ())
     }
 
     /// The visible screen plus `history` lines of scroll-back, as text.
     pub fn capture_pane(&self, name: &str, history: u32) -> Result<String, TmuxError> {
         let start = format!("-{history}");
-        Ok(self.ok(&["capture-pane", "-p", "-J", "-S", &start, "-t", &pane_target(name)], None)?.stdout)
+        Ok(self
+            .ok(
+                &[
+                    "capture-pane",
+                    "-p",
+                    "-J",
+                    "-S",
+                    &start,
+                    "-t",
+                    &pane_target(name),
+                ],
+                None,
+            )?
+            .stdout)
     }
 
     /// Pastes `text` as a bracketed paste (newlines do not submit).
     pub fn paste(&self, name: &str, text: &str) -> Result<(), TmuxError> {
         let buffer = format!("cf-{}-{}", std::process::id(), name);
         self.ok(&["load-buffer", "-b", &buffer, "-"], Some(text.as_bytes()))?;
-        self.ok(&["paste-buffer", "-p", "-d", "-b", &buffer, "-t", &pane_target(name)], None)
-            .map(|_| ())
+        self.ok(
+            &[
+                "paste-buffer",
+                "-p",
+                "-d",
+                "-b",
+                &buffer,
+                "-t",
+                &pane_target(name),
+            ],
+            None,
+        )
+        .map(|_| ())
     }
 
     /// Sends one key (`Enter`, `Escape`, …) to the session's pane.
     pub fn send_key(&self, name: &str, key: &str) -> Result<(), TmuxError> {
-        self.ok(&["send-keys", "-t", &pane_target(name), key], None).map(|_| ())
+        self.ok(&["send-keys", "-t", &pane_target(name), key], None)
+            .map(|_| ())
     }
 
     /// Kills the whole server (tests and the demo only).
@@ -163,7 +209,10 @@ impl Tmux {
         if f.success() || is_no_server(&f.complaint()) {
             Ok(())
         } else {
-            Err(TmuxError::Failed { args: "kill-server".into(), message: f.complaint() })
+            Err(TmuxError::Failed {
+                args: "kill-server".into(),
+                message: f.complaint(),
+            })
         }
     }
 
@@ -217,7 +266,16 @@ mod tests {
         let out = "ccl-1\t123\t0\t\t0\nccl-10\t456\t1\t127\t1\n";
         let s = parse_list(out);
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0], SessionInfo { name: "ccl-1".into(), pane_pid: Some(123), pane_dead: false, pane_dead_status: None, pane_in_mode: false });
+        assert_eq!(
+            s[0],
+            SessionInfo {
+                name: "ccl-1".into(),
+                pane_pid: Some(123),
+                pane_dead: false,
+                pane_dead_status: None,
+                pane_in_mode: false
+            }
+        );
         assert!(s[1].pane_dead);
         assert_eq!(s[1].pane_dead_status, Some(127));
     }

@@ -61,23 +61,44 @@ fn passes_on_a_prepared_sandbox() {
     let (code, text) = check(&sb);
     assert_eq!(code, 0, "{text}");
     assert!(!text.contains("FAIL"), "{text}");
-    for needle in ["ok   config", "ok   tmux: tmux ", "ok   claude binary: ", "ok   account alpha: token", "ok   account beta: trust pool auto"] {
+    for needle in [
+        "ok   config",
+        "ok   tmux: tmux ",
+        "ok   claude binary: ",
+        "ok   account alpha: token",
+        "ok   account beta: trust pool auto",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
-    assert!(text.contains("all ") && text.contains(" checks passed"), "{text}");
+    assert!(
+        text.contains("all ") && text.contains(" checks passed"),
+        "{text}"
+    );
 }
 
 #[test]
 fn fails_for_a_missing_claude_binary() {
     let h = Harness::new("check-bin");
-    let mut spec = SandboxSpec { tmux_socket: h.socket.clone(), ..SandboxSpec::default() };
-    spec.claude_binary = h.path().join("no-such-claude").to_string_lossy().into_owned();
+    let mut spec = SandboxSpec {
+        tmux_socket: h.socket.clone(),
+        ..SandboxSpec::default()
+    };
+    spec.claude_binary = h
+        .path()
+        .join("no-such-claude")
+        .to_string_lossy()
+        .into_owned();
     let sb = Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
     sb.install_hooks(support::bin()).unwrap();
     let (code, text) = check(&sb);
     assert_eq!(code, 1, "{text}");
     let line = only_failure(&text);
-    assert!(line.contains("claude binary") && line.contains("no-such-claude") && line.contains("(fix: "), "{line}");
+    assert!(
+        line.contains("claude binary")
+            && line.contains("no-such-claude")
+            && line.contains("(fix: "),
+        "{line}"
+    );
 }
 
 #[test]
@@ -89,8 +110,14 @@ fn fails_for_credentials_readable_by_others() {
     let (code, text) = check(&sb);
     assert_eq!(code, 1, "{text}");
     let line = only_failure(&text);
-    assert!(line.contains("account beta: credentials mode") && line.contains("0644"), "{line}");
-    assert!(line.contains(&format!("chmod 600 {}", creds.display())), "{line}");
+    assert!(
+        line.contains("account beta: credentials mode") && line.contains("0644"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("chmod 600 {}", creds.display())),
+        "{line}"
+    );
 }
 
 #[test]
@@ -102,7 +129,10 @@ fn fails_for_an_expired_token() {
     let (code, text) = check(&sb);
     assert_eq!(code, 1, "{text}");
     let line = only_failure(&text);
-    assert!(line.contains("account alpha: token") && line.contains("expired at 2020-09-13T12:26:40Z"), "{line}");
+    assert!(
+        line.contains("account alpha: token") && line.contains("expired at 2020-09-13T12:26:40Z"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -110,13 +140,21 @@ fn fails_when_onboarding_was_never_done() {
     let h = Harness::new("check-onboarding");
     let sb = prepared(&h);
     let beta = sb.account("beta").unwrap();
-    let trusted: Vec<PathBuf> = sb.pool_dirs.iter().chain(&sb.project_dirs).map(|(_, d)| d.clone()).collect();
+    let trusted: Vec<PathBuf> = sb
+        .pool_dirs
+        .iter()
+        .chain(&sb.project_dirs)
+        .map(|(_, d)| d.clone())
+        .collect();
     let trusted: Vec<&PathBuf> = trusted.iter().collect();
     sandbox::write_claude_json(&beta.home, false, &trusted).unwrap();
     let (code, text) = check(&sb);
     assert_eq!(code, 1, "{text}");
     let line = only_failure(&text);
-    assert!(line.contains("account beta: onboarding") && line.contains("hasCompletedOnboarding"), "{line}");
+    assert!(
+        line.contains("account beta: onboarding") && line.contains("hasCompletedOnboarding"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -132,7 +170,10 @@ fn fails_for_an_untrusted_pool_folder() {
     let line = only_failure(&text);
     let pool_dir = &sb.pool_dirs[0].1;
     assert!(line.contains("account alpha: trust pool auto"), "{line}");
-    assert!(line.contains(&format!("{} is not trusted", pool_dir.display())), "{line}");
+    assert!(
+        line.contains(&format!("{} is not trusted", pool_dir.display())),
+        "{line}"
+    );
     assert!(line.contains("claude-failover setup"), "{line}");
 }
 
@@ -144,8 +185,16 @@ fn fails_for_missing_credentials_and_home() {
     std::fs::remove_dir_all(&sb.account("beta").unwrap().home).unwrap();
     let (code, text) = check(&sb);
     assert_eq!(code, 1, "{text}");
-    assert!(text.lines().any(|l| l.starts_with("FAIL account alpha: credentials") && l.contains("is missing")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("FAIL account beta: home") && l.contains("does not exist")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL account alpha: credentials") && l.contains("is missing")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL account beta: home") && l.contains("does not exist")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -153,13 +202,20 @@ fn bad_config_exits_2_and_missing_config_too() {
     let h = Harness::new("check-badcfg");
     let path = h.path().join("config.yaml");
     std::fs::write(&path, "accounts: []\nbogus: 1\n").unwrap();
-    let out = Command::new(support::bin()).args(["--config", path.to_str().unwrap(), "check"]).output().unwrap();
+    let out = Command::new(support::bin())
+        .args(["--config", path.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bogus") && err.contains("line 2"), "{err}");
 
     let out = Command::new(support::bin())
-        .args(["--config", h.path().join("absent.yaml").to_str().unwrap(), "check"])
+        .args([
+            "--config",
+            h.path().join("absent.yaml").to_str().unwrap(),
+            "check",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -175,5 +231,10 @@ fn config_path_comes_from_the_environment() {
         .env("CLAUDE_FAILOVER_CONFIG", &sb.config_path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -13,11 +13,16 @@ use support::{wait_for, World};
 const UP: Duration = Duration::from_secs(60);
 
 fn fast_lifecycle(spec: &mut claude_failover::sandbox::SandboxSpec) {
-    spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\n  restart_backoff: [1s, 2s, 3s]\n");
+    spec.extra_yaml
+        .push_str("lifecycle:\n  interval: 2s\n  restart_backoff: [1s, 2s, 3s]\n");
 }
 
 fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} {pid}");
 }
 
@@ -28,7 +33,10 @@ fn wait_exit(w: &mut World, pid: u32, timeout: Duration) -> Option<i32> {
         if let Some(code) = w.h.try_exit_status(pid) {
             return code;
         }
-        assert!(started.elapsed() < timeout, "daemon {pid} still running after {timeout:?}");
+        assert!(
+            started.elapsed() < timeout,
+            "daemon {pid} still running after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -39,7 +47,10 @@ fn start_manual_sessions(w: &World) -> Vec<(String, u32)> {
     ["ccl-0", "ccl-1"]
         .iter()
         .map(|name| {
-            let out = w.h.tmux.raw(&["new-session", "-d", "-s", name, "cat"]).unwrap();
+            let out =
+                w.h.tmux
+                    .raw(&["new-session", "-d", "-s", name, "cat"])
+                    .unwrap();
             assert!(out.success(), "{}", out.complaint());
             (name.to_string(), w.pane_pid(name).unwrap())
         })
@@ -50,17 +61,24 @@ fn assert_untouched(w: &World, manual: &[(String, u32)]) {
     for (name, pid) in manual {
         assert_eq!(w.pane_pid(name), Some(*pid), "{name} was restarted");
         let screen = w.h.tmux.capture_pane(name, 100).unwrap();
-        assert!(screen.trim().is_empty(), "{name} received keystrokes: {screen:?}");
+        assert!(
+            screen.trim().is_empty(),
+            "{name} received keystrokes: {screen:?}"
+        );
     }
 }
 
 #[test]
 fn pools_come_up_survive_kills_and_restarts_and_leave_others_alone() {
-    let Some(mut w) = World::new("core", fast_lifecycle) else { return };
+    let Some(mut w) = World::new("core", fast_lifecycle) else {
+        return;
+    };
     let manual = start_manual_sessions(&w);
     let notify_path = w.h.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let pid = w.start_daemon(&[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
 
     // 1. ccl-auto-11 and ccl-auto-12 come up idle with a conversation id.
@@ -70,41 +88,77 @@ fn pools_come_up_survive_kills_and_restarts_and_leave_others_alone() {
     let s11 = w.wait_state("ccl-auto-11", "idle", UP);
     let s12 = w.wait_state("ccl-auto-12", "idle", UP);
     for s in [&s11, &s12] {
-        assert!(s["claude_session_id"].as_str().is_some_and(|id| id.len() > 8), "{s}");
+        assert!(
+            s["claude_session_id"]
+                .as_str()
+                .is_some_and(|id| id.len() > 8),
+            "{s}"
+        );
         assert_eq!(s["account"], "alpha");
         assert_eq!(s["pool"], "auto");
     }
     let status = w.status().unwrap();
     assert_eq!(status["sessions"].as_array().unwrap().len(), 2, "{status}");
-    let unmanaged: Vec<&str> = status["unmanaged_sessions"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let unmanaged: Vec<&str> = status["unmanaged_sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     assert_eq!(unmanaged, vec!["ccl-0", "ccl-1"]);
-    assert!(w.h.tmux.list_sessions().unwrap().iter().all(|s| s.name != "ccl-auto-13"), "only min sessions");
+    assert!(
+        w.h.tmux
+            .list_sessions()
+            .unwrap()
+            .iter()
+            .all(|s| s.name != "ccl-auto-13"),
+        "only min sessions"
+    );
 
     // 2. A conversation on ccl-auto-12, then the session is killed: it comes
     // back resumed, and the next request carries the earlier turns.
     let id12 = s12["claude_session_id"].as_str().unwrap().to_string();
     w.type_prompt("ccl-auto-12", "core-first: remember the word heron");
-    w.api.wait_for_request(|r| r.prompt == "core-first: remember the word heron", UP).expect("first prompt reached the API");
+    w.api
+        .wait_for_request(|r| r.prompt == "core-first: remember the word heron", UP)
+        .expect("first prompt reached the API");
     w.wait_state("ccl-auto-12", "idle", UP);
     let old_pid = w.pane_pid("ccl-auto-12").unwrap();
     let killed_at = Instant::now();
     w.h.tmux.kill_session("ccl-auto-12").unwrap();
     let back = wait_for(UP, "ccl-auto-12 relaunched and idle", || {
-        w.session("ccl-auto-12").filter(|s| s["state"] == "idle" && s["restarts"].as_u64() >= Some(1))
+        w.session("ccl-auto-12")
+            .filter(|s| s["state"] == "idle" && s["restarts"].as_u64() >= Some(1))
     });
     let took = killed_at.elapsed();
     assert!(took < Duration::from_secs(2) + UP, "took {took:?}");
     assert_ne!(w.pane_pid("ccl-auto-12"), Some(old_pid));
-    assert_eq!(back["claude_session_id"].as_str(), Some(id12.as_str()), "resumed the same conversation");
+    assert_eq!(
+        back["claude_session_id"].as_str(),
+        Some(id12.as_str()),
+        "resumed the same conversation"
+    );
     w.type_prompt("ccl-auto-12", "core-second: which word?");
-    let req = w.api.wait_for_request(|r| r.prompt == "core-second: which word?", UP).expect("second prompt reached the API");
+    let req = w
+        .api
+        .wait_for_request(|r| r.prompt == "core-second: which word?", UP)
+        .expect("second prompt reached the API");
     let history = req.messages.to_string();
-    assert!(history.contains("core-first: remember the word heron"), "earlier turn missing: {history}");
-    assert!(history.contains("STANDIN-ANSWER[alpha]: core-first"), "earlier answer missing: {history}");
+    assert!(
+        history.contains("core-first: remember the word heron"),
+        "earlier turn missing: {history}"
+    );
+    assert!(
+        history.contains("STANDIN-ANSWER[alpha]: core-first"),
+        "earlier answer missing: {history}"
+    );
     w.wait_state("ccl-auto-12", "idle", UP);
 
     // 4a. SIGTERM: exit 0 within 5 s, sessions left running.
-    let pids_before: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"].iter().map(|n| w.pane_pid(n)).collect();
+    let pids_before: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"]
+        .iter()
+        .map(|n| w.pane_pid(n))
+        .collect();
     let t = Instant::now();
     signal(pid, "-TERM");
     assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
@@ -117,20 +171,33 @@ fn pools_come_up_survive_kills_and_restarts_and_leave_others_alone() {
     let id11 = s11["claude_session_id"].as_str().unwrap().to_string();
     w.type_prompt("ccl-auto-11", "/clear");
     wait_for(UP, "the SessionStart of /clear recorded", || {
-        std::fs::read_dir(w.sb.state_dir.join("events")).ok()?.flatten().find(|e| {
-            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"source\":\"clear\""))
-        })
+        std::fs::read_dir(w.sb.state_dir.join("events"))
+            .ok()?
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"source\":\"clear\""))
+            })
     });
 
     // 4b. Start again: nothing relaunched, states rebuilt, the waiting events applied.
     let pid = w.start_daemon(&[]);
     let s11 = wait_for(UP, "ccl-auto-11 with its new conversation", || {
-        w.session("ccl-auto-11").filter(|s| s["claude_session_id"].as_str().is_some_and(|id| id != id11))
+        w.session("ccl-auto-11")
+            .filter(|s| s["claude_session_id"].as_str().is_some_and(|id| id != id11))
     });
     assert_eq!(s11["state"], "idle");
-    assert_eq!(w.session("ccl-auto-12").unwrap()["claude_session_id"].as_str(), Some(id12.as_str()));
-    let pids_after: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"].iter().map(|n| w.pane_pid(n)).collect();
-    assert_eq!(pids_before, pids_after, "a restart must not relaunch sessions");
+    assert_eq!(
+        w.session("ccl-auto-12").unwrap()["claude_session_id"].as_str(),
+        Some(id12.as_str())
+    );
+    let pids_after: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"]
+        .iter()
+        .map(|n| w.pane_pid(n))
+        .collect();
+    assert_eq!(
+        pids_before, pids_after,
+        "a restart must not relaunch sessions"
+    );
 
     // 4c. kill -9, start again: same.
     signal(pid, "-KILL");
@@ -139,8 +206,14 @@ fn pools_come_up_survive_kills_and_restarts_and_leave_others_alone() {
     w.wait_state("ccl-auto-11", "idle", UP);
     w.wait_state("ccl-auto-12", "idle", UP);
     std::thread::sleep(Duration::from_secs(3)); // more than one interval
-    let pids_after: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"].iter().map(|n| w.pane_pid(n)).collect();
-    assert_eq!(pids_before, pids_after, "a restart after kill -9 must not relaunch sessions");
+    let pids_after: Vec<Option<u32>> = ["ccl-auto-11", "ccl-auto-12"]
+        .iter()
+        .map(|n| w.pane_pid(n))
+        .collect();
+    assert_eq!(
+        pids_before, pids_after,
+        "a restart after kill -9 must not relaunch sessions"
+    );
     assert_eq!(w.session("ccl-auto-12").unwrap()["restarts"], 1);
 
     assert_untouched(&w, &manual);
@@ -175,15 +248,29 @@ fn a_session_that_cannot_start_backs_off_and_is_reported_failed() {
     let s = w.session("ccl-auto-11").unwrap();
     let restarts = s["restarts"].as_u64().unwrap();
     // Never a tight loop: 14 s allow at most 1 + 1 + 1 + 3 = 6 relaunches.
-    assert!((3..=6).contains(&restarts), "restarts {restarts}: {launches:?}");
-    let gaps: Vec<f64> = launches.windows(2).map(|p| (p[1].0 - p[0].0).as_secs_f64()).collect();
+    assert!(
+        (3..=6).contains(&restarts),
+        "restarts {restarts}: {launches:?}"
+    );
+    let gaps: Vec<f64> = launches
+        .windows(2)
+        .map(|p| (p[1].0 - p[0].0).as_secs_f64())
+        .collect();
     for (i, gap) in gaps.iter().enumerate().skip(1) {
         let step = [1.0, 2.0, 3.0][i.min(2)];
-        assert!(*gap >= step - 0.3, "gap {i} = {gap:.1}s shorter than its back-off step {step}s: {launches:?}");
+        assert!(
+            *gap >= step - 0.3,
+            "gap {i} = {gap:.1}s shorter than its back-off step {step}s: {launches:?}"
+        );
     }
-    let s = wait_for(Duration::from_secs(15), "ccl-auto-11 failed", || w.session("ccl-auto-11").filter(|s| s["state"] == "failed"));
+    let s = wait_for(Duration::from_secs(15), "ccl-auto-11 failed", || {
+        w.session("ccl-auto-11").filter(|s| s["state"] == "failed")
+    });
     let err = s["last_error"].as_str().unwrap_or_default();
-    assert!(err.contains("no-such-flag-for-claude"), "last_error should hold claude's own words: {err}");
+    assert!(
+        err.contains("no-such-flag-for-claude"),
+        "last_error should hold claude's own words: {err}"
+    );
     signal(pid, "-TERM");
     assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
 }
@@ -201,14 +288,21 @@ fn a_session_stuck_on_the_trust_dialog_is_reported_and_never_typed_into() {
     let alpha = w.sb.account("alpha").unwrap().home.clone();
     let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
     claude_failover::sandbox::write_claude_json(&alpha, true, &projects).unwrap();
-    let config = std::fs::read_to_string(&w.sb.config_path).unwrap().replace("startup_timeout: 60s", "startup_timeout: 5s");
+    let config = std::fs::read_to_string(&w.sb.config_path)
+        .unwrap()
+        .replace("startup_timeout: 60s", "startup_timeout: 5s");
     std::fs::write(&w.sb.config_path, config).unwrap();
 
     let pid = w.start_daemon(&[]);
-    let s = wait_for(UP, "ccl-auto-11 reported failed", || w.session("ccl-auto-11").filter(|s| s["state"] == "failed"));
+    let s = wait_for(UP, "ccl-auto-11 reported failed", || {
+        w.session("ccl-auto-11").filter(|s| s["state"] == "failed")
+    });
     let err = s["last_error"].as_str().unwrap_or_default().to_string();
     assert!(err.contains("no SessionStart"), "{err}");
-    assert!(err.to_lowercase().contains("trust"), "the screen text should name the dialog: {err}");
+    assert!(
+        err.to_lowercase().contains("trust"),
+        "the screen text should name the dialog: {err}"
+    );
     // Left alone: same pane, dialog still up, not relaunched over two intervals.
     let pane = w.pane_pid("ccl-auto-11");
     std::thread::sleep(Duration::from_secs(5));

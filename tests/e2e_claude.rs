@@ -38,7 +38,11 @@ fn world(name: &str) -> Option<World> {
     let sb = Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
     sb.install_hooks(support::bin()).unwrap();
     let api = StandIn::start(StandInOptions {
-        accounts: sb.tokens().into_iter().map(|(n, t)| StandInAccount::new(n, t)).collect(),
+        accounts: sb
+            .tokens()
+            .into_iter()
+            .map(|(n, t)| StandInAccount::new(n, t))
+            .collect(),
         ..StandInOptions::default()
     })
     .unwrap();
@@ -50,7 +54,12 @@ fn world(name: &str) -> Option<World> {
 fn events(state_dir: &Path) -> Vec<RecordedEvent> {
     let dir = state_dir.join(EVENTS_DIR);
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -60,11 +69,16 @@ fn events(state_dir: &Path) -> Vec<RecordedEvent> {
 }
 
 fn hook_name(e: &RecordedEvent) -> &str {
-    e.payload.get("hook_event_name").and_then(|v| v.as_str()).unwrap_or("")
+    e.payload
+        .get("hook_event_name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
 }
 
 fn wait_event(w: &World, what: &str, pred: impl Fn(&RecordedEvent) -> bool) -> RecordedEvent {
-    wait_for(TURN, what, || events(&w.sb.state_dir).into_iter().find(|e| pred(e)))
+    wait_for(TURN, what, || {
+        events(&w.sb.state_dir).into_iter().find(|e| pred(e))
+    })
 }
 
 /// Types `text` the way the daemon will: bracketed paste, a pause, Enter.
@@ -91,7 +105,9 @@ fn launch(w: &World, session: &str, account: &str) {
 
 #[test]
 fn interactive_claude_answers_then_reports_the_limit() {
-    let Some(w) = world("e2e-interactive") else { return };
+    let Some(w) = world("e2e-interactive") else {
+        return;
+    };
     let session = "ccl-auto-11";
     launch(&w, session, "alpha");
 
@@ -100,20 +116,38 @@ fn interactive_claude_answers_then_reports_the_limit() {
     assert_eq!(start.payload["source"], "startup");
     let session_id = start.payload["session_id"].as_str().unwrap().to_string();
     // The hook ran under the account we launched with.
-    assert_eq!(start.config_dir.as_deref(), w.sb.account("alpha").unwrap().home.to_str());
+    assert_eq!(
+        start.config_dir.as_deref(),
+        w.sb.account("alpha").unwrap().home.to_str()
+    );
 
     // Give the TUI its prompt before typing: SessionStart fires before the
     // input box is drawn.
     wait_for(START, "the input prompt", || {
-        w.h.tmux.capture_pane(session, 0).ok().filter(|s| s.contains('❯') || s.contains("> ")).map(|_| ())
+        w.h.tmux
+            .capture_pane(session, 0)
+            .ok()
+            .filter(|s| s.contains('❯') || s.contains("> "))
+            .map(|_| ())
     });
     type_prompt(&w, session, "e2e-first: name a colour");
-    let submitted = wait_event(&w, "UserPromptSubmit", |e| hook_name(e) == "UserPromptSubmit");
+    let submitted = wait_event(&w, "UserPromptSubmit", |e| {
+        hook_name(e) == "UserPromptSubmit"
+    });
     assert_eq!(submitted.payload["prompt"], "e2e-first: name a colour");
     let stop = wait_event(&w, "Stop", |e| hook_name(e) == "Stop");
-    assert_eq!(stop.payload["session_id"].as_str(), Some(session_id.as_str()));
-    let answer = stop.payload["last_assistant_message"].as_str().unwrap_or_default().to_string();
-    assert!(answer.contains("STANDIN-ANSWER[alpha]: e2e-first: name a colour"), "{answer}");
+    assert_eq!(
+        stop.payload["session_id"].as_str(),
+        Some(session_id.as_str())
+    );
+    let answer = stop.payload["last_assistant_message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        answer.contains("STANDIN-ANSWER[alpha]: e2e-first: name a colour"),
+        "{answer}"
+    );
     let req = w
         .api
         .requests_for("alpha")
@@ -126,13 +160,28 @@ fn interactive_claude_answers_then_reports_the_limit() {
     w.api.exhaust("alpha").unwrap();
     type_prompt(&w, session, "e2e-second: refused");
     let failure = wait_event(&w, "StopFailure", |e| hook_name(e) == "StopFailure");
-    assert_eq!(failure.payload["error"], facts::STOP_FAILURE_RATE_LIMIT, "{:?}", failure.payload);
-    let message = failure.payload["last_assistant_message"].as_str().unwrap_or_default();
+    assert_eq!(
+        failure.payload["error"],
+        facts::STOP_FAILURE_RATE_LIMIT,
+        "{:?}",
+        failure.payload
+    );
+    let message = failure.payload["last_assistant_message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(message.contains(facts::LIMIT_TEXT_FIVE_HOUR), "{message}");
     wait_for(TURN, "the limit text on the screen", || {
-        w.h.tmux.capture_pane(session, 100).ok().filter(|s| s.contains(facts::LIMIT_TEXT_FIVE_HOUR)).map(|_| ())
+        w.h.tmux
+            .capture_pane(session, 100)
+            .ok()
+            .filter(|s| s.contains(facts::LIMIT_TEXT_FIVE_HOUR))
+            .map(|_| ())
     });
-    assert!(w.api.requests_for("alpha").iter().any(|r| r.status == 429 && r.prompt == "e2e-second: refused"));
+    assert!(w
+        .api
+        .requests_for("alpha")
+        .iter()
+        .any(|r| r.status == 429 && r.prompt == "e2e-second: refused"));
 }
 
 fn print_mode(w: &World, account: &str, prompt: &str) -> std::process::Output {
@@ -142,7 +191,11 @@ fn print_mode(w: &World, account: &str, prompt: &str) -> std::process::Output {
         cmd.env(k, v);
     }
     claude_failover::process::run(&mut cmd, None, TURN)
-        .map(|f| std::process::Output { status: f.status, stdout: f.stdout.into_bytes(), stderr: f.stderr.into_bytes() })
+        .map(|f| std::process::Output {
+            status: f.status,
+            stdout: f.stdout.into_bytes(),
+            stderr: f.stderr.into_bytes(),
+        })
         .expect("claude -p finishes")
 }
 
@@ -151,8 +204,15 @@ fn print_mode_answers_and_usage_endpoint_reports_each_account() {
     let Some(w) = world("e2e-print") else { return };
     let out = print_mode(&w, "beta", "e2e-print: hello");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("STANDIN-ANSWER[beta]: e2e-print: hello"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("STANDIN-ANSWER[beta]: e2e-print: hello"),
+        "{stdout}"
+    );
 
     // Each account's own numbers, in percent, through the real endpoint shape.
     w.api.set_usage("alpha", 42.0, 7.5).unwrap();
@@ -167,9 +227,22 @@ fn print_mode_answers_and_usage_endpoint_reports_each_account() {
             .unwrap()
             .into_json()
             .unwrap();
-        assert_eq!(body["five_hour"]["utilization"].as_f64(), Some(five), "{name}: {body}");
-        assert_eq!(body["seven_day"]["utilization"].as_f64(), Some(seven), "{name}: {body}");
-        assert!(body["five_hour"]["resets_at"].as_str().is_some_and(|s| s.ends_with("+00:00") || s.ends_with('Z')), "{body}");
+        assert_eq!(
+            body["five_hour"]["utilization"].as_f64(),
+            Some(five),
+            "{name}: {body}"
+        );
+        assert_eq!(
+            body["seven_day"]["utilization"].as_f64(),
+            Some(seven),
+            "{name}: {body}"
+        );
+        assert!(
+            body["five_hour"]["resets_at"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("+00:00") || s.ends_with('Z')),
+            "{body}"
+        );
     }
 
     // Exhausted in print mode: the limit line, exit 0 (claude-code-facts §2).

@@ -15,12 +15,18 @@ const UP: Duration = Duration::from_secs(60);
 
 fn three_accounts(spec: &mut SandboxSpec) {
     spec.accounts = vec!["alpha".into(), "beta".into(), "gamma".into()];
-    spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\nswap:\n  drain_timeout: 20s\n  stop_timeout: 5s\n");
-    spec.quota_yaml.push_str("  poll_interval: 2s\n  swap_cooldown: 1s\n");
+    spec.extra_yaml
+        .push_str("lifecycle:\n  interval: 2s\nswap:\n  drain_timeout: 20s\n  stop_timeout: 5s\n");
+    spec.quota_yaml
+        .push_str("  poll_interval: 2s\n  swap_cooldown: 1s\n");
 }
 
 fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// Waits until the daemon is on `account` and every managed session runs
@@ -32,7 +38,8 @@ fn wait_all_on(w: &World, account: &str, names: &[&str]) {
             && s["swap_in_progress"] == false
             && names.iter().all(|n| {
                 s["sessions"].as_array().is_some_and(|a| {
-                    a.iter().any(|x| x["name"] == *n && x["account"] == account && x["state"] == "idle")
+                    a.iter()
+                        .any(|x| x["name"] == *n && x["account"] == account && x["state"] == "idle")
                 })
             });
         ok.then_some(())
@@ -42,25 +49,40 @@ fn wait_all_on(w: &World, account: &str, names: &[&str]) {
 /// Sends `prompt` to `session` and returns the stand-in's record of it.
 fn ask(w: &World, session: &str, prompt: &str) -> claude_failover::standin::RecordedRequest {
     w.type_prompt(session, prompt);
-    w.api.wait_for_request(|r| r.prompt == prompt, UP).unwrap_or_else(|| panic!("{prompt:?} never reached the API"))
+    w.api
+        .wait_for_request(|r| r.prompt == prompt, UP)
+        .unwrap_or_else(|| panic!("{prompt:?} never reached the API"))
 }
 
 fn swap_cli(w: &World, args: &[&str]) -> (i32, String) {
     let mut cmd = Command::new(support::bin());
-    cmd.args(["--config", w.sb.config_path.to_str().unwrap(), "swap"]).args(args);
+    cmd.args(["--config", w.sb.config_path.to_str().unwrap(), "swap"])
+        .args(args);
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
 fn swap_by_command_and_signal_continues_every_conversation() {
-    let Some(mut w) = World::new("fo-cmd", three_accounts) else { return };
+    let Some(mut w) = World::new("fo-cmd", three_accounts) else {
+        return;
+    };
     let pid = w.start_daemon(&[]);
     let names = ["ccl-auto-11", "ccl-auto-12"];
     wait_all_on(&w, "alpha", &names);
     ask(&w, "ccl-auto-11", "fo-first: remember the word otter");
     w.wait_state("ccl-auto-11", "idle", UP);
-    let id11 = w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str().unwrap().to_string();
+    let id11 = w.session("ccl-auto-11").unwrap()["claude_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let (code, out) = swap_cli(&w, &["--to", "beta", "--reason", "test"]);
     assert_eq!(code, 0, "{out}");
@@ -69,10 +91,22 @@ fn swap_by_command_and_signal_continues_every_conversation() {
     let s = w.status().unwrap();
     assert_eq!(s["last_swap"]["result"], "done", "{s}");
     assert_eq!(s["last_swap"]["reason"], "test");
-    assert_eq!(w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str(), Some(id11.as_str()));
+    assert_eq!(
+        w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str(),
+        Some(id11.as_str())
+    );
     let req = ask(&w, "ccl-auto-11", "fo-second: which word?");
-    assert_eq!(req.account.as_deref(), Some("beta"), "the resumed conversation talks with beta's token");
-    assert!(req.messages.to_string().contains("fo-first: remember the word otter"), "earlier turns carried over");
+    assert_eq!(
+        req.account.as_deref(),
+        Some("beta"),
+        "the resumed conversation talks with beta's token"
+    );
+    assert!(
+        req.messages
+            .to_string()
+            .contains("fo-first: remember the word otter"),
+        "earlier turns carried over"
+    );
     w.wait_state("ccl-auto-11", "idle", UP);
 
     // Refused: to the active account, to an unknown one.
@@ -109,20 +143,44 @@ fn threshold_swap_then_refusal_swap_then_no_account_then_reset_resumes() {
     ask(&w, "ccl-auto-11", "fo-q1: crossing the threshold");
     wait_all_on(&w, "beta", &names);
     let s = w.status().unwrap();
-    assert!(s["last_swap"]["reason"].as_str().unwrap_or("").contains("5-hour"), "{s}");
-    let alpha = s["accounts"].as_array().unwrap().iter().find(|a| a["name"] == "alpha").unwrap().clone();
+    assert!(
+        s["last_swap"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("5-hour"),
+        "{s}"
+    );
+    let alpha = s["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "alpha")
+        .unwrap()
+        .clone();
     assert_eq!(alpha["usable"], false, "{alpha}");
-    assert!(alpha["five_hour"]["utilization"].as_f64().unwrap() >= 90.0, "{alpha}");
+    assert!(
+        alpha["five_hour"]["utilization"].as_f64().unwrap() >= 90.0,
+        "{alpha}"
+    );
 
     // Refused mid-turn: beta answers 429; the swap to gamma does not drain.
     // (Beta's usage endpoint is throttled, so only the refusal can tell.)
-    w.api.set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited).unwrap();
+    w.api
+        .set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited)
+        .unwrap();
     w.api.exhaust("beta").unwrap();
     let refused_at = Instant::now();
     w.type_prompt("ccl-auto-11", "fo-q2: refused");
     wait_all_on(&w, "gamma", &names);
-    assert!(refused_at.elapsed() < Duration::from_secs(40), "urgent swap took {:?}", refused_at.elapsed());
-    assert!(w.status().unwrap()["last_swap"]["reason"].as_str().unwrap_or("").contains("refused"));
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(40),
+        "urgent swap took {:?}",
+        refused_at.elapsed()
+    );
+    assert!(w.status().unwrap()["last_swap"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("refused"));
 
     // Every account exhausted: no swap, dispatch paused, /healthz says why.
     w.api.exhaust("alpha").unwrap();
@@ -130,19 +188,30 @@ fn threshold_swap_then_refusal_swap_then_no_account_then_reset_resumes() {
     let swaps_before = w.status().unwrap()["last_swap"]["id"].clone();
     w.type_prompt("ccl-auto-11", "fo-q3: refused again");
     let url = format!("http://{}/healthz", w.sb.http_listen);
-    let body = wait_for(UP, "healthz 503 with no account left", || match ureq::get(&url).call() {
-        Err(ureq::Error::Status(503, r)) => r.into_string().ok(),
-        _ => None,
-    });
+    let body = wait_for(
+        UP,
+        "healthz 503 with no account left",
+        || match ureq::get(&url).call() {
+            Err(ureq::Error::Status(503, r)) => r.into_string().ok(),
+            _ => None,
+        },
+    );
     assert!(body.contains("every account exhausted"), "{body}");
-    assert_eq!(w.status().unwrap()["last_swap"]["id"], swaps_before, "no swap without a usable account");
+    assert_eq!(
+        w.status().unwrap()["last_swap"]["id"],
+        swaps_before,
+        "no swap without a usable account"
+    );
 
     // alpha resets: the daemon notices through the usage endpoint and moves there by itself.
     w.api.reset("alpha").unwrap();
     wait_all_on(&w, "alpha", &names);
     let req = ask(&w, "ccl-auto-11", "fo-q4: back on alpha");
     assert_eq!(req.account.as_deref(), Some("alpha"));
-    assert!(req.messages.to_string().contains("fo-q1: crossing the threshold"));
+    assert!(req
+        .messages
+        .to_string()
+        .contains("fo-q1: crossing the threshold"));
 }
 
 #[test]
@@ -169,7 +238,9 @@ fn failed_ensure_rolls_back_and_failed_rollback_is_sticky() {
     assert_eq!(s["partial_swap"], true, "{s}");
     let url = format!("http://{}/healthz", w.sb.http_listen);
     match ureq::get(&url).call() {
-        Err(ureq::Error::Status(503, r)) => assert!(r.into_string().unwrap().contains("partial swap")),
+        Err(ureq::Error::Status(503, r)) => {
+            assert!(r.into_string().unwrap().contains("partial swap"))
+        }
         other => panic!("healthz should be 503: {other:?}"),
     }
     let (code, out) = swap_cli(&w, &["--to", "beta"]);
@@ -197,14 +268,20 @@ fn failed_ensure_rolls_back_to_the_old_account() {
     std::fs::create_dir(&link).unwrap();
     let (code, out) = swap_cli(&w, &["--to", "gamma"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("rolled_back") && out.contains("gamma"), "{out}");
+    assert!(
+        out.contains("rolled_back") && out.contains("gamma"),
+        "{out}"
+    );
     wait_all_on(&w, "alpha", &names);
     let s = w.status().unwrap();
     assert_eq!(s["partial_swap"], false);
     assert_eq!(s["last_swap"]["result"], "rolled_back");
     let req = ask(&w, "ccl-auto-11", "fo-e2: after the rollback");
     assert_eq!(req.account.as_deref(), Some("alpha"));
-    assert!(req.messages.to_string().contains("fo-e1: before the failed swap"));
+    assert!(req
+        .messages
+        .to_string()
+        .contains("fo-e1: before the failed swap"));
 }
 
 #[test]
@@ -220,32 +297,56 @@ fn a_crash_at_each_swap_phase_leaves_every_session_on_one_account() {
     wait_all_on(&w, "alpha", &names);
     ask(&w, "ccl-auto-11", "fo-c0: the conversation to keep");
     w.wait_state("ccl-auto-11", "idle", UP);
-    let id11 = w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str().unwrap().to_string();
+    let id11 = w.session("ccl-auto-11").unwrap()["claude_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut on = "alpha".to_string();
-    for (i, phase) in ["checkpoint", "drain", "stop", "flip", "ensure", "relaunch"].iter().enumerate() {
+    for (i, phase) in ["checkpoint", "drain", "stop", "flip", "ensure", "relaunch"]
+        .iter()
+        .enumerate()
+    {
         signal(pid, "-TERM");
-        wait_for(Duration::from_secs(10), "daemon stopped", || w.h.try_exit_status(pid));
+        wait_for(Duration::from_secs(10), "daemon stopped", || {
+            w.h.try_exit_status(pid)
+        });
         let fp = format!("swap-{phase}");
         pid = w.start_daemon(&[("CLAUDE_FAILOVER_FAILPOINT", fp.as_str())]);
         wait_all_on(&w, &on, &names);
         signal(pid, "-USR1");
-        let code = wait_for(UP, &format!("the daemon to crash at {fp}"), || w.h.try_exit_status(pid));
+        let code = wait_for(UP, &format!("the daemon to crash at {fp}"), || {
+            w.h.try_exit_status(pid)
+        });
         assert_ne!(code, Some(0), "{fp}: the fail point should have crashed it");
         pid = w.start_daemon(&[]);
         // After restart: one account for every session; which one depends on
         // the phase (before the flip it rolls back, after it finishes).
-        let settled = wait_for(UP, &format!("sessions settled after a crash at {fp}"), || {
-            let s = w.status()?;
-            let acct = s["active_account"].as_str()?.to_string();
-            let all = names.iter().all(|n| {
-                s["sessions"].as_array().is_some_and(|a| a.iter().any(|x| x["name"] == *n && x["account"] == acct.as_str() && x["state"] == "idle"))
-            });
-            all.then_some(acct)
-        });
-        assert!(!w.sb.state_dir.join("swap.journal").exists(), "{fp}: journal left behind");
+        let settled = wait_for(
+            UP,
+            &format!("sessions settled after a crash at {fp}"),
+            || {
+                let s = w.status()?;
+                let acct = s["active_account"].as_str()?.to_string();
+                let all = names.iter().all(|n| {
+                    s["sessions"].as_array().is_some_and(|a| {
+                        a.iter().any(|x| {
+                            x["name"] == *n && x["account"] == acct.as_str() && x["state"] == "idle"
+                        })
+                    })
+                });
+                all.then_some(acct)
+            },
+        );
+        assert!(
+            !w.sb.state_dir.join("swap.journal").exists(),
+            "{fp}: journal left behind"
+        );
         let before_flip = ["checkpoint", "drain", "stop"].contains(phase);
         if before_flip {
-            assert_eq!(settled, on, "{fp}: a swap crashed before the flip rolls back");
+            assert_eq!(
+                settled, on,
+                "{fp}: a swap crashed before the flip rolls back"
+            );
         } else {
             assert_ne!(settled, on, "{fp}: a swap crashed after the flip finishes");
         }
@@ -253,8 +354,17 @@ fn a_crash_at_each_swap_phase_leaves_every_session_on_one_account() {
         let prompt = format!("fo-c{}: still the same conversation?", i + 1);
         let req = ask(&w, "ccl-auto-11", &prompt);
         assert_eq!(req.account.as_deref(), Some(on.as_str()), "{fp}");
-        assert!(req.messages.to_string().contains("fo-c0: the conversation to keep"), "{fp}: conversation lost");
-        assert_eq!(w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str(), Some(id11.as_str()), "{fp}");
+        assert!(
+            req.messages
+                .to_string()
+                .contains("fo-c0: the conversation to keep"),
+            "{fp}: conversation lost"
+        );
+        assert_eq!(
+            w.session("ccl-auto-11").unwrap()["claude_session_id"].as_str(),
+            Some(id11.as_str()),
+            "{fp}"
+        );
         w.wait_state("ccl-auto-11", "idle", UP);
     }
 }
@@ -266,8 +376,15 @@ fn done_results(project: &std::path::Path) -> Vec<(String, serde_json::Value)> {
             rd.flatten()
                 .filter(|e| e.file_name().to_string_lossy().ends_with(".result.json"))
                 .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().trim_end_matches(".result.json").to_string();
-                    Some((name, serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?))
+                    let name = e
+                        .file_name()
+                        .to_string_lossy()
+                        .trim_end_matches(".result.json")
+                        .to_string();
+                    Some((
+                        name,
+                        serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?,
+                    ))
                 })
                 .collect()
         })
@@ -292,10 +409,19 @@ fn tasks_keep_flowing_through_a_threshold_swap_and_a_refusal_swap() {
     let project = w.sb.project_dirs[0].1.clone();
     for i in 0..12 {
         let body = format!("fo-task {i:02}: answer me");
-        claude_failover::queue::enqueue(&project, None, body.as_bytes(), Some(&format!("f{i:02}")), std::time::SystemTime::now()).unwrap();
+        claude_failover::queue::enqueue(
+            &project,
+            None,
+            body.as_bytes(),
+            Some(&format!("f{i:02}")),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
     }
     // Three sessions work on alpha; after a few tasks alpha crosses 90 %.
-    wait_for(UP, "3 tasks done on alpha", || (done_results(&project).len() >= 3).then_some(()));
+    wait_for(UP, "3 tasks done on alpha", || {
+        (done_results(&project).len() >= 3).then_some(())
+    });
     w.api.set_usage("alpha", 95.0, 10.0).unwrap();
     wait_for(UP, "the threshold swap to beta", || {
         let s = w.status()?;
@@ -307,18 +433,33 @@ fn tasks_keep_flowing_through_a_threshold_swap_and_a_refusal_swap() {
     // Beta refuses mid-turn: an immediate swap to gamma; the interrupted task finishes there.
     wait_for(UP, "a task running on beta", || {
         let s = w.status()?;
-        s["sessions"].as_array()?.iter().find(|x| x["state"] == "working" && x["account"] == "beta").map(|_| ())
+        s["sessions"]
+            .as_array()?
+            .iter()
+            .find(|x| x["state"] == "working" && x["account"] == "beta")
+            .map(|_| ())
     });
-    w.api.set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited).unwrap();
+    w.api
+        .set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited)
+        .unwrap();
     w.api.exhaust("beta").unwrap();
     wait_for(UP, "the refusal swap to gamma", || {
         let s = w.status()?;
-        (s["active_account"] == "gamma" && s["last_swap"]["reason"].as_str()?.contains("refused")).then_some(())
+        (s["active_account"] == "gamma" && s["last_swap"]["reason"].as_str()?.contains("refused"))
+            .then_some(())
     });
-    wait_for(Duration::from_secs(120), "all 12 tasks done", || (done_results(&project).len() == 12).then_some(()));
+    wait_for(Duration::from_secs(120), "all 12 tasks done", || {
+        (done_results(&project).len() == 12).then_some(())
+    });
     let results = done_results(&project);
-    let accounts: Vec<&str> = results.iter().map(|(_, r)| r["account"].as_str().unwrap_or("")).collect();
-    assert!(accounts.contains(&"alpha") && accounts.contains(&"gamma"), "{accounts:?}");
+    let accounts: Vec<&str> = results
+        .iter()
+        .map(|(_, r)| r["account"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        accounts.contains(&"alpha") && accounts.contains(&"gamma"),
+        "{accounts:?}"
+    );
     for (name, r) in &results {
         let i: usize = name.trim_start_matches('f').parse().unwrap();
         let answer = r["last_assistant_message"].as_str().unwrap_or("");
@@ -333,9 +474,19 @@ fn tasks_keep_flowing_through_a_threshold_swap_and_a_refusal_swap() {
         .into_iter()
         .find(|r| r.prompt.contains("Continue the task you were working on"))
         .expect("a continuation prompt on gamma");
-    assert!(cont.messages.to_string().contains("fo-task"), "the resumed conversation carried the task: {}", cont.messages);
+    assert!(
+        cont.messages.to_string().contains("fo-task"),
+        "the resumed conversation carried the task: {}",
+        cont.messages
+    );
     for folder in ["inbox", "active", "failed"] {
-        let n = std::fs::read_dir(project.join(".agent-queue").join(folder)).map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".md")).count()).unwrap_or(0);
+        let n = std::fs::read_dir(project.join(".agent-queue").join(folder))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".md"))
+                    .count()
+            })
+            .unwrap_or(0);
         assert_eq!(n, 0, "{folder}/ not empty");
     }
 }

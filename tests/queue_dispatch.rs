@@ -13,7 +13,12 @@ use support::{wait_for, World};
 
 fn files(dir: &Path, suffix: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(suffix)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(suffix))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -45,14 +50,29 @@ fn twenty_tasks_over_two_projects_survive_a_killed_session() {
     for i in 0..20 {
         let (proj, name) = if i % 2 == 0 { (&p1, "p1") } else { (&p2, "p2") };
         let prompt = format!("task {i:02} of {name}: say the number {i}");
-        queue::enqueue(proj, None, prompt.as_bytes(), Some(&format!("t{i:02}")), SystemTime::now()).unwrap();
+        queue::enqueue(
+            proj,
+            None,
+            prompt.as_bytes(),
+            Some(&format!("t{i:02}")),
+            SystemTime::now(),
+        )
+        .unwrap();
         expected.push((proj.clone(), format!("t{i:02}"), prompt));
     }
     // Kill a session while it works on a task.
-    let victim = wait_for(Duration::from_secs(60), "a session working on a task", || {
-        let s = w.status()?;
-        s["sessions"].as_array()?.iter().find(|x| x["state"] == "working" && !x["task"].is_null()).map(|x| x["name"].as_str().unwrap().to_string())
-    });
+    let victim = wait_for(
+        Duration::from_secs(60),
+        "a session working on a task",
+        || {
+            let s = w.status()?;
+            s["sessions"]
+                .as_array()?
+                .iter()
+                .find(|x| x["state"] == "working" && !x["task"].is_null())
+                .map(|x| x["name"].as_str().unwrap().to_string())
+        },
+    );
     w.h.tmux.kill_session(&victim).unwrap();
 
     wait_for(Duration::from_secs(240), "all 20 tasks done", || {
@@ -61,21 +81,41 @@ fn twenty_tasks_over_two_projects_survive_a_killed_session() {
     });
     for (proj, name, prompt) in &expected {
         // Exactly once: in done/, nowhere else, under its own name.
-        assert!(q(proj, "done").join(format!("{name}.md")).is_file(), "{name} not in done/");
+        assert!(
+            q(proj, "done").join(format!("{name}.md")).is_file(),
+            "{name} not in done/"
+        );
         for folder in ["inbox", "active", "failed"] {
-            assert!(!q(proj, folder).join(format!("{name}.md")).exists(), "{name} also in {folder}/");
+            assert!(
+                !q(proj, folder).join(format!("{name}.md")).exists(),
+                "{name} also in {folder}/"
+            );
         }
-        let result: serde_json::Value = serde_json::from_slice(&std::fs::read(q(proj, "done").join(format!("{name}.result.json"))).unwrap()).unwrap();
-        let answer = result["last_assistant_message"].as_str().unwrap_or_default();
-        assert!(answer.contains(&format!("STANDIN-ANSWER[alpha]: {prompt}")), "{name}: {answer}");
+        let result: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(q(proj, "done").join(format!("{name}.result.json"))).unwrap(),
+        )
+        .unwrap();
+        let answer = result["last_assistant_message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            answer.contains(&format!("STANDIN-ANSWER[alpha]: {prompt}")),
+            "{name}: {answer}"
+        );
         assert_eq!(result["account"], "alpha");
         assert!(result["claude_session_id"].as_str().is_some());
     }
-    assert_eq!(files(&q(&p1, "done"), ".md").len() + files(&q(&p2, "done"), ".md").len(), 20, "no duplicates in done/");
+    assert_eq!(
+        files(&q(&p1, "done"), ".md").len() + files(&q(&p2, "done"), ".md").len(),
+        20,
+        "no duplicates in done/"
+    );
     let status = w.status().unwrap();
     assert_eq!(status["queues"]["p1"]["done"], 10, "{status}");
     assert_eq!(status["queues"]["p2"]["done"], 10);
-    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(p1.join(".agent-queue/status.json")).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p1.join(".agent-queue/status.json")).unwrap())
+            .unwrap();
     assert!(s.to_string().contains("\"done\":10"), "{s}");
 }
 
@@ -94,11 +134,23 @@ fn bad_input_ends_in_failed_with_the_reason_and_nothing_is_lost() {
     let inbox = q(&p, "inbox");
     std::fs::write(inbox.join("latin1.md"), b"caf\xe9 au lait\n").unwrap();
     std::fs::write(inbox.join("huge.md"), vec![b'a'; 1024 * 1024 + 1]).unwrap();
-    std::fs::write(inbox.join("broken.md"), "---\npriority: [unclosed\n---\nbody\n").unwrap();
-    std::fs::write(inbox.join("unknown-key.md"), "---\ncolour: red\n---\nbody\n").unwrap();
+    std::fs::write(
+        inbox.join("broken.md"),
+        "---\npriority: [unclosed\n---\nbody\n",
+    )
+    .unwrap();
+    std::fs::write(
+        inbox.join("unknown-key.md"),
+        "---\ncolour: red\n---\nbody\n",
+    )
+    .unwrap();
     std::fs::create_dir(inbox.join("folder.md")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", inbox.join("link.md")).unwrap();
-    std::fs::write(inbox.join("good.md"), "---\npriority: 5\n---\nbad-input test: the good one\n").unwrap();
+    std::fs::write(
+        inbox.join("good.md"),
+        "---\npriority: 5\n---\nbad-input test: the good one\n",
+    )
+    .unwrap();
     let cases = [
         ("latin1", "UTF-8"),
         ("huge", "1 MiB"),
@@ -107,19 +159,36 @@ fn bad_input_ends_in_failed_with_the_reason_and_nothing_is_lost() {
         ("folder", "folder"),
         ("link", "symlink"),
     ];
-    wait_for(Duration::from_secs(60), "every bad file in failed/ and the good one done", || {
-        let failed = files(&q(&p, "failed"), ".error.json").len();
-        (failed == cases.len() && q(&p, "done").join("good.md").is_file()).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "every bad file in failed/ and the good one done",
+        || {
+            let failed = files(&q(&p, "failed"), ".error.json").len();
+            (failed == cases.len() && q(&p, "done").join("good.md").is_file()).then_some(())
+        },
+    );
     for (name, reason) in cases {
-        let err: serde_json::Value = serde_json::from_slice(&std::fs::read(q(&p, "failed").join(format!("{name}.error.json"))).unwrap()).unwrap();
+        let err: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(q(&p, "failed").join(format!("{name}.error.json"))).unwrap(),
+        )
+        .unwrap();
         let why = err["reason"].as_str().unwrap_or_default();
         assert!(why.contains(reason), "{name}: {why}");
-        assert!(std::fs::symlink_metadata(q(&p, "failed").join(format!("{name}.md"))).is_ok(), "{name} kept in failed/");
+        assert!(
+            std::fs::symlink_metadata(q(&p, "failed").join(format!("{name}.md"))).is_ok(),
+            "{name} kept in failed/"
+        );
     }
-    assert!(files(&inbox, "").is_empty(), "inbox left: {:?}", files(&inbox, ""));
+    assert!(
+        files(&inbox, "").is_empty(),
+        "inbox left: {:?}",
+        files(&inbox, "")
+    );
     // The symlink was moved, never followed: its target is untouched.
-    assert!(std::fs::symlink_metadata(q(&p, "failed").join("link.md")).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(q(&p, "failed").join("link.md"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 #[test]
@@ -132,14 +201,23 @@ fn a_pool_grows_under_a_queue_and_shrinks_back_after_idling() {
         return;
     };
     // Replace the pool's idle_shrink_after with something short.
-    let cfg = std::fs::read_to_string(&w.sb.config_path).unwrap().replace("    max: 4\n", "    max: 4\n    idle_shrink_after: 3s\n");
+    let cfg = std::fs::read_to_string(&w.sb.config_path)
+        .unwrap()
+        .replace("    max: 4\n", "    max: 4\n    idle_shrink_after: 3s\n");
     std::fs::write(&w.sb.config_path, cfg).unwrap();
     w.api.set_latency(Duration::from_millis(1000));
     let _pid = w.start_daemon(&[]);
     w.wait_state("ccl-auto-11", "idle", Duration::from_secs(60));
     let p = w.sb.project_dirs[0].1.clone();
     for i in 0..12 {
-        queue::enqueue(&p, None, format!("grow {i}").as_bytes(), Some(&format!("g{i:02}")), SystemTime::now()).unwrap();
+        queue::enqueue(
+            &p,
+            None,
+            format!("grow {i}").as_bytes(),
+            Some(&format!("g{i:02}")),
+            SystemTime::now(),
+        )
+        .unwrap();
     }
     let mut most = 0;
     wait_for(Duration::from_secs(180), "12 tasks done", || {
@@ -150,7 +228,11 @@ fn a_pool_grows_under_a_queue_and_shrinks_back_after_idling() {
     assert_eq!(most, 4, "the pool grew to max while tasks waited");
     wait_for(Duration::from_secs(60), "the pool back at min", || {
         let s = w.status()?;
-        let names: Vec<String> = s["sessions"].as_array()?.iter().map(|x| x["name"].as_str().unwrap_or("").to_string()).collect();
+        let names: Vec<String> = s["sessions"]
+            .as_array()?
+            .iter()
+            .map(|x| x["name"].as_str().unwrap_or("").to_string())
+            .collect();
         (names == ["ccl-auto-11"] && w.h.tmux.list_sessions().ok()?.len() == 1).then_some(())
     });
 }

@@ -17,7 +17,13 @@ use support::{wait_for, Harness};
 const TASKS: usize = 500;
 
 fn count(dir: &Path, suffix: &str) -> usize {
-    std::fs::read_dir(dir).map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(suffix)).count()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// A tiny deterministic PRNG (xorshift): no extra crate, same run every time.
@@ -41,8 +47,18 @@ fn five_hundred_tasks_survive_random_kills_and_two_daemon_crashes() {
     let spec = SandboxSpec {
         claude_binary: fake.to_string_lossy().into_owned(),
         tmux_socket: h.socket.clone(),
-        pools: vec![SandboxPool { name: "auto".into(), prefix: "ccl-auto-".into(), start_index: 11, min: 6, max: 6 }],
-        projects: vec![("p1".into(), "auto".into()), ("p2".into(), "auto".into()), ("p3".into(), "auto".into())],
+        pools: vec![SandboxPool {
+            name: "auto".into(),
+            prefix: "ccl-auto-".into(),
+            start_index: 11,
+            min: 6,
+            max: 6,
+        }],
+        projects: vec![
+            ("p1".into(), "auto".into()),
+            ("p2".into(), "auto".into()),
+            ("p3".into(), "auto".into()),
+        ],
         extra_yaml: "lifecycle:\n  interval: 1s\n  restart_backoff: [1s]\n".into(),
         ..SandboxSpec::default()
     };
@@ -52,29 +68,64 @@ fn five_hundred_tasks_survive_random_kills_and_two_daemon_crashes() {
     let config = sb.config_path.to_string_lossy().into_owned();
     let mut pid = h.spawn_bin(&["--config", &config, "run"], &[]);
     let url = format!("http://{}/status", sb.http_listen);
-    let status = || -> Option<serde_json::Value> { ureq::get(&url).timeout(Duration::from_secs(2)).call().ok()?.into_json().ok() };
+    let status = || -> Option<serde_json::Value> {
+        ureq::get(&url)
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    };
     wait_for(Duration::from_secs(60), "six idle sessions", || {
         let s = status()?;
-        (s["sessions"].as_array()?.iter().filter(|x| x["state"] == "idle").count() == 6).then_some(())
+        (s["sessions"]
+            .as_array()?
+            .iter()
+            .filter(|x| x["state"] == "idle")
+            .count()
+            == 6)
+            .then_some(())
     });
     let projects: Vec<PathBuf> = sb.project_dirs.iter().map(|(_, d)| d.clone()).collect();
     for i in 0..TASKS {
         let p = &projects[i % 3];
-        queue::enqueue(p, Some((i % 5) as i64), format!("soak task {i:03}").as_bytes(), Some(&format!("s{i:03}")), SystemTime::now()).unwrap();
+        queue::enqueue(
+            p,
+            Some((i % 5) as i64),
+            format!("soak task {i:03}").as_bytes(),
+            Some(&format!("s{i:03}")),
+            SystemTime::now(),
+        )
+        .unwrap();
     }
-    let done = || projects.iter().map(|p| count(&p.join(".agent-queue/done"), ".md")).sum::<usize>();
+    let done = || {
+        projects
+            .iter()
+            .map(|p| count(&p.join(".agent-queue/done"), ".md"))
+            .sum::<usize>()
+    };
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let started = Instant::now();
     let mut crashes = 0;
     let mut kills = 0;
     while done() < TASKS {
-        assert!(started.elapsed() < Duration::from_secs(420), "only {} of {TASKS} done after 420 s", done());
+        assert!(
+            started.elapsed() < Duration::from_secs(420),
+            "only {} of {TASKS} done after 420 s",
+            done()
+        );
         std::thread::sleep(Duration::from_millis(700));
         let d = done();
         // Two daemon crashes, at a third and at two thirds of the way.
         if (crashes == 0 && d > TASKS / 3) || (crashes == 1 && d > 2 * TASKS / 3) {
-            assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
-            wait_for(Duration::from_secs(10), "daemon gone", || h.try_exit_status(pid));
+            assert!(Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success());
+            wait_for(Duration::from_secs(10), "daemon gone", || {
+                h.try_exit_status(pid)
+            });
             crashes += 1;
             pid = h.spawn_bin(&["--config", &config, "run"], &[]);
             continue;
@@ -94,14 +145,33 @@ fn five_hundred_tasks_survive_random_kills_and_two_daemon_crashes() {
         let p = &projects[i % 3];
         let name = format!("s{i:03}");
         let q = p.join(".agent-queue");
-        assert!(q.join("done").join(format!("{name}.md")).is_file(), "{name} not done");
-        assert!(q.join("done").join(format!("{name}.result.json")).is_file(), "{name} has no result");
+        assert!(
+            q.join("done").join(format!("{name}.md")).is_file(),
+            "{name} not done"
+        );
+        assert!(
+            q.join("done").join(format!("{name}.result.json")).is_file(),
+            "{name} has no result"
+        );
         for folder in ["inbox", "active", "failed"] {
-            assert!(!q.join(folder).join(format!("{name}.md")).exists(), "{name} also in {folder}/");
+            assert!(
+                !q.join(folder).join(format!("{name}.md")).exists(),
+                "{name} also in {folder}/"
+            );
         }
-        let result: serde_json::Value = serde_json::from_slice(&std::fs::read(q.join("done").join(format!("{name}.result.json"))).unwrap()).unwrap();
-        assert_eq!(result["last_assistant_message"], format!("FAKE-ANSWER: soak task {i:03}"), "{name}");
+        let result: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(q.join("done").join(format!("{name}.result.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            result["last_assistant_message"],
+            format!("FAKE-ANSWER: soak task {i:03}"),
+            "{name}"
+        );
     }
     assert_eq!(done(), TASKS, "no duplicates");
-    eprintln!("soak: {TASKS} tasks in {:.0} s with {kills} session kills and {crashes} daemon crashes", started.elapsed().as_secs_f64());
+    eprintln!(
+        "soak: {TASKS} tasks in {:.0} s with {kills} session kills and {crashes} daemon crashes",
+        started.elapsed().as_secs_f64()
+    );
 }
