@@ -26,8 +26,103 @@ fn main() {
     };
     println!("claude: {}", claude.display());
     hook_wall_time();
+    dispatch_latency();
     swap_timing();
     idle_daemon();
+}
+
+/// From a task renamed into an inbox (the `enqueue` call) to its
+/// `UserPromptSubmit` hook, with idle real sessions, over 100 tasks.
+fn dispatch_latency() {
+    let Some(mut w) = World::new("bench-dispatch", |spec| {
+        spec.pools[0].min = 3;
+        spec.pools[0].max = 3;
+    }) else {
+        return;
+    };
+    // A user hook beside ours stamps each UserPromptSubmit with the time.
+    let stamps = w.h.path().join("ups.log");
+    for a in &w.sb.accounts {
+        let path = a.home.join("settings.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let cmd = format!(
+            "sh -c 'printf \"%s \" $(date +%s%N) >> {0}; tr -d \"\\n\" >> {0}; echo >> {0}'",
+            stamps.display()
+        );
+        v["hooks"]["UserPromptSubmit"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"hooks": [{"type": "command", "command": cmd}]}));
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+    let pid = w.start_daemon(&[]);
+    for i in 11..14 {
+        w.wait_state(&format!("ccl-auto-{i}"), "idle", Duration::from_secs(120));
+    }
+    let project = w.sb.project_dirs[0].1.clone();
+    let done = |n: &str| {
+        project
+            .join(".agent-queue/done")
+            .join(format!("{n}.md"))
+            .is_file()
+    };
+    let stamp_of = |text: &str| -> Option<u128> {
+        let log = std::fs::read_to_string(&stamps).ok()?;
+        log.lines()
+            .find(|l| l.contains(text))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+    };
+    // Warm-up: every session moves into the project's folder.
+    for i in 0..6 {
+        let name = format!("warm{i}");
+        claude_failover::queue::enqueue(
+            &project,
+            None,
+            format!("bench warm-up {i}").as_bytes(),
+            Some(&name),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        support::wait_for(Duration::from_secs(60), "warm-up done", || {
+            done(&name).then_some(())
+        });
+    }
+    let mut ms = Vec::new();
+    for i in 0..100 {
+        std::thread::sleep(Duration::from_millis(600)); // sessions idle and cleared
+        let name = format!("d{i:03}");
+        let text = format!("bench-dispatch {i:03}");
+        let t0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        claude_failover::queue::enqueue(
+            &project,
+            None,
+            text.as_bytes(),
+            Some(&name),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let t1 = support::wait_for(Duration::from_secs(30), "UserPromptSubmit stamp", || {
+            stamp_of(&text)
+        });
+        ms.push((t1.saturating_sub(t0)) as f64 / 1e6);
+        support::wait_for(Duration::from_secs(30), "task done", || {
+            done(&name).then_some(())
+        });
+    }
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "dispatch latency, task renamed into inbox → UserPromptSubmit, idle real sessions: median {:.0} ms, p99 {:.0} ms over {} tasks (target median ≤ 250 ms)",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
+        ms.len()
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 /// One cold start of Claude Code in tmux: launch → its SessionStart hook.

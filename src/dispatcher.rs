@@ -143,6 +143,8 @@ struct Run {
     assigned: HashMap<String, Assignment>,
     /// Sessions whose conversation is fresh (no prompt since it started or cleared).
     fresh: HashSet<String>,
+    /// Sessions with a `/clear` typed and not yet confirmed, since when.
+    clearing: HashMap<String, Instant>,
     paused: Option<String>,
     out: Sender<Output>,
     /// Names inotify reported complete, per project.
@@ -154,6 +156,7 @@ struct Run {
     /// Hook events that arrived before recovery.
     pending: Vec<(PathBuf, Box<RecordedEvent>)>,
     last_counts: Instant,
+    last_checkpoint: Instant,
 }
 
 impl Dispatcher {
@@ -244,6 +247,7 @@ impl Run {
             sessions: Vec::new(),
             assigned: HashMap::new(),
             fresh: HashSet::new(),
+            clearing: HashMap::new(),
             paused: None,
             out,
             complete: HashMap::new(),
@@ -253,6 +257,7 @@ impl Run {
             recovered: false,
             pending: Vec::new(),
             last_counts: Instant::now() - Duration::from_secs(10),
+            last_checkpoint: Instant::now(),
         }
     }
 
@@ -349,6 +354,7 @@ impl Run {
                 if source == "startup" || source == "clear" {
                     self.fresh.insert(session.clone());
                 }
+                self.clearing.remove(&session);
                 let Some(a) = self.assigned.get_mut(&session) else {
                     return;
                 };
@@ -451,6 +457,11 @@ impl Run {
                     ),
                 }
                 self.release(&session, Release::Done);
+                // Start the next task's fresh conversation now, not when it
+                // arrives: dispatch then only has to paste.
+                self.fresh.remove(&session);
+                self.clearing.insert(session.clone(), Instant::now());
+                type_in(&self.tmux, &session, "/clear");
             }
             "StopFailure" => {
                 let error = p.get("error").and_then(|v| v.as_str()).unwrap_or("unknown");
@@ -609,6 +620,10 @@ impl Run {
             self.dispatch();
         }
         self.resize_pools();
+        if self.last_checkpoint.elapsed() >= self.config.checkpoint.interval {
+            self.last_checkpoint = Instant::now();
+            self.checkpoints();
+        }
         if self.last_janitor.elapsed() >= self.config.janitor.interval {
             self.last_janitor = Instant::now();
             self.janitor();
@@ -674,10 +689,20 @@ impl Run {
     }
 
     fn free_sessions(&self, pool: &str) -> Vec<SessionView> {
+        // A session whose /clear is on its way is free again once it is
+        // confirmed (or after the deadline, when the next task clears anew).
+        let clearing = |n: &str| {
+            self.clearing
+                .get(n)
+                .is_some_and(|t| t.elapsed() < CLEAR_DEADLINE)
+        };
         self.sessions
             .iter()
             .filter(|s| {
-                s.pool == pool && s.state == State::Idle && !self.assigned.contains_key(&s.name)
+                s.pool == pool
+                    && s.state == State::Idle
+                    && !self.assigned.contains_key(&s.name)
+                    && !clearing(&s.name)
             })
             .cloned()
             .collect()
@@ -876,6 +901,37 @@ impl Run {
                     .or_insert_with(Instant::now);
             }
         }
+    }
+
+    /// One checkpoint per session, read from its transcript's tail; old ones pruned.
+    fn checkpoints(&self) {
+        let dir = self.config.state_dir.join("checkpoints");
+        for s in &self.sessions {
+            let home = s
+                .account
+                .as_ref()
+                .and_then(|a| self.config.accounts.iter().find(|x| &x.name == a))
+                .map(|a| a.home.clone());
+            let transcript = match (&home, &s.claude_session_id) {
+                (Some(h), Some(id)) => Some(transcript_path(h, &s.cwd, id)),
+                _ => None,
+            };
+            let cp = crate::checkpoint::Checkpoint {
+                session: s.name.clone(),
+                account: s.account.clone(),
+                claude_session_id: s.claude_session_id.clone(),
+                cwd: s.cwd.to_string_lossy().into_owned(),
+                task: self.assigned.get(&s.name).and_then(|a| a.task.clone()),
+                state: s.state.as_str().to_string(),
+                last_tool_call: None,
+                last_assistant_message: None,
+                written_at: crate::time::rfc3339(now()),
+            };
+            if let Err(e) = crate::checkpoint::write(&dir, cp, transcript) {
+                log::warn!("{}: checkpoint not written: {e}", s.name);
+            }
+        }
+        crate::checkpoint::prune(&dir, self.config.checkpoint.keep, now());
     }
 
     fn janitor(&mut self) {

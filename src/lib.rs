@@ -5,6 +5,7 @@
 pub mod account;
 pub mod atomic_file;
 pub mod check;
+pub mod checkpoint;
 pub mod claude_facts;
 pub mod cli;
 pub mod config;

@@ -214,6 +214,23 @@ fn print_mode_answers_and_usage_endpoint_reports_each_account() {
         "{stdout}"
     );
 
+    // A checkpoint reads the answer back from the real transcript's tail.
+    let transcripts =
+        w.sb.shared_root
+            .join("projects")
+            .join(facts::transcript_folder_name(&w.sb.pool_dirs[0].1));
+    let newest = std::fs::read_dir(&transcripts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("a transcript");
+    let tail = claude_failover::checkpoint::read_tail(&newest).unwrap();
+    let (text, _) = claude_failover::checkpoint::from_transcript_tail(&tail);
+    assert!(text
+        .unwrap_or_default()
+        .contains("STANDIN-ANSWER[beta]: e2e-print: hello"));
+
     // Each account's own numbers, in percent, through the real endpoint shape.
     w.api.set_usage("alpha", 42.0, 7.5).unwrap();
     let (beta_5h, beta_7d) = w.api.usage("beta").unwrap();

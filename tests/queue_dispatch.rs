@@ -34,7 +34,8 @@ fn twenty_tasks_over_two_projects_survive_a_killed_session() {
         spec.pools[0].min = 3;
         spec.pools[0].max = 3;
         spec.projects = vec![("p1".into(), "auto".into()), ("p2".into(), "auto".into())];
-        spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\n");
+        spec.extra_yaml
+            .push_str("lifecycle:\n  interval: 2s\ncheckpoint:\n  interval: 1s\n");
     }) else {
         return;
     };
@@ -75,7 +76,16 @@ fn twenty_tasks_over_two_projects_survive_a_killed_session() {
     );
     w.h.tmux.kill_session(&victim).unwrap();
 
+    let mut checkpoint = None;
     wait_for(Duration::from_secs(240), "all 20 tasks done", || {
+        if checkpoint.is_none() {
+            let dir = w.sb.state_dir.join("checkpoints");
+            checkpoint = std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                (!v["task"].is_null() && v["state"] == "working").then_some(v)
+            });
+        }
         let done = files(&q(&p1, "done"), ".md").len() + files(&q(&p2, "done"), ".md").len();
         (done == 20).then_some(())
     });
@@ -110,13 +120,30 @@ fn twenty_tasks_over_two_projects_survive_a_killed_session() {
         20,
         "no duplicates in done/"
     );
-    let status = w.status().unwrap();
-    assert_eq!(status["queues"]["p1"]["done"], 10, "{status}");
-    assert_eq!(status["queues"]["p2"]["done"], 10);
-    let s: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p1.join(".agent-queue/status.json")).unwrap())
-            .unwrap();
-    assert!(s.to_string().contains("\"done\":10"), "{s}");
+    // The counts in /status and status.json follow within a second or two.
+    wait_for(Duration::from_secs(10), "queue counts in /status", || {
+        let s = w.status()?;
+        (s["queues"]["p1"]["done"] == 10 && s["queues"]["p2"]["done"] == 10).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "status.json of p1", || {
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p1.join(".agent-queue/status.json")).ok()?)
+                .ok()?;
+        s.to_string().contains("\"done\":10").then_some(())
+    });
+    // Checkpoints: one per session, naming the task it works on.
+    let cp = checkpoint.unwrap_or_else(|| {
+        let dir = w.sb.state_dir.join("checkpoints");
+        let all: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        panic!("no checkpoint of a working session with its task: {all:?}")
+    });
+    assert!(cp["claude_session_id"].as_str().is_some(), "{cp}");
+    assert!(cp["task"].as_str().is_some(), "{cp}");
 }
 
 #[test]

@@ -272,6 +272,19 @@ impl World {
 
     /// Types a prompt the way the dispatcher does: bracketed paste, pause, Enter.
     pub fn type_prompt(&self, session: &str, text: &str) {
+        // SessionStart fires before the input box takes text: wait for it.
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{session}'s input prompt"),
+            || {
+                self.h
+                    .tmux
+                    .capture_pane(session, 0)
+                    .ok()
+                    .filter(|s| s.contains(claude_failover::claude_facts::PROMPT_READY_MARK))
+                    .map(|_| ())
+            },
+        );
         self.h.tmux.paste(session, text).expect("paste");
         std::thread::sleep(Duration::from_millis(300));
         self.h.tmux.send_key(session, "Enter").expect("Enter");
