@@ -417,11 +417,7 @@ impl Daemon {
             Event::Hooks(batch) => {
                 let mut exits = false;
                 for (path, ev) in batch {
-                    let hook = ev
-                        .payload
-                        .get("hook_event_name")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("");
+                    let hook = ev.field("hook_event_name").unwrap_or("");
                     exits |= hook == "SessionEnd";
                     self.forward_quota_signal(&ev, hook);
                     if session::apply_hook(&mut self.book, &ev) {
@@ -679,17 +675,8 @@ impl Daemon {
             return;
         }
         if hook == "StopFailure" {
-            let error = ev
-                .payload
-                .get("error")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            let message = ev
-                .payload
-                .get("last_assistant_message")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string();
+            let error = ev.field("error").unwrap_or("");
+            let message = ev.field("last_assistant_message").unwrap_or("").to_string();
             // The error field first; the text only when the field says nothing we know.
             let kind =
                 facts::stop_failure_kind(error).or_else(|| facts::classify_limit_text(&message));

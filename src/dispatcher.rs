@@ -339,16 +339,10 @@ impl Run {
         let Some(session) = ev.session.clone() else {
             return;
         };
-        let p = &ev.payload;
-        let hook = p
-            .get("hook_event_name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        let sid = p
-            .get("session_id")
-            .and_then(|v| v.as_str())
-            .map(String::from);
-        let source = p.get("source").and_then(|v| v.as_str()).unwrap_or("");
+
+        let hook = ev.field("hook_event_name").unwrap_or("");
+        let sid = ev.field("session_id").map(String::from);
+        let source = ev.field("source").unwrap_or("");
         match hook {
             "SessionStart" => {
                 if source == "startup" || source == "clear" {
@@ -441,7 +435,7 @@ impl Run {
                 let (Some(task), Some(q)) = (a.task.clone(), self.queue(&a.project)) else {
                     return;
                 };
-                let message = p.get("last_assistant_message").and_then(|v| v.as_str());
+                let message = ev.field("last_assistant_message");
                 match q.complete(&task, message, sid.as_deref(), now()) {
                     Ok(Completion::Done { name }) => {
                         log::info!("{session}: task {}/{name} done", a.project);
@@ -464,11 +458,8 @@ impl Run {
                 type_in(&self.tmux, &session, "/clear");
             }
             "StopFailure" => {
-                let error = p.get("error").and_then(|v| v.as_str()).unwrap_or("unknown");
-                let message = p
-                    .get("last_assistant_message")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
+                let error = ev.field("error").unwrap_or("unknown");
+                let message = ev.field("last_assistant_message").unwrap_or("");
                 let Some(a) = self.assigned.get_mut(&session) else {
                     return;
                 };

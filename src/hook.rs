@@ -57,6 +57,18 @@ pub fn statusline_from_stdin() -> (String, std::io::Result<PathBuf>) {
     (line, record(&raw, "statusline"))
 }
 
+impl RecordedEvent {
+    /// A string field of the payload (`session_id`, `source`, `error`, …).
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.payload.get(key).and_then(|v| v.as_str())
+    }
+
+    /// The hook's event name (`SessionStart`, `Stop`, …); empty for a status-line reading.
+    pub fn hook_name(&self) -> &str {
+        self.field("hook_event_name").unwrap_or("")
+    }
+}
+
 /// Records stdin as an event. Errors are swallowed by the caller: a hook must
 /// never fail Claude Code.
 pub fn record_from_stdin(kind: &str) -> std::io::Result<PathBuf> {

@@ -333,12 +333,9 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
     let Some(r) = book.get_mut(name) else {
         return false;
     };
-    let p = &event.payload;
-    let hook = p
-        .get("hook_event_name")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    let session_id = p.get("session_id").and_then(|v| v.as_str());
+    let ev = event;
+    let hook = ev.field("hook_event_name").unwrap_or("");
+    let session_id = ev.field("session_id");
     let at = event.recorded_at_ms;
     // An event of a conversation this session no longer runs (left over from
     // before a relaunch) must not move today's state.
@@ -358,11 +355,8 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         "UserPromptSubmit" => r.set_state(State::Working, at),
         "Stop" => r.set_state(State::Idle, at),
         "StopFailure" => {
-            let error = p.get("error").and_then(|v| v.as_str()).unwrap_or("unknown");
-            let message = p
-                .get("last_assistant_message")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
+            let error = ev.field("error").unwrap_or("unknown");
+            let message = ev.field("last_assistant_message").unwrap_or("");
             r.last_error = Some(
                 format!("{error}: {message}")
                     .trim_end_matches([':', ' '])
@@ -374,7 +368,7 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
                 r.set_state(State::Idle, at);
             }
         }
-        "Notification" => match p.get("notification_type").and_then(|v| v.as_str()) {
+        "Notification" => match ev.field("notification_type") {
             Some("permission_prompt") => r.set_state(State::Waiting, at),
             Some("idle_prompt") if r.state == State::Waiting => r.set_state(State::Idle, at),
             _ => return false,

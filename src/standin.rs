@@ -1658,32 +1658,10 @@ fn fraction(percent: f64) -> f64 {
 }
 
 /// Unix seconds as `2026-01-02T19:59:59.000000+00:00`, the usage endpoint's
-/// shape.
+/// shape (the calendar arithmetic is `crate::time`'s).
 fn rfc3339_utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000000+00:00",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let base = crate::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(unix));
+    format!("{}.000000+00:00", base.trim_end_matches('Z'))
 }
 
 #[cfg(test)]
@@ -1692,10 +1670,6 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00.000000+00:00");
         // 2026-01-02T19:59:59Z, the example of the facts file.
         assert_eq!(
