@@ -26,9 +26,84 @@ fn main() {
     };
     println!("claude: {}", claude.display());
     hook_wall_time();
+    status_throughput();
     dispatch_latency();
     swap_timing();
     idle_daemon();
+}
+
+/// `GET /status` requests per second and p99 latency on loopback with 20
+/// sessions known (the scripted fake agent keeps 20 sessions cheap).
+fn status_throughput() {
+    let mut h = support::Harness::new("bench-status");
+    let fake =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude.py");
+    let spec = claude_failover::sandbox::SandboxSpec {
+        claude_binary: fake.to_string_lossy().into_owned(),
+        tmux_socket: h.socket.clone(),
+        pools: vec![claude_failover::sandbox::SandboxPool {
+            name: "auto".into(),
+            prefix: "ccl-auto-".into(),
+            start_index: 11,
+            min: 20,
+            max: 20,
+        }],
+        ..Default::default()
+    };
+    let sb = claude_failover::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    sb.install_hooks(support::bin()).unwrap();
+    let config = sb.config_path.to_string_lossy().into_owned();
+    let pid = h.spawn_bin(&["--config", &config, "run"], &[]);
+    let url = format!("http://{}/status", sb.http_listen);
+    support::wait_for(Duration::from_secs(120), "20 idle sessions", || {
+        let v: serde_json::Value = ureq::get(&url).call().ok()?.into_json().ok()?;
+        (v["sessions"]
+            .as_array()?
+            .iter()
+            .filter(|x| x["state"] == "idle")
+            .count()
+            == 20)
+            .then_some(())
+    });
+    let window = Duration::from_secs(5);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(5))
+                    .build();
+                let mut lat = Vec::new();
+                let t0 = Instant::now();
+                while t0.elapsed() < window {
+                    let t = Instant::now();
+                    let body = agent
+                        .get(&url)
+                        .call()
+                        .expect("status")
+                        .into_string()
+                        .expect("body");
+                    assert!(body.contains("ccl-auto-30"));
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all: Vec<f64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "GET /status with 20 sessions known, 4 clients on loopback: {:.0} requests/s, median {:.2} ms, p99 {:.2} ms",
+        all.len() as f64 / window.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99)
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 /// From a task renamed into an inbox (the `enqueue` call) to its

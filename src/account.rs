@@ -18,6 +18,8 @@ pub struct Credentials {
     /// Milliseconds since the epoch, as Claude Code writes it.
     pub expires_at_ms: Option<u64>,
     pub scopes: Vec<String>,
+    /// Claude Code can renew an expired access token itself with it.
+    pub has_refresh_token: bool,
     /// The file's permission bits.
     pub mode: u32,
 }
@@ -79,7 +81,12 @@ impl Credentials {
                     .collect()
             })
             .unwrap_or_default();
+        let has_refresh_token = oauth
+            .get("refreshToken")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty());
         Ok(Credentials {
+            has_refresh_token,
             access_token,
             expires_at_ms,
             scopes,

@@ -271,7 +271,7 @@ pub fn run(config_path: &Path) -> i32 {
             break code;
         }
         if let Some(deadline) = daemon.stop_after_swap {
-            if daemon.swapping.is_none() {
+            if daemon.swapping.is_none() && daemon.view.read().swap_in_progress.is_none() {
                 log::info!("the swap ended; stopping as requested");
                 break exit::OK;
             }
@@ -406,6 +406,10 @@ impl Daemon {
             }
             Event::Signal(SIGHUP) => self.reload(),
             Event::Signal(SIGUSR1) => {
+                if let Some(id) = &self.swapping {
+                    log::warn!("SIGUSR1 ignored: swap {id} is under way");
+                    return None;
+                }
                 log::warn!("SIGUSR1: fail-over requested");
                 let _ = self.switcher.send(switcher::Request::SwapNow {
                     to: None,
@@ -974,9 +978,11 @@ impl Daemon {
             }
             Ok(next)
                 if next.state_dir != self.config.state_dir
-                    || next.tmux.socket != self.config.tmux.socket =>
+                    || next.tmux.socket != self.config.tmux.socket
+                    || next.http != self.config.http
+                    || next.claude.binary != self.config.claude.binary =>
             {
-                let e = "state_dir and tmux.socket cannot change on reload; restart the daemon for that".to_string();
+                let e = "state_dir, tmux.socket, http.* and claude.binary cannot change on reload; restart the daemon for those".to_string();
                 log::error!("reload refused, the running config stays: {e}");
                 self.config_error = Some(e);
             }
@@ -999,6 +1005,10 @@ impl Daemon {
                     .send(crate::dispatcher::Input::Reconfigure(Box::new(
                         next.clone(),
                     )));
+                // Sessions no longer in any pool's range are not ours to drive
+                // any more: forget them (they stay running, listed as unmanaged).
+                self.book
+                    .retain(|n, _| session::pool_of(&next, n).is_some());
                 self.config = next;
                 let _ = self.watcher.send(Request::Observe);
             }
@@ -1112,6 +1122,9 @@ impl Daemon {
             .iter()
             .map(|a| {
                 let auth = match Credentials::read(&a.home) {
+                    Ok(c) if c.expired(SystemTime::now()) && c.has_refresh_token => {
+                        "ok (access token expired; Claude Code renews it at launch)".to_string()
+                    }
                     Ok(c) if c.expired(SystemTime::now()) => "expired".to_string(),
                     Ok(_) => "ok".to_string(),
                     Err(e) => format!("unusable: {e}"),
@@ -1127,8 +1140,9 @@ impl Daemon {
                         "observed_at": q.observed_at_ms.map(|t| crate::time::rfc3339(UNIX_EPOCH + Duration::from_millis(t))),
                     }))
                 };
-                let usable = auth == "ok" && v.is_none_or(|v| v.usable);
-                let reason = if auth != "ok" { Some(auth.clone()) } else { v.and_then(|v| v.reason.clone()) };
+                let auth_ok = auth.starts_with("ok");
+                let usable = auth_ok && v.is_none_or(|v| v.usable);
+                let reason = if auth_ok { v.and_then(|v| v.reason.clone()) } else { Some(auth.clone()) };
                 AccountStatus {
                     name: a.name.clone(),
                     home: a.home.to_string_lossy().into_owned(),

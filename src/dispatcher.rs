@@ -638,10 +638,27 @@ impl Run {
                 None | Some(State::Dead | State::Backoff | State::Failed)
             );
             match &a.phase {
+                // Interrupted by a swap, but the session did not come back
+                // (stuck or failing under the new account): start the task
+                // elsewhere rather than hold it forever.
+                Phase::Interrupted
+                    if matches!(state, Some(State::Failed | State::Backoff))
+                        && self.paused.is_none() =>
+                {
+                    log::warn!(
+                        "{name}: did not come back after the swap; its task goes back to the inbox"
+                    );
+                    self.release(&name, Release::Requeue);
+                }
                 Phase::Interrupted => {}
                 Phase::Relocating { since } if since.elapsed() > RELOCATE_DEADLINE => {
                     log::warn!("{name}: did not come back in {} in time", a.project);
-                    self.release(&name, Release::Requeue);
+                    self.release(
+                        &name,
+                        Release::Attempt(format!(
+                            "session {name} did not start in the project folder in time"
+                        )),
+                    );
                 }
                 Phase::Relocating { .. } => {}
                 _ if gone && self.paused.is_none() => {
@@ -992,13 +1009,8 @@ fn type_in(tmux: &Tmux, session: &str, text: &str) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = tmux.paste(&session, &text) {
-            log::warn!("{session}: cannot paste: {e}");
-            return;
-        }
-        std::thread::sleep(TYPE_PAUSE);
-        if let Err(e) = tmux.send_key(&session, "Enter") {
-            log::warn!("{session}: cannot press Enter: {e}");
+        if let Err(e) = tmux.type_text(&session, &text, TYPE_PAUSE) {
+            log::warn!("{session}: cannot type into it: {e}");
         }
     });
 }

@@ -42,7 +42,7 @@ pub struct Wiring {
 }
 
 /// Requests larger than this are refused unread.
-const MAX_BODY: u64 = 64 * 1024;
+const MAX_BODY: u64 = 1024;
 
 pub struct Http {
     server: Arc<Server>,
@@ -95,10 +95,19 @@ fn handle(mut req: Request, published: &Published, wiring: &Wiring) {
         .map(|(_, q)| q.to_string())
         .unwrap_or_default();
     let method = req.method().clone();
-    if req.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
+    // No endpoint takes a body: a large or unsized one is refused unread, so
+    // a client that stalls mid-body cannot hold the listener.
+    let chunked = req
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
+    if chunked || req.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
         respond(
             req,
-            json(413, &serde_json::json!({"error": "request body too large"})),
+            json(
+                413,
+                &serde_json::json!({"error": "request body too large or of unknown length; no endpoint takes a body"}),
+            ),
         );
         return;
     }
@@ -222,7 +231,30 @@ fn query_param(query: &str, key: &str) -> Option<String> {
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_string())
+        .map(|(_, v)| percent_decode(v))
+}
+
+/// `a+b%20c` → `a b c`; a broken escape is kept as it is.
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 2;
+            }
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `POST /swap?to=NAME[&reason=TEXT]`: 200 with the result, 409 while a swap
@@ -242,9 +274,7 @@ fn swap(query: &str, wiring: &Wiring) -> Answer {
         );
     }
     let to = query_param(query, "to").filter(|t| !t.is_empty());
-    let reason = query_param(query, "reason")
-        .map(|r| r.replace('+', " "))
-        .unwrap_or_else(|| "requested over HTTP".into());
+    let reason = query_param(query, "reason").unwrap_or_else(|| "requested over HTTP".into());
     let (tx, rx) = crossbeam_channel::bounded(1);
     if wiring
         .switcher
@@ -325,3 +355,19 @@ fn header(k: &str, v: &str) -> Header {
 
 /// How long a test or command waits for an answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("swap%20command+now"), "swap command now");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+        assert_eq!(
+            query_param("to=beta&reason=a%2Fb", "reason").as_deref(),
+            Some("a/b")
+        );
+    }
+}

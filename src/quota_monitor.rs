@@ -138,8 +138,16 @@ pub fn poll(url: &str, account: &AccountConfig) -> Poll {
         Err(e) => return Poll::NeedsLogin(e.to_string()),
     };
     if creds.expired(SystemTime::now()) {
+        if creds.has_refresh_token {
+            // A standby account's access token lapses after hours unused;
+            // Claude Code renews it at the next launch. Not a login problem,
+            // and never ours to refresh: just no reading for now.
+            return Poll::Failed(
+                "its access token has expired (Claude Code renews it at the next launch); no reading until then".into(),
+            );
+        }
         return Poll::NeedsLogin(
-            "its access token has expired and Claude Code has not refreshed it".into(),
+            "its access token has expired and there is no refresh token".into(),
         );
     }
     let answer = ureq::get(url)

@@ -197,6 +197,44 @@ impl Tmux {
         .map(|_| ())
     }
 
+    /// Types `text` the way Claude Code's TUI takes it (claude-code-facts
+    /// §7): a bracketed paste, a short pause, Enter — as ONE tmux command
+    /// sequence, so a daemon that dies mid-way never leaves pasted text
+    /// without its Enter (the next prompt would be glued onto it).
+    pub fn type_text(&self, name: &str, text: &str, pause: Duration) -> Result<(), TmuxError> {
+        let buffer = format!("cf-{}-{}", std::process::id(), name);
+        let target = pane_target(name);
+        let pause = format!("{:.3}", pause.as_secs_f64());
+        self.ok(
+            &[
+                "load-buffer",
+                "-b",
+                &buffer,
+                "-",
+                ";",
+                "paste-buffer",
+                "-p",
+                "-d",
+                "-b",
+                &buffer,
+                "-t",
+                &target,
+                ";",
+                "run-shell",
+                "-d",
+                &pause,
+                "true",
+                ";",
+                "send-keys",
+                "-t",
+                &target,
+                "Enter",
+            ],
+            Some(text.as_bytes()),
+        )
+        .map(|_| ())
+    }
+
     /// Sends one key (`Enter`, `Escape`, …) to the session's pane.
     pub fn send_key(&self, name: &str, key: &str) -> Result<(), TmuxError> {
         self.ok(&["send-keys", "-t", &pane_target(name), key], None)
