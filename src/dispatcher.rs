@@ -999,7 +999,18 @@ impl Run {
 /// pause never holds up other sessions; confirmation comes by hook.
 fn type_in(tmux: &Tmux, session: &str, text: &str) {
     let (tmux, session, text) = (tmux.clone(), session.to_string(), text.to_string());
+    let lock = {
+        let mut locks = TYPING.lock();
+        locks
+            .get_or_insert_with(HashMap::new)
+            .entry(session.clone())
+            .or_default()
+            .clone()
+    };
     std::thread::spawn(move || {
+        // One typing at a time per session: a /clear still on its way and the
+        // next prompt must not interleave their pastes.
+        let _turn = lock.lock();
         // Wait (briefly) for the input prompt: a paste right after start-up can be lost.
         let ready_by = Instant::now() + Duration::from_secs(5);
         while Instant::now() < ready_by {
@@ -1014,6 +1025,10 @@ fn type_in(tmux: &Tmux, session: &str, text: &str) {
         }
     });
 }
+
+/// Per-session typing locks (see [`type_in`]).
+static TYPING: parking_lot::Mutex<Option<HashMap<String, std::sync::Arc<parking_lot::Mutex<()>>>>> =
+    parking_lot::Mutex::new(None);
 
 /// Between a paste and its Enter (claude-code-facts §7: "a short pause").
 const TYPE_PAUSE: Duration = Duration::from_millis(150);

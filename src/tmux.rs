@@ -202,7 +202,10 @@ impl Tmux {
     /// sequence, so a daemon that dies mid-way never leaves pasted text
     /// without its Enter (the next prompt would be glued onto it).
     pub fn type_text(&self, name: &str, text: &str, pause: Duration) -> Result<(), TmuxError> {
-        let buffer = format!("cf-{}-{}", std::process::id(), name);
+        // A buffer name of its own per call: two typings never share one.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let buffer = format!("cf-{}-{}-{seq}", std::process::id(), name);
         let target = pane_target(name);
         let pause = format!("{:.3}", pause.as_secs_f64());
         self.ok(

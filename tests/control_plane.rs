@@ -309,3 +309,39 @@ fn with_the_receiver_down_the_daemon_goes_on_and_counts_drops() {
         "{failed_or_dropped}"
     );
 }
+
+#[test]
+fn a_failed_start_reaches_telegram_and_the_webhook() {
+    let (tg, tg_got) = receiver();
+    let (hook, hook_got) = receiver();
+    let Some(mut w) = World::new("control-failed-start", |spec| {
+        spec.pools[0].min = 1;
+        spec.claude_args = vec!["--no-such-flag-for-claude".into()];
+        spec.extra_yaml
+            .push_str("lifecycle:\n  interval: 1s\n  restart_backoff: [1s]\n");
+    }) else {
+        return;
+    };
+    let tg_token = w.h.path().join("tg-token");
+    std::fs::write(&tg_token, "777:XYZ").unwrap();
+    let base = std::fs::read_to_string(&w.sb.config_path).unwrap();
+    let cfg = base.replace(
+        "http:\n",
+        &format!(
+            "notify:\n  telegram: {{ bot_token_file: {:?}, chat_id: \"7\", api_base: {:?} }}\n  webhook: {{ url: {:?} }}\nhttp:\n",
+            tg_token, tg, format!("{hook}/events")
+        ),
+    );
+    std::fs::write(&w.sb.config_path, cfg).unwrap();
+    let _pid = w.start_daemon(&[]);
+    wait_for(UP, "the failed-start note at both receivers", || {
+        let t = tg_got.lock().unwrap().iter().any(|(u, b)| {
+            u == "/bot777:XYZ/sendMessage" && b.contains("ccl-auto-11 failed to start")
+        });
+        let h = hook_got.lock().unwrap().iter().any(|(_, b)| {
+            b.contains("\"kind\":\"session_failed_to_start\"")
+                && b.contains("no-such-flag-for-claude")
+        });
+        (t && h).then_some(())
+    });
+}
