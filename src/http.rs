@@ -331,6 +331,10 @@ fn ask_main(
 }
 
 fn respond(req: Request, answer: Answer) {
+    // One answer per connection: the answer is flushed whole at once, so no
+    // client waits on Nagle and a delayed ACK (40 ms on loopback), and no
+    // idle keep-alive connection holds the single listener thread.
+    let answer = answer.with_header(header("Connection", "close"));
     if let Err(e) = req.respond(answer) {
         log::debug!("http: answer not delivered: {e}");
     }
