@@ -52,7 +52,9 @@ pub struct Http {
 
 impl Http {
     pub fn start(listen: SocketAddr, published: Published, wiring: Wiring) -> Result<Http, String> {
-        let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        no_delay(&listener);
+        let server = Server::from_listener(listener, None).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = server.server_addr().to_ip().unwrap_or(listen);
         let server = Arc::new(server);
         let s = server.clone();
@@ -74,6 +76,28 @@ impl Drop for Http {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// TCP_NODELAY on the listening socket, which Linux passes on to every
+/// accepted connection: tiny_http writes an answer in 1 KiB pieces, and with
+/// Nagle each piece after the first waits for the client's delayed ACK (40 ms).
+fn no_delay(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `one` for the given length; the fd is valid
+    // for the listener's lifetime.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::warn!("TCP_NODELAY not set on the HTTP listener: {}", std::io::Error::last_os_error());
     }
 }
 
