@@ -52,9 +52,11 @@ pub struct Http {
 
 impl Http {
     pub fn start(listen: SocketAddr, published: Published, wiring: Wiring) -> Result<Http, String> {
-        let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let listener = std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         no_delay(&listener);
-        let server = Server::from_listener(listener, None).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let server = Server::from_listener(listener, None)
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = server.server_addr().to_ip().unwrap_or(listen);
         let server = Arc::new(server);
         let s = server.clone();
@@ -97,7 +99,10 @@ fn no_delay(listener: &std::net::TcpListener) {
         )
     };
     if rc != 0 {
-        log::warn!("TCP_NODELAY not set on the HTTP listener: {}", std::io::Error::last_os_error());
+        log::warn!(
+            "TCP_NODELAY not set on the HTTP listener: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

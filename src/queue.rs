@@ -1611,8 +1611,16 @@ impl Queue {
                 continue;
             }
             let dest = self.task_path(Folder::Inbox, &stem);
-            // A hard link never replaces: two writers of the same name cannot
-            // overwrite each other; the loser takes the next name.
+            // A rename that never replaces (renameat2 RENAME_NOREPLACE): two
+            // writers of the same name cannot overwrite each other, the loser
+            // takes the next name, and inotify reports IN_MOVED_TO, which the
+            // dispatcher takes as "complete" at once. Where the file system
+            // lacks it, a hard link does the same (seen after the settle time).
+            match rename_no_replace(tmp, &dest) {
+                Ok(()) => return Ok(dest),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(_) => {}
+            }
             match fs::hard_link(tmp, &dest) {
                 Ok(()) => return Ok(dest),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -1634,12 +1642,37 @@ impl Queue {
     }
 }
 
+/// `rename(from, to)` failing with `AlreadyExists` instead of replacing `to`.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both paths are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Writes a task into `<project_path>/.agent-queue/inbox/` atomically and
 /// returns its path. `content` must be UTF-8, at most 1 MiB, with valid
 /// front matter and a prompt (nothing is written otherwise); `priority`
 /// is merged into its front matter. The file is written whole under
-/// `.agent-queue/.tmp-…`, then hard-linked into inbox/ (never a partial file
-/// there, never a replaced one). Its name: `name_hint`'s file name (as
+/// `.agent-queue/.tmp-…`, then renamed into inbox/ without replacing anything
+/// (never a partial file there, never a replaced one). Its name: `name_hint`'s file name (as
 /// `<stem>.md`) when no task has it, else `<UTC timestamp>-<slug>.md`.
 pub fn enqueue(
     project_path: &Path,
