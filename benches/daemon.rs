@@ -427,7 +427,7 @@ fn idle_daemon() {
         rss0, rss1, rss_max
     );
     println!(
-        "tmux processes per idle reconcile turn: {:.2} ({} calls over {} turns; target 1)",
+        "tmux processes per idle reconcile turn: {:.2}, {} calls over {} turns (target 1)",
         calls.len() as f64 / turns as f64,
         calls.len(),
         turns

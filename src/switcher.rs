@@ -670,7 +670,7 @@ impl State {
         self.enter(&mut j, Phase::Flip);
         let flipped = self.flip(&target.name, Some(&id));
         let mut detail = None;
-        let result = match flipped {
+        let mut result = match flipped {
             Err(e) => {
                 detail = Some(format!("flip failed: {e}"));
                 self.rollback(&mut j, &from, &e)
@@ -703,7 +703,16 @@ impl State {
                 active: self.active.clone(),
                 resume_tasks: true,
             });
-            changed_ids = self.verify(&j);
+            match self.verify(&j) {
+                Ok(changed) => changed_ids = changed,
+                Err(why) => {
+                    // Never "done" when sessions did not come back: say so.
+                    if result == "done" {
+                        result = "incomplete";
+                    }
+                    detail = Some(detail.map(|d| format!("{d}; {why}")).unwrap_or(why));
+                }
+            }
             let _ = std::fs::remove_file(&self.journal_path);
         }
         let outcome = SwapResult {
@@ -830,9 +839,14 @@ impl State {
 
     /// Waits until every checkpointed session runs again under the target
     /// (bounded by the start-up timeout). Returns the conversations whose id changed.
-    fn verify(&self, j: &Journal) -> Vec<(String, String, String)> {
+    fn verify(&self, j: &Journal) -> Result<Vec<(String, String, String)>, String> {
         let deadline = Instant::now() + self.config.claude.startup_timeout + Duration::from_secs(5);
-        let wanted: Vec<&SessionCheckpoint> = j.sessions.iter().collect();
+        // Sessions that were not running before the swap are not expected back.
+        let wanted: Vec<&SessionCheckpoint> = j
+            .sessions
+            .iter()
+            .filter(|c| !matches!(c.state.as_str(), "failed" | "backoff" | "dead"))
+            .collect();
         loop {
             let now = self.sessions_now();
             let pending: Vec<&str> = wanted
@@ -851,7 +865,7 @@ impl State {
                 .map(|c| c.name.as_str())
                 .collect();
             if pending.is_empty() {
-                return wanted
+                return Ok(wanted
                     .iter()
                     .filter_map(|c| {
                         let s = now.iter().find(|s| s.name == c.name)?;
@@ -862,7 +876,7 @@ impl State {
                             _ => None,
                         }
                     })
-                    .collect();
+                    .collect());
             }
             if Instant::now() > deadline {
                 log::error!(
@@ -871,7 +885,11 @@ impl State {
                     self.active.name,
                     pending.join(", ")
                 );
-                return Vec::new();
+                return Err(format!(
+                    "not back under {} in time: {}",
+                    self.active.name,
+                    pending.join(", ")
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
