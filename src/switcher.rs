@@ -333,23 +333,27 @@ fn load_quota(config: &Config, account: &str) -> AccountQuota {
     }
 }
 
-/// Test-only crash points: `CLAUDE_FAILOVER_FAILPOINT=swap-<phase>` aborts
-/// the process as the swap enters that phase (a `kill -9` at a chosen spot).
+/// Whether `CLAUDE_FAILOVER_FAILPOINT` (a comma-separated list, set only by
+/// tests) names `point`.
+fn failpoint_set(point: &str) -> bool {
+    std::env::var("CLAUDE_FAILOVER_FAILPOINT")
+        .is_ok_and(|v| v.split(',').any(|p| p.trim() == point))
+}
+
+/// Test-only crash points: `swap-<phase>` aborts the process as the swap
+/// enters that phase (a `kill -9` at a chosen spot).
 fn failpoint(phase: Phase) {
-    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref()
-        == Some(&format!("swap-{}", phase.as_str()))
-    {
+    if failpoint_set(&format!("swap-{}", phase.as_str())) {
         log::error!("fail point swap-{} reached: aborting", phase.as_str());
         std::process::abort();
     }
 }
 
-/// Test-only injected I/O failure: `CLAUDE_FAILOVER_FAILPOINT=write-active:<account>`
-/// makes writing `active.json` for that account fail (to exercise a failed rollback).
+/// Test-only injected failures: `write-active:<account>` makes writing
+/// `active.json` for that account fail (a failed rollback); `ensure:<account>`
+/// makes the post-flip shared-folder step fail (a rollback).
 fn failpoint_io(what: &str, account: &str) -> std::io::Result<()> {
-    if std::env::var("CLAUDE_FAILOVER_FAILPOINT").ok().as_deref()
-        == Some(&format!("{what}:{account}"))
-    {
+    if failpoint_set(&format!("{what}:{account}")) {
         return Err(std::io::Error::other(format!(
             "fail point {what}:{account}"
         )));
@@ -636,6 +640,18 @@ impl State {
         let Some(target) = self.config.accounts.iter().find(|a| a.name == to).cloned() else {
             return self.refused(to, reason, format!("no account named {to:?}"));
         };
+        // Before touching any session: the target's shared folders must be
+        // links (or absent: ensure creates those). Something else in place
+        // means the swap would only stop everything and roll back.
+        if let Some(problem) = target_folder_problem(&self.config, &target) {
+            let why = format!("shared folders of {to}: {problem}; no session was touched");
+            log::error!("swap to {to} refused: {why}");
+            // Not a target until a fresh reading (and the next check) says otherwise.
+            if let Some(q) = self.quota_mut(to) {
+                q.needs_person = Some(format!("shared folders: {problem}"));
+            }
+            return self.refused(to, reason, why);
+        }
         let id = format!("swap-{}", now_ms());
         log::warn!("swap {id}: {} → {to}: {reason}", from.name);
         let mut j = Journal {
@@ -682,7 +698,13 @@ impl State {
                 };
                 let _ = self.out.send(Notice::Active(self.active.clone()));
                 self.enter(&mut j, Phase::Ensure);
-                match crate::shared_folders::ensure_for_account(&self.config, &target) {
+                let ensured = failpoint_io("ensure", &target.name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        crate::shared_folders::ensure_for_account(&self.config, &target)
+                            .map_err(|e| e.to_string())
+                    });
+                match ensured {
                     Ok(created) => {
                         if !created.is_empty() {
                             log::info!("swap {id}: created {created:?} for {to}");
@@ -1006,6 +1028,26 @@ impl State {
         v.last_swap = self.last_swap.clone();
         v.dispatch_paused = self.no_account.clone();
     }
+}
+
+/// The first shared-folder entry of `account` that `ensure_for_account`
+/// could not fix (anything but a right link or nothing at all).
+fn target_folder_problem(
+    config: &Config,
+    account: &crate::config::AccountConfig,
+) -> Option<String> {
+    use crate::shared_folders::{inspect_link, shared_path, Found};
+    config.shared.iter().find_map(|entry| {
+        let link = account.home.join(entry);
+        match inspect_link(&link, &shared_path(config, entry)) {
+            None | Some(Found::Missing) | Some(Found::RelativeTarget(_)) => None,
+            Some(found) => Some(format!(
+                "{}: expected a symlink to {}, found {found}",
+                entry,
+                shared_path(config, entry).display()
+            )),
+        }
+    })
 }
 
 /// Stops one session: Escape (ends a turn in progress), `/exit`, then kill

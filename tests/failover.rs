@@ -222,13 +222,13 @@ fn failed_ensure_rolls_back_and_failed_rollback_is_sticky() {
     }) else {
         return;
     };
-    let _pid = w.start_daemon(&[("CLAUDE_FAILOVER_FAILPOINT", "write-active:alpha")]);
+    let _pid = w.start_daemon(&[(
+        "CLAUDE_FAILOVER_FAILPOINT",
+        "write-active:alpha,ensure:gamma",
+    )]);
     let names = ["ccl-auto-11"];
     wait_all_on(&w, "alpha", &names);
-    // gamma's projects/ becomes a real folder after start: ensure must fail.
-    let link = w.sb.account("gamma").unwrap().home.join("projects");
-    std::fs::remove_file(&link).unwrap();
-    std::fs::create_dir(&link).unwrap();
+    // The fail points make the post-flip shared-folder step for gamma fail.
     // Rollback to alpha works when writing active.json for alpha works:
     // here the fail point makes it fail, so the swap must end partial.
     let (code, out) = swap_cli(&w, &["--to", "gamma"]);
@@ -258,14 +258,11 @@ fn failed_ensure_rolls_back_to_the_old_account() {
     }) else {
         return;
     };
-    let _pid = w.start_daemon(&[]);
+    let _pid = w.start_daemon(&[("CLAUDE_FAILOVER_FAILPOINT", "ensure:gamma")]);
     let names = ["ccl-auto-11"];
     wait_all_on(&w, "alpha", &names);
     ask(&w, "ccl-auto-11", "fo-e1: before the failed swap");
     w.wait_state("ccl-auto-11", "idle", UP);
-    let link = w.sb.account("gamma").unwrap().home.join("file-history");
-    std::fs::remove_file(&link).unwrap();
-    std::fs::create_dir(&link).unwrap();
     let (code, out) = swap_cli(&w, &["--to", "gamma"]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -489,4 +486,34 @@ fn tasks_keep_flowing_through_a_threshold_swap_and_a_refusal_swap() {
             .unwrap_or(0);
         assert_eq!(n, 0, "{folder}/ not empty");
     }
+}
+
+#[test]
+fn a_target_with_broken_shared_folders_is_refused_before_any_session_is_touched() {
+    let Some(mut w) = World::new("fo-precheck", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 1;
+    }) else {
+        return;
+    };
+    let _pid = w.start_daemon(&[]);
+    let names = ["ccl-auto-11"];
+    wait_all_on(&w, "alpha", &names);
+    let pane = w.pane_pid("ccl-auto-11");
+    // Claude Code made a real folder where gamma's link should be.
+    let link = w.sb.account("gamma").unwrap().home.join("file-history");
+    std::fs::remove_file(&link).unwrap();
+    std::fs::create_dir(&link).unwrap();
+    let (code, out) = swap_cli(&w, &["--to", "gamma"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("file-history") && out.contains("no session was touched"),
+        "{out}"
+    );
+    assert_eq!(
+        w.pane_pid("ccl-auto-11"),
+        pane,
+        "the session was not stopped"
+    );
+    assert_eq!(w.status().unwrap()["active_account"], "alpha");
 }
