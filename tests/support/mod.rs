@@ -198,6 +198,10 @@ impl Drop for Harness {
             let _ = child.wait();
         }
         let _ = self.tmux.kill_server();
+        // A `tmux new-session` the daemon started just before it was killed
+        // may bring the server back a moment later: kill it again.
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.tmux.kill_server();
     }
 }
 
