@@ -403,7 +403,14 @@ impl Run {
                 let Some(a) = self.assigned.get_mut(&session) else {
                     return;
                 };
-                if let Phase::Typing { .. } = a.phase {
+                // Only the submission of the text we typed confirms it: a
+                // late turn of an earlier prompt must not.
+                let typed = match &a.phase {
+                    Phase::Typing { text, .. } => Some(text.trim().to_string()),
+                    _ => None,
+                };
+                let submitted = ev.field("prompt").map(str::trim).unwrap_or("");
+                if typed.as_deref().is_some_and(|t| same_prompt(t, submitted)) {
                     a.phase = Phase::Running;
                     let latency = a.seen_at.elapsed();
                     let (task, project) = (a.task.clone(), a.project.clone());
@@ -426,10 +433,10 @@ impl Run {
                 let Some(a) = self.assigned.get(&session).cloned() else {
                     return;
                 };
-                if !matches!(
-                    a.phase,
-                    Phase::Running | Phase::Typing { .. } | Phase::Interrupted
-                ) {
+                // Only a turn whose submission we saw (Running), or one cut by a
+                // swap, answers the task: a Stop while still Typing belongs to
+                // an earlier prompt.
+                if !matches!(a.phase, Phase::Running | Phase::Interrupted) {
                     return;
                 }
                 let (Some(task), Some(q)) = (a.task.clone(), self.queue(&a.project)) else {
@@ -1024,6 +1031,13 @@ fn type_in(tmux: &Tmux, session: &str, text: &str) {
             log::warn!("{session}: cannot type into it: {e}");
         }
     });
+}
+
+/// Whether the prompt Claude Code reports as submitted is the one typed
+/// (it may normalise whitespace or line endings).
+fn same_prompt(typed: &str, submitted: &str) -> bool {
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    norm(typed) == norm(submitted)
 }
 
 /// Per-session typing locks (see [`type_in`]).
