@@ -117,7 +117,18 @@ fn swap_by_command_and_signal_continues_every_conversation() {
     assert_eq!(code, 1);
     assert!(out.contains("no account named"), "{out}");
 
-    // SIGUSR1: to the best other account. alpha has had traffic, gamma none.
+    // SIGUSR1: to the best other account, the one with the lowest usage.
+    // alpha reads 50 %, gamma nothing: gamma wins.
+    w.api.set_usage("alpha", 50.0, 5.0).unwrap();
+    wait_for(UP, "alpha's 50 % reading", || {
+        let s = w.status()?;
+        let a = s["accounts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "alpha")?
+            .clone();
+        (a["five_hour"]["utilization"].as_f64()? >= 50.0).then_some(())
+    });
     signal(pid, "-USR1");
     wait_all_on(&w, "gamma", &names);
     let req = ask(&w, "ccl-auto-11", "fo-third: and now?");
