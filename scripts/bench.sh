@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_tmux
 ensure_claude
-export CLAUDE_FAILOVER_E2E=1
-export CLAUDE_FAILOVER_CLAUDE_BIN="$PWD/$CLAUDE_BIN"
+export_e2e
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 cargo bench --bench daemon 2>/dev/null | tee "$out"

@@ -27,3 +27,9 @@ ensure_claude() {
     fi
     "$CLAUDE_BIN" --version >&2
 }
+
+# The environment that turns the end-to-end suite on, with the pinned binary.
+export_e2e() {
+    export CLAUDE_FAILOVER_E2E=1
+    export CLAUDE_FAILOVER_CLAUDE_BIN="$PWD/$CLAUDE_BIN"
+}

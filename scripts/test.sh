@@ -12,8 +12,7 @@ cd "$(dirname "$0")/.."
 ensure_tmux
 ensure_claude
 
-export CLAUDE_FAILOVER_E2E=1
-export CLAUDE_FAILOVER_CLAUDE_BIN="$PWD/$CLAUDE_BIN"
+export_e2e
 # Two test threads: the machine (and CI) has two cores, and every
 # end-to-end test runs real Claude Code processes.
 exec cargo test "$@" -- --test-threads=2

@@ -53,6 +53,18 @@ pub fn transcript_folder_name(cwd: &std::path::Path) -> String {
         .collect()
 }
 
+/// Where Claude Code keeps conversation `id` started in `cwd` under the
+/// account home `home`: `projects/<cwd folder name>/<id>.jsonl`.
+pub fn transcript_path(
+    home: &std::path::Path,
+    cwd: &std::path::Path,
+    id: &str,
+) -> std::path::PathBuf {
+    home.join("projects")
+        .join(transcript_folder_name(cwd))
+        .join(format!("{id}.jsonl"))
+}
+
 /// Hook events the daemon installs and listens to.
 pub const HOOK_EVENTS: [&str; 6] = [
     "SessionStart",

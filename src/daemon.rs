@@ -889,11 +889,7 @@ impl Daemon {
         let mut argv = vec![self.claude_binary.to_string_lossy().into_owned()];
         argv.extend(self.config.claude.args.iter().cloned());
         let resume = resume.map(|id| {
-            let transcript = active
-                .home
-                .join("projects")
-                .join(facts::transcript_folder_name(&cwd))
-                .join(format!("{id}.jsonl"));
+            let transcript = facts::transcript_path(&active.home, &cwd, &id);
             (id, transcript)
         });
         Job::Launch {

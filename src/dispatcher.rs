@@ -23,7 +23,7 @@
 //! here, once handled, so a crash replays an event rather than losing it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -928,7 +928,7 @@ impl Run {
                 .and_then(|a| self.config.accounts.iter().find(|x| &x.name == a))
                 .map(|a| a.home.clone());
             let transcript = match (&home, &s.claude_session_id) {
-                (Some(h), Some(id)) => Some(transcript_path(h, &s.cwd, id)),
+                (Some(h), Some(id)) => Some(crate::claude_facts::transcript_path(h, &s.cwd, id)),
                 _ => None,
             };
             let cp = crate::checkpoint::Checkpoint {
@@ -1051,11 +1051,4 @@ enum Release {
     Done,
     Requeue,
     Attempt(String),
-}
-
-/// The transcript of a conversation (for checkpoints and diagnostics).
-pub fn transcript_path(home: &Path, cwd: &Path, id: &str) -> PathBuf {
-    home.join("projects")
-        .join(crate::claude_facts::transcript_folder_name(cwd))
-        .join(format!("{id}.jsonl"))
 }

@@ -1062,9 +1062,7 @@ fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
     if alive(tmux) {
         let _ = tmux.send_key(name, "Escape");
         std::thread::sleep(Duration::from_millis(50));
-        let _ = tmux.paste(name, "/exit");
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = tmux.send_key(name, "Enter");
+        let _ = tmux.type_text(name, "/exit", Duration::from_millis(100));
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && alive(tmux) {
             std::thread::sleep(Duration::from_millis(50));
