@@ -154,3 +154,259 @@ pub const USAGE_BETA_HEADER: (&str, &str) = ("anthropic-beta", "oauth-2025-04-20
 /// The input prompt's mark: drawn when the TUI takes typed input. Text pasted
 /// before it appears (right after `SessionStart`) can be lost.
 pub const PROMPT_READY_MARK: &str = "❯";
+
+/// How the TUI reports a large paste in `UserPromptSubmit.prompt` and passes
+/// it to the model (seen on the pinned version, above about 800 characters or
+/// 10 lines): `\n\n<pasted_content id="18d9">\n…\n</pasted_content id="18d9">\n`.
+pub const PASTED_CONTENT_OPEN: &str = "<pasted_content id=";
+pub const PASTED_CONTENT_CLOSE: &str = "</pasted_content id=";
+
+/// First characters that switch the TUI's input mode when typed first:
+/// `!` runs the rest in a shell (bash mode, no permission prompt, even for a
+/// long paste), `#` once saved a memory. A leading space keeps them text; the
+/// model gets the prompt trimmed, so the space never reaches it (seen here).
+pub const MODE_CHARS: [char; 2] = ['!', '#'];
+
+/// Why a task cannot be typed as text, or the text to type.
+///
+/// Task text is data, never keystrokes: control characters (an embedded
+/// `ESC[201~` would end the bracketed paste and type the rest as keys) are
+/// replaced by their visible Unicode "control pictures" (`␛`), line ends are
+/// normalised to `\n`, and every prompt is typed after one space so a leading
+/// `!` or `#` is text. A first word like `/exit` or `/review` is a slash
+/// command even after the space (the TUI trims before it looks), so such a
+/// task is refused unless its front matter asks for a slash command.
+pub fn typed_form(task: &str, slash_command: bool) -> Result<String, String> {
+    let mut out = String::with_capacity(task.len() + 1);
+    let text = task.replace("\r\n", "\n");
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\r' => out.push('\n'),
+            c if (c as u32) < 0x20 => {
+                out.push(char::from_u32(0x2400 + c as u32).unwrap_or('\u{FFFD}'))
+            }
+            '\u{7f}' => out.push('\u{2421}'),
+            c if c.is_control() => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    let first_word = out.split_whitespace().next().unwrap_or("");
+    if slash_command {
+        return Ok(out.trim_start().to_string());
+    }
+    if looks_like_slash_command(first_word) {
+        return Err(format!(
+            "starts with `{}`, which Claude Code would run as a slash command, not send as text; \
+             put `slash_command: true` in the front matter to run it as one, or start the task with other words",
+            first_word.chars().take(40).collect::<String>()
+        ));
+    }
+    Ok(format!(" {out}"))
+}
+
+/// `/name` or `/plugin:name`: the shape of a slash command. A path such as
+/// `/etc/passwd` is sent as text (seen here), so it does not count.
+fn looks_like_slash_command(word: &str) -> bool {
+    let Some(name) = word.strip_prefix('/') else {
+        return false;
+    };
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'))
+}
+
+/// The text a `UserPromptSubmit.prompt` (or a transcript's user message)
+/// stands for: pasted-content wrappers removed, whitespace runs collapsed,
+/// trimmed. Two prompts are the same when their canonical forms are.
+pub fn canonical_prompt(text: &str) -> String {
+    let mut kept = String::with_capacity(text.len());
+    for line in text.split('\n') {
+        let t = line.trim();
+        if (t.starts_with(PASTED_CONTENT_OPEN) || t.starts_with(PASTED_CONTENT_CLOSE))
+            && t.ends_with("\">")
+        {
+            kept.push('\n');
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    let mut out = String::with_capacity(kept.len());
+    for w in kept.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(w);
+    }
+    out
+}
+
+/// Whether Claude Code's report of a submitted prompt is the text typed.
+pub fn same_prompt(typed: &str, reported: &str) -> bool {
+    canonical_prompt(typed) == canonical_prompt(reported)
+}
+
+/// Transcript entries that end a turn, or say it goes on (seen here, 2.1.329):
+/// after the `Stop` hooks ran, a `system` entry `stop_hook_summary` lists
+/// their `hookErrors` (a hook that answered `{"decision":"block"}`: the turn
+/// goes on with its feedback), and a finished turn ends with a `system`
+/// entry `turn_duration`.
+pub const TRANSCRIPT_TURN_END: &str = "turn_duration";
+pub const TRANSCRIPT_STOP_HOOK_SUMMARY: &str = "stop_hook_summary";
+
+/// What the transcript's tail says about the current turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnState {
+    /// The last turn ended (`turn_duration` after the last prompt).
+    Over,
+    /// A Stop hook blocked the end: the model goes on.
+    GoesOn,
+    /// Nothing conclusive yet (entries not written, or an unknown layout).
+    Unknown,
+}
+
+/// Reads the turn's state from the transcript's last lines (whole JSON lines
+/// only; a cut first line is skipped).
+pub fn turn_state(tail: &str) -> TurnState {
+    for line in tail.lines().rev() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let sub = v.get("subtype").and_then(|t| t.as_str()).unwrap_or("");
+        match (kind, sub) {
+            ("system", TRANSCRIPT_TURN_END) => return TurnState::Over,
+            ("system", TRANSCRIPT_STOP_HOOK_SUMMARY) => {
+                let blocked = v
+                    .get("hookErrors")
+                    .and_then(|e| e.as_array())
+                    .is_some_and(|e| !e.is_empty())
+                    && !v
+                        .get("preventedContinuation")
+                        .and_then(|p| p.as_bool())
+                        .unwrap_or(false);
+                return if blocked {
+                    TurnState::GoesOn
+                } else {
+                    TurnState::Unknown
+                };
+            }
+            // Anything the model or the user said after the last marker: the
+            // turn is under way.
+            ("assistant", _) => return TurnState::Unknown,
+            ("user", _) => return TurnState::Unknown,
+            _ => {}
+        }
+    }
+    TurnState::Unknown
+}
+
+/// Whether the transcript's tail holds a (non-meta) user message whose text
+/// is `typed`: proof that the prompt was submitted even when its
+/// `UserPromptSubmit` event is late or lost.
+pub fn transcript_has_prompt(tail: &str, typed: &str) -> bool {
+    let want = canonical_prompt(typed);
+    tail.lines().rev().any(|line| {
+        if !line.contains("\"type\":\"user\"") {
+            return false;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            return false;
+        };
+        if v.get("isMeta").and_then(|m| m.as_bool()) == Some(true) {
+            return false;
+        }
+        let content = &v["message"]["content"];
+        let text = match content {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(|t| t.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => return false,
+        };
+        canonical_prompt(&text) == want
+    })
+}
+
+/// The last `max` bytes of a transcript (from a line start), for
+/// [`turn_state`] and [`transcript_has_prompt`].
+pub fn transcript_tail(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity((len - start) as usize);
+    f.take(max).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(if start > 0 {
+        text.split_once('\n')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default()
+    } else {
+        text
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pasted_content_report_is_the_typed_text() {
+        let typed = " Paragraph 0: a b\nParagraph 1: c d\n";
+        let reported = "\n\n<pasted_content id=\"18d9\">\n Paragraph 0: a b\nParagraph 1: c d\n\n</pasted_content id=\"18d9\">\n";
+        assert!(same_prompt(typed, reported));
+        assert!(!same_prompt(" Paragraph 0: a b", reported));
+    }
+
+    #[test]
+    fn task_text_is_never_keystrokes() {
+        assert_eq!(typed_form("!rm -rf x", false).unwrap(), " !rm -rf x");
+        assert_eq!(typed_form("# note", false).unwrap(), " # note");
+        let esc = typed_form("a\x1b[201~b\r\nc\x07", false).unwrap();
+        assert_eq!(esc, " a\u{241b}[201~b\nc\u{2407}");
+        assert!(!esc.contains('\x1b'));
+        let refused = typed_form("/exit now", false).unwrap_err();
+        assert!(refused.contains("/exit"), "{refused}");
+        assert!(typed_form("  /plugin:review", false).is_err());
+        assert_eq!(
+            typed_form("/etc/passwd is a file", false).unwrap(),
+            " /etc/passwd is a file"
+        );
+        assert_eq!(typed_form("/compact", true).unwrap(), "/compact");
+    }
+
+    #[test]
+    fn a_blocked_stop_goes_on_and_a_turn_duration_ends_it() {
+        let blocked = r#"{"type":"assistant","message":{}}
+{"type":"system","subtype":"stop_hook_summary","hookErrors":["run the tests first"],"preventedContinuation":false}
+{"type":"api-request"}"#;
+        assert_eq!(turn_state(blocked), TurnState::GoesOn);
+        let over = format!(
+            "{blocked}\n{}\n{}\n{}",
+            r#"{"type":"assistant","message":{}}"#,
+            r#"{"type":"system","subtype":"stop_hook_summary","hookErrors":[]}"#,
+            r#"{"type":"system","subtype":"turn_duration","durationMs":3976}"#
+        );
+        assert_eq!(turn_state(&over), TurnState::Over);
+        assert_eq!(
+            turn_state(r#"{"type":"assistant","message":{}}"#),
+            TurnState::Unknown
+        );
+        assert_eq!(turn_state(""), TurnState::Unknown);
+    }
+
+    #[test]
+    fn the_transcript_shows_a_submitted_prompt() {
+        let tail = r#"{"type":"user","promptId":"x","message":{"role":"user","content":" say hello"}}
+{"type":"user","isMeta":true,"message":{"role":"user","content":"Stop hook feedback"}}"#;
+        assert!(transcript_has_prompt(tail, " say hello"));
+        assert!(!transcript_has_prompt(tail, "Stop hook feedback"));
+        assert!(!transcript_has_prompt(tail, "say goodbye"));
+    }
+}

@@ -97,14 +97,40 @@ pub struct Dispatcher {
     pub thread: JoinHandle<()>,
 }
 
-/// How long a pasted prompt may wait for its `UserPromptSubmit`.
-const SUBMIT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a pasted prompt may wait for its `UserPromptSubmit` before one
+/// more Enter, plus [`SUBMIT_PER_MIB`] for every MiB of text (a 1 MiB paste
+/// takes the TUI a while).
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(10);
+const SUBMIT_PER_MIB: Duration = Duration::from_secs(60);
+/// How long an unconfirmed prompt is given in all before the attempt counts
+/// as lost: a slow user hook or a loaded machine delays `UserPromptSubmit`,
+/// and a prompt that was not confirmed may still have been submitted, so it
+/// is never typed again while the session could still be running it.
+const SUBMIT_GIVE_UP: Duration = Duration::from_secs(120);
+/// How often an unconfirmed prompt is looked for in the session's transcript.
+const TRANSCRIPT_LOOK_EVERY: Duration = Duration::from_secs(2);
+/// After a `Stop`, how long to wait for the transcript to say whether the
+/// turn is over (a user's Stop hook may block it) before taking the Stop as
+/// the end.
+const FINISH_GRACE: Duration = Duration::from_secs(5);
+/// After dispatch resumes without a swap (the account recovered), how long
+/// before an interrupted task's session is told to continue: a swap's own
+/// relaunch, if one is on its way, continues it first.
+const RESUME_SETTLE: Duration = Duration::from_secs(3);
 /// How long `/clear` may take to answer with `SessionStart`.
 const CLEAR_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a relocated session may take to come back.
 const RELOCATE_DEADLINE: Duration = Duration::from_secs(90);
 /// What a resumed conversation is told after a swap interrupted its task.
 pub const CONTINUE_PROMPT: &str = "This session was moved to another account and resumed. Continue the task you were working on from where you stopped, and finish it.";
+/// What a session refused by its account is told once the account (or
+/// another) can take work again without a swap.
+pub const CONTINUE_AFTER_LIMIT_PROMPT: &str = "The usage limit that stopped you has passed. Continue the task you were working on from where you stopped, and finish it.";
+
+/// How long the prompt may take to be confirmed before one more Enter.
+fn submit_deadline(text: &str) -> Duration {
+    SUBMIT_DEADLINE + SUBMIT_PER_MIB.mul_f64(text.len() as f64 / (1u64 << 20) as f64)
+}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
@@ -112,16 +138,27 @@ enum Phase {
     Relocating { since: Instant },
     /// `/clear` typed; waiting for `SessionStart` with source `clear`.
     Clearing { since: Instant },
-    /// Prompt pasted; waiting for `UserPromptSubmit`.
+    /// Prompt pasted; waiting for `UserPromptSubmit` (or its trace in the transcript).
     Typing {
         since: Instant,
         retried: bool,
         text: String,
+        looked_at: Option<Instant>,
     },
     /// Submitted; waiting for `Stop`.
     Running,
-    /// A swap (or a refusal) interrupted it; continue after `SessionStart(resume)`.
-    Interrupted,
+    /// A `Stop` came; waiting for the transcript to say the turn is over (a
+    /// user's Stop hook may have blocked it, and the turn goes on).
+    Finishing {
+        since: Instant,
+        message: Option<String>,
+        claude_session_id: Option<String>,
+        transcript: Option<PathBuf>,
+        account: Option<String>,
+    },
+    /// A swap (or a refusal) interrupted it; continue after `SessionStart(resume)`,
+    /// or when dispatch resumes and the session still runs under `account`.
+    Interrupted { account: Option<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +183,8 @@ struct Run {
     /// Sessions with a `/clear` typed and not yet confirmed, since when.
     clearing: HashMap<String, Instant>,
     paused: Option<String>,
+    /// When dispatch last resumed after a pause.
+    unpaused_at: Option<Instant>,
     out: Sender<Output>,
     /// Names inotify reported complete, per project.
     complete: HashMap<String, HashSet<String>>,
@@ -249,6 +288,7 @@ impl Run {
             fresh: HashSet::new(),
             clearing: HashMap::new(),
             paused: None,
+            unpaused_at: None,
             out,
             complete: HashMap::new(),
             idle_since: HashMap::new(),
@@ -304,13 +344,21 @@ impl Run {
             Input::Paused(p) => {
                 if p.is_some() && self.paused.is_none() {
                     // Work under way waits for the swap and continues after it.
-                    for a in self.assigned.values_mut() {
+                    let sessions = &self.sessions;
+                    for (name, a) in self.assigned.iter_mut() {
                         if matches!(a.phase, Phase::Running | Phase::Typing { .. })
                             && a.task.is_some()
                         {
-                            a.phase = Phase::Interrupted;
+                            let account = sessions
+                                .iter()
+                                .find(|s| &s.name == name)
+                                .and_then(|s| s.account.clone());
+                            a.phase = Phase::Interrupted { account };
                         }
                     }
+                }
+                if p.is_none() && self.paused.is_some() {
+                    self.unpaused_at = Some(Instant::now());
                 }
                 self.paused = p;
             }
@@ -357,16 +405,9 @@ impl Run {
                         let text = a.prompt.clone();
                         self.type_text(&session, &text, false);
                     }
-                    (Phase::Interrupted, "resume") => {
+                    (Phase::Interrupted { .. }, "resume") => {
                         // The task now runs under the account the session resumed on.
-                        let account = ev.config_dir.as_ref().and_then(|d| {
-                            let d = std::path::Path::new(d);
-                            self.config
-                                .accounts
-                                .iter()
-                                .find(|a| a.home == d)
-                                .map(|a| a.name.clone())
-                        });
+                        let account = account_of(&self.config, ev.config_dir.as_deref());
                         if let (Some(task), Some(account)) = (a.task.clone(), account) {
                             let project = a.project.clone();
                             if let Some(q) = self.queue(&project) {
@@ -377,7 +418,10 @@ impl Run {
                         self.type_text(&session, CONTINUE_PROMPT, false);
                     }
                     (
-                        Phase::Running | Phase::Typing { .. } | Phase::Clearing { .. },
+                        Phase::Running
+                        | Phase::Typing { .. }
+                        | Phase::Clearing { .. }
+                        | Phase::Finishing { .. },
                         "startup" | "resume",
                     ) if self.paused.is_none() => {
                         // The program restarted under the task (it died and was
@@ -389,7 +433,7 @@ impl Run {
                             )),
                         );
                     }
-                    (Phase::Interrupted, _) => {
+                    (Phase::Interrupted { .. }, _) => {
                         // The conversation could not be resumed: start the task
                         // afresh without counting an attempt.
                         log::warn!("{session}: resumed as a new conversation; its task goes back to the inbox");
@@ -405,12 +449,14 @@ impl Run {
                 };
                 // Only the submission of the text we typed confirms it: a
                 // late turn of an earlier prompt must not.
+                // Claude Code reports a long paste wrapped in
+                // `<pasted_content>`; `same_prompt` sees through that.
                 let typed = match &a.phase {
-                    Phase::Typing { text, .. } => Some(text.trim().to_string()),
+                    Phase::Typing { text, .. } => Some(text.as_str()),
                     _ => None,
                 };
-                let submitted = ev.field("prompt").map(str::trim).unwrap_or("");
-                if typed.as_deref().is_some_and(|t| same_prompt(t, submitted)) {
+                let submitted = ev.field("prompt").unwrap_or("");
+                if typed.is_some_and(|t| crate::claude_facts::same_prompt(t, submitted)) {
                     a.phase = Phase::Running;
                     let latency = a.seen_at.elapsed();
                     let (task, project) = (a.task.clone(), a.project.clone());
@@ -430,39 +476,28 @@ impl Run {
                 }
             }
             "Stop" => {
-                let Some(a) = self.assigned.get(&session).cloned() else {
+                let Some(a) = self.assigned.get_mut(&session) else {
                     return;
                 };
                 // Only a turn whose submission we saw (Running), or one cut by a
                 // swap, answers the task: a Stop while still Typing belongs to
-                // an earlier prompt.
-                if !matches!(a.phase, Phase::Running | Phase::Interrupted) {
+                // an earlier prompt. The task is done when the turn is over,
+                // which the transcript tells (a user's Stop hook may block
+                // the end and the turn goes on): see `check_assignments`.
+                if !matches!(
+                    a.phase,
+                    Phase::Running | Phase::Interrupted { .. } | Phase::Finishing { .. }
+                ) {
                     return;
                 }
-                let (Some(task), Some(q)) = (a.task.clone(), self.queue(&a.project)) else {
-                    return;
+                a.phase = Phase::Finishing {
+                    since: Instant::now(),
+                    message: ev.field("last_assistant_message").map(String::from),
+                    claude_session_id: sid,
+                    transcript: ev.field("transcript_path").map(PathBuf::from),
+                    account: account_of(&self.config, ev.config_dir.as_deref()),
                 };
-                let message = ev.field("last_assistant_message");
-                match q.complete(&task, message, sid.as_deref(), now()) {
-                    Ok(Completion::Done { name }) => {
-                        log::info!("{session}: task {}/{name} done", a.project);
-                        let _ = self.out.send(Output::Outcome {
-                            outcome: "done",
-                            dispatch_latency: None,
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::error!(
-                        "{session}: task {}/{task} could not be completed: {e}",
-                        a.project
-                    ),
-                }
-                self.release(&session, Release::Done);
-                // Start the next task's fresh conversation now, not when it
-                // arrives: dispatch then only has to paste.
-                self.fresh.remove(&session);
-                self.clearing.insert(session.clone(), Instant::now());
-                type_in(&self.tmux, &session, "/clear");
+                self.check_finishing(&session);
             }
             "StopFailure" => {
                 let error = ev.field("error").unwrap_or("unknown");
@@ -473,14 +508,95 @@ impl Run {
                 if crate::claude_facts::stop_failure_kind(error)
                     == Some(crate::claude_facts::LimitKind::FiveHour)
                 {
-                    // Refused: not an attempt; it continues after the swap.
-                    a.phase = Phase::Interrupted;
+                    // Refused: not an attempt; it continues after the swap,
+                    // or when the account can take work again.
+                    let account = account_of(&self.config, ev.config_dir.as_deref());
+                    a.phase = Phase::Interrupted { account };
                 } else {
                     let reason = format!("{error}: {message}");
                     self.release(&session, Release::Attempt(reason));
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A session in `Finishing`: done when the transcript says the turn is
+    /// over (or says nothing within [`FINISH_GRACE`]); back to `Running` when a
+    /// Stop hook blocked the end and the turn goes on.
+    fn check_finishing(&mut self, session: &str) {
+        let Some(a) = self.assigned.get_mut(session) else {
+            return;
+        };
+        let Phase::Finishing {
+            since, transcript, ..
+        } = &a.phase
+        else {
+            return;
+        };
+        let turn = transcript
+            .as_deref()
+            .and_then(|t| crate::claude_facts::transcript_tail(t, 256 << 10).ok())
+            .map(|tail| crate::claude_facts::turn_state(&tail))
+            .unwrap_or(crate::claude_facts::TurnState::Unknown);
+        match turn {
+            crate::claude_facts::TurnState::GoesOn => {
+                log::info!("{session}: a Stop hook blocked the end of the turn; the task goes on");
+                a.phase = Phase::Running;
+            }
+            crate::claude_facts::TurnState::Over => self.finish(session),
+            crate::claude_facts::TurnState::Unknown if since.elapsed() >= FINISH_GRACE => {
+                self.finish(session)
+            }
+            crate::claude_facts::TurnState::Unknown => {}
+        }
+    }
+
+    /// Records the task of a `Finishing` session as done, with the last
+    /// answer of its turn and the account that answered it.
+    fn finish(&mut self, session: &str) {
+        let Some(a) = self.assigned.get(session).cloned() else {
+            return;
+        };
+        let Phase::Finishing {
+            message,
+            claude_session_id,
+            account,
+            ..
+        } = &a.phase
+        else {
+            return;
+        };
+        let (Some(task), Some(q)) = (a.task.clone(), self.queue(&a.project)) else {
+            return;
+        };
+        if let Some(account) = account {
+            // The account recorded is the one whose session answered, not the
+            // one active when the task was claimed.
+            let _ = q.update_marker(&task, |m| m.account = account.clone());
+        }
+        match q.complete(&task, message.as_deref(), claude_session_id.as_deref(), now()) {
+            Ok(Completion::Done { name }) => {
+                log::info!("{session}: task {}/{name} done", a.project);
+                let _ = self.out.send(Output::Outcome {
+                    outcome: "done",
+                    dispatch_latency: None,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => log::error!(
+                "{session}: task {}/{task} could not be completed: {e}",
+                a.project
+            ),
+        }
+        self.release(session, Release::Done);
+        // Start the next task's fresh conversation now, not when it
+        // arrives: dispatch then only has to paste. Never into a session
+        // a reload took out of our hands.
+        self.fresh.remove(session);
+        if crate::session::pool_of(&self.config, session).is_some() {
+            self.clearing.insert(session.to_string(), Instant::now());
+            type_in(&self.tmux, session, "/clear");
         }
     }
 
@@ -492,6 +608,7 @@ impl Run {
                 since: Instant::now(),
                 retried,
                 text: text.to_string(),
+                looked_at: None,
             };
         }
     }
@@ -555,8 +672,21 @@ impl Run {
         }
     }
 
-    /// Adopts tasks left active by a previous run.
+    /// Adopts tasks left active by a previous run. A task whose submission
+    /// was never confirmed may still have been submitted (the daemon can die
+    /// between the Enter and its `UserPromptSubmit`): it is adopted as typed,
+    /// and the events buffered since, then the transcript, decide; it goes
+    /// back to the inbox only when its session is gone. Tasks adopted while a
+    /// swap is under way (a crash mid-swap) are interrupted, not lost: they
+    /// continue after the swap.
     fn recover(&mut self) {
+        let swapping = self.paused.is_some()
+            || self
+                .config
+                .state_dir
+                .join(crate::switcher::JOURNAL_FILE)
+                .exists();
+        let mut adopted = Vec::new();
         for (q, _) in &self.queues {
             let Ok(active) = q.list_active() else {
                 continue;
@@ -565,38 +695,65 @@ impl Run {
                 let Some(m) = marker else {
                     continue; // the janitor returns marker-less tasks
                 };
-                let state = self
-                    .sessions
-                    .iter()
-                    .find(|s| s.name == m.session)
-                    .map(|s| s.state);
-                let confirmed = m.claude_session_id.is_some();
-                if confirmed && state.is_some() && !self.assigned.contains_key(&m.session) {
-                    log::info!(
-                        "{}: adopting its active task {}/{name}",
-                        m.session,
-                        q.project()
-                    );
-                    self.assigned.insert(
-                        m.session.clone(),
-                        Assignment {
-                            project: q.project().to_string(),
-                            task: Some(name.clone()),
-                            prompt: String::new(),
-                            phase: Phase::Running,
-                            seen_at: Instant::now(),
-                        },
-                    );
-                    let _ = self.out.send(Output::Task {
-                        session: m.session.clone(),
-                        task: Some(name),
-                    });
-                } else {
-                    // Never confirmed: the prompt may not have been typed. Start it again.
-                    log::warn!("task {}/{name} was claimed but never confirmed before a restart; back to the inbox", q.project());
+                let session = self.sessions.iter().find(|s| s.name == m.session);
+                if session.is_none() || self.assigned.contains_key(&m.session) {
+                    log::warn!("task {}/{name} was claimed by {} before a restart, and that session is gone; back to the inbox", q.project(), m.session);
                     let _ = q.requeue(&name);
+                    continue;
                 }
+                let confirmed = m.claude_session_id.is_some();
+                let phase = if swapping && confirmed {
+                    Phase::Interrupted {
+                        account: Some(m.account.clone()),
+                    }
+                } else if confirmed {
+                    Phase::Running
+                } else {
+                    let text = std::fs::read(q.task_path(crate::queue::Folder::Active, &name))
+                        .ok()
+                        .and_then(|b| crate::queue::parse_task(&b).ok())
+                        .and_then(|t| crate::claude_facts::typed_form(t.prompt(), false).ok());
+                    let Some(text) = text else {
+                        log::warn!("task {}/{name}: cannot read it back after a restart; back to the inbox", q.project());
+                        let _ = q.requeue(&name);
+                        continue;
+                    };
+                    Phase::Typing {
+                        since: Instant::now(),
+                        retried: true,
+                        text,
+                        looked_at: None,
+                    }
+                };
+                log::info!(
+                    "{}: adopting its active task {}/{name} ({})",
+                    m.session,
+                    q.project(),
+                    match phase {
+                        Phase::Running => "running",
+                        Phase::Interrupted { .. } => "interrupted by a swap",
+                        _ => "submission not yet confirmed",
+                    }
+                );
+                adopted.push((
+                    m.session.clone(),
+                    Assignment {
+                        project: q.project().to_string(),
+                        task: Some(name.clone()),
+                        prompt: String::new(),
+                        phase,
+                        seen_at: Instant::now(),
+                    },
+                    name,
+                ));
             }
+        }
+        for (session, a, name) in adopted {
+            self.assigned.insert(session.clone(), a);
+            let _ = self.out.send(Output::Task {
+                session,
+                task: Some(name),
+            });
         }
     }
 
@@ -639,16 +796,23 @@ impl Run {
             let Some(a) = self.assigned.get(&name).cloned() else {
                 continue;
             };
-            let state = self.session(&name).map(|s| s.state);
-            let gone = matches!(
-                state,
-                None | Some(State::Dead | State::Backoff | State::Failed)
-            );
+            let view = self.session(&name).cloned();
+            let state = view.as_ref().map(|s| s.state);
+            // A session a reload took out of the pools is not dead: it goes on
+            // with its task, which ends by its own Stop (or the stale-task
+            // rule), never by running it a second time elsewhere.
+            let released_by_reload =
+                view.is_none() && crate::session::pool_of(&self.config, &name).is_none();
+            let gone = !released_by_reload
+                && matches!(
+                    state,
+                    None | Some(State::Dead | State::Backoff | State::Failed)
+                );
             match &a.phase {
                 // Interrupted by a swap, but the session did not come back
                 // (stuck or failing under the new account): start the task
                 // elsewhere rather than hold it forever.
-                Phase::Interrupted
+                Phase::Interrupted { .. }
                     if matches!(state, Some(State::Failed | State::Backoff))
                         && self.paused.is_none() =>
                 {
@@ -657,7 +821,22 @@ impl Run {
                     );
                     self.release(&name, Release::Requeue);
                 }
-                Phase::Interrupted => {}
+                // Refused, and dispatch resumed without moving the session
+                // (its account, or the whole fleet's, can take work again):
+                // it is still waiting on the limit screen, so tell it to go on.
+                Phase::Interrupted { account }
+                    if self.paused.is_none()
+                        && self
+                            .unpaused_at
+                            .is_some_and(|t| t.elapsed() >= RESUME_SETTLE)
+                        && matches!(state, Some(State::Limited | State::Idle))
+                        && view.as_ref().and_then(|v| v.account.as_ref()) == account.as_ref() =>
+                {
+                    log::info!("{name}: its account can take work again; continuing its task");
+                    let _ = self.tmux.send_key(&name, "Escape");
+                    self.type_text(&name, CONTINUE_AFTER_LIMIT_PROMPT, false);
+                }
+                Phase::Interrupted { .. } => {}
                 Phase::Relocating { since } if since.elapsed() > RELOCATE_DEADLINE => {
                     log::warn!("{name}: did not come back in {} in time", a.project);
                     self.release(
@@ -674,6 +853,7 @@ impl Run {
                         Release::Attempt(format!("session {name} ended while working on it")),
                     );
                 }
+                Phase::Finishing { .. } => self.check_finishing(&name),
                 Phase::Clearing { since } if since.elapsed() > CLEAR_DEADLINE => {
                     log::warn!("{name}: /clear was not confirmed; its task goes back to the inbox");
                     self.release(&name, Release::Requeue);
@@ -682,25 +862,83 @@ impl Run {
                     since,
                     retried,
                     text,
-                } if since.elapsed() > SUBMIT_DEADLINE => {
-                    if *retried {
-                        log::error!("{name}: the prompt was not taken (no UserPromptSubmit after a retry); task back to the inbox; look at the session");
-                        self.release(&name, Release::Requeue);
-                    } else {
+                    looked_at,
+                } => {
+                    let waited = since.elapsed();
+                    let deadline = submit_deadline(text);
+                    if waited <= deadline {
+                        continue;
+                    }
+                    if !*retried {
                         // One more Enter, as some versions ignore the first.
+                        log::warn!("{name}: the prompt is not confirmed after {waited:?}; pressing Enter once more");
                         let _ = self.tmux.send_key(&name, "Enter");
-                        if let Some(x) = self.assigned.get_mut(&name) {
-                            x.phase = Phase::Typing {
-                                since: Instant::now(),
-                                retried: true,
-                                text: text.clone(),
-                            };
+                        if let Some(Phase::Typing { retried, .. }) =
+                            self.assigned.get_mut(&name).map(|x| &mut x.phase)
+                        {
+                            *retried = true;
+                        }
+                        continue;
+                    }
+                    // Not confirmed is not proof of not submitted: the
+                    // transcript shows a prompt whose event is late or lost.
+                    if looked_at.is_none_or(|t| t.elapsed() >= TRANSCRIPT_LOOK_EVERY) {
+                        if self.prompt_in_transcript(view.as_ref(), text) {
+                            log::warn!("{name}: its prompt is in the transcript though no UserPromptSubmit came; taking it as submitted");
+                            if let Some(x) = self.assigned.get_mut(&name) {
+                                x.phase = Phase::Running;
+                            }
+                            continue;
+                        }
+                        if let Some(Phase::Typing { looked_at, .. }) =
+                            self.assigned.get_mut(&name).map(|x| &mut x.phase)
+                        {
+                            *looked_at = Some(Instant::now());
+                        }
+                    }
+                    if waited > deadline + SUBMIT_GIVE_UP {
+                        // In doubt: the attempt counts, and the session is
+                        // relaunched fresh so it cannot go on with the prompt
+                        // while the task runs elsewhere.
+                        log::error!("{name}: the prompt was never confirmed in {:?}; the attempt counts and the session is relaunched", waited);
+                        let cwd = view.as_ref().map(|v| v.cwd.clone());
+                        self.release(
+                            &name,
+                            Release::Attempt(format!(
+                                "the prompt typed into {name} was never confirmed"
+                            )),
+                        );
+                        if let Some(cwd) = cwd {
+                            let _ = self.out.send(Output::Relocate {
+                                session: name.clone(),
+                                cwd,
+                            });
                         }
                     }
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Whether the session's current transcript holds `text` as a submitted prompt.
+    fn prompt_in_transcript(&self, view: Option<&SessionView>, text: &str) -> bool {
+        let Some(v) = view else {
+            return false;
+        };
+        let home = v
+            .account
+            .as_ref()
+            .and_then(|a| self.config.accounts.iter().find(|x| &x.name == a))
+            .map(|a| a.home.clone());
+        let (Some(home), Some(id)) = (home, &v.claude_session_id) else {
+            return false;
+        };
+        let path = crate::claude_facts::transcript_path(&home, &v.cwd, id);
+        // A user entry holds the whole prompt: read enough to see it whole.
+        let max = (256u64 << 10).max(text.len() as u64 * 4);
+        crate::claude_facts::transcript_tail(&path, max)
+            .is_ok_and(|tail| crate::claude_facts::transcript_has_prompt(&tail, text))
     }
 
     fn free_sessions(&self, pool: &str) -> Vec<SessionView> {
@@ -794,6 +1032,28 @@ impl Run {
                     claimed.name,
                     claimed.marker.attempt
                 );
+                // Task text is typed as data, never as keystrokes.
+                let typed = match crate::claude_facts::typed_form(&claimed.prompt, false) {
+                    Ok(t) => t,
+                    Err(reason) => {
+                        log::error!("project {}: task {} refused: {reason}", q.project(), claimed.name);
+                        if let Ok(Outcome::Failed { name, .. }) =
+                            q.give_up(&claimed.name, &reason, now())
+                        {
+                            let _ = self.out.send(Output::Outcome {
+                                outcome: "failed",
+                                dispatch_latency: None,
+                            });
+                            let _ = self.out.send(Output::TaskFailed {
+                                project: q.project().to_string(),
+                                task: name,
+                                reason,
+                            });
+                        }
+                        free.insert(pos.min(free.len()), s);
+                        continue;
+                    }
+                };
                 let _ = self.out.send(Output::Task {
                     session: s.name.clone(),
                     task: Some(claimed.name.clone()),
@@ -801,7 +1061,7 @@ impl Run {
                 let mut a = Assignment {
                     project: q.project().to_string(),
                     task: Some(claimed.name.clone()),
-                    prompt: claimed.prompt.clone(),
+                    prompt: typed.clone(),
                     phase: Phase::Running,
                     seen_at,
                 };
@@ -816,7 +1076,7 @@ impl Run {
                     });
                 } else if self.fresh.contains(&s.name) {
                     self.assigned.insert(s.name.clone(), a);
-                    self.type_text(&s.name, &claimed.prompt, false);
+                    self.type_text(&s.name, &typed, false);
                 } else {
                     a.phase = Phase::Clearing {
                         since: Instant::now(),
@@ -1033,13 +1293,6 @@ fn type_in(tmux: &Tmux, session: &str, text: &str) {
     });
 }
 
-/// Whether the prompt Claude Code reports as submitted is the one typed
-/// (it may normalise whitespace or line endings).
-fn same_prompt(typed: &str, submitted: &str) -> bool {
-    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    norm(typed) == norm(submitted)
-}
-
 /// Per-session typing locks (see [`type_in`]).
 static TYPING: parking_lot::Mutex<Option<HashMap<String, std::sync::Arc<parking_lot::Mutex<()>>>>> =
     parking_lot::Mutex::new(None);
@@ -1051,4 +1304,14 @@ enum Release {
     Done,
     Requeue,
     Attempt(String),
+}
+
+/// The account whose home is `config_dir` (a hook's `CLAUDE_CONFIG_DIR`).
+fn account_of(config: &Config, config_dir: Option<&str>) -> Option<String> {
+    let dir = std::path::Path::new(config_dir?);
+    config
+        .accounts
+        .iter()
+        .find(|a| a.home == dir)
+        .map(|a| a.name.clone())
 }

@@ -15,9 +15,11 @@ use crate::claude_facts as facts;
 /// Where events are written, under the state dir.
 pub const EVENTS_DIR: &str = "events";
 
-/// Most a hook reads from stdin; a larger payload is cut (hook payloads are
-/// small; transcripts are passed by path).
-const MAX_PAYLOAD: u64 = 1 << 20;
+/// Most a hook reads from stdin; a larger payload is cut. Above the largest
+/// payload Claude Code sends: a task may be 1 MiB (`MAX_TASK_BYTES`), and its
+/// `UserPromptSubmit` and `Stop` carry it JSON-escaped (up to 6 bytes a
+/// character for control characters) inside a pasted-content wrapper.
+pub const MAX_PAYLOAD: u64 = 8 * crate::queue::MAX_TASK_BYTES as u64;
 
 /// One recorded event, as written by `hook`/`statusline` and read by the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

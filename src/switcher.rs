@@ -92,6 +92,9 @@ pub struct SessionCheckpoint {
     pub state: String,
 }
 
+/// The journal's file name in the state dir.
+pub const JOURNAL_FILE: &str = "swap.journal";
+
 /// `<state_dir>/swap.journal`: exists only while a swap is under way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Journal {
@@ -226,7 +229,7 @@ impl Switcher {
     /// before returning, so the main loop knows it at once.
     pub fn start(config: &Config, out: Sender<Notice>, published: Published) -> Switcher {
         let active_path = config.state_dir.join("active.json");
-        let journal_path = config.state_dir.join("swap.journal");
+        let journal_path = config.state_dir.join(JOURNAL_FILE);
         let active = load_or_rebuild(&active_path, config);
         let view: SharedView = Arc::new(RwLock::new(View::default()));
         let mut state = State {
