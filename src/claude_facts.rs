@@ -256,10 +256,10 @@ pub fn same_prompt(typed: &str, reported: &str) -> bool {
 pub const TRANSCRIPT_TURN_END: &str = "turn_duration";
 pub const TRANSCRIPT_STOP_HOOK_SUMMARY: &str = "stop_hook_summary";
 
-/// What the transcript's tail says about the current turn.
+/// What the transcript says about the current turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnState {
-    /// The last turn ended (`turn_duration` after the last prompt).
+    /// The turn ended (`turn_duration`).
     Over,
     /// A Stop hook blocked the end: the model goes on.
     GoesOn,
@@ -267,18 +267,32 @@ pub enum TurnState {
     Unknown,
 }
 
-/// Reads the turn's state from the transcript's last lines (whole JSON lines
-/// only; a cut first line is skipped).
-pub fn turn_state(tail: &str) -> TurnState {
-    for line in tail.lines().rev() {
+/// Reads the turn's state from the transcript lines written since `offset`
+/// (a byte offset at a line start, where the turn's earlier markers were
+/// already read). Returns the state and the offset to read from next time:
+/// past the last blocking `stop_hook_summary`, so each one is taken once.
+/// Only whole lines count; a line still being written is read next time.
+pub fn turn_state_since(text: &str, offset: u64) -> (TurnState, u64) {
+    let mut state = TurnState::Unknown;
+    let mut next = offset;
+    let mut pos = offset;
+    for line in text.split_inclusive('\n') {
+        pos += line.len() as u64;
+        if !line.ends_with('\n') {
+            break;
+        }
+        if !line.contains("\"system\"") {
+            continue;
+        }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
-        let sub = v.get("subtype").and_then(|t| t.as_str()).unwrap_or("");
-        match (kind, sub) {
-            ("system", TRANSCRIPT_TURN_END) => return TurnState::Over,
-            ("system", TRANSCRIPT_STOP_HOOK_SUMMARY) => {
+        if v.get("type").and_then(|t| t.as_str()) != Some("system") {
+            continue;
+        }
+        match v.get("subtype").and_then(|t| t.as_str()).unwrap_or("") {
+            TRANSCRIPT_TURN_END => state = TurnState::Over,
+            TRANSCRIPT_STOP_HOOK_SUMMARY => {
                 let blocked = v
                     .get("hookErrors")
                     .and_then(|e| e.as_array())
@@ -287,20 +301,48 @@ pub fn turn_state(tail: &str) -> TurnState {
                         .get("preventedContinuation")
                         .and_then(|p| p.as_bool())
                         .unwrap_or(false);
-                return if blocked {
-                    TurnState::GoesOn
-                } else {
-                    TurnState::Unknown
-                };
+                if blocked {
+                    state = TurnState::GoesOn;
+                    next = pos;
+                }
             }
-            // Anything the model or the user said after the last marker: the
-            // turn is under way.
-            ("assistant", _) => return TurnState::Unknown,
-            ("user", _) => return TurnState::Unknown,
             _ => {}
         }
     }
-    TurnState::Unknown
+    (state, next)
+}
+
+/// Reads a transcript from `offset` (at most `max` bytes, the newest) for
+/// [`turn_state_since`]; returns the text and the offset it starts at.
+pub fn transcript_since(
+    path: &std::path::Path,
+    offset: u64,
+    max: u64,
+) -> std::io::Result<(String, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut start = offset.min(len);
+    let cut = len - start > max;
+    if cut {
+        start = len - max;
+    }
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf)?;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    if cut {
+        // Started mid-line: skip to the next whole line.
+        let skip = text.find('\n').map_or(text.len(), |i| i + 1);
+        text.drain(..skip);
+        start += skip as u64;
+    }
+    Ok((text, start))
+}
+
+/// A transcript's length now: where the next turn's entries will start.
+pub fn transcript_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Whether the transcript's tail holds a (non-meta) user message whose text
@@ -383,22 +425,39 @@ mod tests {
 
     #[test]
     fn a_blocked_stop_goes_on_and_a_turn_duration_ends_it() {
-        let blocked = r#"{"type":"assistant","message":{}}
-{"type":"system","subtype":"stop_hook_summary","hookErrors":["run the tests first"],"preventedContinuation":false}
-{"type":"api-request"}"#;
-        assert_eq!(turn_state(blocked), TurnState::GoesOn);
-        let over = format!(
-            "{blocked}\n{}\n{}\n{}",
+        let first = concat!(
+            r#"{"type":"user","message":{"content":"x"}}"#,
+            "\n",
             r#"{"type":"assistant","message":{}}"#,
+            "\n",
+            r#"{"type":"system","subtype":"stop_hook_summary","hookErrors":["run the tests first"],"preventedContinuation":false}"#,
+            "\n",
+            r#"{"type":"api-request"}"#,
+            "\n"
+        );
+        let (state, next) = turn_state_since(first, 100);
+        assert_eq!(state, TurnState::GoesOn);
+        let summary_end = first.find("\n{\"type\":\"api-request").unwrap() as u64 + 1;
+        assert_eq!(next, 100 + summary_end, "past the blocking summary");
+        // Read again from there: that summary is not taken twice.
+        let rest = &first[summary_end as usize..];
+        assert_eq!(turn_state_since(rest, next).0, TurnState::Unknown);
+        let end = concat!(
+            r#"{"type":"assistant","message":{}}"#,
+            "\n",
             r#"{"type":"system","subtype":"stop_hook_summary","hookErrors":[]}"#,
-            r#"{"type":"system","subtype":"turn_duration","durationMs":3976}"#
+            "\n",
+            r#"{"type":"system","subtype":"turn_duration","durationMs":3976}"#,
+            "\n"
         );
-        assert_eq!(turn_state(&over), TurnState::Over);
         assert_eq!(
-            turn_state(r#"{"type":"assistant","message":{}}"#),
-            TurnState::Unknown
+            turn_state_since(&format!("{rest}{end}"), next).0,
+            TurnState::Over
         );
-        assert_eq!(turn_state(""), TurnState::Unknown);
+        // A line still being written does not count yet.
+        let partial = r#"{"type":"system","subtype":"turn_duration""#;
+        assert_eq!(turn_state_since(partial, 0), (TurnState::Unknown, 0));
+        assert_eq!(turn_state_since("", 7), (TurnState::Unknown, 7));
     }
 
     #[test]

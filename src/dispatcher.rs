@@ -112,7 +112,7 @@ const TRANSCRIPT_LOOK_EVERY: Duration = Duration::from_secs(2);
 /// After a `Stop`, how long to wait for the transcript to say whether the
 /// turn is over (a user's Stop hook may block it) before taking the Stop as
 /// the end.
-const FINISH_GRACE: Duration = Duration::from_secs(5);
+const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// After dispatch resumes without a swap (the account recovered), how long
 /// before an interrupted task's session is told to continue: a swap's own
 /// relaunch, if one is on its way, continues it first.
@@ -170,6 +170,9 @@ struct Assignment {
     phase: Phase,
     /// When the task was seen ready (for dispatch latency).
     seen_at: Instant,
+    /// The turn's transcript and the offset its end-of-turn markers are
+    /// read from (set when the submission is confirmed).
+    transcript: Option<(PathBuf, u64)>,
 }
 
 struct Run {
@@ -458,6 +461,11 @@ impl Run {
                 let submitted = ev.field("prompt").unwrap_or("");
                 if typed.is_some_and(|t| crate::claude_facts::same_prompt(t, submitted)) {
                     a.phase = Phase::Running;
+                    a.transcript = ev.field("transcript_path").map(|p| {
+                        let p = PathBuf::from(p);
+                        let len = crate::claude_facts::transcript_len(&p);
+                        (p, len)
+                    });
                     let latency = a.seen_at.elapsed();
                     let (task, project) = (a.task.clone(), a.project.clone());
                     if let (Some(task), Some(id)) = (task, sid) {
@@ -534,15 +542,23 @@ impl Run {
         else {
             return;
         };
-        let turn = transcript
-            .as_deref()
-            .and_then(|t| crate::claude_facts::transcript_tail(t, 256 << 10).ok())
-            .map(|tail| crate::claude_facts::turn_state(&tail))
-            .unwrap_or(crate::claude_facts::TurnState::Unknown);
+        if a.transcript.is_none() {
+            a.transcript = transcript.clone().map(|p| (p, 0));
+        }
+        let since = *since;
+        let (turn, next) = match &a.transcript {
+            Some((path, offset)) => crate::claude_facts::transcript_since(path, *offset, 32 << 20)
+                .map(|(text, start)| crate::claude_facts::turn_state_since(&text, start))
+                .unwrap_or((crate::claude_facts::TurnState::Unknown, *offset)),
+            None => (crate::claude_facts::TurnState::Unknown, 0),
+        };
         match turn {
             crate::claude_facts::TurnState::GoesOn => {
                 log::info!("{session}: a Stop hook blocked the end of the turn; the task goes on");
                 a.phase = Phase::Running;
+                if let Some((_, offset)) = a.transcript.as_mut() {
+                    *offset = next;
+                }
             }
             crate::claude_facts::TurnState::Over => self.finish(session),
             crate::claude_facts::TurnState::Unknown if since.elapsed() >= FINISH_GRACE => {
@@ -575,7 +591,12 @@ impl Run {
             // one active when the task was claimed.
             let _ = q.update_marker(&task, |m| m.account = account.clone());
         }
-        match q.complete(&task, message.as_deref(), claude_session_id.as_deref(), now()) {
+        match q.complete(
+            &task,
+            message.as_deref(),
+            claude_session_id.as_deref(),
+            now(),
+        ) {
             Ok(Completion::Done { name }) => {
                 log::info!("{session}: task {}/{name} done", a.project);
                 let _ = self.out.send(Output::Outcome {
@@ -743,6 +764,7 @@ impl Run {
                         prompt: String::new(),
                         phase,
                         seen_at: Instant::now(),
+                        transcript: None,
                     },
                     name,
                 ));
@@ -1036,7 +1058,11 @@ impl Run {
                 let typed = match crate::claude_facts::typed_form(&claimed.prompt, false) {
                     Ok(t) => t,
                     Err(reason) => {
-                        log::error!("project {}: task {} refused: {reason}", q.project(), claimed.name);
+                        log::error!(
+                            "project {}: task {} refused: {reason}",
+                            q.project(),
+                            claimed.name
+                        );
                         if let Ok(Outcome::Failed { name, .. }) =
                             q.give_up(&claimed.name, &reason, now())
                         {
@@ -1064,6 +1090,7 @@ impl Run {
                     prompt: typed.clone(),
                     phase: Phase::Running,
                     seen_at,
+                    transcript: None,
                 };
                 if s.cwd != q.project_path() {
                     a.phase = Phase::Relocating {
@@ -1289,6 +1316,10 @@ fn type_in(tmux: &Tmux, session: &str, text: &str) {
         }
         if let Err(e) = tmux.type_text(&session, &text, TYPE_PAUSE) {
             log::warn!("{session}: cannot type into it: {e}");
+        } else if crate::switcher::failpoint_set("dispatch-typed") && text != "/clear" {
+            // Test-only: a `kill -9` between the Enter and its `UserPromptSubmit`.
+            log::error!("fail point dispatch-typed reached: aborting");
+            std::process::abort();
         }
     });
 }
