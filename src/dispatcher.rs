@@ -188,6 +188,8 @@ struct Run {
     paused: Option<String>,
     /// When dispatch last resumed after a pause.
     unpaused_at: Option<Instant>,
+    /// When each session last showed a sign of life (any hook or status-line event).
+    last_life: HashMap<String, Instant>,
     out: Sender<Output>,
     /// Names inotify reported complete, per project.
     complete: HashMap<String, HashSet<String>>,
@@ -292,6 +294,7 @@ impl Run {
             clearing: HashMap::new(),
             paused: None,
             unpaused_at: None,
+            last_life: HashMap::new(),
             out,
             complete: HashMap::new(),
             idle_since: HashMap::new(),
@@ -379,6 +382,9 @@ impl Run {
                     // so a replayed Stop finds its task.
                     self.pending.push((path, ev));
                     return;
+                }
+                if let Some(session) = &ev.session {
+                    self.last_life.insert(session.clone(), Instant::now());
                 }
                 self.on_hook(&ev);
                 let _ = std::fs::remove_file(path);
@@ -876,6 +882,41 @@ impl Run {
                     );
                 }
                 Phase::Finishing { .. } => self.check_finishing(&name),
+                Phase::Running if self.paused.is_none() => {
+                    // A task has a deadline judged by the session's signs of
+                    // life: its events and its transcript. A session that
+                    // shows none for `stale_task_after` (hung, or its events
+                    // lost) is relaunched and the attempt counts.
+                    let stale = self.config.janitor.stale_task_after;
+                    let transcript_age = a
+                        .transcript
+                        .as_ref()
+                        .and_then(|(p, _)| std::fs::metadata(p).ok()?.modified().ok())
+                        .and_then(|m| m.elapsed().ok());
+                    let event_age = self.last_life.get(&name).map(|t| t.elapsed());
+                    let quiet = [Some(a.seen_at.elapsed()), transcript_age, event_age]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .unwrap_or_default();
+                    if quiet >= stale {
+                        log::error!("{name}: no sign of life for {quiet:?} while working on its task; the attempt counts and the session is relaunched");
+                        let cwd = view.as_ref().map(|v| v.cwd.clone());
+                        self.release(
+                            &name,
+                            Release::Attempt(format!(
+                                "session {name} showed no sign of life for {}s",
+                                quiet.as_secs()
+                            )),
+                        );
+                        if let Some(cwd) = cwd {
+                            let _ = self.out.send(Output::Relocate {
+                                session: name.clone(),
+                                cwd,
+                            });
+                        }
+                    }
+                }
                 Phase::Clearing { since } if since.elapsed() > CLEAR_DEADLINE => {
                     log::warn!("{name}: /clear was not confirmed; its task goes back to the inbox");
                     self.release(&name, Release::Requeue);
