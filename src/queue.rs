@@ -32,9 +32,9 @@
 //!   Writing elsewhere and renaming into inbox (what `enqueue` does) is the
 //!   clean way, and is seen at once: inotify reports the rename
 //!   (`IN_MOVED_TO`) and the dispatcher skips the settle time for that name.
-//!   A writer's close (`IN_CLOSE_WRITE`) only wakes a scan: `touch t.md;
-//!   echo text > t.md` closes twice, and `echo ONE > t.md; echo TWO >> t.md`
-//!   too, and only the settle time tells the last close from the others.
+//!   A writer's close (`IN_CLOSE_WRITE`) only wakes a scan: a `touch`
+//!   then a write closes twice, and so do a `>` then a `>>`, and only the
+//!   settle time tells the last close from the others.
 //! - **Names**: a task's name (its file name without `.md`) is at most
 //!   [`MAX_NAME_BYTES`] bytes, so that it fits the file system's 255 bytes
 //!   with every sidecar suffix, temp prefix and `-N` a free name may need. A
