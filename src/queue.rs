@@ -33,8 +33,8 @@
 //!   clean way, and is seen at once: inotify reports the rename
 //!   (`IN_MOVED_TO`) and the dispatcher skips the settle time for that name.
 //!   A writer's close (`IN_CLOSE_WRITE`) only wakes a scan: a `touch`
-//!   then a write closes twice, and so do a `>` then a `>>`, and only the
-//!   settle time tells the last close from the others.
+//!   then a write closes twice, and so does a redirect then an append;
+//!   only the settle time tells the last close from the others.
 //! - **Names**: a task's name (its file name without `.md`) is at most
 //!   [`MAX_NAME_BYTES`] bytes, so that it fits the file system's 255 bytes
 //!   with every sidecar suffix, temp prefix and `-N` a free name may need. A
