@@ -25,16 +25,16 @@
 //!   symlink (never followed) or any other non-regular entry is moved to
 //!   failed/ as it is, with the reason.
 //! - **Settle rule**: only a finished rename or a settled file is a task.
-//!   A file is settled once it has not changed for [`SETTLE`]: `now - ctime
-//!   >= SETTLE`. The kernel bumps a file's ctime on every write, truncate,
+//!   A file is settled once it has not changed for [`SETTLE`]:
+//!   `now - ctime >= SETTLE`. The kernel bumps a file's ctime on every write, truncate,
 //!   `touch` and rename, so this covers "size and mtime stable" and cannot be
 //!   fooled by tools that set an old or future mtime (`cp -p`, `touch -d`).
 //!   Writing elsewhere and renaming into inbox (what `enqueue` does) is the
 //!   clean way, and is seen at once: inotify reports the rename
 //!   (`IN_MOVED_TO`) and the dispatcher skips the settle time for that name.
-//!   A writer's close (`IN_CLOSE_WRITE`) only wakes a scan: a `touch`
-//!   then a write closes twice, and so does a redirect then an append;
-//!   only the settle time tells the last close from the others.
+//!   A writer's close (`IN_CLOSE_WRITE`) only wakes a scan: `touch t.md;
+//!   echo text > t.md` closes twice, and `echo ONE > t.md; echo TWO >> t.md`
+//!   too, and only the settle time tells the last close from the others.
 //! - **Names**: a task's name (its file name without `.md`) is at most
 //!   [`MAX_NAME_BYTES`] bytes, so that it fits the file system's 255 bytes
 //!   with every sidecar suffix, temp prefix and `-N` a free name may need. A
