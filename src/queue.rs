@@ -646,6 +646,8 @@ pub struct Queue {
     book: Arc<Mutex<Book>>,
     /// Task files read (their content), for tests and benchmarks.
     reads: Arc<AtomicU64>,
+    /// Folders listed to count them, for tests and benchmarks.
+    listings: Arc<AtomicU64>,
 }
 
 impl PartialEq for Queue {
@@ -794,6 +796,7 @@ impl Queue {
             root,
             book: Arc::default(),
             reads: Arc::default(),
+            listings: Arc::default(),
         }
     }
 
@@ -801,6 +804,12 @@ impl Queue {
     /// cost a scan's cache saves. Instrumentation for tests and benchmarks.
     pub fn task_file_reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
+    }
+
+    /// How many times this queue (and its clones) has listed a folder to
+    /// count it: what the tracked counts save. Instrumentation.
+    pub fn folder_listings(&self) -> u64 {
+        self.listings.load(Ordering::Relaxed)
     }
 
     fn read_task(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -1882,6 +1891,7 @@ impl Queue {
     fn count_folder(&self, f: Folder, now: SystemTime) -> Result<FolderCount> {
         let dir = self.folder(f);
         let stamp = dir_stamp(&dir);
+        self.listings.fetch_add(1, Ordering::Relaxed);
         let count = list_names(&dir)?.iter().filter(|n| counts_in(f, n)).count();
         let trusted = stamp.is_some_and(|s| {
             let mtime = UNIX_EPOCH
