@@ -951,6 +951,12 @@ impl Queue {
         let inbox = self.folder(Folder::Inbox);
         let entries = fs::read_dir(&inbox).map_err(io_err("list", &inbox))?;
         let attempts = self.load_attempts();
+        // Names active now (a few): one listing instead of a stat per entry.
+        let active: HashSet<String> = self
+            .md_names(Folder::Active)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut out = ScanResult::default();
         let mut seen = HashSet::new();
         for entry in entries {
@@ -1023,7 +1029,7 @@ impl Queue {
                 .claim_failures
                 .get(name)
                 .is_some_and(|f| now < f.retry_at);
-            if backing_off || exists(&self.task_path(Folder::Active, name)) {
+            if backing_off || active.contains(name) {
                 out.not_ready.push(name.to_string());
                 continue;
             }
@@ -1744,6 +1750,8 @@ impl Queue {
         let archived_before = report.archived.len();
         let mut files = list_names(&done)?;
         files.sort();
+        // The tasks listed: a result's task is looked up here, not stat'ed.
+        let listed: HashSet<&str> = files.iter().filter_map(|f| f.strip_suffix(".md")).collect();
         // `finished_at` is written with the result, so the result file's
         // mtime is never older than it: an entry whose files changed within
         // the retention is young whatever it says, and is not read. (A
@@ -1802,7 +1810,7 @@ impl Queue {
                 // A result whose task is not in done/ (a crash between the
                 // two renames above, or before complete's rename).
                 let result = done.join(file);
-                if exists(&done.join(format!("{name}.md"))) {
+                if listed.contains(name) || exists(&done.join(format!("{name}.md"))) {
                     continue;
                 }
                 let Some(t) = finished(&result, &result) else {
@@ -2330,6 +2338,49 @@ mod tests {
             check_name("../x").is_err() && check_name(".x").is_err() && check_name("").is_err()
         );
         assert!(check_name("fix-login").is_ok());
+    }
+
+    #[test]
+    fn the_longest_name_fits_every_file_made_of_it() {
+        // `.<name>-99999.md.dispatched.tmp-<pid>-<u64 counter>`: the marker's
+        // temp file, the longest name the queue makes (atomic_file's format).
+        let longest = 1
+            + MAX_NAME_BYTES
+            + "-99999".len()
+            + MARKER_SUFFIX.len()
+            + ".tmp-".len()
+            + "4194304".len()
+            + 1
+            + u64::MAX.to_string().len();
+        assert!(longest <= 255, "{longest}");
+        for suffix in [RESULT_SUFFIX, ERROR_SUFFIX] {
+            assert!(suffix.len() <= MARKER_SUFFIX.len());
+        }
+        assert!(short_stem(&"x".repeat(255)).len() <= MAX_NAME_BYTES);
+        // Cut at a character boundary: byte 100 falls inside an `é` here.
+        let s = short_stem(&format!("a{}", "é".repeat(127)));
+        assert_eq!(s.len(), SHORT_STEM_KEEP - 1 + 17, "{s}");
+        assert!(s.starts_with(&format!("a{}-", "é".repeat(49))), "{s}");
+    }
+
+    #[test]
+    fn front_matter_over_the_cap_is_refused_before_yaml() {
+        let long = format!(
+            "---\n# {}\npriority: 1\n---\nDo it",
+            "c".repeat(MAX_FRONT_MATTER_BYTES)
+        );
+        let e = err(&long);
+        assert!(
+            e.starts_with("broken front matter: longer than 4096 bytes"),
+            "{e}"
+        );
+        let fits = format!(
+            "---\n# {}\npriority: 1\n---\nDo it",
+            "c".repeat(MAX_FRONT_MATTER_BYTES - 20)
+        );
+        assert_eq!(parse_task(fits.as_bytes()).unwrap().priority(), 1);
+        // No front matter at all: a long body is fine.
+        assert!(parse_task("b".repeat(100_000).as_bytes()).is_ok());
     }
 
     #[test]
