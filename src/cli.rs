@@ -315,18 +315,22 @@ fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: 
         );
         return exit::FAILURE;
     };
+    // At most one byte over the limit is read, from a file as from stdin:
+    // enough to refuse a task that is too big without holding all of it.
+    let cap = crate::queue::MAX_TASK_BYTES as u64 + 1;
     let (content, hint) = if file == "-" {
         let mut buf = Vec::new();
-        if let Err(e) = std::io::stdin()
-            .take(crate::queue::MAX_TASK_BYTES as u64 + 1)
-            .read_to_end(&mut buf)
-        {
+        if let Err(e) = std::io::stdin().take(cap).read_to_end(&mut buf) {
             eprintln!("claude-failover enqueue: cannot read standard input: {e}");
             return exit::FAILURE;
         }
         (buf, None)
     } else {
-        match std::fs::read(file) {
+        let read = std::fs::File::open(file).and_then(|f| {
+            let mut buf = Vec::new();
+            f.take(cap).read_to_end(&mut buf).map(|_| buf)
+        });
+        match read {
             Ok(b) => (
                 b,
                 std::path::Path::new(file)

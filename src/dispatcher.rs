@@ -219,8 +219,13 @@ impl Dispatcher {
     }
 }
 
-/// inotify on every project's inbox: names renamed in or closed after
-/// writing. A detached reader (it blocks in `read`); it only sends names.
+/// inotify on every project's inbox. A detached reader (it blocks in
+/// `read`); it only sends `(project, name)`. A name renamed into an inbox
+/// (`IN_MOVED_TO`) is sent as it is: a finished rename is a complete task,
+/// claimable at once. A writer's close (`IN_CLOSE_WRITE`) only wakes a scan
+/// and is sent with an empty name: `touch t.md; echo text > t.md` closes
+/// twice, so a close does not mean the file is whole, and the settle time
+/// decides (see the queue's settle rule).
 fn watch_inboxes(config: &Config) -> Receiver<(String, String)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let Ok(mut inotify) = inotify::Inotify::init() else {
@@ -254,8 +259,10 @@ fn watch_inboxes(config: &Config) -> Receiver<(String, String)> {
                 };
                 for e in events {
                     let project = projects.get(&e.wd).cloned().unwrap_or_default();
+                    let renamed_in = e.mask.contains(inotify::EventMask::MOVED_TO);
                     let name = e
                         .name
+                        .filter(|_| renamed_in)
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
                     if tx.send((project, name)).is_err() {
@@ -1048,7 +1055,13 @@ impl Run {
                 }
             };
             for r in &scan.rejected {
-                log::error!("project {}: {} refused: {}", q.project(), r.file, r.reason);
+                log::error!(
+                    "project {}: {} refused (now failed/{}): {}",
+                    q.project(),
+                    r.file,
+                    r.moved_to,
+                    r.reason
+                );
                 let _ = self.out.send(Output::Outcome {
                     outcome: "failed",
                     dispatch_latency: None,
@@ -1058,6 +1071,12 @@ impl Run {
                     task: r.file.clone(),
                     reason: r.reason.clone(),
                 });
+            }
+            for i in &scan.newly_ignored {
+                log::warn!(
+                    "project {}: inbox/{i} is not a task (only *.md files are); left alone",
+                    q.project()
+                );
             }
             // Names seen complete but not ready yet (same name active) stay known.
             for n in &scan.not_ready {
@@ -1167,7 +1186,7 @@ impl Run {
                 .queues
                 .iter()
                 .filter(|(_, p)| *p == pool.name)
-                .filter_map(|(q, _)| q.counts().ok())
+                .filter_map(|(q, _)| q.tracked_counts(now()).ok())
                 .map(|c| c.inbox)
                 .sum();
             let members: Vec<&SessionView> = self
@@ -1314,7 +1333,9 @@ impl Run {
     fn publish_counts(&mut self) {
         let mut counts = BTreeMap::new();
         for (q, _) in &self.queues {
-            if let Ok(c) = q.counts() {
+            // Tracked counts: a few `stat`s when nothing changed, whatever
+            // the size of done/; status.json only when it changed.
+            if let Ok(c) = q.tracked_counts(now()) {
                 counts.insert(q.project().to_string(), c);
             }
             let serving: Vec<String> = self
@@ -1323,7 +1344,7 @@ impl Run {
                 .filter(|(_, a)| a.project == q.project())
                 .map(|(s, _)| s.clone())
                 .collect();
-            let _ = q.write_status(&serving, now());
+            let _ = q.publish_status(&serving, now());
         }
         let _ = self.out.send(Output::Counts(counts));
     }

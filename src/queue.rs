@@ -24,15 +24,28 @@
 //!   regular files are left alone and reported as ignored. A folder, a
 //!   symlink (never followed) or any other non-regular entry is moved to
 //!   failed/ as it is, with the reason.
-//! - **Settle rule**: a task is claimable once it has not changed for
-//!   [`SETTLE`]: `now - ctime >= SETTLE`. The kernel bumps a file's ctime on
-//!   every write, truncate, `touch` and rename, so this covers "size and
-//!   mtime stable" and cannot be fooled by tools that set an old or future
-//!   mtime (`cp -p`, `touch -d`). Writing elsewhere and renaming into inbox
-//!   (what `enqueue` does) is the clean way, and is seen at once: inotify
-//!   reports the rename (`IN_MOVED_TO`) or the writer's close
-//!   (`IN_CLOSE_WRITE`) and the dispatcher skips the settle time for that
-//!   name. An editor writing in place is covered by the settle time.
+//! - **Settle rule**: only a finished rename or a settled file is a task.
+//!   A file is settled once it has not changed for [`SETTLE`]:
+//!   `now - ctime >= SETTLE`. The kernel bumps a file's ctime on every write, truncate,
+//!   `touch` and rename, so this covers "size and mtime stable" and cannot be
+//!   fooled by tools that set an old or future mtime (`cp -p`, `touch -d`).
+//!   Writing elsewhere and renaming into inbox (what `enqueue` does) is the
+//!   clean way, and is seen at once: inotify reports the rename
+//!   (`IN_MOVED_TO`) and the dispatcher skips the settle time for that name.
+//!   A writer's close (`IN_CLOSE_WRITE`) only wakes a scan: `touch t.md;
+//!   echo text > t.md` closes twice, and `echo ONE > t.md; echo TWO >> t.md`
+//!   too, and only the settle time tells the last close from the others.
+//! - **Names**: a task's name (its file name without `.md`) is at most
+//!   [`MAX_NAME_BYTES`] bytes, so that it fits the file system's 255 bytes
+//!   with every sidecar suffix, temp prefix and `-N` a free name may need. A
+//!   longer inbox file goes to failed/ under a shortened name
+//!   ([`short_stem`]: its first bytes and a hash), its full name in the
+//!   reason; `enqueue` refuses to create one.
+//! - **Claims that fail** (a file system error, say) back off: the name is
+//!   not tried again for 1 s, then 2 s, 4 s, … up to a minute, so no error
+//!   can turn into a claim loop.
+//! - **Bounded parsing**: front matter holds two integers, so more than
+//!   [`MAX_FRONT_MATTER_BYTES`] of it is refused before any YAML is parsed.
 //! - **Bad input** (not UTF-8, over 1 MiB, broken front matter, no prompt)
 //!   goes to failed/ with the reason in `<name>.error.json`. Nothing is ever
 //!   deleted: every move is a rename, and a name already taken in the
@@ -55,14 +68,16 @@
 //! The daemon is the only process that moves files out of inbox/; `enqueue`
 //! (any process) only adds to it, with a no-replace hard link.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, FileType, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file;
@@ -81,6 +96,27 @@ pub const MAX_TASK_BYTES: usize = 1 << 20;
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 /// Priority of a task whose front matter does not set one.
 pub const DEFAULT_PRIORITY: i64 = 0;
+/// Longest task name, in bytes (the file name without `.md`). The longest
+/// file the queue makes of a name is the temp file of its marker,
+/// `.<name>-NNNNN.md.dispatched.tmp-<pid>-<counter>`: 1 + 200 + 6 + 14 + 5
+/// + 7 + 1 + 20 = 254 bytes, within the 255 of every Linux file system.
+pub const MAX_NAME_BYTES: usize = 200;
+/// Longest front matter, in bytes, between its `---` lines. `priority` and
+/// `max_attempts` take a few dozen; the cap keeps a hostile file from
+/// holding the dispatcher in the YAML parser (deep nesting parses in
+/// quadratic time).
+pub const MAX_FRONT_MATTER_BYTES: usize = 4096;
+/// The tracked queue counts are recounted from the folders this often,
+/// whatever they say, to catch changes nobody saw (see [`Queue::tracked_counts`]).
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(60);
+/// How many bytes of a too long name [`short_stem`] keeps.
+const SHORT_STEM_KEEP: usize = 100;
+/// The first and the longest back-off after a failed claim.
+const CLAIM_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A folder whose mtime is younger than this when it is listed is listed
+/// again next time: a change in the same clock tick may not move its mtime.
+const RACY: Duration = Duration::from_secs(1);
 
 const ATTEMPTS_FILE: &str = "attempts.json";
 const STATUS_FILE: &str = "status.json";
@@ -299,6 +335,11 @@ fn split_front_matter(text: &str) -> std::result::Result<(FrontMatter, &str), St
             let yaml_start = first.len();
             let mut offset = yaml_start;
             for line in lines {
+                if offset - yaml_start > MAX_FRONT_MATTER_BYTES {
+                    return Err(format!(
+                        "broken front matter: longer than {MAX_FRONT_MATTER_BYTES} bytes, or its closing `---` line is missing (it holds only `priority` and `max_attempts`)"
+                    ));
+                }
                 if is_fence(line) {
                     let front = parse_front_yaml(&text[yaml_start..offset])?;
                     return Ok((front, &text[offset + line.len()..]));
@@ -434,6 +475,20 @@ fn free_stem(stem: &str, taken: impl Fn(&str) -> bool) -> String {
         .expect("an unbounded range has a free name")
 }
 
+/// A name that fits: the first [`SHORT_STEM_KEEP`] bytes of `stem` (cut at a
+/// character boundary), `-`, and 16 hex digits of a hash of the whole name
+/// (FNV-1a), so two long names with the same start stay apart.
+pub fn short_stem(stem: &str) -> String {
+    let mut cut = SHORT_STEM_KEEP.min(stem.len());
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = stem.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{}-{hash:016x}", &stem[..cut])
+}
+
 /// Reads at most one byte over the limit, so a huge file costs nothing.
 fn read_capped(path: &Path) -> io::Result<Vec<u8>> {
     let f = File::open(path)?;
@@ -507,6 +562,9 @@ pub struct ScanResult {
     pub not_ready: Vec<String>,
     /// Entries left alone: regular files not named `*.md`, names that are not UTF-8.
     pub ignored: Vec<String>,
+    /// The entries of `ignored` this queue had not reported before (each is
+    /// reported once while it stays in inbox/).
+    pub newly_ignored: Vec<String>,
     /// Entries that could not be looked at this time (left in place).
     pub errors: Vec<String>,
 }
@@ -574,11 +632,158 @@ struct ProjectStatus<'a> {
 }
 
 /// The queue of one project.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Clones share one [`Book`]: what the queue has already looked at, so that
+/// an idle daemon costs a few `stat`s per turn whatever the size of done/,
+/// and a claim with thousands of tasks waiting reads one file. The book only
+/// saves work: every entry is checked against what the disk shows (a file's
+/// identity, a folder's timestamps) before it is used.
+#[derive(Debug, Clone)]
 pub struct Queue {
     project: String,
     project_path: PathBuf,
     root: PathBuf,
+    book: Arc<Mutex<Book>>,
+    /// Task files read (their content), for tests and benchmarks.
+    reads: Arc<AtomicU64>,
+    /// Folders listed to count them, for tests and benchmarks.
+    listings: Arc<AtomicU64>,
+}
+
+impl PartialEq for Queue {
+    fn eq(&self, other: &Queue) -> bool {
+        (&self.project, &self.project_path) == (&other.project, &other.project_path)
+    }
+}
+
+impl Eq for Queue {}
+
+/// Identity of a file's content as far as `stat` tells: any write, truncate,
+/// rename or replacement changes one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// What a scan needs of a valid inbox task, remembered by file name.
+#[derive(Debug, Clone, Copy)]
+struct Parsed {
+    id: FileId,
+    priority: i64,
+    max_attempts: Option<u32>,
+}
+
+/// A name whose claim failed: not tried again before `retry_at`.
+#[derive(Debug, Clone, Copy)]
+struct ClaimFailure {
+    failures: u32,
+    retry_at: SystemTime,
+}
+
+/// The tracked count of one folder, valid while the folder's stamp (its
+/// identity and timestamps) is the one recorded.
+#[derive(Debug, Clone, Copy, Default)]
+struct FolderCount {
+    count: usize,
+    stamp: Option<FileId>,
+    /// False when the stamp was taken too close to the folder's last change
+    /// (see [`RACY`]) or a change of ours could not be accounted for.
+    trusted: bool,
+}
+
+/// The folders the counts cover, in [`QueueCounts`] order.
+const COUNTED: [Folder; 4] = [Folder::Inbox, Folder::Active, Folder::Done, Folder::Failed];
+
+#[derive(Debug, Default)]
+struct Book {
+    parsed: HashMap<String, Parsed>,
+    claim_failures: HashMap<String, ClaimFailure>,
+    counts: [FolderCount; 4],
+    last_recount: Option<SystemTime>,
+    /// The sessions and counts status.json was last written with.
+    status_written: Option<(Vec<String>, [usize; 4])>,
+    /// Inbox entries reported as ignored (each is reported once).
+    ignored_seen: HashSet<String>,
+}
+
+fn counted_index(f: Folder) -> Option<usize> {
+    COUNTED.iter().position(|c| *c == f)
+}
+
+fn dir_stamp(dir: &Path) -> Option<FileId> {
+    fs::symlink_metadata(dir).ok().map(|m| FileId::of(&m))
+}
+
+/// Whether `file` counts as a task entry of folder `f` (see [`Queue::counts`]).
+fn counts_in(f: Folder, file: &str) -> bool {
+    match f {
+        Folder::Failed => !file.ends_with(ERROR_SUFFIX),
+        _ => file.ends_with(".md"),
+    }
+}
+
+/// A change of ours to some counted folders: their stamps before it, so that
+/// the tracked counts can take the change in without listing the folders
+/// again. Dropped without [`Tracking::finish`] (an error on the way), the
+/// folders it changed are listed again at the next count.
+struct Tracking<'a> {
+    queue: &'a Queue,
+    before: Vec<(Folder, Option<FileId>)>,
+}
+
+impl Tracking<'_> {
+    /// The change is over: `deltas` is what it did to each folder's count.
+    fn finish(mut self, deltas: &[(Folder, isize)]) {
+        let before = std::mem::take(&mut self.before);
+        let mut book = self.queue.book.lock();
+        for (f, pre) in before {
+            let Some(i) = counted_index(f) else { continue };
+            let post = dir_stamp(&self.queue.folder(f));
+            let fc = &mut book.counts[i];
+            let delta = deltas
+                .iter()
+                .filter(|(g, _)| *g == f)
+                .map(|(_, d)| *d)
+                .sum::<isize>();
+            if pre.is_some() && fc.stamp == pre {
+                fc.count = fc.count.saturating_add_signed(delta);
+                fc.stamp = post;
+            } else if post != pre {
+                fc.trusted = false;
+            }
+        }
+    }
+}
+
+impl Drop for Tracking<'_> {
+    fn drop(&mut self) {
+        if self.before.is_empty() {
+            return;
+        }
+        let mut book = self.queue.book.lock();
+        for (f, pre) in &self.before {
+            let Some(i) = counted_index(*f) else { continue };
+            if dir_stamp(&self.queue.folder(*f)) != *pre {
+                book.counts[i].trusted = false;
+            }
+        }
+    }
 }
 
 impl Queue {
@@ -589,6 +794,37 @@ impl Queue {
             project: project.into(),
             project_path,
             root,
+            book: Arc::default(),
+            reads: Arc::default(),
+            listings: Arc::default(),
+        }
+    }
+
+    /// How many task files this queue (and its clones) has read so far: the
+    /// cost a scan's cache saves. Instrumentation for tests and benchmarks.
+    pub fn task_file_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// How many times this queue (and its clones) has listed a folder to
+    /// count it: what the tracked counts save. Instrumentation.
+    pub fn folder_listings(&self) -> u64 {
+        self.listings.load(Ordering::Relaxed)
+    }
+
+    fn read_task(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        read_capped(path)
+    }
+
+    /// Starts tracking a change of ours to `folders`.
+    fn track(&self, folders: &[Folder]) -> Tracking<'_> {
+        Tracking {
+            queue: self,
+            before: folders
+                .iter()
+                .map(|f| (*f, dir_stamp(&self.folder(*f))))
+                .collect(),
         }
     }
 
@@ -701,17 +937,28 @@ impl Queue {
 
     /// As [`Queue::scan_inbox`], but the file names in `complete` (`x.md`)
     /// skip the settle time: the dispatcher saw inotify report them renamed
-    /// into inbox (`IN_MOVED_TO`) or closed after writing (`IN_CLOSE_WRITE`),
-    /// which is how a complete file arrives.
+    /// into inbox (`IN_MOVED_TO`), which is how a complete file arrives. (A
+    /// writer's close is not: see the settle rule.)
+    ///
+    /// Valid tasks are read once: their priority and `max_attempts` are
+    /// remembered by name and file identity, so a scan of an inbox that did
+    /// not change reads no file.
     pub fn scan_inbox_with(
         &self,
         now: SystemTime,
-        complete: &std::collections::HashSet<String>,
+        complete: &HashSet<String>,
     ) -> Result<ScanResult> {
         let inbox = self.folder(Folder::Inbox);
         let entries = fs::read_dir(&inbox).map_err(io_err("list", &inbox))?;
         let attempts = self.load_attempts();
+        // Names active now (a few): one listing instead of a stat per entry.
+        let active: HashSet<String> = self
+            .md_names(Folder::Active)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut out = ScanResult::default();
+        let mut seen = HashSet::new();
         for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
@@ -759,6 +1006,14 @@ impl Queue {
                 out.ignored.push(file.to_string());
                 continue;
             };
+            if name.len() > MAX_NAME_BYTES {
+                let reason = format!(
+                    "file name too long: {} bytes before `.md`, the limit is {MAX_NAME_BYTES}; its name in inbox/ was `{file}`",
+                    name.len()
+                );
+                self.reject(&mut out, file, reason, recorded, now);
+                continue;
+            }
             let changed_at = last_change(&meta);
             if age(now, changed_at) < SETTLE && !complete.contains(file) {
                 out.not_ready.push(name.to_string());
@@ -768,41 +1023,78 @@ impl Queue {
                 self.reject(&mut out, file, too_big(meta.len()), recorded, now);
                 continue;
             }
-            if exists(&self.task_path(Folder::Active, name)) {
+            let backing_off = self
+                .book
+                .lock()
+                .claim_failures
+                .get(name)
+                .is_some_and(|f| now < f.retry_at);
+            if backing_off || active.contains(name) {
                 out.not_ready.push(name.to_string());
                 continue;
             }
-            let bytes = match read_capped(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    self.reject(
-                        &mut out,
-                        file,
-                        format!("cannot read it: {e}"),
-                        recorded,
-                        now,
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    out.errors
-                        .push(format!("cannot read {}: {e}", path.display()));
-                    continue;
+            let id = FileId::of(&meta);
+            let known = self.book.lock().parsed.get(name).copied();
+            let (priority, max_attempts) = match known {
+                Some(p) if p.id == id => (p.priority, p.max_attempts),
+                _ => {
+                    let bytes = match self.read_task(&path) {
+                        Ok(b) => b,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                            self.reject(
+                                &mut out,
+                                file,
+                                format!("cannot read it: {e}"),
+                                recorded,
+                                now,
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            out.errors
+                                .push(format!("cannot read {}: {e}", path.display()));
+                            continue;
+                        }
+                    };
+                    match parse_task(&bytes) {
+                        Ok(t) => {
+                            let p = Parsed {
+                                id,
+                                priority: t.priority(),
+                                max_attempts: t.front.max_attempts,
+                            };
+                            self.book.lock().parsed.insert(name.to_string(), p);
+                            (p.priority, p.max_attempts)
+                        }
+                        Err(reason) => {
+                            self.reject(&mut out, file, reason, recorded, now);
+                            continue;
+                        }
+                    }
                 }
             };
-            match parse_task(&bytes) {
-                Ok(t) => out.ready.push(TaskFile {
-                    name: name.to_string(),
-                    path,
-                    priority: t.priority(),
-                    max_attempts: t.front.max_attempts,
-                    attempts: recorded,
-                    size: meta.len(),
-                    changed_at,
-                }),
-                Err(reason) => self.reject(&mut out, file, reason, recorded, now),
+            seen.insert(name.to_string());
+            out.ready.push(TaskFile {
+                name: name.to_string(),
+                path,
+                priority,
+                max_attempts,
+                attempts: recorded,
+                size: meta.len(),
+                changed_at,
+            });
+        }
+        {
+            let mut book = self.book.lock();
+            book.parsed.retain(|n, _| seen.contains(n));
+            for i in &out.ignored {
+                if book.ignored_seen.insert(i.clone()) {
+                    out.newly_ignored.push(i.clone());
+                }
             }
+            let ignored: HashSet<&String> = out.ignored.iter().collect();
+            book.ignored_seen.retain(|i| ignored.contains(i));
         }
         out.ready.sort_by(|a, b| {
             b.priority
@@ -811,6 +1103,7 @@ impl Queue {
         });
         out.not_ready.sort();
         out.ignored.sort();
+        out.newly_ignored.sort();
         Ok(out)
     }
 
@@ -833,8 +1126,11 @@ impl Queue {
             failed_at: rfc3339(now),
             earlier_reasons: Vec::new(),
         };
+        let tracking = self.track(&[Folder::Inbox, Folder::Failed]);
         match self.move_to_failed(&from, stem, ext, &record) {
             Ok(Some(final_stem)) => {
+                let inbox_delta = if ext == ".md" { -1 } else { 0 };
+                tracking.finish(&[(Folder::Inbox, inbox_delta), (Folder::Failed, 1)]);
                 if ext == ".md" {
                     let _ = self.edit_attempts(|a| {
                         a.remove(stem);
@@ -860,9 +1156,15 @@ impl Queue {
         record: &FailureRecord,
     ) -> Result<Option<String>> {
         let failed = self.folder(Folder::Failed);
+        // A name too long for the sidecars is shortened (see `short_stem`).
+        let stem = if stem.len() > MAX_NAME_BYTES {
+            short_stem(stem)
+        } else {
+            stem.to_string()
+        };
         // A name is taken by any entry with that stem; a stray error.json
         // (a crash before its rename) is overwritten.
-        let final_stem = free_stem(stem, |c| {
+        let final_stem = free_stem(&stem, |c| {
             exists(&failed.join(format!("{c}{ext}")))
                 || exists(&failed.join(format!("{c}.md")))
                 || exists(&failed.join(c))
@@ -913,7 +1215,49 @@ impl Queue {
         self.claim_inner(name, None, session, account, now)
     }
 
+    /// A claim that fails for any reason but losing the race (or the task
+    /// being invalid, which moves it to failed/) backs that name off, so an
+    /// error that undoes the claim cannot turn into a claim loop.
     fn claim_inner(
+        &self,
+        name: &str,
+        attempts: Option<u32>,
+        session: &str,
+        account: &str,
+        now: SystemTime,
+    ) -> Result<ActiveTask> {
+        let result = self.claim_once(name, attempts, session, account, now);
+        let mut book = self.book.lock();
+        match &result {
+            Ok(_) | Err(QueueError::Gone { .. } | QueueError::Invalid { .. }) => {
+                book.claim_failures.remove(name);
+            }
+            Err(_) => {
+                let f = book
+                    .claim_failures
+                    .entry(name.to_string())
+                    .or_insert(ClaimFailure {
+                        failures: 0,
+                        retry_at: now,
+                    });
+                f.failures += 1;
+                f.retry_at = now + claim_backoff(f.failures);
+            }
+        }
+        result
+    }
+
+    /// When claim `name` may be tried again after a failure (`None`: it
+    /// has not failed).
+    pub fn claim_retry_at(&self, name: &str) -> Option<SystemTime> {
+        self.book
+            .lock()
+            .claim_failures
+            .get(name)
+            .map(|f| f.retry_at)
+    }
+
+    fn claim_once(
         &self,
         name: &str,
         attempts: Option<u32>,
@@ -936,6 +1280,7 @@ impl Queue {
                     .into(),
             });
         }
+        let tracking = self.track(&[Folder::Inbox, Folder::Active, Folder::Failed]);
         match rename(&from, &to) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -945,10 +1290,11 @@ impl Queue {
             }
             Err(e) => return Err(io_err("move to active/", &from)(e)),
         }
+        self.book.lock().parsed.remove(name);
         let parsed = match fs::symlink_metadata(&to) {
             Ok(m) if !m.file_type().is_file() => Err(not_a_task(m.file_type()).to_string()),
             Ok(m) if m.len() > MAX_TASK_BYTES as u64 => Err(too_big(m.len())),
-            Ok(_) => match read_capped(&to) {
+            Ok(_) => match self.read_task(&to) {
                 Ok(bytes) => parse_task(&bytes),
                 Err(e) => Err(format!("cannot read it: {e}")),
             },
@@ -966,6 +1312,7 @@ impl Queue {
                     earlier_reasons: Vec::new(),
                 };
                 self.move_to_failed(&to, name, ".md", &record)?;
+                tracking.finish(&[(Folder::Inbox, -1), (Folder::Failed, 1)]);
                 self.edit_attempts(|a| {
                     a.remove(name);
                 })?;
@@ -989,6 +1336,7 @@ impl Queue {
             }
             return Err(e);
         }
+        tracking.finish(&[(Folder::Inbox, -1), (Folder::Active, 1)]);
         Ok(ActiveTask {
             name: name.to_string(),
             path: to,
@@ -1117,6 +1465,7 @@ impl Queue {
             finished_at: rfc3339(now),
         };
         let done = self.folder(Folder::Done);
+        let tracking = self.track(&[Folder::Active, Folder::Done]);
         let final_name = free_stem(name, |c| exists(&done.join(format!("{c}.md"))));
         let result_path = self.sidecar(Folder::Done, &final_name, RESULT_SUFFIX);
         write_json(&result_path, &result)?;
@@ -1135,6 +1484,7 @@ impl Queue {
             return Err(io_err("move to done/", &from)(e));
         }
         remove_if_present(&self.marker_path(name))?;
+        tracking.finish(&[(Folder::Active, -1), (Folder::Done, 1)]);
         if let Some(a) = attempts.as_mut() {
             if a.remove(name).is_some() {
                 self.save_attempts(a)?;
@@ -1177,6 +1527,7 @@ impl Queue {
             return Err(self.not_active(name));
         }
         let marker = self.read_marker(name).ok().flatten();
+        let tracking = self.track(&[Folder::Active, Folder::Inbox, Folder::Failed]);
         let mut attempts = self.load_attempts();
         let had_entry = attempts.contains_key(name);
         let mut record = attempts.remove(name).unwrap_or_default();
@@ -1187,7 +1538,8 @@ impl Queue {
         let give_up = match max_attempts_default {
             None => true,
             Some(default) => {
-                let max = fs::read(&from)
+                let max = self
+                    .read_task(&from)
                     .ok()
                     .and_then(|b| parse_task(&b).ok())
                     .and_then(|t| t.front.max_attempts)
@@ -1207,6 +1559,7 @@ impl Queue {
                 .move_to_failed(&from, name, ".md", &failure)?
                 .ok_or_else(|| self.not_active(name))?;
             remove_if_present(&self.marker_path(name))?;
+            tracking.finish(&[(Folder::Active, -1), (Folder::Failed, 1)]);
             if had_entry {
                 self.save_attempts(&attempts)?;
             }
@@ -1225,6 +1578,7 @@ impl Queue {
         attempts.insert(final_name.clone(), record);
         self.save_attempts(&attempts)?;
         self.move_back(name, &final_name)?;
+        tracking.finish(&[(Folder::Active, -1), (Folder::Inbox, 1)]);
         Ok(Outcome::Requeued {
             name: final_name,
             attempts: count,
@@ -1240,6 +1594,7 @@ impl Queue {
             return Err(self.not_active(name));
         }
         let inbox = self.folder(Folder::Inbox);
+        let tracking = self.track(&[Folder::Active, Folder::Inbox]);
         let final_name = free_stem(name, |c| exists(&inbox.join(format!("{c}.md"))));
         if final_name != name {
             self.edit_attempts(|a| {
@@ -1249,6 +1604,7 @@ impl Queue {
             })?;
         }
         self.move_back(name, &final_name)?;
+        tracking.finish(&[(Folder::Active, -1), (Folder::Inbox, 1)]);
         Ok(final_name)
     }
 
@@ -1390,9 +1746,25 @@ impl Queue {
     ) -> Result<()> {
         let done = self.folder(Folder::Done);
         let archive = self.folder(Folder::Archive);
+        let tracking = self.track(&[Folder::Done]);
+        let archived_before = report.archived.len();
         let mut files = list_names(&done)?;
         files.sort();
+        // The tasks listed: a result's task is looked up here, not stat'ed.
+        let listed: HashSet<&str> = files.iter().filter_map(|f| f.strip_suffix(".md")).collect();
+        // `finished_at` is written with the result, so the result file's
+        // mtime is never older than it: an entry whose files changed within
+        // the retention is young whatever it says, and is not read. (A
+        // result copied in later is archived a retention after the copy.)
+        let recent = |path: &Path| {
+            fs::symlink_metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| age(now, t) < retention)
+        };
         let finished = |result_path: &Path, fallback: &Path| -> Option<SystemTime> {
+            if recent(result_path) {
+                return None;
+            }
             read_json::<TaskResult>(result_path)
                 .ok()
                 .flatten()
@@ -1438,7 +1810,7 @@ impl Queue {
                 // A result whose task is not in done/ (a crash between the
                 // two renames above, or before complete's rename).
                 let result = done.join(file);
-                if exists(&done.join(format!("{name}.md"))) {
+                if listed.contains(name) || exists(&done.join(format!("{name}.md"))) {
                     continue;
                 }
                 let Some(t) = finished(&result, &result) else {
@@ -1461,6 +1833,11 @@ impl Queue {
                 }
             }
         }
+        let tasks_archived = report.archived[archived_before..]
+            .iter()
+            .filter(|n| !n.ends_with(RESULT_SUFFIX))
+            .count();
+        tracking.finish(&[(Folder::Done, -(tasks_archived as isize))]);
         Ok(())
     }
 
@@ -1500,28 +1877,107 @@ impl Queue {
     }
 
     /// Tasks per folder: `*.md` entries (failed/ also counts the folders and
-    /// links it received).
+    /// links it received), counted from the folders now. Also resets the
+    /// tracked counts (see [`Queue::tracked_counts`]).
     pub fn counts(&self) -> Result<QueueCounts> {
-        let failed = list_names(&self.folder(Folder::Failed))?
-            .into_iter()
-            .filter(|n| !n.ends_with(ERROR_SUFFIX))
-            .count();
-        Ok(QueueCounts {
-            inbox: self.md_names(Folder::Inbox)?.len(),
-            active: self.md_names(Folder::Active)?.len(),
-            done: self.md_names(Folder::Done)?.len(),
-            failed,
+        self.recount(SystemTime::now())
+    }
+
+    fn recount(&self, now: SystemTime) -> Result<QueueCounts> {
+        let mut fresh = [FolderCount::default(); 4];
+        for (i, f) in COUNTED.into_iter().enumerate() {
+            fresh[i] = self.count_folder(f, now)?;
+        }
+        let mut book = self.book.lock();
+        book.counts = fresh;
+        book.last_recount = Some(now);
+        Ok(to_counts(&fresh))
+    }
+
+    /// Lists folder `f`: its count, with the stamp taken before the listing
+    /// (so a change during it shows as a new stamp next time).
+    fn count_folder(&self, f: Folder, now: SystemTime) -> Result<FolderCount> {
+        let dir = self.folder(f);
+        let stamp = dir_stamp(&dir);
+        self.listings.fetch_add(1, Ordering::Relaxed);
+        let count = list_names(&dir)?.iter().filter(|n| counts_in(f, n)).count();
+        let trusted = stamp.is_some_and(|s| {
+            let mtime = UNIX_EPOCH
+                + Duration::new(
+                    u64::try_from(s.mtime.0).unwrap_or(0),
+                    s.mtime.1.clamp(0, 999_999_999) as u32,
+                );
+            age(now, mtime) >= RACY
+        });
+        Ok(FolderCount {
+            count,
+            stamp,
+            trusted,
         })
     }
 
+    /// The counts as [`Queue::counts`] gives them, at the cost of one `stat`
+    /// per folder when nothing changed: a folder is listed again only when
+    /// its timestamps moved for a reason other than this queue's own
+    /// claims, completions, failures and requeues (which update the counts
+    /// as they go), and every folder is recounted every [`RECOUNT_EVERY`].
+    pub fn tracked_counts(&self, now: SystemTime) -> Result<QueueCounts> {
+        let due = {
+            let book = self.book.lock();
+            book.last_recount
+                .is_none_or(|t| age(now, t) >= RECOUNT_EVERY || now < t)
+        };
+        if due {
+            return self.recount(now);
+        }
+        for (i, f) in COUNTED.into_iter().enumerate() {
+            let known = self.book.lock().counts[i];
+            let stamp = dir_stamp(&self.folder(f));
+            if known.trusted && known.stamp.is_some() && known.stamp == stamp {
+                continue;
+            }
+            let fresh = self.count_folder(f, now)?;
+            self.book.lock().counts[i] = fresh;
+        }
+        Ok(to_counts(&self.book.lock().counts))
+    }
+
     /// Writes status.json: `{project, updated_at, sessions, queue: {inbox,
-    /// active, done, failed}}`.
+    /// active, done, failed}}`, with the counts of [`Queue::counts`].
     pub fn write_status(&self, sessions: &[String], now: SystemTime) -> Result<()> {
+        let counts = self.counts()?;
+        self.write_status_file(sessions, counts, now)
+    }
+
+    /// As [`Queue::write_status`], with the [tracked counts](Queue::tracked_counts),
+    /// and only when the sessions or the counts differ from the last write
+    /// (or the file is missing): `updated_at` says when they last changed.
+    /// `Ok(true)` when it wrote.
+    pub fn publish_status(&self, sessions: &[String], now: SystemTime) -> Result<bool> {
+        let counts = self.tracked_counts(now)?;
+        let mut sessions = sessions.to_vec();
+        sessions.sort();
+        let key = (sessions, counts_key(&counts));
+        let unchanged = self.book.lock().status_written.as_ref() == Some(&key);
+        if unchanged && exists(&self.root.join(STATUS_FILE)) {
+            return Ok(false);
+        }
+        self.write_status_file(&key.0, counts, now)?;
+        self.book.lock().status_written = Some(key);
+        Ok(true)
+    }
+
+    fn write_status_file(
+        &self,
+        sessions: &[String],
+        counts: QueueCounts,
+        now: SystemTime,
+    ) -> Result<()> {
         let status = ProjectStatus {
             project: &self.project,
             updated_at: rfc3339(now),
             sessions,
-            queue: self.counts()?,
+            queue: counts,
         };
         write_json(&self.root.join(STATUS_FILE), &status)
     }
@@ -1541,6 +1997,14 @@ impl Queue {
             name: label.clone(),
             reason,
         };
+        if let Some(stem) = name_hint.and_then(hint_stem) {
+            if stem.len() > MAX_NAME_BYTES {
+                return Err(QueueError::BadName {
+                    name: label.clone(),
+                    why: "its name is longer than 200 bytes (without `.md`); rename the file or use `-`",
+                });
+            }
+        }
         let parsed = parse_task(content).map_err(invalid)?;
         let bytes = match priority {
             None => content.to_vec(),
@@ -1642,6 +2106,13 @@ impl Queue {
     }
 }
 
+/// 1 s, 2 s, 4 s, … up to [`CLAIM_BACKOFF_MAX`] after the `failures`th failure.
+fn claim_backoff(failures: u32) -> Duration {
+    CLAIM_BACKOFF_FIRST
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(CLAIM_BACKOFF_MAX)
+}
+
 /// `rename(from, to)` failing with `AlreadyExists` instead of replacing `to`.
 fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -1686,6 +2157,19 @@ pub fn enqueue(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     Queue::new(name, project_path).enqueue(priority, content, name_hint, now)
+}
+
+fn to_counts(c: &[FolderCount; 4]) -> QueueCounts {
+    QueueCounts {
+        inbox: c[0].count,
+        active: c[1].count,
+        done: c[2].count,
+        failed: c[3].count,
+    }
+}
+
+fn counts_key(c: &QueueCounts) -> [usize; 4] {
+    [c.inbox, c.active, c.done, c.failed]
 }
 
 /// `20260121T045800.123Z`: sorts in time order.
@@ -1854,6 +2338,49 @@ mod tests {
             check_name("../x").is_err() && check_name(".x").is_err() && check_name("").is_err()
         );
         assert!(check_name("fix-login").is_ok());
+    }
+
+    #[test]
+    fn the_longest_name_fits_every_file_made_of_it() {
+        // `.<name>-99999.md.dispatched.tmp-<pid>-<u64 counter>`: the marker's
+        // temp file, the longest name the queue makes (atomic_file's format).
+        let longest = 1
+            + MAX_NAME_BYTES
+            + "-99999".len()
+            + MARKER_SUFFIX.len()
+            + ".tmp-".len()
+            + "4194304".len()
+            + 1
+            + u64::MAX.to_string().len();
+        assert!(longest <= 255, "{longest}");
+        for suffix in [RESULT_SUFFIX, ERROR_SUFFIX] {
+            assert!(suffix.len() <= MARKER_SUFFIX.len());
+        }
+        assert!(short_stem(&"x".repeat(255)).len() <= MAX_NAME_BYTES);
+        // Cut at a character boundary: byte 100 falls inside an `é` here.
+        let s = short_stem(&format!("a{}", "é".repeat(127)));
+        assert_eq!(s.len(), SHORT_STEM_KEEP - 1 + 17, "{s}");
+        assert!(s.starts_with(&format!("a{}-", "é".repeat(49))), "{s}");
+    }
+
+    #[test]
+    fn front_matter_over_the_cap_is_refused_before_yaml() {
+        let long = format!(
+            "---\n# {}\npriority: 1\n---\nDo it",
+            "c".repeat(MAX_FRONT_MATTER_BYTES)
+        );
+        let e = err(&long);
+        assert!(
+            e.starts_with("broken front matter: longer than 4096 bytes"),
+            "{e}"
+        );
+        let fits = format!(
+            "---\n# {}\npriority: 1\n---\nDo it",
+            "c".repeat(MAX_FRONT_MATTER_BYTES - 20)
+        );
+        assert_eq!(parse_task(fits.as_bytes()).unwrap().priority(), 1);
+        // No front matter at all: a long body is fine.
+        assert!(parse_task("b".repeat(100_000).as_bytes()).is_ok());
     }
 
     #[test]
