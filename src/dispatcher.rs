@@ -746,7 +746,10 @@ impl Run {
                     let text = std::fs::read(q.task_path(crate::queue::Folder::Active, &name))
                         .ok()
                         .and_then(|b| crate::queue::parse_task(&b).ok())
-                        .and_then(|t| crate::claude_facts::typed_form(t.prompt(), false).ok());
+                        .and_then(|t| {
+                            let slash = t.front.slash_command.unwrap_or(false);
+                            crate::claude_facts::typed_form(t.prompt(), slash).ok()
+                        });
                     let Some(text) = text else {
                         log::warn!("task {}/{name}: cannot read it back after a restart; back to the inbox", q.project());
                         let _ = q.requeue(&name);
@@ -1115,31 +1118,32 @@ impl Run {
                     claimed.marker.attempt
                 );
                 // Task text is typed as data, never as keystrokes.
-                let typed = match crate::claude_facts::typed_form(&claimed.prompt, false) {
-                    Ok(t) => t,
-                    Err(reason) => {
-                        log::error!(
-                            "project {}: task {} refused: {reason}",
-                            q.project(),
-                            claimed.name
-                        );
-                        if let Ok(Outcome::Failed { name, .. }) =
-                            q.give_up(&claimed.name, &reason, now())
-                        {
-                            let _ = self.out.send(Output::Outcome {
-                                outcome: "failed",
-                                dispatch_latency: None,
-                            });
-                            let _ = self.out.send(Output::TaskFailed {
-                                project: q.project().to_string(),
-                                task: name,
-                                reason,
-                            });
+                let typed =
+                    match crate::claude_facts::typed_form(&claimed.prompt, claimed.slash_command) {
+                        Ok(t) => t,
+                        Err(reason) => {
+                            log::error!(
+                                "project {}: task {} refused: {reason}",
+                                q.project(),
+                                claimed.name
+                            );
+                            if let Ok(Outcome::Failed { name, .. }) =
+                                q.give_up(&claimed.name, &reason, now())
+                            {
+                                let _ = self.out.send(Output::Outcome {
+                                    outcome: "failed",
+                                    dispatch_latency: None,
+                                });
+                                let _ = self.out.send(Output::TaskFailed {
+                                    project: q.project().to_string(),
+                                    task: name,
+                                    reason,
+                                });
+                            }
+                            free.insert(pos.min(free.len()), s);
+                            continue;
                         }
-                        free.insert(pos.min(free.len()), s);
-                        continue;
-                    }
-                };
+                    };
                 let _ = self.out.send(Output::Task {
                     session: s.name.clone(),
                     task: Some(claimed.name.clone()),

@@ -219,6 +219,11 @@ pub struct FrontMatter {
     pub priority: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// `true`: the task is a slash command (`/compact`, `/review …`) and is
+    /// typed as one. Otherwise a task whose first word looks like one is
+    /// refused, since task text is data (see `claude_facts::typed_form`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slash_command: Option<bool>,
 }
 
 /// A task file that passed validation.
@@ -578,6 +583,8 @@ pub struct ActiveTask {
     pub prompt: String,
     pub priority: i64,
     pub max_attempts: Option<u32>,
+    /// The front matter's `slash_command`.
+    pub slash_command: bool,
     pub marker: Marker,
 }
 
@@ -1343,6 +1350,7 @@ impl Queue {
             prompt: parsed.prompt().to_string(),
             priority: parsed.priority(),
             max_attempts: parsed.front.max_attempts,
+            slash_command: parsed.front.slash_command.unwrap_or(false),
             marker,
         })
     }

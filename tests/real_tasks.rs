@@ -458,3 +458,47 @@ fn a_reload_that_shrinks_the_pool_lets_the_dropped_sessions_task_finish_once() {
         assert_eq!(result(&project, name)["attempt"], 1);
     }
 }
+
+#[test]
+fn a_task_whose_session_shows_no_sign_of_life_is_retried_with_an_attempt_counted() {
+    let Some(mut w) = World::new("tasks-silent", |spec| {
+        spec.pools[0].min = 1;
+        spec.pools[0].max = 1;
+        spec.extra_yaml
+            .push_str("lifecycle:\n  interval: 2s\njanitor:\n  stale_task_after: 20s\n");
+    }) else {
+        return;
+    };
+    let _pid = w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    let project = w.sb.project_dirs[0].1.clone();
+    // The API hangs: Claude Code waits, writes nothing, fires no hook.
+    w.api.set_latency(Duration::from_secs(600));
+    let text = "silent task: say the word alive";
+    enqueue(&project, "silent", text);
+    wait_for(UP, "the request to hang at the stand-in", || {
+        w.api
+            .hits()
+            .iter()
+            .any(|h| h.path.starts_with("/v1/messages"))
+            .then_some(())
+    });
+    let first = w.pane_pid("ccl-auto-11");
+    // The session is relaunched and the task back in the inbox with one attempt.
+    wait_for(
+        Duration::from_secs(90),
+        "the silent session relaunched",
+        || {
+            (w.pane_pid("ccl-auto-11").is_some() && w.pane_pid("ccl-auto-11") != first)
+                .then_some(())
+        },
+    );
+    w.api.set_latency(Duration::from_millis(0));
+    assert_eq!(
+        wait_ended(&project, "silent", Duration::from_secs(120)),
+        "done"
+    );
+    assert_once(&project, "silent", "done");
+    let r = result(&project, "silent");
+    assert_eq!(r["attempt"], 2, "the silent attempt counted: {r}");
+}
