@@ -451,7 +451,7 @@ impl Daemon {
                 self.check_shared_folders();
                 let _ = self.watcher.send(Request::Observe);
             }
-            Event::Watchdog => self.sd.notify("WATCHDOG=1"),
+            Event::Watchdog => self.sd.watchdog(),
             Event::Deadline => {
                 let _ = self.watcher.send(Request::Observe);
             }
