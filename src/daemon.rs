@@ -855,7 +855,26 @@ impl Daemon {
         for action in actions {
             self.in_flight.insert(action.name().to_string());
             jobs.push(match action {
-                Action::Launch { name, cwd, resume } => self.launch_job(&name, cwd, resume, active),
+                Action::Launch { name, cwd, resume } => {
+                    let job = self.launch_job(&name, cwd.clone(), resume, active);
+                    // On record before the first launch: one that tmux
+                    // refuses is then a failed start that backs off and is
+                    // reported, not a silent loop.
+                    if !self.book.contains_key(&name) {
+                        let pool = session::pool_of(&self.config, &name)
+                            .map(|p| p.name.clone())
+                            .unwrap_or_default();
+                        session::on_first_launch(
+                            &mut self.book,
+                            &name,
+                            &pool,
+                            cwd,
+                            &active.name,
+                            now,
+                        );
+                    }
+                    job
+                }
                 Action::CollectDead { name, exit_status } => Job::CollectDead { name, exit_status },
                 Action::ReportStuck { name } => Job::ReportStuck { name },
             });

@@ -242,6 +242,27 @@ pub fn on_launched(book: &mut Book, l: Launched<'_>, now_ms: u64) {
     }
 }
 
+/// Records a session about to be launched for the first time, so that a
+/// launch tmux refuses is a failed start like any other.
+pub fn on_first_launch(
+    book: &mut Book,
+    name: &str,
+    pool: &str,
+    cwd: PathBuf,
+    account: &str,
+    now_ms: u64,
+) {
+    book.entry(name.to_string()).or_insert_with(|| Record {
+        pool: pool.to_string(),
+        state: State::Starting,
+        since_ms: now_ms,
+        cwd,
+        account: Some(account.to_string()),
+        launched_at_ms: Some(now_ms),
+        ..Record::default()
+    });
+}
+
 /// Records a launch that died (or could not start at all) with `last_output`.
 /// A session that never reached `SessionStart` counts as a failed start and
 /// walks the back-off steps; one that had been running is simply dead and is
@@ -509,6 +530,32 @@ mod tests {
         let r = &book["ccl-auto-12"];
         assert_eq!(r.state, State::Failed);
         assert_eq!(r.last_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn a_first_launch_that_tmux_refuses_backs_off_instead_of_looping() {
+        let c = config();
+        let mut book = Book::new();
+        let obs = [alive("ccl-auto-12", 2)];
+        let a = reconcile(&c, &book, &obs, &HashSet::new(), 0);
+        assert!(matches!(&a[0], Action::Launch { name, .. } if name == "ccl-auto-11"));
+        on_first_launch(&mut book, "ccl-auto-11", "auto", "/srv".into(), "a", 0);
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "tmux could not start it: command too long".into(),
+            &c.lifecycle.restart_backoff,
+            10,
+        );
+        let r = &book["ccl-auto-11"];
+        assert_eq!((r.state, r.failed_starts), (State::Backoff, 1));
+        assert!(r
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("command too long"));
+        assert!(reconcile(&c, &book, &obs, &HashSet::new(), 500).is_empty());
+        assert_eq!(reconcile(&c, &book, &obs, &HashSet::new(), 1_100).len(), 1);
     }
 
     #[test]
