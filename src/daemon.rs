@@ -732,12 +732,14 @@ impl Daemon {
                 cwd,
                 pane_pid,
                 resumed,
+                not_resumable,
                 relaunch,
             } => {
                 self.in_flight.remove(&name);
-                match &resumed {
-                    Some(id) => log::info!("{name}: launched under {account}, resuming {id}"),
-                    None => log::info!("{name}: launched under {account}"),
+                match (&resumed, &not_resumable) {
+                    (Some(id), _) => log::info!("{name}: launched under {account}, resuming {id}"),
+                    (None, Some(id)) => log::warn!("{name}: launched under {account} as a new conversation: {id} holds no message to resume"),
+                    (None, None) => log::info!("{name}: launched under {account}"),
                 }
                 let launched = session::Launched {
                     pool: &pool,

@@ -278,6 +278,20 @@ pub fn on_died(
         return;
     };
     r.pane_pid = None;
+    if let Some(id) = r
+        .claude_session_id
+        .take_if(|_| last_output.contains(crate::claude_facts::RESUME_NOT_FOUND))
+    {
+        // Claude Code cannot resume that conversation: start the session
+        // fresh, at once. Not a failed start; the next launch has no
+        // `--resume`, so this cannot repeat.
+        r.last_error = Some(format!(
+            "conversation {id} could not be resumed, starting a new one: {last_output}"
+        ));
+        r.retry_at_ms = None;
+        r.set_state(State::Dead, now_ms);
+        return;
+    }
     r.last_error = Some(last_output);
     if r.state == State::Starting || r.state == State::Backoff || r.state == State::Failed {
         r.failed_starts += 1;
@@ -556,6 +570,55 @@ mod tests {
             .contains("command too long"));
         assert!(reconcile(&c, &book, &obs, &HashSet::new(), 500).is_empty());
         assert_eq!(reconcile(&c, &book, &obs, &HashSet::new(), 1_100).len(), 1);
+    }
+
+    #[test]
+    fn a_resume_claude_code_refuses_is_followed_by_a_fresh_start_not_a_backoff() {
+        let c = config();
+        let mut book = Book::new();
+        let obs = [alive("ccl-auto-12", 2)];
+        on_first_launch(&mut book, "ccl-auto-11", "auto", "/srv".into(), "a", 0);
+        book.get_mut("ccl-auto-11").unwrap().claude_session_id = Some("s-1".into());
+        assert!(matches!(
+            &reconcile(&c, &book, &obs, &HashSet::new(), 0)[0],
+            Action::Launch { resume: Some(id), .. } if id == "s-1"
+        ));
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "No conversation found with session ID: s-1 (exit status 1)".into(),
+            &c.lifecycle.restart_backoff,
+            10,
+        );
+        let r = &book["ccl-auto-11"];
+        assert_eq!((r.state, r.failed_starts), (State::Dead, 0));
+        assert_eq!(r.claude_session_id, None);
+        assert_eq!(
+            reconcile(&c, &book, &obs, &HashSet::new(), 11),
+            vec![Action::Launch {
+                name: "ccl-auto-11".into(),
+                cwd: "/srv".into(),
+                resume: None
+            }]
+        );
+        // The same words from a fresh start are an ordinary failed start.
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "No conversation found with session ID: s-1".into(),
+            &c.lifecycle.restart_backoff,
+            20,
+        );
+        assert_eq!(book["ccl-auto-11"].state, State::Dead);
+        book.get_mut("ccl-auto-11").unwrap().state = State::Starting;
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "No conversation found with session ID".into(),
+            &c.lifecycle.restart_backoff,
+            30,
+        );
+        assert_eq!(book["ccl-auto-11"].state, State::Backoff);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::claude_facts as facts;
 use crate::tmux::{Launch, SessionInfo, Tmux};
 
 /// What the main loop asks of the watcher.
@@ -23,9 +24,10 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub enum Job {
     /// Start a session. `resume` = (conversation id, its transcript file):
-    /// `--resume` is added only when the transcript exists, because a
-    /// conversation that never got a prompt has nothing to resume and
-    /// `claude --resume` would exit at once.
+    /// `--resume` is added only when the transcript holds a message, because
+    /// a conversation that never got one (no file yet, or metadata lines
+    /// alone at its first request) has nothing to resume and
+    /// `claude --resume` would exit at once (claude-code-facts §6).
     Launch {
         launch: Launch,
         resume: Option<(String, PathBuf)>,
@@ -55,6 +57,9 @@ pub enum Report {
         cwd: PathBuf,
         pane_pid: Option<u32>,
         resumed: Option<String>,
+        /// A conversation that was asked for but had nothing to resume:
+        /// the session started fresh instead.
+        not_resumable: Option<String>,
         relaunch: bool,
     },
     /// A launch that tmux refused, or a pane whose program ended.
@@ -131,13 +136,14 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
             if let Ok(true) = tmux.has_session(&name) {
                 let _ = tmux.kill_session(&name);
             }
-            let resumed = match resume {
-                Some((id, transcript)) if transcript.is_file() => {
+            let (resumed, not_resumable) = match resume {
+                Some((id, transcript)) if facts::transcript_is_resumable(&transcript) => {
                     launch.argv.push("--resume".into());
                     launch.argv.push(id.clone());
-                    Some(id)
+                    (Some(id), None)
                 }
-                _ => None,
+                Some((id, _)) => (None, Some(id)),
+                None => (None, None),
             };
             match tmux.new_session(&launch) {
                 Ok(()) => {
@@ -153,6 +159,7 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
                         cwd: launch.cwd,
                         pane_pid,
                         resumed,
+                        not_resumable,
                         relaunch,
                     }
                 }

@@ -164,3 +164,80 @@ fn a_first_launch_that_tmux_refuses_is_on_record_backs_off_and_is_reported() {
     let tries = log_of(&w).matches("ccl-auto-11: failed to start").count();
     assert!((3..=6).contains(&tries), "{tries} failed starts:\n{log}");
 }
+
+/// claude-code-facts §6 and issue 11.13: at a conversation's first request
+/// its transcript exists with metadata lines only; `--resume` on it exits
+/// with "No conversation found". A session that dies then must come back
+/// as a new conversation, not loop on the resume.
+#[test]
+fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
+    let Some(mut w) = World::new("fresh-not-resumed", |spec| {
+        spec.pools[0].min = 1;
+        spec.extra_yaml
+            .push_str("lifecycle:\n  interval: 1s\n  restart_backoff: [1s, 2s]\n");
+    }) else {
+        return;
+    };
+    let _pid = w.start_daemon(&[]);
+    let s = w.wait_state("ccl-auto-11", "idle", UP);
+    let old_id = s["claude_session_id"].as_str().unwrap().to_string();
+    let cwd = std::path::PathBuf::from(s["cwd"].as_str().unwrap());
+    let home = &w.sb.accounts[0].home;
+    let transcript = claude_failover::claude_facts::transcript_path(home, &cwd, &old_id);
+    // Its first request hangs: the transcript is written, with no message yet.
+    w.api.set_latency(Duration::from_secs(40));
+    w.type_prompt(
+        "ccl-auto-11",
+        "lifecycle: a first prompt that never gets its answer",
+    );
+    w.api
+        .wait_for_request(|r| r.prompt.contains("a first prompt"), UP)
+        .expect("the first request reached the API");
+    // If this Claude Code writes no transcript yet, write what 2.1.329
+    // was seen to write at this point: metadata lines only.
+    if !transcript.is_file() {
+        std::fs::create_dir_all(transcript.parent().unwrap()).unwrap();
+        std::fs::write(
+            &transcript,
+            format!("{{\"type\":\"file-history-snapshot\",\"messageId\":\"m-1\",\"snapshot\":{{}},\"isSnapshotUpdate\":false,\"sessionId\":\"{old_id}\"}}\n"),
+        )
+        .unwrap();
+    }
+    let text = std::fs::read_to_string(&transcript).unwrap_or_default();
+    if claude_failover::claude_facts::transcript_is_resumable(&transcript) {
+        // 2.1.329 here had already written the prompt's line (the issue saw
+        // the file before it): strip it back to the metadata lines, the
+        // case under test.
+        let meta: String = text
+            .lines()
+            .filter(|l| !l.contains("\"type\":\"user\"") && !l.contains("\"type\":\"assistant\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&transcript, meta).unwrap();
+    }
+    assert!(!claude_failover::claude_facts::transcript_is_resumable(
+        &transcript
+    ));
+    // The program dies.
+    let pid = w.pane_pid("ccl-auto-11").unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    w.api.set_latency(Duration::ZERO);
+    let s = wait_for(UP, "ccl-auto-11 back as a new conversation", || {
+        w.session("ccl-auto-11").filter(|s| {
+            s["state"] == "idle"
+                && s["restarts"] == 1
+                && s["claude_session_id"]
+                    .as_str()
+                    .is_some_and(|id| id != old_id)
+        })
+    });
+    let log = log_of(&w);
+    assert!(!log.contains(&format!("resuming {old_id}")), "{log}");
+    assert!(log.contains("holds no message to resume"), "{log}");
+    assert!(!log.contains("failed to start"), "{log}");
+    assert_ne!(s["pane_pid"].as_u64(), Some(pid as u64));
+}
