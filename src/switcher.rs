@@ -335,7 +335,7 @@ fn load_quota(config: &Config, account: &str) -> AccountQuota {
 
 /// Whether `CLAUDE_FAILOVER_FAILPOINT` (a comma-separated list, set only by
 /// tests) names `point`.
-fn failpoint_set(point: &str) -> bool {
+pub(crate) fn failpoint_set(point: &str) -> bool {
     std::env::var("CLAUDE_FAILOVER_FAILPOINT")
         .is_ok_and(|v| v.split(',').any(|p| p.trim() == point))
 }

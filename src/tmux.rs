@@ -28,6 +28,10 @@ pub struct SessionInfo {
     pub pane_dead_status: Option<i32>,
     /// The pane is in copy mode or similar, where typed keys are swallowed.
     pub pane_in_mode: bool,
+    /// The account home the pane's process runs under (its
+    /// `CLAUDE_CONFIG_DIR`); not from tmux: the session watcher reads it
+    /// from the process (`None` until then, or when it cannot be read).
+    pub config_dir: Option<PathBuf>,
 }
 
 /// How to start a managed session (SPEC.md "Sessions").
@@ -318,6 +322,7 @@ fn parse_list(out: &str) -> Vec<SessionInfo> {
                 pane_dead: f[2] == "1",
                 pane_dead_status: f[3].parse().ok(),
                 pane_in_mode: f[4] == "1",
+                config_dir: None,
             })
         })
         .collect()
@@ -339,7 +344,8 @@ mod tests {
                 pane_pid: Some(123),
                 pane_dead: false,
                 pane_dead_status: None,
-                pane_in_mode: false
+                pane_in_mode: false,
+                config_dir: None,
             }
         );
         assert!(s[1].pane_dead);

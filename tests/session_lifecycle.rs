@@ -241,3 +241,161 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
     assert!(!log.contains("failed to start"), "{log}");
     assert_ne!(s["pane_pid"].as_u64(), Some(pid as u64));
 }
+
+/// Every managed session in `/status` next to the account its process
+/// really runs under (its `CLAUDE_CONFIG_DIR`, by account home).
+fn recorded_and_real(w: &World) -> Vec<(String, Option<String>, Option<String>)> {
+    let status = w.status().unwrap_or_default();
+    let sessions = status["sessions"].as_array().cloned().unwrap_or_default();
+    sessions
+        .iter()
+        .map(|s| {
+            let name = s["name"].as_str().unwrap_or("").to_string();
+            let real = w.pane_pid(&name).and_then(|pid| {
+                let dir = claude_failover::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
+                w.sb.accounts
+                    .iter()
+                    .find(|a| a.home == std::path::Path::new(&dir))
+                    .map(|a| a.name.clone())
+            });
+            (name, s["account"].as_str().map(String::from), real)
+        })
+        .collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Issue 12.5: a `kill -9` in a swap's relaunch phase, after a session was
+/// relaunched under the new account and before that was persisted. The
+/// restarted daemon must show each session on the account its process
+/// runs under within one lifecycle interval, and end with all on the new one.
+#[test]
+fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
+    let Some(mut w) = World::new("kill-relaunch", |spec| {
+        spec.pools[0].min = 2;
+        spec.extra_yaml.push_str(
+            "lifecycle:\n  interval: 2s\nswap:\n  drain_timeout: 10s\n  stop_timeout: 5s\n",
+        );
+    }) else {
+        return;
+    };
+    let names = ["ccl-auto-11", "ccl-auto-12"];
+    let pid = w.start_daemon(&[("CLAUDE_FAILOVER_FAILPOINT", "launched-under:beta")]);
+    for n in names {
+        w.wait_state(n, "idle", UP);
+    }
+    signal(pid, "-USR1");
+    let code = wait_for(UP, "the daemon to die after relaunching under beta", || {
+        w.h.try_exit_status(pid)
+    });
+    assert_ne!(code, Some(0));
+    // What the killed daemon left: at least one pane already under beta,
+    // while sessions.json still says alpha.
+    let book = std::fs::read_to_string(w.sb.state_dir.join("sessions.json")).unwrap();
+    assert!(!book.contains("\"beta\""), "{book}");
+    let _pid = w.start_daemon(&[]);
+    let up = std::time::Instant::now();
+    wait_for(UP, "the restarted daemon answering", || w.status());
+    let start = std::time::Instant::now();
+    // Within one lifecycle interval (2 s, plus a turn of the loop).
+    let settled = wait_for(
+        Duration::from_secs(4),
+        "records matching the processes",
+        || {
+            let pairs = recorded_and_real(&w);
+            let all = pairs.len() == 2
+                && pairs
+                    .iter()
+                    .all(|(_, recorded, real)| real.is_none() || recorded == real);
+            let one_real = pairs.iter().any(|(_, _, real)| real.is_some());
+            (all && one_real).then_some(pairs)
+        },
+    );
+    eprintln!(
+        "records matched the processes {:?} after the daemon answered ({:?} after its start): {settled:?}",
+        start.elapsed(),
+        up.elapsed()
+    );
+    // Then every session idle on beta, each process under beta.
+    wait_for(UP, "every session idle on beta", || {
+        let s = w.status()?;
+        let ok = s["active_account"] == "beta"
+            && names.iter().all(|n| {
+                s["sessions"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["name"] == *n && x["account"] == "beta" && x["state"] == "idle")
+                })
+            });
+        ok.then_some(())
+    });
+    for (name, recorded, real) in recorded_and_real(&w) {
+        assert_eq!(recorded.as_deref(), Some("beta"), "{name}");
+        assert_eq!(real.as_deref(), Some("beta"), "{name}");
+    }
+}
+
+/// Records follow observation, and with no swap under way a session that
+/// runs under another account than the active one is relaunched under the
+/// active one, resuming its conversation.
+#[test]
+fn a_session_left_on_another_account_is_relaunched_under_the_active_one() {
+    let Some(mut w) = World::new("stray-account", |spec| {
+        spec.pools[0].min = 1;
+        spec.extra_yaml.push_str("lifecycle:\n  interval: 1s\n");
+    }) else {
+        return;
+    };
+    let pid = w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    w.type_prompt("ccl-auto-11", "stray: remember this conversation");
+    w.api
+        .wait_for_request(|r| r.prompt.contains("stray: remember"), UP)
+        .expect("the prompt reached the API");
+    let s = wait_for(UP, "its answer", || {
+        w.session("ccl-auto-11")
+            .filter(|s| s["state"] == "idle" && s["claude_session_id"].is_string())
+    });
+    let id = s["claude_session_id"].as_str().unwrap().to_string();
+    let old_pane = w.pane_pid("ccl-auto-11");
+    // The daemon stops (sessions keep running under alpha) and the active
+    // account is beta when it starts again.
+    signal(pid, "-TERM");
+    wait_for(Duration::from_secs(10), "daemon stopped", || {
+        w.h.try_exit_status(pid)
+    });
+    std::fs::write(
+        w.sb.state_dir.join("active.json"),
+        r#"{"account":"beta","since":"2026-12-01T00:00:00Z","swap_id":null}"#,
+    )
+    .unwrap();
+    let _pid = w.start_daemon(&[]);
+    let s = wait_for(UP, "ccl-auto-11 idle again under beta", || {
+        w.session("ccl-auto-11").filter(|s| {
+            s["state"] == "idle" && s["account"] == "beta" && w.pane_pid("ccl-auto-11") != old_pane
+        })
+    });
+    assert_eq!(s["claude_session_id"].as_str(), Some(id.as_str()), "{s}");
+    let log = std::fs::read_to_string(w.h.path().join("daemon-1.log")).unwrap_or_default();
+    assert!(
+        log.contains("runs under alpha while beta is active"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("resuming {id}")), "{log}");
+    let req = {
+        w.type_prompt("ccl-auto-11", "stray: still there?");
+        w.api
+            .wait_for_request(|r| r.prompt.contains("stray: still there"), UP)
+            .expect("the second prompt reached the API")
+    };
+    assert_eq!(req.account.as_deref(), Some("beta"));
+    assert!(req
+        .messages
+        .to_string()
+        .contains("stray: remember this conversation"));
+}
