@@ -299,9 +299,16 @@ fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
     // while sessions.json still says alpha.
     let book = std::fs::read_to_string(w.sb.state_dir.join("sessions.json")).unwrap();
     assert!(!book.contains("\"beta\""), "{book}");
-    let _pid = w.start_daemon(&[]);
+    let pid = w.start_daemon(&[]);
     let up = std::time::Instant::now();
-    wait_for(UP, "the restarted daemon answering", || w.status());
+    // Answering, or gone: then say why (its log is in the dump).
+    while w.status().is_none() {
+        assert!(up.elapsed() < UP, "the restarted daemon never answered");
+        if let Some(code) = w.h.try_exit_status(pid) {
+            panic!("the restarted daemon exited ({code:?}) before answering");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let start = std::time::Instant::now();
     // Within one lifecycle interval (2 s, plus a turn of the loop).
     let settled = wait_for(
