@@ -952,10 +952,12 @@ impl Daemon {
         for (name, was, is) in
             session::follow_accounts(&mut self.book, running_under, &self.in_flight)
         {
-            log::warn!(
-                "{name}: recorded on {}, but {how} runs under {is}: the record now says {is}",
-                was.as_deref().unwrap_or("no account")
-            );
+            match was {
+                Some(was) => log::warn!(
+                    "{name}: recorded on {was}, but {how} runs under {is}: the record now says {is}"
+                ),
+                None => log::info!("{name}: {how} runs under {is}"),
+            }
         }
     }
 
