@@ -299,6 +299,16 @@ fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
     // while sessions.json still says alpha.
     let book = std::fs::read_to_string(w.sb.state_dir.join("sessions.json")).unwrap();
     assert!(!book.contains("\"beta\""), "{book}");
+    // The panes the killed daemon already relaunched under beta.
+    let relaunched: Vec<(String, u32)> = names
+        .iter()
+        .filter_map(|n| {
+            let pid = w.pane_pid(n)?;
+            let dir = claude_failover::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
+            dir.ends_with("/beta").then(|| (n.to_string(), pid))
+        })
+        .collect();
+    assert!(!relaunched.is_empty(), "no pane was relaunched under beta");
     let pid = w.start_daemon(&[]);
     let up = std::time::Instant::now();
     // Answering, or gone: then say why (its log is in the dump).
@@ -345,6 +355,12 @@ fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
         assert_eq!(recorded.as_deref(), Some("beta"), "{name}");
         assert_eq!(real.as_deref(), Some("beta"), "{name}");
     }
+    // A process already on the right account is adopted, not restarted.
+    for (name, pid) in &relaunched {
+        assert_eq!(w.pane_pid(name), Some(*pid), "{name} was restarted");
+    }
+    let log = std::fs::read_to_string(w.h.path().join("daemon-1.log")).unwrap_or_default();
+    assert!(!log.contains("while beta is active"), "{log}");
 }
 
 /// Records follow observation, and with no swap under way a session that
