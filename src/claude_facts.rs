@@ -65,6 +65,39 @@ pub fn transcript_path(
         .join(format!("{id}.jsonl"))
 }
 
+/// Transcript line `type`s that are conversation messages. Every other line
+/// (`summary`, `file-history-snapshot`, …) is metadata: a transcript made of
+/// metadata alone (it exists from a conversation's first request, before
+/// any message is written) cannot be resumed (claude-code-facts §6).
+pub const TRANSCRIPT_MESSAGE_TYPES: [&str; 2] = ["user", "assistant"];
+
+/// What `claude --resume <id>` prints, before exiting 1, for a conversation
+/// it cannot resume.
+pub const RESUME_NOT_FOUND: &str = "No conversation found with session ID";
+
+/// Most of a transcript read to find its first message: messages come
+/// first, so a file this far without one is taken as metadata only.
+const TRANSCRIPT_SCAN_LIMIT: u64 = 64 << 20;
+
+/// Whether the transcript at `path` holds a conversation `--resume` can
+/// continue: at least one line whose `type` is a message type and which
+/// carries a `message`. A missing or unreadable file holds none.
+pub fn transcript_is_resumable(path: &std::path::Path) -> bool {
+    use std::io::{BufRead, Read};
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let reader = std::io::BufReader::new(file.take(TRANSCRIPT_SCAN_LIMIT));
+    reader.split(b'\n').map_while(Result::ok).any(|line| {
+        serde_json::from_slice::<serde_json::Value>(&line).is_ok_and(|v| {
+            v.get("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| TRANSCRIPT_MESSAGE_TYPES.contains(&t))
+                && v.get("message").is_some_and(|m| m.is_object())
+        })
+    })
+}
+
 /// Hook events the daemon installs and listens to.
 pub const HOOK_EVENTS: [&str; 6] = [
     "SessionStart",
@@ -467,5 +500,32 @@ mod tests {
         assert!(transcript_has_prompt(tail, " say hello"));
         assert!(!transcript_has_prompt(tail, "Stop hook feedback"));
         assert!(!transcript_has_prompt(tail, "say goodbye"));
+    }
+
+    #[test]
+    fn a_transcript_of_metadata_alone_is_not_resumable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s-1.jsonl");
+        assert!(!transcript_is_resumable(&path), "missing file");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"type":"file-history-snapshot","messageId":"m","snapshot":{}}"#,
+                "\n",
+                r#"{"type":"summary","summary":"x","leafUuid":"u"}"#,
+                "\n",
+                "not json at all\n",
+                r#"{"type":"user"}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        assert!(!transcript_is_resumable(&path));
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(
+            r#"{"type":"user","sessionId":"s-1","message":{"role":"user","content":"hi"}}"#,
+        );
+        std::fs::write(&path, text).unwrap();
+        assert!(transcript_is_resumable(&path), "last line, no newline");
     }
 }

@@ -427,6 +427,16 @@ impl Daemon {
                     if session::apply_hook(&mut self.book, &ev) {
                         log::debug!("{}: {hook}", ev.session.as_deref().unwrap_or("?"));
                     }
+                    if hook == "SessionStart" {
+                        let under = ev.session.clone().zip(
+                            ev.config_dir
+                                .as_deref()
+                                .and_then(|d| self.account_of_home(Path::new(d))),
+                        );
+                        if let Some(under) = under {
+                            self.follow_accounts(&[under], "its SessionStart");
+                        }
+                    }
                     self.consumed.push((path, ev));
                 }
                 if exits {
@@ -451,7 +461,7 @@ impl Daemon {
                 self.check_shared_folders();
                 let _ = self.watcher.send(Request::Observe);
             }
-            Event::Watchdog => self.sd.notify("WATCHDOG=1"),
+            Event::Watchdog => self.sd.watchdog(),
             Event::Deadline => {
                 let _ = self.watcher.send(Request::Observe);
             }
@@ -717,6 +727,14 @@ impl Daemon {
                 for name in session::adopt(&mut self.book, &self.config, &list, now) {
                     log::info!("{name}: adopted (already running, no record of it)");
                 }
+                let running_under: Vec<(String, String)> = list
+                    .iter()
+                    .filter_map(|s| {
+                        let account = self.account_of_home(s.config_dir.as_deref()?)?;
+                        Some((s.name.clone(), account))
+                    })
+                    .collect();
+                self.follow_accounts(&running_under, "its process");
                 if self.swapping.is_none() {
                     self.vanished(&list, now, &backoff);
                 }
@@ -732,12 +750,14 @@ impl Daemon {
                 cwd,
                 pane_pid,
                 resumed,
+                not_resumable,
                 relaunch,
             } => {
                 self.in_flight.remove(&name);
-                match &resumed {
-                    Some(id) => log::info!("{name}: launched under {account}, resuming {id}"),
-                    None => log::info!("{name}: launched under {account}"),
+                match (&resumed, &not_resumable) {
+                    (Some(id), _) => log::info!("{name}: launched under {account}, resuming {id}"),
+                    (None, Some(id)) => log::warn!("{name}: launched under {account} as a new conversation: {id} holds no message to resume"),
+                    (None, None) => log::info!("{name}: launched under {account}"),
                 }
                 let launched = session::Launched {
                     pool: &pool,
@@ -748,6 +768,12 @@ impl Daemon {
                     relaunch,
                 };
                 session::on_launched(&mut self.book, launched, now);
+                if switcher::failpoint_set(&format!("launched-under:{account}")) {
+                    // Test-only: a kill -9 after a relaunch under `account`
+                    // and before it is persisted (mid-swap, say).
+                    log::error!("fail point launched-under:{account} reached: aborting");
+                    std::process::abort();
+                }
             }
             Report::Died { name, last_output } => {
                 self.in_flight.remove(&name);
@@ -797,7 +823,7 @@ impl Daemon {
                     Some(e) => {
                         log::error!("{name}: restart requested but it could not be stopped: {e}")
                     }
-                    None => log::info!("{name}: restarted on request"),
+                    None => log::info!("{name}: stopped; it is relaunched next"),
                 }
             }
             Report::Stuck { name, screen } => {
@@ -847,20 +873,92 @@ impl Daemon {
         let (Some(observed), Some(active)) = (&self.observed, &self.active) else {
             return;
         };
-        let actions = session::reconcile(&self.config, &self.book, observed, &self.in_flight, now);
+        let actions = session::reconcile(
+            &self.config,
+            &self.book,
+            observed,
+            &self.in_flight,
+            &active.name,
+            now,
+        );
         if actions.is_empty() {
             return;
         }
+        let active = active.clone();
+        let active = &active;
         let mut jobs = Vec::new();
         for action in actions {
             self.in_flight.insert(action.name().to_string());
             jobs.push(match action {
-                Action::Launch { name, cwd, resume } => self.launch_job(&name, cwd, resume, active),
+                Action::Launch { name, cwd, resume } => {
+                    let job = self.launch_job(&name, cwd.clone(), resume, active);
+                    // On record before the first launch: one that tmux
+                    // refuses is then a failed start that backs off and is
+                    // reported, not a silent loop.
+                    if !self.book.contains_key(&name) {
+                        let pool = session::pool_of(&self.config, &name)
+                            .map(|p| p.name.clone())
+                            .unwrap_or_default();
+                        session::on_first_launch(
+                            &mut self.book,
+                            &name,
+                            &pool,
+                            cwd,
+                            &active.name,
+                            now,
+                        );
+                    }
+                    job
+                }
+                Action::Replace {
+                    name,
+                    running_under,
+                } => {
+                    log::warn!(
+                        "{name}: runs under {running_under} while {} is active and no swap is under way; relaunching it under {}",
+                        active.name,
+                        active.name
+                    );
+                    if let Some(r) = self.book.get_mut(&name) {
+                        r.failed_starts = 0;
+                        r.retry_at_ms = None;
+                        r.set_state(State::Dead, now);
+                    }
+                    Job::Kill { name }
+                }
                 Action::CollectDead { name, exit_status } => Job::CollectDead { name, exit_status },
                 Action::ReportStuck { name } => Job::ReportStuck { name },
             });
         }
         let _ = self.watcher.send(Request::Execute(jobs));
+    }
+
+    /// The configured account whose home is `dir` (a process's `CLAUDE_CONFIG_DIR`).
+    fn account_of_home(&self, dir: &Path) -> Option<String> {
+        let exact = self.config.accounts.iter().find(|a| a.home == dir);
+        let found = exact.or_else(|| {
+            let want = dir.canonicalize().ok()?;
+            self.config
+                .accounts
+                .iter()
+                .find(|a| a.home.canonicalize().is_ok_and(|h| h == want))
+        });
+        found.map(|a| a.name.clone())
+    }
+
+    /// Corrects records by what was observed (`how`): a session's account
+    /// is the one its process runs under, whatever was recorded.
+    fn follow_accounts(&mut self, running_under: &[(String, String)], how: &str) {
+        for (name, was, is) in
+            session::follow_accounts(&mut self.book, running_under, &self.in_flight)
+        {
+            match was {
+                Some(was) => log::warn!(
+                    "{name}: recorded on {was}, but {how} runs under {is}: the record now says {is}"
+                ),
+                None => log::info!("{name}: {how} runs under {is}"),
+            }
+        }
     }
 
     /// The exact launch of SPEC.md "Sessions".

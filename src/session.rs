@@ -123,6 +123,11 @@ pub enum Action {
     /// No `SessionStart` within the start-up timeout: read the screen and
     /// report it. Never typed into.
     ReportStuck { name: String },
+    /// An idle session whose process runs under `running_under`, not the
+    /// active account, with no swap under way (a crash mid-swap, a
+    /// rollback): stop it; it is relaunched under the active account,
+    /// resuming its conversation.
+    Replace { name: String, running_under: String },
 }
 
 impl Action {
@@ -130,7 +135,8 @@ impl Action {
         match self {
             Action::Launch { name, .. }
             | Action::CollectDead { name, .. }
-            | Action::ReportStuck { name } => name,
+            | Action::ReportStuck { name }
+            | Action::Replace { name, .. } => name,
         }
     }
 }
@@ -140,13 +146,15 @@ pub fn pool_of<'a>(config: &'a Config, name: &str) -> Option<&'a PoolConfig> {
     config.pools.iter().find(|p| p.index_of(name).is_some())
 }
 
-/// Decides what tmux should do now. `in_flight` names have an action under
-/// way and are left alone this turn.
+/// Decides what tmux should do now, with `active` the account sessions
+/// should run under (never called while a swap is under way). `in_flight`
+/// names have an action under way and are left alone this turn.
 pub fn reconcile(
     config: &Config,
     book: &Book,
     observed: &[SessionInfo],
     in_flight: &HashSet<String>,
+    active: &str,
     now_ms: u64,
 ) -> Vec<Action> {
     let seen: HashMap<&str, &SessionInfo> = observed.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -176,6 +184,18 @@ pub fn reconcile(
                             .is_some_and(|t| now_ms.saturating_sub(t) > startup_ms);
                         if r.state == State::Starting && started_too_long_ago {
                             actions.push(Action::ReportStuck { name: name.clone() });
+                        }
+                        // Only between turns: a turn in progress, or a
+                        // question waiting for a person, finishes first.
+                        let between_turns = matches!(r.state, State::Idle | State::Limited);
+                        match &r.account {
+                            Some(a) if a != active && between_turns => {
+                                actions.push(Action::Replace {
+                                    name: name.clone(),
+                                    running_under: a.clone(),
+                                })
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -242,6 +262,27 @@ pub fn on_launched(book: &mut Book, l: Launched<'_>, now_ms: u64) {
     }
 }
 
+/// Records a session about to be launched for the first time, so that a
+/// launch tmux refuses is a failed start like any other.
+pub fn on_first_launch(
+    book: &mut Book,
+    name: &str,
+    pool: &str,
+    cwd: PathBuf,
+    account: &str,
+    now_ms: u64,
+) {
+    book.entry(name.to_string()).or_insert_with(|| Record {
+        pool: pool.to_string(),
+        state: State::Starting,
+        since_ms: now_ms,
+        cwd,
+        account: Some(account.to_string()),
+        launched_at_ms: Some(now_ms),
+        ..Record::default()
+    });
+}
+
 /// Records a launch that died (or could not start at all) with `last_output`.
 /// A session that never reached `SessionStart` counts as a failed start and
 /// walks the back-off steps; one that had been running is simply dead and is
@@ -257,6 +298,20 @@ pub fn on_died(
         return;
     };
     r.pane_pid = None;
+    if let Some(id) = r
+        .claude_session_id
+        .take_if(|_| last_output.contains(crate::claude_facts::RESUME_NOT_FOUND))
+    {
+        // Claude Code cannot resume that conversation: start the session
+        // fresh, at once. Not a failed start; the next launch has no
+        // `--resume`, so this cannot repeat.
+        r.last_error = Some(format!(
+            "conversation {id} could not be resumed, starting a new one: {last_output}"
+        ));
+        r.retry_at_ms = None;
+        r.set_state(State::Dead, now_ms);
+        return;
+    }
     r.last_error = Some(last_output);
     if r.state == State::Starting || r.state == State::Backoff || r.state == State::Failed {
         r.failed_starts += 1;
@@ -323,6 +378,31 @@ pub fn adopt(
         }
     }
     adopted
+}
+
+/// Records follow observation: `running_under` holds (session, account)
+/// for every live session whose process showed the account home it runs
+/// under. A record that says otherwise is corrected; returns the
+/// corrections as (session, recorded account, real account). Sessions
+/// with an action in flight are left to that action.
+pub fn follow_accounts(
+    book: &mut Book,
+    running_under: &[(String, String)],
+    in_flight: &HashSet<String>,
+) -> Vec<(String, Option<String>, String)> {
+    let mut changed = Vec::new();
+    for (name, account) in running_under {
+        if in_flight.contains(name) {
+            continue;
+        }
+        if let Some(r) = book.get_mut(name) {
+            if r.account.as_deref() != Some(account.as_str()) {
+                changed.push((name.clone(), r.account.clone(), account.clone()));
+                r.account = Some(account.clone());
+            }
+        }
+    }
+    changed
 }
 
 /// Moves a session's state by a hook event. Returns whether it mattered.
@@ -399,6 +479,7 @@ mod tests {
             pane_dead: false,
             pane_dead_status: None,
             pane_in_mode: false,
+            config_dir: None,
         }
     }
 
@@ -429,7 +510,7 @@ mod tests {
             alive("ccl-auto-1", 3),
             alive("ccl-auto-110", 4),
         ];
-        let a = reconcile(&c, &Book::new(), &observed, &HashSet::new(), 0);
+        let a = reconcile(&c, &Book::new(), &observed, &HashSet::new(), "a", 0);
         let names: Vec<&str> = a.iter().map(Action::name).collect();
         assert_eq!(names, vec!["ccl-auto-11", "ccl-auto-12"]);
         assert!(a
@@ -462,7 +543,7 @@ mod tests {
         );
         assert_eq!(book["ccl-auto-12"].state, State::Idle);
         let observed = vec![alive("ccl-auto-11", 1)];
-        let a = reconcile(&c, &book, &observed, &HashSet::new(), 10);
+        let a = reconcile(&c, &book, &observed, &HashSet::new(), "a", 10);
         assert_eq!(
             a,
             vec![Action::Launch {
@@ -483,7 +564,7 @@ mod tests {
         // Every launch dies at once; step the clock and count launches.
         for _ in 0..200 {
             let observed: Vec<SessionInfo> = vec![alive("ccl-auto-11", 1)];
-            for action in reconcile(&c, &book, &observed, &HashSet::new(), now) {
+            for action in reconcile(&c, &book, &observed, &HashSet::new(), "a", now) {
                 if let Action::Launch { name, cwd, .. } = action {
                     launches.push(now);
                     on_launched(
@@ -509,6 +590,126 @@ mod tests {
         let r = &book["ccl-auto-12"];
         assert_eq!(r.state, State::Failed);
         assert_eq!(r.last_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn a_first_launch_that_tmux_refuses_backs_off_instead_of_looping() {
+        let c = config();
+        let mut book = Book::new();
+        let obs = [alive("ccl-auto-12", 2)];
+        let a = reconcile(&c, &book, &obs, &HashSet::new(), "a", 0);
+        assert!(matches!(&a[0], Action::Launch { name, .. } if name == "ccl-auto-11"));
+        on_first_launch(&mut book, "ccl-auto-11", "auto", "/srv".into(), "a", 0);
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "tmux could not start it: command too long".into(),
+            &c.lifecycle.restart_backoff,
+            10,
+        );
+        let r = &book["ccl-auto-11"];
+        assert_eq!((r.state, r.failed_starts), (State::Backoff, 1));
+        assert!(r
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("command too long"));
+        assert!(reconcile(&c, &book, &obs, &HashSet::new(), "a", 500).is_empty());
+        assert_eq!(
+            reconcile(&c, &book, &obs, &HashSet::new(), "a", 1_100).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_resume_claude_code_refuses_is_followed_by_a_fresh_start_not_a_backoff() {
+        let c = config();
+        let mut book = Book::new();
+        let obs = [alive("ccl-auto-12", 2)];
+        on_first_launch(&mut book, "ccl-auto-11", "auto", "/srv".into(), "a", 0);
+        book.get_mut("ccl-auto-11").unwrap().claude_session_id = Some("s-1".into());
+        assert!(matches!(
+            &reconcile(&c, &book, &obs, &HashSet::new(), "a", 0)[0],
+            Action::Launch { resume: Some(id), .. } if id == "s-1"
+        ));
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "No conversation found with session ID: s-1 (exit status 1)".into(),
+            &c.lifecycle.restart_backoff,
+            10,
+        );
+        let r = &book["ccl-auto-11"];
+        assert_eq!((r.state, r.failed_starts), (State::Dead, 0));
+        assert_eq!(r.claude_session_id, None);
+        assert_eq!(
+            reconcile(&c, &book, &obs, &HashSet::new(), "a", 11),
+            vec![Action::Launch {
+                name: "ccl-auto-11".into(),
+                cwd: "/srv".into(),
+                resume: None
+            }]
+        );
+        // The same words from a fresh start are an ordinary failed start.
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "No conversation found with session ID: s-1".into(),
+            &c.lifecycle.restart_backoff,
+            20,
+        );
+        assert_eq!(book["ccl-auto-11"].state, State::Dead);
+        book.get_mut("ccl-auto-11").unwrap().state = State::Starting;
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "No conversation found with session ID".into(),
+            &c.lifecycle.restart_backoff,
+            30,
+        );
+        assert_eq!(book["ccl-auto-11"].state, State::Backoff);
+    }
+
+    #[test]
+    fn records_follow_the_account_a_process_runs_under_and_a_stray_one_is_replaced() {
+        let c = config();
+        let mut book = Book::new();
+        for name in ["ccl-auto-11", "ccl-auto-12"] {
+            on_first_launch(&mut book, name, "auto", "/srv".into(), "a", 0);
+            apply_hook(
+                &mut book,
+                &hook(
+                    name,
+                    json!({"hook_event_name": "SessionStart", "session_id": name}),
+                ),
+            );
+        }
+        // A daemon killed mid-swap relaunched ccl-auto-11 under b, and its
+        // record still says a; b is active now.
+        let obs = [alive("ccl-auto-11", 1), alive("ccl-auto-12", 2)];
+        let running = vec![
+            ("ccl-auto-11".to_string(), "b".to_string()),
+            ("ccl-auto-12".to_string(), "a".to_string()),
+        ];
+        let busy: HashSet<String> = ["ccl-auto-12".to_string()].into();
+        let changed = follow_accounts(&mut book, &running, &busy);
+        assert_eq!(
+            changed,
+            vec![("ccl-auto-11".into(), Some("a".into()), "b".into())]
+        );
+        assert_eq!(book["ccl-auto-11"].account.as_deref(), Some("b"));
+        assert!(follow_accounts(&mut book, &running, &busy).is_empty());
+        // On b, ccl-auto-12 (idle on a) is relaunched; ccl-auto-11 is left.
+        assert_eq!(
+            reconcile(&c, &book, &obs, &HashSet::new(), "b", 10),
+            vec![Action::Replace {
+                name: "ccl-auto-12".into(),
+                running_under: "a".into()
+            }]
+        );
+        // Not in the middle of a turn.
+        book.get_mut("ccl-auto-12").unwrap().state = State::Working;
+        assert!(reconcile(&c, &book, &obs, &HashSet::new(), "b", 10).is_empty());
     }
 
     #[test]
@@ -539,6 +740,7 @@ mod tests {
             &book,
             &[dead("ccl-auto-11"), alive("ccl-auto-12", 2)],
             &HashSet::new(),
+            "a",
             10,
         );
         assert_eq!(
@@ -556,7 +758,14 @@ mod tests {
             20,
         );
         assert_eq!(book["ccl-auto-11"].state, State::Dead);
-        let a = reconcile(&c, &book, &[alive("ccl-auto-12", 2)], &HashSet::new(), 21);
+        let a = reconcile(
+            &c,
+            &book,
+            &[alive("ccl-auto-12", 2)],
+            &HashSet::new(),
+            "a",
+            21,
+        );
         assert!(matches!(&a[0], Action::Launch { resume: Some(id), .. } if id == "s-1"));
     }
 
@@ -577,15 +786,15 @@ mod tests {
             0,
         );
         let obs = [alive("ccl-auto-11", 1), alive("ccl-auto-12", 2)];
-        assert!(reconcile(&c, &book, &obs, &HashSet::new(), 59_000).is_empty());
+        assert!(reconcile(&c, &book, &obs, &HashSet::new(), "a", 59_000).is_empty());
         assert_eq!(
-            reconcile(&c, &book, &obs, &HashSet::new(), 61_000),
+            reconcile(&c, &book, &obs, &HashSet::new(), "a", 61_000),
             vec![Action::ReportStuck {
                 name: "ccl-auto-11".into()
             }]
         );
         let busy: HashSet<String> = ["ccl-auto-11".to_string()].into();
-        assert!(reconcile(&c, &book, &obs, &busy, 61_000).is_empty());
+        assert!(reconcile(&c, &book, &obs, &busy, "a", 61_000).is_empty());
         on_stuck(
             &mut book,
             "ccl-auto-11",
@@ -593,7 +802,7 @@ mod tests {
             61_000,
         );
         assert_eq!(book["ccl-auto-11"].state, State::Failed);
-        assert!(reconcile(&c, &book, &obs, &HashSet::new(), 99_000).is_empty());
+        assert!(reconcile(&c, &book, &obs, &HashSet::new(), "a", 99_000).is_empty());
     }
 
     #[test]

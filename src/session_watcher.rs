@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::claude_facts as facts;
 use crate::tmux::{Launch, SessionInfo, Tmux};
 
 /// What the main loop asks of the watcher.
@@ -23,9 +24,10 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub enum Job {
     /// Start a session. `resume` = (conversation id, its transcript file):
-    /// `--resume` is added only when the transcript exists, because a
-    /// conversation that never got a prompt has nothing to resume and
-    /// `claude --resume` would exit at once.
+    /// `--resume` is added only when the transcript holds a message, because
+    /// a conversation that never got one (no file yet, or metadata lines
+    /// alone at its first request) has nothing to resume and
+    /// `claude --resume` would exit at once (claude-code-facts §6).
     Launch {
         launch: Launch,
         resume: Option<(String, PathBuf)>,
@@ -55,6 +57,9 @@ pub enum Report {
         cwd: PathBuf,
         pane_pid: Option<u32>,
         resumed: Option<String>,
+        /// A conversation that was asked for but had nothing to resume:
+        /// the session started fresh instead.
+        not_resumable: Option<String>,
         relaunch: bool,
     },
     /// A launch that tmux refused, or a pane whose program ended.
@@ -110,7 +115,10 @@ fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
                 }
             }
         }
-        let observed = tmux.list_sessions().map_err(|e| e.to_string());
+        let observed = tmux
+            .list_sessions()
+            .map(with_config_dirs)
+            .map_err(|e| e.to_string());
         if reports.send(Report::Observed(observed)).is_err() {
             return;
         }
@@ -131,13 +139,14 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
             if let Ok(true) = tmux.has_session(&name) {
                 let _ = tmux.kill_session(&name);
             }
-            let resumed = match resume {
-                Some((id, transcript)) if transcript.is_file() => {
+            let (resumed, not_resumable) = match resume {
+                Some((id, transcript)) if facts::transcript_is_resumable(&transcript) => {
                     launch.argv.push("--resume".into());
                     launch.argv.push(id.clone());
-                    Some(id)
+                    (Some(id), None)
                 }
-                _ => None,
+                Some((id, _)) => (None, Some(id)),
+                None => (None, None),
             };
             match tmux.new_session(&launch) {
                 Ok(()) => {
@@ -153,6 +162,7 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
                         cwd: launch.cwd,
                         pane_pid,
                         resumed,
+                        not_resumable,
                         relaunch,
                     }
                 }
@@ -195,6 +205,30 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
     }
 }
 
+/// Fills in, for every live pane, the account home its process runs under:
+/// records follow what the process shows, not what was meant at launch (a
+/// daemon killed mid-swap may have relaunched it under another account).
+fn with_config_dirs(mut list: Vec<SessionInfo>) -> Vec<SessionInfo> {
+    for s in list.iter_mut().filter(|s| !s.pane_dead) {
+        s.config_dir = s
+            .pane_pid
+            .and_then(|pid| process_env(pid, facts::ENV_CONFIG_DIR))
+            .map(PathBuf::from);
+    }
+    list
+}
+
+/// One variable of a process's environment as it was started
+/// (`/proc/<pid>/environ`); `None` when unset or unreadable.
+pub fn process_env(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// The last lines of a screen that hold text, joined into one line.
 pub fn last_lines(screen: &str) -> String {
     let lines: Vec<&str> = screen
@@ -213,6 +247,36 @@ pub fn last_lines(screen: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_variable_of_a_process_environment() {
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Reaped(
+            std::process::Command::new("sleep")
+                .arg("5")
+                .env("CLAUDE_CONFIG_DIR", "/h/beta")
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        // Right after the spawn the kernel may not show the new image's
+        // environment yet: poll briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut got = process_env(pid, "CLAUDE_CONFIG_DIR");
+        while got.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            got = process_env(pid, "CLAUDE_CONFIG_DIR");
+        }
+        assert_eq!(got.as_deref(), Some("/h/beta"));
+        assert_eq!(process_env(pid, "CF_NOT_SET_ANYWHERE"), None);
+        assert_eq!(process_env(u32::MAX, "CLAUDE_CONFIG_DIR"), None);
+    }
 
     #[test]
     fn keeps_the_last_meaningful_lines() {

@@ -28,6 +28,10 @@ pub struct SessionInfo {
     pub pane_dead_status: Option<i32>,
     /// The pane is in copy mode or similar, where typed keys are swallowed.
     pub pane_in_mode: bool,
+    /// The account home the pane's process runs under (its
+    /// `CLAUDE_CONFIG_DIR`); not from tmux: the session watcher reads it
+    /// from the process (`None` until then, or when it cannot be read).
+    pub config_dir: Option<PathBuf>,
 }
 
 /// How to start a managed session (SPEC.md "Sessions").
@@ -138,7 +142,15 @@ impl Tmux {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
         }
-        args.extend(launch.argv.iter().cloned());
+        if let [program] = launch.argv.as_slice() {
+            // One argument alone is run by tmux through `sh -c`: quote it so
+            // the shell sees exactly that program.
+            args.push(shell_quote(program));
+        } else {
+            args.extend(launch.argv.iter().cloned());
+        }
+        // Every argument so far is data: none may end the tmux command.
+        let mut args: Vec<String> = args.iter().map(|a| literal_arg(a)).collect();
         // remain-on-exit must be on before the program can exit: set it in
         // the same tmux invocation (`;` chains commands atomically).
         args.extend([
@@ -263,6 +275,23 @@ impl Tmux {
     }
 }
 
+/// `arg` as tmux must receive it to pass it on unchanged: tmux splits its
+/// command line at every argument that *ends* in `;` (the command
+/// separator, the `;` dropped), and takes a trailing `\\;` for a literal `;`.
+/// So `Be brief;` must be written `Be brief\\;`; nothing else is special
+/// in an argument vector (no shell sees it).
+pub fn literal_arg(arg: &str) -> String {
+    match arg.strip_suffix(';') {
+        Some(head) => format!("{head}\\;"),
+        None => arg.to_string(),
+    }
+}
+
+/// `s` single-quoted for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// `=NAME`: an exact session target.
 pub fn session_target(name: &str) -> String {
     format!("={name}")
@@ -293,6 +322,7 @@ fn parse_list(out: &str) -> Vec<SessionInfo> {
                 pane_dead: f[2] == "1",
                 pane_dead_status: f[3].parse().ok(),
                 pane_in_mode: f[4] == "1",
+                config_dir: None,
             })
         })
         .collect()
@@ -314,11 +344,23 @@ mod tests {
                 pane_pid: Some(123),
                 pane_dead: false,
                 pane_dead_status: None,
-                pane_in_mode: false
+                pane_in_mode: false,
+                config_dir: None,
             }
         );
         assert!(s[1].pane_dead);
         assert_eq!(s[1].pane_dead_status, Some(127));
+    }
+
+    #[test]
+    fn an_argument_ending_in_a_semicolon_is_escaped_for_tmux() {
+        assert_eq!(literal_arg("Be brief;"), "Be brief\\;");
+        assert_eq!(literal_arg(";"), "\\;");
+        assert_eq!(literal_arg("a\\;"), "a\\\\;");
+        assert_eq!(literal_arg("a;b"), "a;b");
+        assert_eq!(literal_arg(""), "");
+        assert_eq!(shell_quote("/opt/my claude"), "'/opt/my claude'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 
     #[test]
