@@ -158,7 +158,13 @@ enum Phase {
     },
     /// A swap (or a refusal) interrupted it; continue after `SessionStart(resume)`,
     /// or when dispatch resumes and the session still runs under `account`.
-    Interrupted { account: Option<String> },
+    /// `retype` is the text that was typed but not yet confirmed when the
+    /// swap began (the swap's stop may have dropped it): it is typed again
+    /// rather than the continuation prompt.
+    Interrupted {
+        account: Option<String>,
+        retype: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -366,7 +372,11 @@ impl Run {
                                 .iter()
                                 .find(|s| &s.name == name)
                                 .and_then(|s| s.account.clone());
-                            a.phase = Phase::Interrupted { account };
+                            let retype = match &a.phase {
+                                Phase::Typing { text, .. } => Some(text.clone()),
+                                _ => None,
+                            };
+                            a.phase = Phase::Interrupted { account, retype };
                         }
                     }
                 }
@@ -421,7 +431,10 @@ impl Run {
                         let text = a.prompt.clone();
                         self.type_text(&session, &text, false);
                     }
-                    (Phase::Interrupted { .. }, "resume") => {
+                    (Phase::Interrupted { retype, .. }, "resume") => {
+                        let text = retype
+                            .clone()
+                            .unwrap_or_else(|| CONTINUE_PROMPT.to_string());
                         // The task now runs under the account the session resumed on.
                         let account = account_of(&self.config, ev.config_dir.as_deref());
                         if let (Some(task), Some(account)) = (a.task.clone(), account) {
@@ -431,7 +444,7 @@ impl Run {
                             }
                         }
                         log::info!("{session}: resumed after a swap; continuing its task");
-                        self.type_text(&session, CONTINUE_PROMPT, false);
+                        self.type_text(&session, &text, false);
                     }
                     (
                         Phase::Running
@@ -469,6 +482,18 @@ impl Run {
                 // `<pasted_content>`; `same_prompt` sees through that.
                 let typed = match &a.phase {
                     Phase::Typing { text, .. } => Some(text.as_str()),
+                    Phase::Interrupted {
+                        retype: Some(text), ..
+                    } => {
+                        // Typed before the swap began, and it did go through.
+                        if crate::claude_facts::same_prompt(text, ev.field("prompt").unwrap_or(""))
+                        {
+                            if let Phase::Interrupted { retype, .. } = &mut a.phase {
+                                *retype = None;
+                            }
+                        }
+                        None
+                    }
                     _ => None,
                 };
                 let submitted = ev.field("prompt").unwrap_or("");
@@ -532,7 +557,10 @@ impl Run {
                     // Refused: not an attempt; it continues after the swap,
                     // or when the account can take work again.
                     let account = account_of(&self.config, ev.config_dir.as_deref());
-                    a.phase = Phase::Interrupted { account };
+                    a.phase = Phase::Interrupted {
+                        account,
+                        retype: None,
+                    };
                 } else {
                     let reason = format!("{error}: {message}");
                     self.release(&session, Release::Attempt(reason));
@@ -739,6 +767,7 @@ impl Run {
                 let phase = if swapping && confirmed {
                     Phase::Interrupted {
                         account: Some(m.account.clone()),
+                        retype: None,
                     }
                 } else if confirmed {
                     Phase::Running
@@ -862,7 +891,7 @@ impl Run {
                 // Refused, and dispatch resumed without moving the session
                 // (its account, or the whole fleet's, can take work again):
                 // it is still waiting on the limit screen, so tell it to go on.
-                Phase::Interrupted { account }
+                Phase::Interrupted { account, retype }
                     if self.paused.is_none()
                         && self
                             .unpaused_at
@@ -872,7 +901,10 @@ impl Run {
                 {
                     log::info!("{name}: its account can take work again; continuing its task");
                     let _ = self.tmux.send_key(&name, "Escape");
-                    self.type_text(&name, CONTINUE_AFTER_LIMIT_PROMPT, false);
+                    let text = retype
+                        .clone()
+                        .unwrap_or_else(|| CONTINUE_AFTER_LIMIT_PROMPT.to_string());
+                    self.type_text(&name, &text, false);
                 }
                 Phase::Interrupted { .. } => {}
                 Phase::Relocating { since } if since.elapsed() > RELOCATE_DEADLINE => {
