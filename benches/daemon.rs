@@ -260,7 +260,12 @@ fn swap_timing() {
         std::thread::sleep(Duration::from_secs(2));
         let t = Instant::now();
         let url = format!("http://{}/swap?to=beta", w.sb.http_listen);
-        let answer: serde_json::Value = ureq::post(&url).call().expect("swap").into_json().unwrap();
+        let answer: serde_json::Value = ureq::post(&url)
+            .set("Authorization", &format!("Bearer {}", w.token()))
+            .call()
+            .expect("swap")
+            .into_json()
+            .unwrap();
         support::wait_for(Duration::from_secs(120), "all resumed on beta", || {
             let s = w.status()?;
             let sessions = s["sessions"].as_array()?;

@@ -85,6 +85,11 @@ fn endpoints_notifications_sd_notify_and_reloads() {
     };
     let token_file = w.h.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let tg_token = w.h.path().join("tg-token");
     std::fs::write(&tg_token, "123:ABC").unwrap();
     let base = std::fs::read_to_string(&w.sb.config_path).unwrap();

@@ -248,6 +248,18 @@ impl World {
         self.h.spawn_bin(&["--config", &config, "run"], env)
     }
 
+    /// The control plane's bearer token: the one the daemon generated in
+    /// the state folder (`http.token_file` unset), read once it exists.
+    pub fn token(&self) -> String {
+        let path = self
+            .sb
+            .state_dir
+            .join(claude_failover::config::DEFAULT_TOKEN_FILE);
+        wait_for(Duration::from_secs(30), "the daemon's token file", || {
+            claude_failover::http::read_token(&path).ok()
+        })
+    }
+
     pub fn status(&self) -> Option<serde_json::Value> {
         ureq::get(&format!("http://{}/status", self.sb.http_listen))
             .timeout(Duration::from_secs(2))
