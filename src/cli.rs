@@ -94,14 +94,19 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::cli::out(format_args!("{}\n", format_args!($($t)*))) };
 }
 
-/// Writes to stdout; on a closed pipe exits 0 (the reader has what it
-/// wanted), on any other write error exits 1 with the reason.
+/// The status a command ends with when its reader goes away: 0, or the
+/// outcome it already knows (`check` with failures is still 1).
+static EXIT_ON_CLOSED_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Writes to stdout; on a closed pipe exits quietly (the reader has what it
+/// wanted) with [`EXIT_ON_CLOSED_PIPE`], on any other write error exits 1
+/// with the reason.
 pub fn out(text: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     if let Err(e) = o.write_fmt(text).and_then(|_| o.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(exit::OK);
+            std::process::exit(EXIT_ON_CLOSED_PIPE.load(std::sync::atomic::Ordering::Relaxed));
         }
         eprintln!("claude-failover: cannot write to standard output: {e}");
         std::process::exit(exit::FAILURE);
@@ -220,10 +225,12 @@ impl Cli {
                     Err(code) => return code,
                 };
                 let lines = check::run_checks(&config, SystemTime::now());
+                let failed = lines.iter().filter(|l| !l.ok).count();
+                let code = if failed == 0 { exit::OK } else { exit::FAILURE };
+                EXIT_ON_CLOSED_PIPE.store(code, std::sync::atomic::Ordering::Relaxed);
                 for line in &lines {
                     outln!("{line}");
                 }
-                let failed = lines.iter().filter(|l| !l.ok).count();
                 if failed == 0 {
                     outln!("all {} checks passed", lines.len());
                     exit::OK

@@ -148,11 +148,10 @@ impl Http {
         listen: SocketAddr,
         published: Published,
         wiring: Wiring,
-        mut limits: Limits,
+        limits: Limits,
     ) -> Result<Http, String> {
         let listener = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr().unwrap_or(listen);
-        limits.max_conns = limits.max_conns.min(nofile_limit() / 4).max(8);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ServerStats::default());
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(limits.queue);
@@ -201,8 +200,22 @@ impl Drop for Http {
     }
 }
 
+/// Pending connections the kernel queues before we accept them (std's
+/// default is 128): a burst of connects beyond it drops SYNs, and a real
+/// client caught in that waits a full second for its retransmit.
+const BACKLOG: libc::c_int = 4096;
+
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
+    // listen() again on a listening socket only changes its backlog
+    // (capped by net.core.somaxconn).
+    // SAFETY: the descriptor is valid for the listener's lifetime.
+    if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+        log::warn!(
+            "http: cannot raise the listen backlog: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -405,7 +418,7 @@ fn serve(
         // after a pause, try again whatever poll said.
         let paused = accept_pause.take().is_some();
         if paused || fds[0].revents & libc::POLLIN != 0 {
-            for _ in 0..64 {
+            for _ in 0..256 {
                 match listener.accept() {
                     Ok((stream, _peer)) => {
                         next_pause = Duration::from_millis(10);
@@ -413,7 +426,10 @@ fn serve(
                         if stream.set_nonblocking(true).is_err() {
                             continue;
                         }
-                        if held.len() >= limits.max_conns {
+                        // A quarter of the descriptor limit at most, read
+                        // fresh: the rest of the daemon needs descriptors too.
+                        let cap = limits.max_conns.min(nofile_limit() / 4).max(8);
+                        while held.len() >= cap {
                             held.pop_front();
                             stats.evicted.fetch_add(1, Ordering::Relaxed);
                             if last_eviction_log
@@ -421,8 +437,7 @@ fn serve(
                             {
                                 last_eviction_log = Some(Instant::now());
                                 log::warn!(
-                                    "http: {} connections held open without a complete request; closing the oldest to make room",
-                                    limits.max_conns
+                                    "http: {cap} connections held open without a complete request; closing the oldest to make room"
                                 );
                             }
                         }
