@@ -45,8 +45,13 @@ impl Notifier {
     }
 }
 
+/// A receiver whose queue is full (it stopped reading) makes a datagram
+/// send block: bounded, so the main loop that sends is never wedged by it.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn send(path: &str, state: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
     if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;

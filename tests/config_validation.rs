@@ -458,6 +458,28 @@ fn durations_that_must_be_positive_or_present() {
 }
 
 #[test]
+fn intervals_below_their_floor_are_refused_with_key_and_line() {
+    for (section, key, value, floor) in [
+        ("lifecycle", "interval", "1ms", "1s"),
+        ("quota", "poll_interval", "500ms", "1s"),
+        ("swap", "stop_timeout", "10ms", "1s"),
+        ("claude", "startup_timeout", "999ms", "1s"),
+        ("checkpoint", "interval", "1ms", "1s"),
+        ("checkpoint", "keep", "30s", "1m"),
+        ("janitor", "interval", "1ms", "1s"),
+        ("janitor", "stale_task_after", "59s", "1m"),
+    ] {
+        let msg = assert_rejected(
+            &with_accounts(&format!("{section}:\n  {key}: {value}   #!\n")),
+            &format!("{section}.{key}"),
+        );
+        assert!(msg.contains(&format!("must be at least {floor}")), "{msg}");
+    }
+    let c = assert_valid(&with_accounts("lifecycle:\n  interval: 1s\n"));
+    assert_eq!(c.lifecycle.interval, Duration::from_secs(1));
+}
+
+#[test]
 fn malformed_durations() {
     for bad in ["15", "1.5s", "-1s", "1x", "\"\"", "1h30m"] {
         assert_rejected(
