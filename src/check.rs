@@ -87,8 +87,15 @@ fn check_http_token(config: &Config) -> CheckLine {
             ),
             format!("chmod 600 {}", path.display()),
         ),
-        Ok(_) => match crate::http::read_token(path) {
-            Ok(_) => CheckLine::pass(subject, format!("{} (mode 0600)", path.display())),
+        Ok(meta) => match crate::http::read_token(path) {
+            Ok(_) => CheckLine::pass(
+                subject,
+                format!(
+                    "{} (mode {:04o})",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+            ),
             Err(e) => CheckLine::fail(
                 subject,
                 e,

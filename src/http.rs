@@ -426,6 +426,28 @@ fn serve(
                         if stream.set_nonblocking(true).is_err() {
                             continue;
                         }
+                        // A real client has usually sent its whole request
+                        // by the time it is accepted: answer it without
+                        // holding it, so a flood of idle connections
+                        // cannot evict it before its first read.
+                        let mut h = Held {
+                            stream,
+                            buf: Vec::new(),
+                            since: Instant::now(),
+                        };
+                        match read_some(&mut h, limits) {
+                            Step::More => {}
+                            Step::Closed => continue,
+                            Step::Refuse(code, why) => {
+                                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                                refuse(h.stream, code, why);
+                                continue;
+                            }
+                            Step::Ready(request) => {
+                                dispatch(h.stream, request, jobs, limits);
+                                continue;
+                            }
+                        }
                         // A quarter of the descriptor limit at most, read
                         // fresh: the rest of the daemon needs descriptors too.
                         let cap = limits.max_conns.min(nofile_limit() / 4).max(8);
@@ -441,11 +463,7 @@ fn serve(
                                 );
                             }
                         }
-                        held.push_back(Held {
-                            stream,
-                            buf: Vec::new(),
-                            since: Instant::now(),
-                        });
+                        held.push_back(h);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -420,3 +420,25 @@ fn check_into_a_closed_pipe_exits_cleanly() {
         out.status
     );
 }
+
+#[test]
+fn check_reports_a_token_file_others_can_read() {
+    let b = bare("check-token", |_| {});
+    let path = b.sb.state_dir.join("http.token");
+    std::fs::write(&path, "readable-by-all\n").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(support::bin())
+        .args(["--config", b.sb.config_path.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("http token"))
+        .unwrap_or_else(|| panic!("no http token line: {text}"));
+    assert!(
+        line.starts_with("FAIL") && line.contains("0644") && line.contains("chmod 600"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
