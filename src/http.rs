@@ -122,6 +122,8 @@ pub struct ServerStats {
     pub accept_errors: AtomicU64,
     /// The listener was bound again after it broke.
     pub rebinds: AtomicU64,
+    /// The current listening socket's descriptor (tests break it on purpose).
+    pub listener_fd: std::sync::atomic::AtomicI32,
 }
 
 /// The running server. Field order is drop order: the stop flag is raised
@@ -319,6 +321,9 @@ fn serve(
     stop: &AtomicBool,
     stats: &ServerStats,
 ) -> std::io::Result<()> {
+    stats
+        .listener_fd
+        .store(listener.as_raw_fd(), Ordering::SeqCst);
     // Oldest first: eviction takes the front.
     let mut held: std::collections::VecDeque<Held> = Default::default();
     // After an accept error the listener is left alone for this long
@@ -387,7 +392,8 @@ fn serve(
             }
             return Err(e);
         }
-        if fds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+        // A listening socket reports POLLHUP only once it is shut down.
+        if fds[0].revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
             return Err(std::io::Error::other(
                 "poll reports an error on the listener",
             ));
@@ -1352,6 +1358,52 @@ mod tests {
         );
         let auth = req("GET", &[host, ("authorization", "Bearer t0k")]);
         assert!(gate(&auth, &site, "t0k").is_none());
+    }
+
+    fn wiring() -> (Wiring, Vec<Box<dyn std::any::Any>>) {
+        let (switcher, s_rx) = crossbeam_channel::unbounded();
+        let (main, m_rx) = crossbeam_channel::unbounded();
+        let w = Wiring {
+            switcher,
+            view: Default::default(),
+            main,
+            token: "t0k".into(),
+            swap_wait: Duration::from_secs(1),
+            counters: Default::default(),
+            notify: crate::notifier::NotifyHandle::log_only(),
+            swap_pending: Default::default(),
+        };
+        (w, vec![Box::new(s_rx), Box::new(m_rx)])
+    }
+
+    fn healthz(addr: SocketAddr) -> Option<u16> {
+        let mut c = TcpStream::connect(addr).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(c, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        text.split(' ').nth(1)?.parse().ok()
+    }
+
+    #[test]
+    fn a_broken_listener_is_bound_again_instead_of_ending_the_role() {
+        let (w, _keep) = wiring();
+        let http = Http::start("127.0.0.1:0".parse().unwrap(), Default::default(), w).unwrap();
+        assert_eq!(healthz(http.addr), Some(200));
+        let fd = http.stats.listener_fd.load(Ordering::SeqCst);
+        // SAFETY: shutting down the server's own listening socket, which
+        // makes every accept on it fail with EINVAL.
+        assert_eq!(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http.stats.rebinds.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "never bound again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            healthz(http.addr),
+            Some(200),
+            "answering again on the same address"
+        );
     }
 
     #[test]
