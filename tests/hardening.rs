@@ -442,3 +442,47 @@ fn check_reports_a_token_file_others_can_read() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn setup_generates_the_token_0600_once_and_dry_run_only_says_so() {
+    let b = bare("setup-token", |_| {});
+    let path = b.sb.state_dir.join("http.token");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--config", b.sb.config_path.to_str().unwrap(), "setup"];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(support::bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, said) = run(&["--dry-run"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("would generate the control-plane token"),
+        "{said}"
+    );
+    assert!(!path.exists(), "a dry run writes nothing");
+    let (code, said) = run(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("generated the control-plane token"), "{said}");
+    let token = claude_failover::http::read_token(&path).unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, said) = run(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        !said.contains("generated the control-plane token"),
+        "{said}"
+    );
+    assert_eq!(
+        claude_failover::http::read_token(&path).unwrap(),
+        token,
+        "kept"
+    );
+}
