@@ -177,13 +177,28 @@ fn a_second_run_during_a_swap_exits_3_and_the_swap_completes_untouched() {
         wait_for(Duration::from_secs(20), "the swap under way", || {
             (w.status()?["swap_in_progress"] == true && journal.exists()).then_some(())
         });
-        let mut out = std::process::Command::new(support::bin())
+        let log = w.h.path().join("second-run.log");
+        let mut second = std::process::Command::new(support::bin())
             .args(["--config", second_config.to_str().unwrap(), "run"])
-            .output()
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
             .expect("second run");
-        let code = out.status.code();
-        out.stderr.extend_from_slice(&out.stdout);
-        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        // Bounded: a second daemon that does not stop is killed and fails the test.
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = second.try_wait().unwrap() {
+                break Some(s);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = second.kill();
+                let _ = second.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let code = status.and_then(|s| s.code());
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
             said.contains(&format!("another claude-failover (pid {first}) holds")),
             "{said}"
