@@ -69,7 +69,7 @@ fn http_abuse() {
     let r = support::attack(&sb.http_listen, pid, 2000);
     let alive = h.try_exit_status(pid).is_none();
     println!(
-        "HTTP abuse (ulimit -n 256): {} idle/half-sent connections, a header line cut after {} MiB; RSS {} kB before, {} kB peak; /status {} answers during it: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; daemon {}",
+        "HTTP abuse (ulimit -n 256): {} idle/half-sent connections, a header line cut after {} MiB; RSS {} kB before, {} kB peak; /status {} answers during it: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; daemon {} (target RSS < 50 MB, every /status answered, daemon running)",
         r.idle,
         r.line_bytes >> 20,
         before,
