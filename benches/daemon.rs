@@ -20,6 +20,8 @@ use support::World;
 
 fn main() {
     // cargo bench passes --bench; nothing else to parse.
+    // Needs no Claude Code: the pool keeps no session.
+    http_abuse();
     let Some(claude) = support::e2e_claude() else {
         eprintln!("set CLAUDE_FAILOVER_E2E=1 (scripts/bench.sh does)");
         return;
@@ -30,6 +32,57 @@ fn main() {
     dispatch_latency();
     swap_timing();
     idle_daemon();
+}
+
+/// The daemon under 2,000 idle and half-sent connections and a 1 GiB header
+/// line, at `ulimit -n 256` (issue 12.8/12.9): peak RSS and `/status`
+/// latency while it lasts.
+fn http_abuse() {
+    let mut h = support::Harness::new("bench-abuse");
+    let mut spec = claude_failover::sandbox::SandboxSpec {
+        claude_binary: "/bin/true".into(),
+        tmux_socket: h.socket.clone(),
+        ..Default::default()
+    };
+    spec.pools[0].min = 0;
+    let sb = claude_failover::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    let config = sb.config_path.to_string_lossy().into_owned();
+    let pid = h.spawn_bin(&["--config", &config, "run"], &[]);
+    let healthz = format!("http://{}/healthz", sb.http_listen);
+    support::wait_for(Duration::from_secs(30), "the daemon up", || {
+        ureq::get(&healthz).call().ok().map(|_| ())
+    });
+    let limit = libc::rlimit {
+        rlim_cur: 256,
+        rlim_max: 256,
+    };
+    // SAFETY: prlimit on our own child with a valid struct.
+    unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    let before = support::rss_kb(pid);
+    let r = support::attack(&sb.http_listen, pid, 2000);
+    let alive = h.try_exit_status(pid).is_none();
+    println!(
+        "HTTP abuse (ulimit -n 256): {} idle/half-sent connections, a header line cut after {} MiB; RSS {} kB before, {} kB peak; /status {} answers during it: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; daemon {} (target RSS < 50 MB, every /status answered, daemon running)",
+        r.idle,
+        r.line_bytes >> 20,
+        before,
+        r.peak_rss_kb,
+        r.latencies.len(),
+        r.p(50).as_secs_f64() * 1000.0,
+        r.p(99).as_secs_f64() * 1000.0,
+        r.p(100).as_secs_f64() * 1000.0,
+        if alive { "still running" } else { "EXITED" }
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 /// `GET /status` requests per second and p99 latency on loopback with 20
@@ -260,7 +313,12 @@ fn swap_timing() {
         std::thread::sleep(Duration::from_secs(2));
         let t = Instant::now();
         let url = format!("http://{}/swap?to=beta", w.sb.http_listen);
-        let answer: serde_json::Value = ureq::post(&url).call().expect("swap").into_json().unwrap();
+        let answer: serde_json::Value = ureq::post(&url)
+            .set("Authorization", &format!("Bearer {}", w.token()))
+            .call()
+            .expect("swap")
+            .into_json()
+            .unwrap();
         support::wait_for(Duration::from_secs(120), "all resumed on beta", || {
             let s = w.status()?;
             let sessions = s["sessions"].as_array()?;

@@ -22,7 +22,7 @@ cargo bench --bench daemon 2>/dev/null | tee "$out"
     echo
     echo "| figure | measured | target |"
     echo "| --- | --- | --- |"
-    grep -E '^(hook wall time|GET /status|dispatch latency|swap of|idle daemon|tmux processes)' "$out" | while IFS= read -r line; do
+    grep -E '^(hook wall time|GET /status|HTTP abuse|dispatch latency|swap of|idle daemon|tmux processes)' "$out" | while IFS= read -r line; do
         target=$(printf '%s' "$line" | sed -n 's/.*(target \(.*\))$/\1/p')
         figure=$(printf '%s' "$line" | sed 's/ *(target .*)$//')
         echo "| ${figure%%:*} | ${figure#*: } | ${target:-—} |"

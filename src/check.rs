@@ -58,6 +58,56 @@ impl std::fmt::Display for CheckLine {
     }
 }
 
+/// `http.token_file`: absent is fine (`run` and `setup` generate it, 0600);
+/// present, it must be readable, not empty, and closed to group and others,
+/// as `run` requires.
+fn check_http_token(config: &Config) -> CheckLine {
+    use std::os::unix::fs::PermissionsExt;
+    let path = &config.http.token_file;
+    let subject = "http token";
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => CheckLine::pass(
+            subject,
+            format!(
+                "{} absent; `setup` or `run` generates it (mode 0600)",
+                path.display()
+            ),
+        ),
+        Err(e) => CheckLine::fail(
+            subject,
+            format!("cannot read {}: {e}", path.display()),
+            "run check as the daemon's user",
+        ),
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => CheckLine::fail(
+            subject,
+            format!(
+                "{} has mode {:04o}; group and others must have no access",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+            format!("chmod 600 {}", path.display()),
+        ),
+        Ok(meta) => match crate::http::read_token(path) {
+            Ok(_) => CheckLine::pass(
+                subject,
+                format!(
+                    "{} (mode {:04o})",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+            ),
+            Err(e) => CheckLine::fail(
+                subject,
+                e,
+                format!(
+                    "delete {} and run setup to generate a new one",
+                    path.display()
+                ),
+            ),
+        },
+    }
+}
+
 /// How long `tmux -V` and `claude --version` may take.
 const PROBE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -69,6 +119,7 @@ pub fn run_checks(config: &Config, now: SystemTime) -> Vec<CheckLine> {
     )];
     lines.push(check_tmux());
     lines.push(check_claude_binary(config));
+    lines.push(check_http_token(config));
     lines.extend(crate::shared_folders::check_lines(config));
     for account in &config.accounts {
         lines.extend(check_account(config, account, now));

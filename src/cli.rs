@@ -88,6 +88,66 @@ pub enum Command {
     Hook,
 }
 
+/// `println!` for the commands: a reader that went away (`check | head`)
+/// ends the command quietly with status 0 instead of a panic (101).
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::cli::out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// The status a command ends with when its reader goes away: 0, or the
+/// outcome it already knows (`check` with failures is still 1).
+static EXIT_ON_CLOSED_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Writes to stdout; on a closed pipe exits quietly (the reader has what it
+/// wanted) with [`EXIT_ON_CLOSED_PIPE`], on any other write error exits 1
+/// with the reason.
+pub fn out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(text).and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_ON_CLOSED_PIPE.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        eprintln!("claude-failover: cannot write to standard output: {e}");
+        std::process::exit(exit::FAILURE);
+    }
+}
+
+/// Standard output for a command that must finish its work even when the
+/// reader goes away: a closed pipe swallows the rest of the output.
+#[derive(Default)]
+pub struct StdoutUnlessClosed {
+    closed: bool,
+}
+
+impl std::io::Write for StdoutUnlessClosed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match std::io::stdout().write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match std::io::stdout().flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// Exit statuses of SPEC.md.
 pub mod exit {
     pub const OK: i32 = 0;
@@ -156,7 +216,7 @@ impl Cli {
                 if let Err(e) = recorded {
                     eprintln!("claude-failover statusline: reading not recorded: {e}");
                 }
-                println!("{line}");
+                outln!("{line}");
                 exit::OK
             }
             Command::Check => {
@@ -165,15 +225,17 @@ impl Cli {
                     Err(code) => return code,
                 };
                 let lines = check::run_checks(&config, SystemTime::now());
-                for line in &lines {
-                    println!("{line}");
-                }
                 let failed = lines.iter().filter(|l| !l.ok).count();
+                let code = if failed == 0 { exit::OK } else { exit::FAILURE };
+                EXIT_ON_CLOSED_PIPE.store(code, std::sync::atomic::Ordering::Relaxed);
+                for line in &lines {
+                    outln!("{line}");
+                }
                 if failed == 0 {
-                    println!("all {} checks passed", lines.len());
+                    outln!("all {} checks passed", lines.len());
                     exit::OK
                 } else {
-                    println!("{failed} of {} checks failed", lines.len());
+                    outln!("{failed} of {} checks failed", lines.len());
                     exit::FAILURE
                 }
             }
@@ -189,14 +251,11 @@ fn load(path: &std::path::Path) -> Result<Config, i32> {
     })
 }
 
-/// The bearer token for POSTs, when the config has one.
-fn token(config: &Config) -> Result<Option<String>, String> {
-    match &config.http.token_file {
-        None => Ok(None),
-        Some(p) => std::fs::read_to_string(p)
-            .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| format!("cannot read http.token_file {}: {e}", p.display())),
-    }
+/// The control plane's bearer token (`http.token_file`, readable by the
+/// daemon's user only).
+fn token(config: &Config) -> Result<String, String> {
+    crate::http::read_token(&config.http.token_file)
+        .map_err(|e| format!("{e} (run this as the daemon's user, or as root)"))
 }
 
 fn percent_encode(s: &str) -> String {
@@ -233,9 +292,7 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
             + config.claude.startup_timeout
             + std::time::Duration::from_secs(60),
     );
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
+    req = req.set("Authorization", &format!("Bearer {token}"));
     let (code, body) = match req.call() {
         Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
@@ -250,7 +307,7 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
     let v: serde_json::Value =
         serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if code == 200 {
-        println!(
+        outln!(
             "swap {}: {} → {} done in {} ms",
             v["id"].as_str().unwrap_or("?"),
             v["from"].as_str().unwrap_or("?"),
@@ -275,11 +332,17 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
 /// `status [--json]` through `GET /status`.
 fn status_command(config: &Config, json: bool) -> i32 {
     let url = format!("http://{}/status", config.http.listen);
-    let body: serde_json::Value = match ureq::get(&url)
-        .timeout(crate::http::CLIENT_TIMEOUT)
-        .call()
-        .map(|r| r.into_json())
-    {
+    let mut req = ureq::get(&url).timeout(crate::http::CLIENT_TIMEOUT);
+    // A loopback listen answers reads without the token; any other needs it.
+    match token(config) {
+        Ok(t) => req = req.set("Authorization", &format!("Bearer {t}")),
+        Err(e) if !config.http.listen.ip().is_loopback() => {
+            eprintln!("claude-failover status: {e}");
+            return exit::FAILURE;
+        }
+        Err(_) => {}
+    }
+    let body: serde_json::Value = match req.call().map(|r| r.into_json()) {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             eprintln!("claude-failover status: unreadable answer from {url}: {e}");
@@ -294,12 +357,15 @@ fn status_command(config: &Config, json: bool) -> i32 {
         }
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&body).unwrap_or_default()
         );
     } else {
-        print!("{}", crate::status_table::render(&body, SystemTime::now()));
+        out(format_args!(
+            "{}",
+            crate::status_table::render(&body, SystemTime::now())
+        ));
     }
     exit::OK
 }

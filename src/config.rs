@@ -152,7 +152,9 @@ pub struct JanitorConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    pub token_file: Option<PathBuf>,
+    /// Always set: `<state_dir>/http.token` unless the config names one.
+    /// `run` and `setup` create it (0600) when it does not exist.
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -416,6 +418,10 @@ const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 const MINUTE: u64 = 60;
+/// The shortest interval or timeout accepted for the daemon's loops.
+const MIN_INTERVAL: Duration = secs(1);
+/// `http.token_file` when unset: in the state folder.
+pub const DEFAULT_TOKEN_FILE: &str = "http.token";
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
 
@@ -651,16 +657,27 @@ impl Check<'_> {
         }
     }
 
-    /// A duration where zero would make the daemon spin or give up at once.
-    fn positive_duration(
+    /// A duration with a floor: below it the daemon would spin (a loop
+    /// turning every millisecond) or give up before anything could answer.
+    fn duration_at_least(
         &self,
         key: &str,
         raw: Option<&str>,
         default: Duration,
+        floor: Duration,
     ) -> Checked<Duration> {
         let d = self.duration(key, raw, default)?;
         if d.is_zero() {
             return Err(self.err(key, "must be greater than 0"));
+        }
+        if d < floor {
+            return Err(self.err(
+                key,
+                format!(
+                    "must be at least {} (shorter would keep the daemon busy for nothing)",
+                    format_duration(floor)
+                ),
+            ));
         }
         Ok(d)
     }
@@ -773,7 +790,7 @@ impl Check<'_> {
         let swap = self.swap(raw.swap.unwrap_or_default())?;
         let checkpoint = self.checkpoint(raw.checkpoint.unwrap_or_default())?;
         let janitor = self.janitor(raw.janitor.unwrap_or_default())?;
-        let http = self.http(raw.http.unwrap_or_default())?;
+        let http = self.http(raw.http.unwrap_or_default(), &state_dir)?;
         let notify = self.notify(raw.notify.unwrap_or_default())?;
         Ok(Config {
             source,
@@ -843,10 +860,11 @@ impl Check<'_> {
             binary,
             args: raw.args.unwrap_or_default(),
             env,
-            startup_timeout: self.positive_duration(
+            startup_timeout: self.duration_at_least(
                 "claude.startup_timeout",
                 raw.startup_timeout.as_deref(),
                 secs(60),
+                MIN_INTERVAL,
             )?,
         })
     }
@@ -1027,10 +1045,11 @@ impl Check<'_> {
         self.http_url("quota.usage_url", &usage_url)?;
         Ok(QuotaConfig {
             usage_url,
-            poll_interval: self.positive_duration(
+            poll_interval: self.duration_at_least(
                 "quota.poll_interval",
                 raw.poll_interval.as_deref(),
                 secs(5 * MINUTE),
+                MIN_INTERVAL,
             )?,
             five_hour_threshold: self.percent(
                 "quota.five_hour_threshold",
@@ -1160,8 +1179,12 @@ impl Check<'_> {
     }
 
     fn lifecycle(&self, raw: RawLifecycle) -> Checked<LifecycleConfig> {
-        let interval =
-            self.positive_duration("lifecycle.interval", raw.interval.as_deref(), secs(15))?;
+        let interval = self.duration_at_least(
+            "lifecycle.interval",
+            raw.interval.as_deref(),
+            secs(15),
+            MIN_INTERVAL,
+        )?;
         let restart_backoff = match raw.restart_backoff {
             None => vec![secs(1), secs(5), secs(30), secs(2 * MINUTE)],
             Some(steps) => {
@@ -1198,39 +1221,46 @@ impl Check<'_> {
                 raw.drain_timeout.as_deref(),
                 secs(2 * MINUTE),
             )?,
-            stop_timeout: self.positive_duration(
+            stop_timeout: self.duration_at_least(
                 "swap.stop_timeout",
                 raw.stop_timeout.as_deref(),
                 secs(10),
+                MIN_INTERVAL,
             )?,
         })
     }
 
     fn checkpoint(&self, raw: RawCheckpoint) -> Checked<CheckpointConfig> {
         Ok(CheckpointConfig {
-            interval: self.positive_duration(
+            interval: self.duration_at_least(
                 "checkpoint.interval",
                 raw.interval.as_deref(),
                 secs(60),
+                MIN_INTERVAL,
             )?,
-            keep: self.positive_duration(
+            keep: self.duration_at_least(
                 "checkpoint.keep",
                 raw.keep.as_deref(),
                 secs(24 * HOUR),
+                secs(MINUTE),
             )?,
         })
     }
 
     fn janitor(&self, raw: RawJanitor) -> Checked<JanitorConfig> {
-        let interval = self.positive_duration(
+        let interval = self.duration_at_least(
             "janitor.interval",
             raw.interval.as_deref(),
             secs(5 * MINUTE),
+            MIN_INTERVAL,
         )?;
-        let stale_task_after = self.positive_duration(
+        let stale_task_after = self.duration_at_least(
             "janitor.stale_task_after",
             raw.stale_task_after.as_deref(),
             secs(2 * HOUR),
+            // Low enough for a test of a silent session; below it a slow
+            // answer would be taken for a hung one.
+            secs(10),
         )?;
         let done_retention = self.duration(
             "janitor.done_retention",
@@ -1247,7 +1277,7 @@ impl Check<'_> {
         })
     }
 
-    fn http(&self, raw: RawHttp) -> Checked<HttpConfig> {
+    fn http(&self, raw: RawHttp, state_dir: &Path) -> Checked<HttpConfig> {
         let key = "http.listen";
         let text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         // `localhost` is the one name accepted: resolving names here would
@@ -1266,12 +1296,15 @@ impl Check<'_> {
             return Err(self.err(key, "port must not be 0"));
         }
         let token_file = self.opt_path("http.token_file", raw.token_file.as_deref())?;
+        // A non-loopback listen needs an explicit token file: the operator
+        // chooses where the secret that remote clients carry lives.
         if token_file.is_none() && !listen.ip().is_loopback() {
             return Err(self.err(
                 key,
                 format!("{listen} is reachable from other machines: set http.token_file, or listen on 127.0.0.1"),
             ));
         }
+        let token_file = token_file.unwrap_or_else(|| state_dir.join(DEFAULT_TOKEN_FILE));
         Ok(HttpConfig { listen, token_file })
     }
 
@@ -1455,7 +1488,7 @@ mod tests {
             c.http.listen,
             "127.0.0.1:7878".parse::<SocketAddr>().unwrap()
         );
-        assert_eq!(c.http.token_file, None);
+        assert_eq!(c.http.token_file, c.state_dir.join("http.token"));
         assert_eq!(c.notify.telegram, None);
         assert_eq!(c.notify.webhook_url, None);
         assert_eq!(c.notify.min_level, Level::Info);

@@ -117,6 +117,24 @@ pub fn run(config_path: &Path) -> i32 {
             return exit::BAD_CONFIG;
         }
     };
+    // One daemon per state folder, before any recovery or file write there;
+    // held until `run` returns.
+    let _state_lock = match crate::state_lock::acquire(&config.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("claude-failover: cannot start: {e}");
+            return exit::INVARIANT;
+        }
+    };
+    // The control plane's token, made when absent; a file others may read
+    // is refused before anything starts.
+    let token = match crate::http::ensure_token(&config.http.token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("claude-failover: cannot start: {e}");
+            return exit::INVARIANT;
+        }
+    };
     let claude_binary = match startup_invariants(&config) {
         Ok(b) => b,
         Err(problems) => {
@@ -155,26 +173,6 @@ pub fn run(config_path: &Path) -> i32 {
     let published: Published = Arc::new(RwLock::new(Arc::new(Status::default())));
     let (active_tx, active_rx) = crossbeam_channel::unbounded();
     let switcher = Switcher::start(&config, active_tx, published.clone());
-    let token = match &config.http.token_file {
-        None => None,
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            Ok(_) => {
-                eprintln!(
-                    "claude-failover: http.token_file {} is empty",
-                    path.display()
-                );
-                return exit::BAD_CONFIG;
-            }
-            Err(e) => {
-                eprintln!(
-                    "claude-failover: cannot read http.token_file {}: {e}",
-                    path.display()
-                );
-                return exit::BAD_CONFIG;
-            }
-        },
-    };
     let notifier = crate::notifier::Notifier::start(&config.notify);
     let counters = Arc::new(crate::metrics::Counters::default());
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -263,6 +261,7 @@ pub fn run(config_path: &Path) -> i32 {
             recv(active_rx) -> a => a.map(Event::Switcher).unwrap_or(Event::RoleGone("switcher")),
             recv(control_rx) -> c => c.map(Event::Control).unwrap_or(Event::RoleGone("http")),
             recv(dispatch_rx) -> d => d.map(Event::Dispatch).unwrap_or(Event::RoleGone("dispatcher")),
+            recv(monitor.gone) -> _ => Event::RoleGone("quota monitor"),
             recv(ticker) -> _ => Event::Tick,
             recv(watchdog) -> _ => Event::Watchdog,
             recv(deadline) -> _ => Event::Deadline,

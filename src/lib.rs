@@ -29,6 +29,7 @@ pub mod settings;
 pub mod setup;
 pub mod shared_folders;
 pub mod standin;
+pub mod state_lock;
 pub mod status;
 pub mod status_table;
 pub mod switcher;

@@ -142,8 +142,13 @@ fn serve(path: &str, messages: Receiver<Message>, ping_waiting: &AtomicBool) {
     }
 }
 
+/// A receiver whose queue is full (it stopped reading) makes a datagram
+/// send block: bounded, so the notify thread drains its queue and stops in time.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn send(path: &str, state: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
     if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;

@@ -93,10 +93,16 @@ pub fn setup_command(config: &Config, dry_run: bool) -> i32 {
             return 1;
         }
     };
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    // A reader that goes away (`setup | head`) must not stop setup halfway.
+    let mut out = crate::cli::StdoutUnlessClosed::default();
     match setup(config, &binary, dry_run, &mut out) {
-        Ok(_) => 0,
+        Ok(_) => match control_token(config, dry_run, &mut out) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("claude-failover setup: {e}");
+                1
+            }
+        },
         // `setup` has already printed the reasons, one per line.
         Err(SetupError::Refused(_)) | Err(SetupError::Failed { .. }) => 1,
         Err(e) => {
@@ -104,6 +110,32 @@ pub fn setup_command(config: &Config, dry_run: bool) -> i32 {
             1
         }
     }
+}
+
+/// The control plane's token (`http.token_file`): generated, mode 0600,
+/// when absent, owned like the state folder (setup run as root for the
+/// daemon's user); a file others may read is refused, as `run` refuses it.
+pub fn control_token(config: &Config, dry_run: bool, out: &mut dyn Write) -> Result<(), String> {
+    let path = &config.http.token_file;
+    if path.exists() {
+        return crate::http::ensure_token(path).map(|_| ());
+    }
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "would generate the control-plane token in {} (mode 0600)",
+            path.display()
+        );
+        return Ok(());
+    }
+    crate::http::ensure_token(path)?;
+    adopt_owner(path, owner_of(&config.state_dir));
+    let _ = writeln!(
+        out,
+        "generated the control-plane token in {} (mode 0600)",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Plans everything, then (unless `dry_run`) carries it out, printing one

@@ -342,7 +342,7 @@ fn http_listen() {
     let c = assert_valid(&with_accounts(
         "http:\n  listen: 0.0.0.0:8080\n  token_file: /etc/cf/token\n",
     ));
-    assert_eq!(c.http.token_file, Some(PathBuf::from("/etc/cf/token")));
+    assert_eq!(c.http.token_file, PathBuf::from("/etc/cf/token"));
     let c = assert_valid(&with_accounts("http:\n  listen: localhost:9000\n"));
     assert_eq!(c.http.listen, "127.0.0.1:9000".parse().unwrap());
     assert_valid(&with_accounts("http:\n  listen: \"[::1]:7878\"\n"));
@@ -455,6 +455,28 @@ fn durations_that_must_be_positive_or_present() {
         "quota:\n  swap_cooldown: 0s\nswap:\n  drain_timeout: 0ms\njanitor:\n  done_retention: 0d\n",
     ));
     assert_eq!(c.swap.drain_timeout, Duration::ZERO);
+}
+
+#[test]
+fn intervals_below_their_floor_are_refused_with_key_and_line() {
+    for (section, key, value, floor) in [
+        ("lifecycle", "interval", "1ms", "1s"),
+        ("quota", "poll_interval", "500ms", "1s"),
+        ("swap", "stop_timeout", "10ms", "1s"),
+        ("claude", "startup_timeout", "999ms", "1s"),
+        ("checkpoint", "interval", "1ms", "1s"),
+        ("checkpoint", "keep", "30s", "1m"),
+        ("janitor", "interval", "1ms", "1s"),
+        ("janitor", "stale_task_after", "9s", "10s"),
+    ] {
+        let msg = assert_rejected(
+            &with_accounts(&format!("{section}:\n  {key}: {value}   #!\n")),
+            &format!("{section}.{key}"),
+        );
+        assert!(msg.contains(&format!("must be at least {floor}")), "{msg}");
+    }
+    let c = assert_valid(&with_accounts("lifecycle:\n  interval: 1s\n"));
+    assert_eq!(c.lifecycle.interval, Duration::from_secs(1));
 }
 
 #[test]
@@ -636,7 +658,7 @@ http:
     assert_eq!(c.shared_root, dir.path().join("shared"));
     assert_eq!(c.pools[0].cwd, sub.join("agents"));
     assert_eq!(c.claude.binary, sub.join("bin/claude").to_string_lossy());
-    assert_eq!(c.http.token_file, Some(sub.join("token")));
+    assert_eq!(c.http.token_file, sub.join("token"));
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         let home = PathBuf::from(home);
         assert_eq!(c.state_dir, home);
@@ -714,7 +736,7 @@ fn the_example_config_loads_with_its_documented_values() {
     );
     assert_eq!(c.janitor.done_retention, secs(7 * 86_400));
     assert_eq!(c.http.listen, "127.0.0.1:7878".parse().unwrap());
-    assert_eq!(c.http.token_file, None);
+    assert_eq!(c.http.token_file, c.state_dir.join("http.token"));
     assert_eq!(c.notify.telegram, None);
     assert_eq!(c.notify.webhook_url, None);
     assert_eq!(c.notify.min_level, Level::Info);

@@ -56,12 +56,28 @@ fn post(w: &World, path: &str, token: Option<&str>) -> (u16, String) {
     }
 }
 
-fn recv_until(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
-    let mut buf = [0u8; 512];
+/// Reads the notify socket all the time, as systemd does: a receiver that
+/// stops reading fills its queue (10 datagrams) and blocks the sender.
+fn drain_notify(sock: UnixDatagram) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn recv_until(sock: &std::sync::mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {
     let deadline = Instant::now() + UP;
     while Instant::now() < deadline {
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Ok(msg) = sock.recv_timeout(Duration::from_millis(500)) {
             seen.push(msg.clone());
             if msg.starts_with(want) {
                 return;
@@ -85,6 +101,11 @@ fn endpoints_notifications_sd_notify_and_reloads() {
     };
     let token_file = w.h.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let tg_token = w.h.path().join("tg-token");
     std::fs::write(&tg_token, "123:ABC").unwrap();
     let base = std::fs::read_to_string(&w.sb.config_path).unwrap();
@@ -100,6 +121,7 @@ fn endpoints_notifications_sd_notify_and_reloads() {
     let sock = UnixDatagram::bind(&notify_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
+    let sock = drain_notify(sock);
     let pid = w.start_daemon(&[
         ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
         ("WATCHDOG_USEC", "1000000"),

@@ -257,7 +257,9 @@ fn failed_ensure_rolls_back_and_failed_rollback_is_sticky() {
     let (code, out) = swap_cli(&w, &["--to", "beta"]);
     assert_eq!(code, 1);
     assert!(out.contains("partial swap holds"), "{out}");
-    let post = ureq::post(&format!("http://{}/swap?to=beta", w.sb.http_listen)).call();
+    let post = ureq::post(&format!("http://{}/swap?to=beta", w.sb.http_listen))
+        .set("Authorization", &format!("Bearer {}", w.token()))
+        .call();
     assert!(matches!(post, Err(ureq::Error::Status(409, _))), "{post:?}");
 }
 

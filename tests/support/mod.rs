@@ -248,6 +248,18 @@ impl World {
         self.h.spawn_bin(&["--config", &config, "run"], env)
     }
 
+    /// The control plane's bearer token: the one the daemon generated in
+    /// the state folder (`http.token_file` unset), read once it exists.
+    pub fn token(&self) -> String {
+        let path = self
+            .sb
+            .state_dir
+            .join(claude_failover::config::DEFAULT_TOKEN_FILE);
+        wait_for(Duration::from_secs(30), "the daemon's token file", || {
+            claude_failover::http::read_token(&path).ok()
+        })
+    }
+
     pub fn status(&self) -> Option<serde_json::Value> {
         ureq::get(&format!("http://{}/status", self.sb.http_listen))
             .timeout(Duration::from_secs(2))
@@ -302,5 +314,104 @@ impl World {
             .into_iter()
             .find(|s| s.name == name)?
             .pane_pid
+    }
+}
+
+/// The daemon's resident memory, from /proc.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the attack measured.
+pub struct Report {
+    pub idle: usize,
+    pub line_bytes: u64,
+    pub peak_rss_kb: u64,
+    pub latencies: Vec<Duration>,
+}
+
+impl Report {
+    pub fn p(&self, pct: usize) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get((l.len() * pct / 100).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// `idle` idle and half-sent connections plus one endless header line, with
+/// `/status` asked every 20 ms meanwhile; every `/status` must answer 200.
+pub fn attack(addr: &str, pid: u32, idle: usize) -> Report {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::io::Write;
+    let a = addr.to_string();
+    let liner = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(&a).expect("connect");
+        let _ = c.write_all(b"GET /status HTTP/1.1\r\nX-Endless: ");
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0u64;
+        while sent < 1 << 30 {
+            match c.write(&chunk) {
+                Ok(n) => sent += n as u64,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let s = stop.clone();
+    let a = addr.to_string();
+    let opener = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for i in 0..idle {
+            if s.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            if let Ok(mut c) =
+                std::net::TcpStream::connect_timeout(&a.parse().unwrap(), Duration::from_secs(5))
+            {
+                if i % 2 == 0 {
+                    let _ = c.write_all(b"GET /status HTTP/1.1\r\nHost: x");
+                }
+                held.push(c);
+            }
+        }
+        held
+    });
+    let mut latencies = Vec::new();
+    let mut peak = 0;
+    let start = Instant::now();
+    while !opener.is_finished() || latencies.len() < 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "attack too slow"
+        );
+        let t = Instant::now();
+        let r = ureq::get(&format!("http://{addr}/status"))
+            .timeout(Duration::from_secs(5))
+            .call();
+        assert!(
+            r.as_ref().is_ok_and(|r| r.status() == 200),
+            "/status during the attack: {:?}",
+            r.map(|r| r.status())
+        );
+        latencies.push(t.elapsed());
+        peak = peak.max(rss_kb(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let held = opener.join().unwrap();
+    let line_bytes = liner.join().unwrap();
+    peak = peak.max(rss_kb(pid));
+    Report {
+        idle: held.len(),
+        line_bytes,
+        peak_rss_kb: peak,
+        latencies,
     }
 }

@@ -1,0 +1,89 @@
+//! One daemon per state folder: `run` takes an exclusive `flock` on
+//! `<state_dir>/daemon.lock` before it reads or writes anything else there
+//! (journal recovery, `active.json`, `sessions.json`, events). A second
+//! `run` on the same folder, started by mistake or on another port, exits 3
+//! naming the holder instead of rolling back a live swap or driving the
+//! same sessions twice.
+//!
+//! The lock belongs to the open file: it ends with the process however it
+//! ends (`kill -9` included), so a stale file never blocks a restart. The
+//! descriptor is close-on-exec, so tmux and Claude Code never inherit it.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The lock file's name in the state folder.
+pub const LOCK_FILE: &str = "daemon.lock";
+
+/// Held for the daemon's life; dropping it releases the lock.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Takes the lock or says who holds it, in one line.
+pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("cannot create state_dir {}: {e}", state_dir.display()))?;
+    let path = state_dir.join(LOCK_FILE);
+    // No truncation on open: a holder's pid must stay readable.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own for the call's duration.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let pid = text.trim();
+            let pid = if pid.is_empty() { "unknown" } else { pid };
+            return Err(format!(
+                "another claude-failover (pid {pid}) holds {}",
+                state_dir.display()
+            ));
+        }
+        return Err(format!("cannot lock {}: {e}", path.display()));
+    }
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| file.write_all(pid.as_bytes()))
+        .and_then(|_| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(StateLock { _file: file, path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_pid_until_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = acquire(dir.path()).expect("first");
+        // flock locks belong to open files: a second open in this process
+        // conflicts just as another process would.
+        let e = acquire(dir.path()).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "another claude-failover (pid {}) holds {}",
+                std::process::id(),
+                dir.path().display()
+            )
+        );
+        drop(first);
+        acquire(dir.path()).expect("free again once dropped");
+    }
+}
