@@ -221,6 +221,12 @@ struct State {
     view: SharedView,
     journal_path: PathBuf,
     active_path: PathBuf,
+    /// Accounts whose readings changed since they were last written to
+    /// `usage/`: readings are coalesced (the newest per account) and
+    /// persisted at most once a second, so a flood of events never holds a
+    /// swap request up behind one fsync each.
+    unsaved: std::collections::BTreeSet<String>,
+    last_saved: std::time::Instant,
 }
 
 impl Switcher {
@@ -250,6 +256,8 @@ impl Switcher {
             view: view.clone(),
             journal_path,
             active_path,
+            unsaved: Default::default(),
+            last_saved: std::time::Instant::now(),
         };
         state.recover();
         let _ = state.out.send(Notice::Active(state.active.clone()));
@@ -375,9 +383,20 @@ impl State {
             select! {
                 recv(requests) -> r => match r {
                     Ok(r) => self.handle(r),
-                    Err(_) => return,
+                    Err(_) => {
+                        self.save_quotas();
+                        return;
+                    }
                 },
                 recv(ticker) -> _ => {}
+            }
+            // Whatever else waits is handled before deciding once: a flood of
+            // readings costs one decision, not one each.
+            while let Ok(r) = requests.try_recv() {
+                self.handle(r);
+            }
+            if self.last_saved.elapsed() >= Duration::from_secs(1) {
+                self.save_quotas();
             }
             // Swap requests queued behind a running swap: ten become one more
             // run at most (each later one is answered by the state it finds).
@@ -403,7 +422,20 @@ impl State {
             .map(|a| a.name.clone())
     }
 
-    fn persist_quota(&self, account: &str) {
+    /// Marks `account`'s readings to be written with the next [`Self::save_quotas`].
+    fn persist_quota(&mut self, account: &str) {
+        self.unsaved.insert(account.to_string());
+    }
+
+    /// Writes the readings that changed since the last time.
+    fn save_quotas(&mut self) {
+        self.last_saved = std::time::Instant::now();
+        for account in std::mem::take(&mut self.unsaved) {
+            self.write_quota(&account);
+        }
+    }
+
+    fn write_quota(&self, account: &str) {
         if let Some((_, q)) = self.quotas.iter().find(|(n, _)| n == account) {
             let path = usage_path(&self.config, account);
             let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")));

@@ -501,3 +501,65 @@ fn setup_generates_the_token_0600_once_and_dry_run_only_says_so() {
         "kept"
     );
 }
+
+/// Writes `n` status-line readings for `home` into `events/` the way the
+/// `statusline` command does (a temp file renamed in), as fast as it can.
+fn flood_readings(state_dir: &std::path::Path, home: &std::path::Path, n: usize) {
+    let dir = state_dir.join("events");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    for i in 0..n {
+        let ev = serde_json::json!({
+            "kind": "statusline",
+            "session": "ccl-auto-11",
+            "config_dir": home.to_string_lossy(),
+            "recorded_at_ms": now.as_millis() as u64,
+            "payload": {"session_id": "s", "rate_limits": {
+                "five_hour": {"used_percentage": (i % 50) as f64, "resets_at": now.as_secs() + 3600},
+                "seven_day": {"used_percentage": 5.0, "resets_at": now.as_secs() + 86400}}}
+        });
+        let name = format!(
+            "{:020}-{}-statusline.json",
+            now.as_nanos() + i as u128,
+            std::process::id()
+        );
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(&ev).unwrap()).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn a_swap_requested_after_100k_events_is_answered_within_2s() {
+    let mut b = bare("flood", |_| {});
+    let _pid = b.start(&[]);
+    b.wait_healthy();
+    let token = b.token();
+    let alpha = b.sb.account("alpha").unwrap().home.clone();
+    flood_readings(&b.sb.state_dir, &alpha, 100_000);
+    let started = std::time::Instant::now();
+    let answer = ureq::post(&b.url("/swap?to=beta"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(60))
+        .call();
+    let took = started.elapsed();
+    let code = match answer {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(c, _)) => c,
+        Err(e) => panic!("POST /swap: {e}"),
+    };
+    eprintln!("POST /swap after 100k events: {code} in {took:?}");
+    assert_eq!(code, 200);
+    assert!(
+        took < Duration::from_secs(2),
+        "POST /swap took {took:?} behind the flood"
+    );
+    // The readings were not lost: alpha's newest one is on disk.
+    wait_for(UP, "alpha's reading persisted", || {
+        std::fs::read_to_string(b.sb.state_dir.join("usage").join("alpha.json"))
+            .ok()
+            .filter(|t| t.contains("statusline"))
+    });
+}
