@@ -913,11 +913,15 @@ impl Daemon {
                     name,
                     running_under,
                 } => {
-                    log::warn!(
-                        "{name}: runs under {running_under} while {} is active and no swap is under way; relaunching it under {}",
-                        active.name,
-                        active.name
-                    );
+                    if running_under == active.name || running_under.is_empty() {
+                        log::warn!("{name}: alive though recorded dead (a stop that did not happen); relaunching it under {}", active.name);
+                    } else {
+                        log::warn!(
+                            "{name}: runs under {running_under} while {} is active and no swap is under way; relaunching it under {}",
+                            active.name,
+                            active.name
+                        );
+                    }
                     if let Some(r) = self.book.get_mut(&name) {
                         r.failed_starts = 0;
                         r.retry_at_ms = None;

@@ -188,6 +188,17 @@ pub fn reconcile(
                         // Only between turns: a turn in progress, or a
                         // question waiting for a person, finishes first.
                         let between_turns = matches!(r.state, State::Idle | State::Limited);
+                        if r.state == State::Dead {
+                            // Recorded dead, seen alive (a swap's stop that
+                            // could not be confirmed, then rolled back): the
+                            // record follows observation, and a process in an
+                            // unknown state is relaunched, resuming.
+                            actions.push(Action::Replace {
+                                name: name.clone(),
+                                running_under: r.account.clone().unwrap_or_default(),
+                            });
+                            continue;
+                        }
                         match &r.account {
                             Some(a) if a != active && between_turns => {
                                 actions.push(Action::Replace {

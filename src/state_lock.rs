@@ -48,8 +48,18 @@ pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
             let _ = file.read_to_string(&mut text);
             let pid = text.trim();
             let pid = if pid.is_empty() { "unknown" } else { pid };
+            let open_in = holders(&path)
+                .into_iter()
+                .filter(|(p, _)| p.to_string() != pid)
+                .map(|(p, cmd)| format!("{p} ({cmd})"))
+                .collect::<Vec<_>>();
+            let also = if open_in.is_empty() {
+                String::new()
+            } else {
+                format!("; its lock file is also open in {}", open_in.join(", "))
+            };
             return Err(format!(
-                "another claude-failover (pid {pid}) holds {}",
+                "another claude-failover (pid {pid}) holds {}{also}",
                 state_dir.display()
             ));
         }
@@ -62,6 +72,42 @@ pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
         .and_then(|_| file.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(StateLock { _file: file, path })
+}
+
+/// The processes that have `path` open (from `/proc/*/fd`), with their
+/// command lines: who really holds the lock when the recorded pid is gone.
+fn holders(path: &Path) -> Vec<(u32, String)> {
+    let Ok(want) = path.canonicalize() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let fds = proc_entry.path().join("fd");
+        let open = std::fs::read_dir(&fds)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == want));
+        if open {
+            let cmd = std::fs::read(proc_entry.path().join("cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            found.push((pid, cmd.chars().take(120).collect()));
+        }
+    }
+    found
 }
 
 #[cfg(test)]

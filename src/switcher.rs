@@ -716,10 +716,16 @@ impl State {
             self.drain();
         }
         self.enter(&mut j, Phase::Stop);
-        self.stop_sessions();
+        // A stop that cannot be confirmed is not a stop: flipping now would
+        // leave sessions running under the old account while the new one is
+        // active. Nothing was flipped yet, so the swap goes back.
+        let stopped = self.stop_sessions();
 
         self.enter(&mut j, Phase::Flip);
-        let flipped = self.flip(&target.name, Some(&id));
+        let flipped = match stopped {
+            Err(e) => Err(format!("the stop could not be confirmed ({e})")),
+            Ok(()) => self.flip(&target.name, Some(&id)),
+        };
         let mut detail = None;
         let mut result = match flipped {
             Err(e) => {
@@ -872,19 +878,22 @@ impl State {
         log::warn!("drain timeout: stopping sessions that are still working; their tasks continue after the swap");
     }
 
-    /// `/exit` to every managed session, kill after `stop_timeout`; all in parallel.
-    fn stop_sessions(&self) {
-        let managed: Vec<String> = match self.tmux.list_sessions() {
-            Ok(list) => list
-                .into_iter()
+    /// `/exit` to every managed session, kill after `stop_timeout`; all in
+    /// parallel. Then confirmed: tmux must answer, and list no managed
+    /// session alive. An error says why the stop is not confirmed.
+    fn stop_sessions(&self) -> Result<(), String> {
+        let managed_alive = |list: Vec<crate::tmux::SessionInfo>| -> Vec<String> {
+            list.into_iter()
+                .filter(|s| !s.pane_dead)
                 .map(|s| s.name)
                 .filter(|n| crate::session::pool_of(&self.config, n).is_some())
-                .collect(),
-            Err(e) => {
-                log::error!("cannot list sessions to stop them: {e}");
-                return;
-            }
+                .collect()
         };
+        let managed = self
+            .tmux
+            .list_sessions()
+            .map(managed_alive)
+            .map_err(|e| format!("cannot list sessions to stop them: {e}"))?;
         let stop_timeout = self.config.swap.stop_timeout;
         std::thread::scope(|scope| {
             for name in &managed {
@@ -892,6 +901,16 @@ impl State {
                 scope.spawn(move || stop_one(&tmux, name, stop_timeout));
             }
         });
+        let left = self
+            .tmux
+            .list_sessions()
+            .map(managed_alive)
+            .map_err(|e| format!("cannot confirm the sessions stopped: {e}"))?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running: {}", left.join(", ")))
+        }
     }
 
     /// Waits until every checkpointed session runs again under the target

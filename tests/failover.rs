@@ -530,3 +530,85 @@ fn a_target_with_broken_shared_folders_is_refused_before_any_session_is_touched(
     );
     assert_eq!(w.status().unwrap()["active_account"], "alpha");
 }
+
+/// The pid of the test's private tmux server.
+fn tmux_server_pid(w: &World) -> u32 {
+    let out = w.h.tmux.raw(&["display-message", "-p", "#{pid}"]).unwrap();
+    out.stdout.trim().parse().unwrap()
+}
+
+#[test]
+fn a_stop_that_cannot_be_confirmed_with_tmux_frozen_rolls_the_swap_back() {
+    let Some(mut w) = World::new("fo-frozen", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 2;
+        spec.pools[0].max = 2;
+    }) else {
+        return;
+    };
+    let _pid = w.start_daemon(&[]);
+    let names = ["ccl-auto-11", "ccl-auto-12"];
+    wait_all_on(&w, "alpha", &names);
+    let token = w.token();
+    let server = tmux_server_pid(&w);
+    // tmux stops answering (a hung server, a stopped process) as the swap
+    // comes to its stop phase: no session can be stopped or seen stopped.
+    signal(server, "-STOP");
+    // Thawed whatever happens, so the teardown can kill it.
+    struct Thaw(u32);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let thaw = Thaw(server);
+    let url = format!("http://{}/swap?to=beta", w.sb.http_listen);
+    let healthz = format!("http://{}/healthz", w.sb.http_listen);
+    let swap = std::thread::spawn(move || {
+        match ureq::post(&url)
+            .set("Authorization", &format!("Bearer {token}"))
+            .timeout(Duration::from_secs(120))
+            .call()
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    });
+    // While tmux is frozen, /healthz does not say all is well.
+    let unhealthy = wait_for(
+        UP,
+        "healthz 503 while tmux is frozen",
+        || match ureq::get(&healthz).timeout(Duration::from_secs(5)).call() {
+            Err(ureq::Error::Status(503, r)) => r.into_string().ok(),
+            _ => None,
+        },
+    );
+    assert!(unhealthy.contains("tmux"), "{unhealthy}");
+    let (code, body) = swap.join().unwrap();
+    drop(thaw);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(v["result"], "rolled_back", "{code} {body}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stop could not be confirmed"),
+        "{body}"
+    );
+    // Every session stays on (or comes back to) the account that is active.
+    wait_all_on(&w, "alpha", &names);
+    let s = w.status().unwrap();
+    assert_eq!(s["active_account"], "alpha");
+    assert_eq!(s["partial_swap"], false);
+    let url = format!("http://{}/healthz", w.sb.http_listen);
+    wait_for(UP, "healthz 200 again", || {
+        ureq::get(&url)
+            .call()
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    });
+}
