@@ -40,9 +40,25 @@ pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     // SAFETY: flock on a descriptor we own for the call's duration.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
+    let try_lock = |f: &std::fs::File| {
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let mut locked = try_lock(&file);
+    // A holder that just died may still have its lock shared with a child it
+    // forked and that has not yet reached exec (a crash while a tmux command
+    // was being spawned, on a loaded machine): when the recorded pid is gone,
+    // wait briefly for the lock to be let go instead of refusing at once.
+    let grace = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while locked.is_err() && std::time::Instant::now() < grace && !recorded_holder_alive(&mut file)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        locked = try_lock(&file);
+    }
+    if let Err(e) = locked {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
@@ -74,6 +90,22 @@ pub fn acquire(state_dir: &Path) -> Result<StateLock, String> {
     Ok(StateLock { _file: file, path })
 }
 
+/// Whether the pid recorded in the lock file names a live process.
+fn recorded_holder_alive(file: &mut std::fs::File) -> bool {
+    let mut text = String::new();
+    let _ = file.rewind().and_then(|_| file.read_to_string(&mut text));
+    let _ = file.rewind();
+    match text.trim().parse::<u32>() {
+        Ok(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            // A zombie is dead: its files are closed already.
+            .is_ok_and(|st| {
+                st.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            }),
+        Err(_) => true,
+    }
+}
+
 /// The processes that have `path` open (from `/proc/*/fd`), with their
 /// command lines: who really holds the lock when the recorded pid is gone.
 fn holders(path: &Path) -> Vec<(u32, String)> {
@@ -95,7 +127,7 @@ fn holders(path: &Path) -> Vec<(u32, String)> {
             .flatten()
             .flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == want));
-        if open {
+        if open && pid != std::process::id() {
             let cmd = std::fs::read(proc_entry.path().join("cmdline"))
                 .map(|b| {
                     String::from_utf8_lossy(&b)
@@ -131,5 +163,22 @@ mod tests {
         );
         drop(first);
         acquire(dir.path()).expect("free again once dropped");
+    }
+
+    #[test]
+    fn a_lock_left_by_a_dead_holder_is_waited_for_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = acquire(dir.path()).expect("first");
+        // The recorded holder is gone, but its lock is still shared (as with
+        // a child forked just before it died, not yet at exec).
+        std::fs::write(dir.path().join(LOCK_FILE), "4000000000\n").unwrap();
+        let letgo = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            drop(first);
+        });
+        let started = std::time::Instant::now();
+        acquire(dir.path()).expect("taken once the dead holder's lock is let go");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+        letgo.join().unwrap();
     }
 }
