@@ -300,14 +300,33 @@ pub enum TurnState {
     Unknown,
 }
 
+/// What the transcript lines since an offset say about the turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnReading {
+    /// Over when the last marker is `turn_duration`; GoesOn when it is a
+    /// blocking `stop_hook_summary`; else Unknown.
+    pub state: TurnState,
+    /// Where to read from next time: past the last blocking summary, so
+    /// each one is taken once.
+    pub next: u64,
+    /// How many blocking summaries were read (each answers one `Stop`).
+    pub blocks: u32,
+    /// Whether any `stop_hook_summary` was read (this version writes them).
+    pub saw_summary: bool,
+}
+
 /// Reads the turn's state from the transcript lines written since `offset`
 /// (a byte offset at a line start, where the turn's earlier markers were
-/// already read). Returns the state and the offset to read from next time:
-/// past the last blocking `stop_hook_summary`, so each one is taken once.
-/// Only whole lines count; a line still being written is read next time.
-pub fn turn_state_since(text: &str, offset: u64) -> (TurnState, u64) {
-    let mut state = TurnState::Unknown;
-    let mut next = offset;
+/// already read). The last marker decides: a non-blocking summary after a
+/// blocking one means that later Stop was let through. Only whole lines
+/// count; a line still being written is read next time.
+pub fn turn_state_since(text: &str, offset: u64) -> TurnReading {
+    let mut r = TurnReading {
+        state: TurnState::Unknown,
+        next: offset,
+        blocks: 0,
+        saw_summary: false,
+    };
     let mut pos = offset;
     for line in text.split_inclusive('\n') {
         pos += line.len() as u64;
@@ -324,8 +343,9 @@ pub fn turn_state_since(text: &str, offset: u64) -> (TurnState, u64) {
             continue;
         }
         match v.get("subtype").and_then(|t| t.as_str()).unwrap_or("") {
-            TRANSCRIPT_TURN_END => state = TurnState::Over,
+            TRANSCRIPT_TURN_END => r.state = TurnState::Over,
             TRANSCRIPT_STOP_HOOK_SUMMARY => {
+                r.saw_summary = true;
                 let blocked = v
                     .get("hookErrors")
                     .and_then(|e| e.as_array())
@@ -335,14 +355,17 @@ pub fn turn_state_since(text: &str, offset: u64) -> (TurnState, u64) {
                         .and_then(|p| p.as_bool())
                         .unwrap_or(false);
                 if blocked {
-                    state = TurnState::GoesOn;
-                    next = pos;
+                    r.state = TurnState::GoesOn;
+                    r.blocks += 1;
+                    r.next = pos;
+                } else {
+                    r.state = TurnState::Unknown;
                 }
             }
             _ => {}
         }
     }
-    (state, next)
+    r
 }
 
 /// Reads a transcript from `offset` (at most `max` bytes, the newest) for
@@ -378,53 +401,48 @@ pub fn transcript_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Whether the transcript's tail holds a (non-meta) user message whose text
-/// is `typed`: proof that the prompt was submitted even when its
-/// `UserPromptSubmit` event is late or lost.
-pub fn transcript_has_prompt(tail: &str, typed: &str) -> bool {
+/// The byte offset in `text` of the last (non-meta) user message whose
+/// text is `typed`: proof that the prompt was submitted even when its
+/// `UserPromptSubmit` event is late or lost, and where its turn starts.
+pub fn prompt_line(text: &str, typed: &str) -> Option<usize> {
     let want = canonical_prompt(typed);
-    tail.lines().rev().any(|line| {
+    let mut found = None;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let at = pos;
+        pos += line.len();
         if !line.contains("\"type\":\"user\"") {
-            return false;
+            continue;
         }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            return false;
+            continue;
         };
         if v.get("isMeta").and_then(|m| m.as_bool()) == Some(true) {
-            return false;
+            continue;
         }
-        let content = &v["message"]["content"];
-        let text = match content {
+        let said = match &v["message"]["content"] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Array(blocks) => blocks
                 .iter()
                 .filter_map(|b| b.get("text").and_then(|t| t.as_str()))
                 .collect::<Vec<_>>()
                 .join("\n"),
-            _ => return false,
+            _ => continue,
         };
-        canonical_prompt(&text) == want
-    })
+        if canonical_prompt(&said) == want {
+            found = Some(at);
+        }
+    }
+    found
 }
 
-/// The last `max` bytes of a transcript (from a line start), for
-/// [`turn_state`] and [`transcript_has_prompt`].
-pub fn transcript_tail(path: &std::path::Path, max: u64) -> std::io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let start = len.saturating_sub(max);
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::with_capacity((len - start) as usize);
-    f.take(max).read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    Ok(if start > 0 {
-        text.split_once('\n')
-            .map(|(_, rest)| rest.to_string())
-            .unwrap_or_default()
-    } else {
-        text
-    })
+/// Where `typed` was submitted in the transcript at `path` (an absolute byte
+/// offset), looking at enough of its end to hold the prompt whole.
+pub fn find_prompt(path: &std::path::Path, typed: &str) -> Option<u64> {
+    let max = (256u64 << 10).max(typed.len() as u64 * 4);
+    let len = transcript_len(path);
+    let (text, start) = transcript_since(path, len.saturating_sub(max), max).ok()?;
+    prompt_line(&text, typed).map(|at| start + at as u64)
 }
 
 #[cfg(test)]
@@ -468,13 +486,15 @@ mod tests {
             r#"{"type":"api-request"}"#,
             "\n"
         );
-        let (state, next) = turn_state_since(first, 100);
+        let r = turn_state_since(first, 100);
+        let (state, next) = (r.state, r.next);
         assert_eq!(state, TurnState::GoesOn);
+        assert_eq!((r.blocks, r.saw_summary), (1, true));
         let summary_end = first.find("\n{\"type\":\"api-request").unwrap() as u64 + 1;
         assert_eq!(next, 100 + summary_end, "past the blocking summary");
         // Read again from there: that summary is not taken twice.
         let rest = &first[summary_end as usize..];
-        assert_eq!(turn_state_since(rest, next).0, TurnState::Unknown);
+        assert_eq!(turn_state_since(rest, next).state, TurnState::Unknown);
         let end = concat!(
             r#"{"type":"assistant","message":{}}"#,
             "\n",
@@ -484,22 +504,39 @@ mod tests {
             "\n"
         );
         assert_eq!(
-            turn_state_since(&format!("{rest}{end}"), next).0,
+            turn_state_since(&format!("{rest}{end}"), next).state,
             TurnState::Over
         );
+        // Both Stops read at once: one block, then the end.
+        let both = turn_state_since(&format!("{first}{end}"), 0);
+        assert_eq!((both.state, both.blocks), (TurnState::Over, 1));
         // A line still being written does not count yet.
         let partial = r#"{"type":"system","subtype":"turn_duration""#;
-        assert_eq!(turn_state_since(partial, 0), (TurnState::Unknown, 0));
-        assert_eq!(turn_state_since("", 7), (TurnState::Unknown, 7));
+        let p = turn_state_since(partial, 0);
+        assert_eq!((p.state, p.next, p.blocks), (TurnState::Unknown, 0, 0));
+        let e = turn_state_since("", 7);
+        assert_eq!(
+            (e.state, e.next, e.saw_summary),
+            (TurnState::Unknown, 7, false)
+        );
     }
 
     #[test]
     fn the_transcript_shows_a_submitted_prompt() {
-        let tail = r#"{"type":"user","promptId":"x","message":{"role":"user","content":" say hello"}}
-{"type":"user","isMeta":true,"message":{"role":"user","content":"Stop hook feedback"}}"#;
-        assert!(transcript_has_prompt(tail, " say hello"));
-        assert!(!transcript_has_prompt(tail, "Stop hook feedback"));
-        assert!(!transcript_has_prompt(tail, "say goodbye"));
+        let tail = concat!(
+            r#"{"type":"user","promptId":"x","message":{"role":"user","content":" say hello"}}"#,
+            "\n",
+            r#"{"type":"user","isMeta":true,"message":{"role":"user","content":"Stop hook feedback"}}"#,
+            "\n"
+        );
+        assert_eq!(prompt_line(tail, " say hello"), Some(0));
+        assert_eq!(prompt_line(tail, "Stop hook feedback"), None);
+        assert_eq!(prompt_line(tail, "say goodbye"), None);
+        let later = format!(
+            "{tail}{}",
+            r#"{"type":"user","message":{"content":[{"type":"text","text":"say hello"}]}}"#
+        );
+        assert_eq!(prompt_line(&later, "say hello"), Some(tail.len()));
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub fn run(config_path: &Path) -> i32 {
         .expect("spawn signals thread");
     let published: Published = Arc::new(RwLock::new(Arc::new(Status::default())));
     let (active_tx, active_rx) = crossbeam_channel::unbounded();
+    // Known before the switcher finishes (and removes) a journal left by a
+    // crash: the dispatcher then continues the tasks it adopts.
+    let swap_was_interrupted = config.state_dir.join(switcher::JOURNAL_FILE).exists();
     let switcher = Switcher::start(&config, active_tx, published.clone());
     let notifier = crate::notifier::Notifier::start(&config.notify);
     let counters = Arc::new(crate::metrics::Counters::default());
@@ -208,7 +211,8 @@ pub fn run(config_path: &Path) -> i32 {
         report_tx,
     );
     let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
-    let dispatcher = crate::dispatcher::Dispatcher::start(&config, dispatch_tx);
+    let dispatcher =
+        crate::dispatcher::Dispatcher::start(&config, dispatch_tx, swap_was_interrupted);
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let events = match EventWatcher::start(events_dir, config.lifecycle.interval, events_tx) {
         Ok(w) => w,
@@ -887,6 +891,13 @@ impl Daemon {
         let active = &active;
         let mut jobs = Vec::new();
         for action in actions {
+            if let Action::Revive { name } = &action {
+                log::warn!("{name}: alive though recorded dead (a stop that did not happen, or a crash after its relaunch); taken as it runs");
+                if let Some(r) = self.book.get_mut(name) {
+                    r.set_state(State::Idle, now);
+                }
+                continue;
+            }
             self.in_flight.insert(action.name().to_string());
             jobs.push(match action {
                 Action::Launch { name, cwd, resume } => {
@@ -913,15 +924,11 @@ impl Daemon {
                     name,
                     running_under,
                 } => {
-                    if running_under == active.name || running_under.is_empty() {
-                        log::warn!("{name}: alive though recorded dead (a stop that did not happen); relaunching it under {}", active.name);
-                    } else {
-                        log::warn!(
-                            "{name}: runs under {running_under} while {} is active and no swap is under way; relaunching it under {}",
-                            active.name,
-                            active.name
-                        );
-                    }
+                    log::warn!(
+                        "{name}: runs under {running_under} while {} is active and no swap is under way; relaunching it under {}",
+                        active.name,
+                        active.name
+                    );
                     if let Some(r) = self.book.get_mut(&name) {
                         r.failed_starts = 0;
                         r.retry_at_ms = None;
@@ -930,6 +937,7 @@ impl Daemon {
                     Job::Kill { name }
                 }
                 Action::CollectDead { name, exit_status } => Job::CollectDead { name, exit_status },
+                Action::Revive { .. } => continue,
                 Action::ReportStuck { name } => Job::ReportStuck { name },
             });
         }

@@ -113,6 +113,9 @@ const TRANSCRIPT_LOOK_EVERY: Duration = Duration::from_secs(2);
 /// turn is over (a user's Stop hook may block it) before taking the Stop as
 /// the end.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// The longest a Stop waits for its summary when this Claude Code writes
+/// them (a user's Stop hook may run a test suite before it answers).
+const FINISH_WAIT_MAX: Duration = Duration::from_secs(15 * 60);
 /// After dispatch resumes without a swap (the account recovered), how long
 /// before an interrupted task's session is told to continue: a swap's own
 /// relaunch, if one is on its way, continues it first.
@@ -149,12 +152,17 @@ enum Phase {
     Running,
     /// A `Stop` came; waiting for the transcript to say the turn is over (a
     /// user's Stop hook may have blocked it, and the turn goes on).
+    /// `stops` counts the Stops not yet answered by a blocking summary;
+    /// `events` keeps their event files, deleted only once the task is
+    /// recorded, so a crash in between replays the Stop instead of losing it.
     Finishing {
         since: Instant,
         message: Option<String>,
         claude_session_id: Option<String>,
         transcript: Option<PathBuf>,
         account: Option<String>,
+        stops: u32,
+        events: Vec<PathBuf>,
     },
     /// A swap (or a refusal) interrupted it; continue after `SessionStart(resume)`,
     /// or when dispatch resumes and the session still runs under `account`.
@@ -164,6 +172,7 @@ enum Phase {
     Interrupted {
         account: Option<String>,
         retype: Option<String>,
+        since: Instant,
     },
 }
 
@@ -194,6 +203,11 @@ struct Run {
     paused: Option<String>,
     /// When dispatch last resumed after a pause.
     unpaused_at: Option<Instant>,
+    /// A swap journal was found at start.
+    swap_was_interrupted: bool,
+    /// Claude Code writes `stop_hook_summary` entries (seen once in this run):
+    /// then a Stop is never taken as the end before its summary.
+    summaries_seen: bool,
     /// When each session last showed a sign of life (any hook or status-line event).
     last_life: HashMap<String, Instant>,
     out: Sender<Output>,
@@ -210,7 +224,9 @@ struct Run {
 }
 
 impl Dispatcher {
-    pub fn start(config: &Config, out: Sender<Output>) -> Dispatcher {
+    /// `swap_was_interrupted`: a swap journal was found at start (a crash
+    /// mid-swap): the tasks adopted then continue instead of starting over.
+    pub fn start(config: &Config, out: Sender<Output>, swap_was_interrupted: bool) -> Dispatcher {
         let (input, rx) = crossbeam_channel::unbounded();
         let config = config.clone();
         let thread = std::thread::Builder::new()
@@ -218,6 +234,7 @@ impl Dispatcher {
             .spawn(move || {
                 let wake = watch_inboxes(&config);
                 let mut run = Run::new(config, out);
+                run.swap_was_interrupted = swap_was_interrupted;
                 run.serve(rx, wake);
             })
             .expect("spawn dispatcher thread");
@@ -307,6 +324,8 @@ impl Run {
             clearing: HashMap::new(),
             paused: None,
             unpaused_at: None,
+            swap_was_interrupted: false,
+            summaries_seen: false,
             last_life: HashMap::new(),
             out,
             complete: HashMap::new(),
@@ -376,7 +395,11 @@ impl Run {
                                 Phase::Typing { text, .. } => Some(text.clone()),
                                 _ => None,
                             };
-                            a.phase = Phase::Interrupted { account, retype };
+                            a.phase = Phase::Interrupted {
+                                account,
+                                retype,
+                                since: Instant::now(),
+                            };
                         }
                     }
                 }
@@ -403,15 +426,18 @@ impl Run {
                 if let Some(session) = &ev.session {
                     self.last_life.insert(session.clone(), Instant::now());
                 }
-                self.on_hook(&ev);
-                let _ = std::fs::remove_file(path);
+                if !self.on_hook(&ev, &path) {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
     }
 
-    fn on_hook(&mut self, ev: &RecordedEvent) {
+    /// Applies one hook event; true when its file must be kept (a Stop whose
+    /// task is not recorded yet).
+    fn on_hook(&mut self, ev: &RecordedEvent, path: &std::path::Path) -> bool {
         let Some(session) = ev.session.clone() else {
-            return;
+            return false;
         };
 
         let hook = ev.field("hook_event_name").unwrap_or("");
@@ -424,17 +450,36 @@ impl Run {
                 }
                 self.clearing.remove(&session);
                 let Some(a) = self.assigned.get_mut(&session) else {
-                    return;
+                    return false;
                 };
                 match (&a.phase, source) {
+                    (Phase::Clearing { .. }, "clear") | (Phase::Relocating { .. }, "startup")
+                        if self.paused.is_some() =>
+                    {
+                        // A swap is stopping the sessions: type after it.
+                        a.phase = Phase::Interrupted {
+                            account: account_of(&self.config, ev.config_dir.as_deref()),
+                            retype: Some(a.prompt.clone()),
+                            since: Instant::now(),
+                        };
+                    }
                     (Phase::Clearing { .. }, "clear") | (Phase::Relocating { .. }, "startup") => {
                         let text = a.prompt.clone();
                         self.type_text(&session, &text, false);
                     }
                     (Phase::Interrupted { retype, .. }, "resume") => {
-                        let text = retype
-                            .clone()
-                            .unwrap_or_else(|| CONTINUE_PROMPT.to_string());
+                        // A prompt that went through before the stop (its
+                        // event lost with it) is not typed a second time.
+                        let went_through = retype.as_deref().is_some_and(|t| {
+                            ev.field("transcript_path").is_some_and(|p| {
+                                crate::claude_facts::find_prompt(std::path::Path::new(p), t)
+                                    .is_some()
+                            })
+                        });
+                        let text = match retype {
+                            Some(t) if !went_through => t.clone(),
+                            _ => CONTINUE_PROMPT.to_string(),
+                        };
                         // The task now runs under the account the session resumed on.
                         let account = account_of(&self.config, ev.config_dir.as_deref());
                         if let (Some(task), Some(account)) = (a.task.clone(), account) {
@@ -453,6 +498,11 @@ impl Run {
                         | Phase::Finishing { .. },
                         "startup" | "resume",
                     ) if self.paused.is_none() => {
+                        if matches!(a.phase, Phase::Finishing { .. }) {
+                            // Its Stop came before the restart: the answer is there.
+                            self.finish(&session);
+                            return false;
+                        }
                         // The program restarted under the task (it died and was
                         // relaunched): that attempt is lost.
                         self.release(
@@ -474,7 +524,7 @@ impl Run {
             "UserPromptSubmit" => {
                 self.fresh.remove(&session);
                 let Some(a) = self.assigned.get_mut(&session) else {
-                    return;
+                    return false;
                 };
                 // Only the submission of the text we typed confirms it: a
                 // late turn of an earlier prompt must not.
@@ -498,32 +548,19 @@ impl Run {
                 };
                 let submitted = ev.field("prompt").unwrap_or("");
                 if typed.is_some_and(|t| crate::claude_facts::same_prompt(t, submitted)) {
-                    a.phase = Phase::Running;
-                    a.transcript = ev.field("transcript_path").map(|p| {
+                    // The turn's markers are read from where the transcript
+                    // stands now: its earlier turns are behind.
+                    let transcript = ev.field("transcript_path").map(|p| {
                         let p = PathBuf::from(p);
                         let len = crate::claude_facts::transcript_len(&p);
                         (p, len)
                     });
-                    let latency = a.seen_at.elapsed();
-                    let (task, project) = (a.task.clone(), a.project.clone());
-                    if let (Some(task), Some(id)) = (task, sid) {
-                        if let Some(q) = self.queue(&project) {
-                            let _ = q.record_claude_session_id(&task, &id);
-                        }
-                    }
-                    log::info!(
-                        "{session}: task submitted ({} ms after it was seen)",
-                        latency.as_millis()
-                    );
-                    let _ = self.out.send(Output::Outcome {
-                        outcome: "submitted",
-                        dispatch_latency: Some(latency),
-                    });
+                    self.confirm(&session, sid, transcript);
                 }
             }
             "Stop" => {
                 let Some(a) = self.assigned.get_mut(&session) else {
-                    return;
+                    return false;
                 };
                 // Only a turn whose submission we saw (Running), or one cut by a
                 // swap, answers the task: a Stop while still Typing belongs to
@@ -534,22 +571,30 @@ impl Run {
                     a.phase,
                     Phase::Running | Phase::Interrupted { .. } | Phase::Finishing { .. }
                 ) {
-                    return;
+                    return false;
                 }
+                let (stops, mut events) = match &mut a.phase {
+                    Phase::Finishing { stops, events, .. } => (*stops + 1, std::mem::take(events)),
+                    _ => (1, Vec::new()),
+                };
+                events.push(path.to_path_buf());
                 a.phase = Phase::Finishing {
                     since: Instant::now(),
                     message: ev.field("last_assistant_message").map(String::from),
                     claude_session_id: sid,
                     transcript: ev.field("transcript_path").map(PathBuf::from),
                     account: account_of(&self.config, ev.config_dir.as_deref()),
+                    stops,
+                    events,
                 };
                 self.check_finishing(&session);
+                return true;
             }
             "StopFailure" => {
                 let error = ev.field("error").unwrap_or("unknown");
                 let message = ev.field("last_assistant_message").unwrap_or("");
                 let Some(a) = self.assigned.get_mut(&session) else {
-                    return;
+                    return false;
                 };
                 if crate::claude_facts::stop_failure_kind(error)
                     == Some(crate::claude_facts::LimitKind::FiveHour)
@@ -560,6 +605,7 @@ impl Run {
                     a.phase = Phase::Interrupted {
                         account,
                         retype: None,
+                        since: Instant::now(),
                     };
                 } else {
                     let reason = format!("{error}: {message}");
@@ -568,12 +614,18 @@ impl Run {
             }
             _ => {}
         }
+        false
     }
 
     /// A session in `Finishing`: done when the transcript says the turn is
-    /// over (or says nothing within [`FINISH_GRACE`]); back to `Running` when a
-    /// Stop hook blocked the end and the turn goes on.
+    /// over; back to `Running` when every Stop so far was answered by a
+    /// blocking summary (a user's Stop hook blocked the end and the turn goes
+    /// on). When the transcript says nothing: once this Claude Code is known
+    /// to write summaries, a Stop is never taken as the end before its
+    /// summary (a slow user hook may take minutes to block); otherwise after
+    /// [`FINISH_GRACE`].
     fn check_finishing(&mut self, session: &str) {
+        use crate::claude_facts::{transcript_since, turn_state_since, TurnReading, TurnState};
         let Some(a) = self.assigned.get_mut(session) else {
             return;
         };
@@ -587,25 +639,52 @@ impl Run {
             a.transcript = transcript.clone().map(|p| (p, 0));
         }
         let since = *since;
-        let (turn, next) = match &a.transcript {
-            Some((path, offset)) => crate::claude_facts::transcript_since(path, *offset, 32 << 20)
-                .map(|(text, start)| crate::claude_facts::turn_state_since(&text, start))
-                .unwrap_or((crate::claude_facts::TurnState::Unknown, *offset)),
-            None => (crate::claude_facts::TurnState::Unknown, 0),
+        let unknown = |offset| TurnReading {
+            state: TurnState::Unknown,
+            next: offset,
+            blocks: 0,
+            saw_summary: false,
         };
-        match turn {
-            crate::claude_facts::TurnState::GoesOn => {
+        let reading = match &a.transcript {
+            Some((path, offset)) => transcript_since(path, *offset, 32 << 20)
+                .map(|(text, start)| turn_state_since(&text, start))
+                .unwrap_or_else(|_| unknown(*offset)),
+            None => unknown(0),
+        };
+        self.summaries_seen |= reading.saw_summary;
+        let Some(a) = self.assigned.get_mut(session) else {
+            return;
+        };
+        if reading.blocks > 0 {
+            if let Some((_, offset)) = a.transcript.as_mut() {
+                *offset = reading.next;
+            }
+        }
+        match reading.state {
+            TurnState::Over => self.finish(session),
+            _ if reading.blocks > 0 => {
+                let Phase::Finishing { stops, events, .. } = &mut a.phase else {
+                    return;
+                };
+                *stops = stops.saturating_sub(reading.blocks);
                 log::info!("{session}: a Stop hook blocked the end of the turn; the task goes on");
-                a.phase = Phase::Running;
-                if let Some((_, offset)) = a.transcript.as_mut() {
-                    *offset = next;
+                if *stops == 0 {
+                    for f in events.drain(..) {
+                        let _ = std::fs::remove_file(f);
+                    }
+                    a.phase = Phase::Running;
                 }
             }
-            crate::claude_facts::TurnState::Over => self.finish(session),
-            crate::claude_facts::TurnState::Unknown if since.elapsed() >= FINISH_GRACE => {
+            _ if (!self.summaries_seen || a.transcript.is_none())
+                && since.elapsed() >= FINISH_GRACE =>
+            {
                 self.finish(session)
             }
-            crate::claude_facts::TurnState::Unknown => {}
+            _ if since.elapsed() >= FINISH_WAIT_MAX => {
+                log::warn!("{session}: no end of turn in its transcript {FINISH_WAIT_MAX:?} after its Stop; taking the Stop as the end");
+                self.finish(session)
+            }
+            _ => {}
         }
     }
 
@@ -619,6 +698,7 @@ impl Run {
             message,
             claude_session_id,
             account,
+            events,
             ..
         } = &a.phase
         else {
@@ -651,14 +731,59 @@ impl Run {
                 a.project
             ),
         }
+        // Recorded: the Stop events need no replay any more.
+        for f in events {
+            let _ = std::fs::remove_file(f);
+        }
         self.release(session, Release::Done);
         // Start the next task's fresh conversation now, not when it
         // arrives: dispatch then only has to paste. Never into a session
-        // a reload took out of our hands.
+        // a reload took out of our hands, nor one a swap is stopping.
         self.fresh.remove(session);
-        if crate::session::pool_of(&self.config, session).is_some() {
+        if crate::session::pool_of(&self.config, session).is_some() && self.paused.is_none() {
             self.clearing.insert(session.to_string(), Instant::now());
             type_in(&self.tmux, session, "/clear");
+        }
+    }
+
+    /// The typed prompt of `session` was submitted (seen by its
+    /// `UserPromptSubmit`, or in its transcript): the task runs.
+    fn confirm(&mut self, session: &str, sid: Option<String>, transcript: Option<(PathBuf, u64)>) {
+        self.fresh.remove(session);
+        let Some(a) = self.assigned.get_mut(session) else {
+            return;
+        };
+        a.phase = Phase::Running;
+        a.transcript = transcript;
+        let latency = a.seen_at.elapsed();
+        let (task, project) = (a.task.clone(), a.project.clone());
+        if let (Some(task), Some(id)) = (task, sid) {
+            if let Some(q) = self.queue(&project) {
+                let _ = q.record_claude_session_id(&task, &id);
+            }
+        }
+        log::info!(
+            "{session}: task submitted ({} ms after it was seen)",
+            latency.as_millis()
+        );
+        let _ = self.out.send(Output::Outcome {
+            outcome: "submitted",
+            dispatch_latency: Some(latency),
+        });
+    }
+
+    /// The attempt counts and the session is relaunched fresh in its folder,
+    /// so what it was doing cannot finish beside the retry; until it is back,
+    /// it is given nothing.
+    fn lose_attempt_and_relaunch(&mut self, name: &str, reason: String, cwd: Option<PathBuf>) {
+        self.release(name, Release::Attempt(reason));
+        self.fresh.remove(name);
+        self.clearing.insert(name.to_string(), Instant::now());
+        if let Some(cwd) = cwd {
+            let _ = self.out.send(Output::Relocate {
+                session: name.to_string(),
+                cwd,
+            });
         }
     }
 
@@ -679,6 +804,11 @@ impl Run {
         let Some(a) = self.assigned.remove(session) else {
             return;
         };
+        if let Phase::Finishing { events, .. } = &a.phase {
+            for f in events {
+                let _ = std::fs::remove_file(f);
+            }
+        }
         let _ = self.out.send(Output::Task {
             session: session.to_string(),
             task: None,
@@ -742,12 +872,7 @@ impl Run {
     /// swap is under way (a crash mid-swap) are interrupted, not lost: they
     /// continue after the swap.
     fn recover(&mut self) {
-        let swapping = self.paused.is_some()
-            || self
-                .config
-                .state_dir
-                .join(crate::switcher::JOURNAL_FILE)
-                .exists();
+        let swapping = self.paused.is_some() || self.swap_was_interrupted;
         let mut adopted = Vec::new();
         for (q, _) in &self.queues {
             let Ok(active) = q.list_active() else {
@@ -768,6 +893,7 @@ impl Run {
                     Phase::Interrupted {
                         account: Some(m.account.clone()),
                         retype: None,
+                        since: Instant::now(),
                     }
                 } else if confirmed {
                     Phase::Running
@@ -833,8 +959,9 @@ impl Run {
             self.recover();
             self.recovered = true;
             for (path, ev) in std::mem::take(&mut self.pending) {
-                self.on_hook(&ev);
-                let _ = std::fs::remove_file(path);
+                if !self.on_hook(&ev, &path) {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
         self.check_assignments();
@@ -891,11 +1018,15 @@ impl Run {
                 // Refused, and dispatch resumed without moving the session
                 // (its account, or the whole fleet's, can take work again):
                 // it is still waiting on the limit screen, so tell it to go on.
-                Phase::Interrupted { account, retype }
-                    if self.paused.is_none()
-                        && self
-                            .unpaused_at
-                            .is_some_and(|t| t.elapsed() >= RESUME_SETTLE)
+                Phase::Interrupted {
+                    account,
+                    retype,
+                    since,
+                } if self.paused.is_none()
+                    // Dispatch resumed after this interruption, a while ago.
+                    && self
+                        .unpaused_at
+                        .is_some_and(|t| t > *since && t.elapsed() >= RESUME_SETTLE)
                         && matches!(state, Some(State::Limited | State::Idle))
                         && view.as_ref().and_then(|v| v.account.as_ref()) == account.as_ref() =>
                 {
@@ -917,6 +1048,8 @@ impl Run {
                     );
                 }
                 Phase::Relocating { .. } => {}
+                // Its Stop came before it died: the answer is there.
+                Phase::Finishing { .. } if gone => self.finish(&name),
                 _ if gone && self.paused.is_none() => {
                     self.release(
                         &name,
@@ -944,19 +1077,14 @@ impl Run {
                     if quiet >= stale {
                         log::error!("{name}: no sign of life for {quiet:?} while working on its task; the attempt counts and the session is relaunched");
                         let cwd = view.as_ref().map(|v| v.cwd.clone());
-                        self.release(
+                        self.lose_attempt_and_relaunch(
                             &name,
-                            Release::Attempt(format!(
+                            format!(
                                 "session {name} showed no sign of life for {}s",
                                 quiet.as_secs()
-                            )),
+                            ),
+                            cwd,
                         );
-                        if let Some(cwd) = cwd {
-                            let _ = self.out.send(Output::Relocate {
-                                session: name.clone(),
-                                cwd,
-                            });
-                        }
                     }
                 }
                 Phase::Clearing { since } if since.elapsed() > CLEAR_DEADLINE => {
@@ -971,7 +1099,8 @@ impl Run {
                 } => {
                     let waited = since.elapsed();
                     let deadline = submit_deadline(text);
-                    if waited <= deadline {
+                    // A swap under way owns the sessions: no Enter, no give-up.
+                    if waited <= deadline || self.paused.is_some() {
                         continue;
                     }
                     if !*retried {
@@ -988,11 +1117,10 @@ impl Run {
                     // Not confirmed is not proof of not submitted: the
                     // transcript shows a prompt whose event is late or lost.
                     if looked_at.is_none_or(|t| t.elapsed() >= TRANSCRIPT_LOOK_EVERY) {
-                        if self.prompt_in_transcript(view.as_ref(), text) {
+                        if let Some((path, at)) = self.prompt_in_transcript(view.as_ref(), text) {
                             log::warn!("{name}: its prompt is in the transcript though no UserPromptSubmit came; taking it as submitted");
-                            if let Some(x) = self.assigned.get_mut(&name) {
-                                x.phase = Phase::Running;
-                            }
+                            let sid = view.as_ref().and_then(|v| v.claude_session_id.clone());
+                            self.confirm(&name, sid, Some((path, at)));
                             continue;
                         }
                         if let Some(Phase::Typing { looked_at, .. }) =
@@ -1007,18 +1135,11 @@ impl Run {
                         // while the task runs elsewhere.
                         log::error!("{name}: the prompt was never confirmed in {:?}; the attempt counts and the session is relaunched", waited);
                         let cwd = view.as_ref().map(|v| v.cwd.clone());
-                        self.release(
+                        self.lose_attempt_and_relaunch(
                             &name,
-                            Release::Attempt(format!(
-                                "the prompt typed into {name} was never confirmed"
-                            )),
+                            format!("the prompt typed into {name} was never confirmed"),
+                            cwd,
                         );
-                        if let Some(cwd) = cwd {
-                            let _ = self.out.send(Output::Relocate {
-                                session: name.clone(),
-                                cwd,
-                            });
-                        }
                     }
                 }
                 _ => {}
@@ -1026,24 +1147,25 @@ impl Run {
         }
     }
 
-    /// Whether the session's current transcript holds `text` as a submitted prompt.
-    fn prompt_in_transcript(&self, view: Option<&SessionView>, text: &str) -> bool {
-        let Some(v) = view else {
-            return false;
-        };
+    /// Where the session's current transcript holds `text` as a submitted
+    /// prompt: the transcript and the offset of that prompt.
+    fn prompt_in_transcript(
+        &self,
+        view: Option<&SessionView>,
+        text: &str,
+    ) -> Option<(PathBuf, u64)> {
+        let v = view?;
         let home = v
             .account
             .as_ref()
             .and_then(|a| self.config.accounts.iter().find(|x| &x.name == a))
             .map(|a| a.home.clone());
         let (Some(home), Some(id)) = (home, &v.claude_session_id) else {
-            return false;
+            return None;
         };
         let path = crate::claude_facts::transcript_path(&home, &v.cwd, id);
-        // A user entry holds the whole prompt: read enough to see it whole.
-        let max = (256u64 << 10).max(text.len() as u64 * 4);
-        crate::claude_facts::transcript_tail(&path, max)
-            .is_ok_and(|tail| crate::claude_facts::transcript_has_prompt(&tail, text))
+        let at = crate::claude_facts::find_prompt(&path, text)?;
+        Some((path, at))
     }
 
     fn free_sessions(&self, pool: &str) -> Vec<SessionView> {

@@ -128,6 +128,9 @@ pub enum Action {
     /// rollback): stop it; it is relaunched under the active account,
     /// resuming its conversation.
     Replace { name: String, running_under: String },
+    /// Recorded dead, but its pane is alive: record it as running (idle)
+    /// rather than relaunch what works.
+    Revive { name: String },
 }
 
 impl Action {
@@ -136,7 +139,8 @@ impl Action {
             Action::Launch { name, .. }
             | Action::CollectDead { name, .. }
             | Action::ReportStuck { name }
-            | Action::Replace { name, .. } => name,
+            | Action::Replace { name, .. }
+            | Action::Revive { name } => name,
         }
     }
 }
@@ -190,13 +194,9 @@ pub fn reconcile(
                         let between_turns = matches!(r.state, State::Idle | State::Limited);
                         if r.state == State::Dead {
                             // Recorded dead, seen alive (a swap's stop that
-                            // could not be confirmed, then rolled back): the
-                            // record follows observation, and a process in an
-                            // unknown state is relaunched, resuming.
-                            actions.push(Action::Replace {
-                                name: name.clone(),
-                                running_under: r.account.clone().unwrap_or_default(),
-                            });
+                            // could not be confirmed, or a crash after the
+                            // relaunch): the record follows observation.
+                            actions.push(Action::Revive { name: name.clone() });
                             continue;
                         }
                         match &r.account {

@@ -304,6 +304,8 @@ pub fn pane_target(name: &str) -> String {
 
 fn is_no_server(message: &str) -> bool {
     message.contains("no server running")
+        // The last session killed: the server is on its way out.
+        || message.contains("server exited unexpectedly")
         || message.contains("error connecting to")
         || message.contains("No such file or directory")
 }

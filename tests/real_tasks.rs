@@ -244,6 +244,13 @@ fn task_text_starting_with_bang_slash_or_hash_or_holding_esc_201_is_data() {
                 answer.contains(first.lines().next().unwrap()),
                 "{name}: {answer}"
             );
+            if *name == "esc201" {
+                // The whole text arrived, the escape shown as a control picture.
+                assert!(
+                    answer.contains("\u{241b}[201~!touch") && answer.contains("second part"),
+                    "{answer}"
+                );
+            }
         }
     }
     for m in &marks {
