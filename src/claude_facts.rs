@@ -211,7 +211,9 @@ pub const MODE_CHARS: [char; 2] = ['!', '#'];
 /// task is refused unless its front matter asks for a slash command.
 pub fn typed_form(task: &str, slash_command: bool) -> Result<String, String> {
     let mut out = String::with_capacity(task.len() + 1);
-    let text = task.replace("\r\n", "\n");
+    // A byte-order mark is whitespace to the TUI's trim: drop it, so it can
+    // hide neither a slash command nor a `!`.
+    let text = task.replace("\r\n", "\n").replace('\u{feff}', "");
     for c in text.chars() {
         match c {
             '\n' | '\t' => out.push(c),
@@ -226,7 +228,15 @@ pub fn typed_form(task: &str, slash_command: bool) -> Result<String, String> {
     }
     let first_word = out.split_whitespace().next().unwrap_or("");
     if slash_command {
-        return Ok(out.trim_start().to_string());
+        // Typed as it is, so it must be a slash command: never a `!` line.
+        return if looks_like_slash_command(first_word) {
+            Ok(out.trim_start().to_string())
+        } else {
+            Err(
+                "`slash_command: true`, but the task does not start with a slash command (`/name`)"
+                    .into(),
+            )
+        };
     }
     if looks_like_slash_command(first_word) {
         return Err(format!(
@@ -472,6 +482,14 @@ mod tests {
             " /etc/passwd is a file"
         );
         assert_eq!(typed_form("/compact", true).unwrap(), "/compact");
+        assert!(
+            typed_form("!rm -rf x", true).is_err(),
+            "slash_command is no way into bash mode"
+        );
+        assert!(
+            typed_form("\u{feff}/exit", false).is_err(),
+            "a BOM hides no slash command"
+        );
     }
 
     #[test]

@@ -687,6 +687,8 @@ impl State {
             }
             return self.refused(to, reason, why);
         }
+        // The readings that led here are on disk before anything is touched.
+        self.save_quotas();
         let id = format!("swap-{}", now_ms());
         log::warn!("swap {id}: {} → {to}: {reason}", from.name);
         let mut j = Journal {
@@ -720,16 +722,29 @@ impl State {
         // leave sessions running under the old account while the new one is
         // active. Nothing was flipped yet, so the swap goes back.
         let stopped = self.stop_sessions();
-
-        self.enter(&mut j, Phase::Flip);
-        let flipped = match stopped {
-            Err(e) => Err(format!("the stop could not be confirmed ({e})")),
-            Ok(()) => self.flip(&target.name, Some(&id)),
-        };
         let mut detail = None;
+        let flipped = match stopped {
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.enter(&mut j, Phase::Flip);
+                self.flip(&target.name, Some(&id))
+                    .map_err(|e| format!("flip failed: {e}"))
+            }
+        };
+        let not_stopped = matches!(j.phase, Phase::Stop);
         let mut result = match flipped {
+            // Nothing was flipped: the old account never stopped being the
+            // active one, so there is nothing to put back and nothing to
+            // relaunch here (sessions that did stop come back by reconcile).
+            // The journal goes at once: a restart must not finish this swap.
+            Err(e) if not_stopped => {
+                log::error!("swap {}: the stop could not be confirmed ({e}); nothing was flipped, the swap goes back", j.id);
+                let _ = std::fs::remove_file(&self.journal_path);
+                detail = Some(format!("the stop could not be confirmed ({e})"));
+                "rolled_back"
+            }
             Err(e) => {
-                detail = Some(format!("flip failed: {e}"));
+                detail = Some(e.clone());
                 self.rollback(&mut j, &from, &e)
             }
             Ok(()) => {
@@ -760,7 +775,7 @@ impl State {
             }
         };
         let mut changed_ids = Vec::new();
-        if result != "partial" {
+        if result != "partial" && !not_stopped {
             self.enter(&mut j, Phase::Relaunch);
             let _ = self.out.send(Notice::Relaunch {
                 active: self.active.clone(),
