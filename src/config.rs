@@ -207,6 +207,18 @@ fn render_invalid(key: &str, line: Option<usize>, message: &str) -> String {
 }
 
 impl Config {
+    /// The account whose `home` is `dir` (a process's or a hook's
+    /// `CLAUDE_CONFIG_DIR`): the same path first, then the same folder
+    /// reached another way (a symlink, `..`).
+    pub fn account_by_home(&self, dir: &std::path::Path) -> Option<&AccountConfig> {
+        self.accounts.iter().find(|a| a.home == dir).or_else(|| {
+            let want = dir.canonicalize().ok()?;
+            self.accounts
+                .iter()
+                .find(|a| a.home.canonicalize().is_ok_and(|h| h == want))
+        })
+    }
+
     /// Loads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

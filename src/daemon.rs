@@ -946,15 +946,7 @@ impl Daemon {
 
     /// The configured account whose home is `dir` (a process's `CLAUDE_CONFIG_DIR`).
     fn account_of_home(&self, dir: &Path) -> Option<String> {
-        let exact = self.config.accounts.iter().find(|a| a.home == dir);
-        let found = exact.or_else(|| {
-            let want = dir.canonicalize().ok()?;
-            self.config
-                .accounts
-                .iter()
-                .find(|a| a.home.canonicalize().is_ok_and(|h| h == want))
-        });
-        found.map(|a| a.name.clone())
+        self.config.account_by_home(dir).map(|a| a.name.clone())
     }
 
     /// Corrects records by what was observed (`how`): a session's account

@@ -1559,10 +1559,7 @@ enum Release {
 
 /// The account whose home is `config_dir` (a hook's `CLAUDE_CONFIG_DIR`).
 fn account_of(config: &Config, config_dir: Option<&str>) -> Option<String> {
-    let dir = std::path::Path::new(config_dir?);
     config
-        .accounts
-        .iter()
-        .find(|a| a.home == dir)
+        .account_by_home(std::path::Path::new(config_dir?))
         .map(|a| a.name.clone())
 }

@@ -309,10 +309,11 @@ pub fn on_died(
         return;
     };
     r.pane_pid = None;
-    if let Some(id) = r
-        .claude_session_id
-        .take_if(|_| last_output.contains(crate::claude_facts::RESUME_NOT_FOUND))
-    {
+    // Only a launch that never started (the `--resume` itself refused): a
+    // running session whose screen shows that text lost nothing.
+    let resume_refused =
+        r.state == State::Starting && last_output.contains(crate::claude_facts::RESUME_NOT_FOUND);
+    if let Some(id) = r.claude_session_id.take_if(|_| resume_refused) {
         // Claude Code cannot resume that conversation: start the session
         // fresh, at once. Not a failed start; the next launch has no
         // `--resume`, so this cannot repeat.

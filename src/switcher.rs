@@ -413,13 +413,7 @@ impl State {
     }
 
     fn account_by_home(&self, home: &Path) -> Option<String> {
-        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        let want = canon(home);
-        self.config
-            .accounts
-            .iter()
-            .find(|a| canon(&a.home) == want)
-            .map(|a| a.name.clone())
+        self.config.account_by_home(home).map(|a| a.name.clone())
     }
 
     /// Marks `account`'s readings to be written with the next [`Self::save_quotas`].
