@@ -47,6 +47,22 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Gives a second task (or a failure) time to show, then checks there
+    /// is none: `t` is the only task, done once.
+    fn assert_only_task_t(&self) {
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            self.ls("done"),
+            ["t.md", "t.result.json"],
+            "exactly one task"
+        );
+        assert!(
+            self.ls("failed").is_empty(),
+            "nothing failed: {:?}",
+            self.ls("failed")
+        );
+    }
+
     /// A daemon with two idle fake sessions and one project, `demo`.
     fn start(name: &str) -> Daemon {
         let (mut h, sb) = sandbox(name);
@@ -163,14 +179,7 @@ fn touch_then_write_is_one_task_with_the_final_content() {
     let (content, answer) = d.wait_done("t");
     assert_eq!(content, "the final text\n");
     assert_eq!(answer, "FAKE-ANSWER: the final text");
-    // Give a second task (or a failure) time to show, then check there is none.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(d.ls("done"), ["t.md", "t.result.json"], "exactly one task");
-    assert!(
-        d.ls("failed").is_empty(),
-        "nothing failed: {:?}",
-        d.ls("failed")
-    );
+    d.assert_only_task_t();
 }
 
 /// `>` then `>>`: one task with both parts. Before the fix the first close
@@ -183,13 +192,7 @@ fn redirect_then_append_is_one_task_with_the_final_content() {
     let (content, answer) = d.wait_done("t");
     assert_eq!(content, "ONE TWO\n");
     assert_eq!(answer, "FAKE-ANSWER: ONE TWO");
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(d.ls("done"), ["t.md", "t.result.json"], "exactly one task");
-    assert!(
-        d.ls("failed").is_empty(),
-        "nothing failed: {:?}",
-        d.ls("failed")
-    );
+    d.assert_only_task_t();
 }
 
 /// Names of 200 and 250 bytes (with `.md`) written into the inbox, and

@@ -80,9 +80,8 @@ fn signal(pid: u32, sig: &str) {
         .success());
 }
 
-/// Adds a hook command of the user's to every account's settings.json,
-/// beside ours, as `setup` keeps them.
-fn add_user_hook(w: &World, event: &str, command: &str) {
+/// Edits every account's settings.json with `edit`.
+fn edit_settings(w: &World, edit: impl Fn(&mut serde_json::Value)) {
     for account in ["alpha", "beta"] {
         let Some(a) = w.sb.account(account) else {
             continue;
@@ -90,23 +89,25 @@ fn add_user_hook(w: &World, event: &str, command: &str) {
         let path = a.home.join("settings.json");
         let mut v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let list = v["hooks"][event]
-            .as_array_mut()
-            .unwrap_or_else(|| panic!("no {event} hooks in {}", path.display()));
-        list.push(serde_json::json!({"hooks": [{"type": "command", "command": command}]}));
+        edit(&mut v);
         std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     }
 }
 
+/// Adds a hook command of the user's to every account's settings.json,
+/// beside ours, as `setup` keeps them.
+fn add_user_hook(w: &World, event: &str, command: &str) {
+    edit_settings(w, |v| {
+        let list = v["hooks"][event]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("no {event} hooks in settings.json"));
+        list.push(serde_json::json!({"hooks": [{"type": "command", "command": command}]}));
+    });
+}
+
 /// Replaces our own hook command for `event` (in every account) with `command`.
 fn wrap_our_hook(w: &World, event: &str, command: &str) {
-    for account in ["alpha", "beta"] {
-        let Some(a) = w.sb.account(account) else {
-            continue;
-        };
-        let path = a.home.join("settings.json");
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit_settings(w, |v| {
         for group in v["hooks"][event].as_array_mut().unwrap() {
             for h in group["hooks"].as_array_mut().unwrap() {
                 if h["command"].as_str().is_some_and(|c| c.ends_with(" hook")) {
@@ -114,8 +115,20 @@ fn wrap_our_hook(w: &World, event: &str, command: &str) {
                 }
             }
         }
-        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    }
+    });
+}
+
+/// A world whose one pool keeps exactly `sessions` sessions; `more` adds to the spec.
+fn world(
+    name: &str,
+    sessions: u32,
+    more: impl FnOnce(&mut claude_failover::sandbox::SandboxSpec),
+) -> Option<World> {
+    World::new(name, |spec| {
+        spec.pools[0].min = sessions;
+        spec.pools[0].max = sessions;
+        more(spec);
+    })
 }
 
 fn paragraphs(tag: &str, bytes: usize) -> String {
@@ -133,10 +146,7 @@ fn paragraphs(tag: &str, bytes: usize) -> String {
 
 #[test]
 fn tasks_of_1k_10k_100k_1mib_and_5000_lines_are_done_once_with_their_whole_text() {
-    let Some(mut w) = World::new("tasks-sizes", |spec| {
-        spec.pools[0].min = 2;
-        spec.pools[0].max = 2;
-    }) else {
+    let Some(mut w) = world("tasks-sizes", 2, |_| {}) else {
         return;
     };
     let _pid = w.start_daemon(&[]);
@@ -187,10 +197,7 @@ fn tasks_of_1k_10k_100k_1mib_and_5000_lines_are_done_once_with_their_whole_text(
 
 #[test]
 fn task_text_starting_with_bang_slash_or_hash_or_holding_esc_201_is_data() {
-    let Some(mut w) = World::new("tasks-hostile", |spec| {
-        spec.pools[0].min = 1;
-        spec.pools[0].max = 1;
-    }) else {
+    let Some(mut w) = world("tasks-hostile", 1, |_| {}) else {
         return;
     };
     let _pid = w.start_daemon(&[]);
@@ -270,10 +277,7 @@ fn task_text_starting_with_bang_slash_or_hash_or_holding_esc_201_is_data() {
 
 #[test]
 fn a_hook_delayed_15s_and_a_kill_between_enter_and_user_prompt_submit_run_each_task_once() {
-    let Some(mut w) = World::new("tasks-unconfirmed", |spec| {
-        spec.pools[0].min = 1;
-        spec.pools[0].max = 1;
-    }) else {
+    let Some(mut w) = world("tasks-unconfirmed", 1, |_| {}) else {
         return;
     };
     let project = w.sb.project_dirs[0].1.clone();
@@ -330,10 +334,7 @@ fn a_hook_delayed_15s_and_a_kill_between_enter_and_user_prompt_submit_run_each_t
 
 #[test]
 fn a_user_stop_hook_that_blocks_once_records_the_turns_last_answer() {
-    let Some(mut w) = World::new("tasks-stop-hook", |spec| {
-        spec.pools[0].min = 1;
-        spec.pools[0].max = 1;
-    }) else {
+    let Some(mut w) = world("tasks-stop-hook", 1, |_| {}) else {
         return;
     };
     let flag = w.h.path().join("blocked-once");
@@ -379,9 +380,7 @@ fn a_user_stop_hook_that_blocks_once_records_the_turns_last_answer() {
 
 #[test]
 fn a_refusal_with_no_account_left_continues_by_itself_when_the_account_recovers() {
-    let Some(mut w) = World::new("tasks-no-account", |spec| {
-        spec.pools[0].min = 1;
-        spec.pools[0].max = 1;
+    let Some(mut w) = world("tasks-no-account", 1, |spec| {
         spec.extra_yaml.push_str("lifecycle:\n  interval: 2s\n");
         spec.quota_yaml
             .push_str("  poll_interval: 2s\n  swap_cooldown: 1s\n");
@@ -431,10 +430,7 @@ fn a_refusal_with_no_account_left_continues_by_itself_when_the_account_recovers(
 
 #[test]
 fn a_reload_that_shrinks_the_pool_lets_the_dropped_sessions_task_finish_once() {
-    let Some(mut w) = World::new("tasks-shrink", |spec| {
-        spec.pools[0].min = 2;
-        spec.pools[0].max = 2;
-    }) else {
+    let Some(mut w) = world("tasks-shrink", 2, |_| {}) else {
         return;
     };
     w.api.set_latency(Duration::from_millis(8000));
@@ -468,9 +464,7 @@ fn a_reload_that_shrinks_the_pool_lets_the_dropped_sessions_task_finish_once() {
 
 #[test]
 fn a_task_whose_session_shows_no_sign_of_life_is_retried_with_an_attempt_counted() {
-    let Some(mut w) = World::new("tasks-silent", |spec| {
-        spec.pools[0].min = 1;
-        spec.pools[0].max = 1;
+    let Some(mut w) = world("tasks-silent", 1, |spec| {
         spec.extra_yaml
             .push_str("lifecycle:\n  interval: 2s\njanitor:\n  stale_task_after: 20s\n");
     }) else {
