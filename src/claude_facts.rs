@@ -411,6 +411,90 @@ pub fn transcript_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+/// The last conversation entry of a transcript, which says what the turn is
+/// doing (seen here, 2.1.329): when `Stop` fires, the model's final answer
+/// is written (an `assistant` entry with text and no `tool_use` block);
+/// when `StopFailure` fires, an `assistant` entry with
+/// `isApiErrorMessage: true`, the error in `error` (`rate_limit`) and its
+/// message as text. While a tool runs, the last entry is the `tool_use`
+/// (or, once the tool answered, the user entry with its result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastEntry {
+    /// No conversation entry (or none readable).
+    Nothing,
+    /// A prompt, a tool's result or other user input: the model is next.
+    User,
+    /// The model asked for a tool: it is running.
+    ToolCall,
+    /// The model's answer, its text blocks joined.
+    Answer(String),
+    /// A request that failed (refused, overloaded, …).
+    ApiError { error: Option<String>, text: String },
+}
+
+/// `isApiErrorMessage`: an assistant entry that is an API error.
+pub const TRANSCRIPT_API_ERROR: &str = "isApiErrorMessage";
+
+/// What the last conversation entry in `text` (whole lines) is.
+pub fn last_entry(text: &str) -> LastEntry {
+    let mut last = LastEntry::Nothing;
+    for line in text.lines() {
+        let is_user = line.contains("\"type\":\"user\"");
+        if !is_user && !line.contains("\"type\":\"assistant\"") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let blocks = match &v["message"]["content"] {
+            serde_json::Value::Array(b) => b.clone(),
+            serde_json::Value::String(s) => vec![serde_json::json!({"type": "text", "text": s})],
+            _ => Vec::new(),
+        };
+        let text_of = || {
+            blocks
+                .iter()
+                .filter(|b| b["type"] == "text")
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        last = match v["type"].as_str() {
+            Some("user") if v["isMeta"].as_bool() == Some(true) => continue,
+            Some("user") => LastEntry::User,
+            Some("assistant") if v[TRANSCRIPT_API_ERROR].as_bool() == Some(true) => {
+                LastEntry::ApiError {
+                    error: v["error"].as_str().map(String::from),
+                    text: text_of(),
+                }
+            }
+            Some("assistant") if blocks.iter().any(|b| b["type"] == "tool_use") => {
+                LastEntry::ToolCall
+            }
+            Some("assistant") => LastEntry::Answer(text_of()),
+            _ => continue,
+        };
+    }
+    last
+}
+
+/// [`last_entry`] of the transcript at `path` (its last 4 MiB).
+pub fn transcript_last_entry(path: &std::path::Path) -> LastEntry {
+    const TAIL: u64 = 4 << 20;
+    let len = transcript_len(path);
+    match transcript_since(path, len.saturating_sub(TAIL), TAIL) {
+        Ok((text, _)) => last_entry(&text),
+        Err(_) => LastEntry::Nothing,
+    }
+}
+
+/// Whether `id` can be a conversation id (a file name, nothing more).
+pub fn plausible_conversation_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The byte offset in `text` of the last (non-meta) user message whose
 /// text is `typed`: proof that the prompt was submitted even when its
 /// `UserPromptSubmit` event is late or lost, and where its turn starts.
@@ -458,6 +542,33 @@ pub fn find_prompt(path: &std::path::Path, typed: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_entry_tells_an_answer_a_tool_call_and_a_refusal_apart() {
+        let prompt = r#"{"type":"user","message":{"role":"user","content":"do it"}}"#;
+        let meta = r#"{"type":"user","isMeta":true,"message":{"role":"user","content":"reminder"}}"#;
+        let tool = r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"Bash","input":{}}]}}"#;
+        let result = r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t","content":"ok"}]}}"#;
+        let answer = r#"{"type":"assistant","message":{"content":[{"type":"text","text":"done"}],"stop_reason":"end_turn"}}"#;
+        let refused = r#"{"type":"assistant","isApiErrorMessage":true,"error":"rate_limit","message":{"content":[{"type":"text","text":"You've hit your 5-hour limit"}]}}"#;
+        let other = r#"{"type":"system","subtype":"turn_duration"}"#;
+        let t = |lines: &[&str]| last_entry(&(lines.join("\n") + "\n"));
+        assert_eq!(t(&[]), LastEntry::Nothing);
+        assert_eq!(t(&[prompt]), LastEntry::User);
+        assert_eq!(t(&[prompt, tool]), LastEntry::ToolCall);
+        assert_eq!(t(&[prompt, tool, result]), LastEntry::User);
+        assert_eq!(t(&[prompt, tool, result, answer, meta, other]), LastEntry::Answer("done".into()));
+        assert_eq!(
+            t(&[answer, prompt, refused]),
+            LastEntry::ApiError {
+                error: Some("rate_limit".into()),
+                text: "You've hit your 5-hour limit".into()
+            }
+        );
+        assert!(plausible_conversation_id("51c9385e-bfdc-4879-b542-a1eeb3fdae1e"));
+        assert!(!plausible_conversation_id("../../etc/passwd"));
+        assert!(!plausible_conversation_id(""));
+    }
 
     #[test]
     fn a_pasted_content_report_is_the_typed_text() {

@@ -214,7 +214,12 @@ pub fn run(config_path: &Path) -> i32 {
     let dispatcher =
         crate::dispatcher::Dispatcher::start(&config, dispatch_tx, swap_was_interrupted);
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
-    let events = match EventWatcher::start(events_dir, config.lifecycle.interval, events_tx) {
+    let events = match EventWatcher::start(
+        &config.state_dir,
+        Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
+        config.lifecycle.interval,
+        events_tx,
+    ) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("claude-failover: cannot watch the events folder: {e}");
@@ -423,8 +428,23 @@ impl Daemon {
             Event::Signal(other) => log::debug!("ignoring signal {other}"),
             Event::Hooks(batch) => {
                 let mut exits = false;
-                for (path, ev) in batch {
+                for (path, mut ev) in batch {
+                    if !ev.verified {
+                        if let Err(why) = self.replay_credible(&mut ev) {
+                            log::warn!(
+                                "event file {:?} from before this start not applied: {why}",
+                                path.file_name().unwrap_or_default()
+                            );
+                            let _ = std::fs::remove_file(&path);
+                            continue;
+                        }
+                    }
                     let hook = ev.field("hook_event_name").unwrap_or("");
+                    if let Err(why) = self.of_its_conversation(&ev) {
+                        log::warn!("{why}: ignored");
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
                     exits |= hook == "SessionEnd";
                     self.forward_quota_signal(&ev, hook);
                     if session::apply_hook(&mut self.book, &ev) {
@@ -671,6 +691,65 @@ impl Daemon {
                     serde_json::json!({"project": project, "task": task, "reason": reason}),
                 ));
             }
+        }
+    }
+
+    /// Whether an event file left from before this start (a crash, or hooks
+    /// that ran while no daemon did) agrees with the session book: it names
+    /// a session we manage, the account home that session's record says, and
+    /// that session's conversation. Such a file proves nothing about who
+    /// wrote it, so it is applied only where it agrees; readings from
+    /// before the start are stale anyway.
+    fn replay_credible(&self, ev: &mut crate::hook::RecordedEvent) -> Result<(), String> {
+        if ev.kind == "statusline" {
+            return Err("a quota reading from before the start (stale)".into());
+        }
+        let name = ev.session.as_deref().ok_or("it names no session")?;
+        let r = self
+            .book
+            .get(name)
+            .ok_or_else(|| format!("{name:?} is no session of ours"))?;
+        let account = ev
+            .config_dir
+            .as_deref()
+            .and_then(|d| self.account_of_home(Path::new(d)));
+        if r.account.is_some() && account != r.account {
+            return Err(format!(
+                "{name} runs under {}, the file says {}",
+                r.account.as_deref().unwrap_or("?"),
+                account.as_deref().unwrap_or("no account of ours")
+            ));
+        }
+        let hook = ev.hook_name();
+        if let (Some(recorded), Some(said)) = (&r.claude_session_id, ev.field("session_id")) {
+            // A SessionStart is where a new conversation begins (a /clear).
+            if hook != "SessionStart" && said != recorded {
+                return Err(format!(
+                    "{name}'s conversation is {recorded}, the file's {hook} is of {said:?}"
+                ));
+            }
+        }
+        // A Stop or StopFailure must agree with the transcript as it stands.
+        crate::event_socket::borne_out(ev, Duration::ZERO)
+    }
+
+    /// A `Stop` or `StopFailure` must be of the conversation its session
+    /// runs now: the event socket checked it against that conversation's
+    /// transcript, and an older one's would say nothing about today's turn.
+    fn of_its_conversation(&self, ev: &crate::hook::RecordedEvent) -> Result<(), String> {
+        let hook = ev.hook_name();
+        if hook != "Stop" && hook != "StopFailure" {
+            return Ok(());
+        }
+        let Some(name) = ev.session.as_deref() else {
+            return Ok(());
+        };
+        let recorded = self.book.get(name).and_then(|r| r.claude_session_id.as_deref());
+        match (recorded, ev.field("session_id")) {
+            (Some(now), Some(said)) if now != said => Err(format!(
+                "a {hook} from {name} of conversation {said:?}, which is not its current one ({now})"
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -1,14 +1,19 @@
-//! The hook-event watcher: notices new files in `<state_dir>/events/`
-//! (inotify, plus a full rescan at start, on queue overflow and every
-//! interval) and hands them to the main loop in recording order. The main
-//! loop deletes a file once what it said is applied and persisted, so an
-//! event is never lost to a crash, only possibly applied twice (which the
-//! state machine tolerates).
+//! The hook-event watcher: watches `<state_dir>/events/` (inotify, plus a
+//! full rescan at start, on queue overflow and every interval). Events
+//! arrive over the event socket (`event_socket`), which keeps each hook
+//! event there as a file until the main loop has applied it, so an event is
+//! never lost to a crash, only possibly applied twice (which the state
+//! machine tolerates). This watcher hands on, oldest first and marked
+//! unverified, only the files written before the socket listened: those a
+//! crashed run left, and those hooks left while no daemon ran. A file that
+//! appears later came from no hook the socket heard (a hook leaves a file
+//! only when no daemon answers), so it is moved to `events/rejected/` and
+//! logged, never applied.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{select, tick, Receiver, Sender};
 use inotify::{Inotify, WatchMask};
@@ -26,17 +31,36 @@ pub struct EventWatcher {
 }
 
 impl EventWatcher {
+    /// Starts the socket (see `event_socket`), then the watcher of the
+    /// folder, which replays what is older than the socket.
     pub fn start(
-        dir: PathBuf,
+        state_dir: &Path,
+        tmux: crate::tmux::Tmux,
         rescan: Duration,
         out: Sender<Batch>,
     ) -> std::io::Result<EventWatcher> {
+        let dir = state_dir.join(crate::hook::EVENTS_DIR);
         std::fs::create_dir_all(&dir)?;
+        let accepted = crate::event_socket::Accepted::default();
+        crate::event_socket::start(
+            state_dir,
+            crate::event_socket::Origins::new(tmux),
+            accepted.clone(),
+            out.clone(),
+        )?;
+        let listening = SystemTime::now();
         let wake = watch(&dir)?;
         let (stop, stop_rx) = crossbeam_channel::bounded(0);
         let thread = std::thread::Builder::new()
             .name("event-watcher".into())
-            .spawn(move || serve(dir, rescan, wake, stop_rx, out))?;
+            .spawn(move || {
+                let mut seen = Seen {
+                    sent: HashSet::new(),
+                    accepted,
+                    listening,
+                };
+                serve(dir, rescan, wake, stop_rx, out, &mut seen)
+            })?;
         Ok(EventWatcher { stop, thread })
     }
 }
@@ -73,18 +97,28 @@ fn watch(dir: &Path) -> std::io::Result<Receiver<()>> {
     Ok(rx)
 }
 
+/// What the watcher knows of the folder's files.
+struct Seen {
+    /// Handed on (replayed) and not yet deleted by the main loop.
+    sent: HashSet<PathBuf>,
+    /// Written by the socket: handed on already.
+    accepted: crate::event_socket::Accepted,
+    /// When the socket began to listen: a file changed since came from no hook.
+    listening: SystemTime,
+}
+
 fn serve(
     dir: PathBuf,
     rescan: Duration,
     wake: Receiver<()>,
     stop: Receiver<()>,
     out: Sender<Batch>,
+    seen: &mut Seen,
 ) {
     let ticker = tick(rescan);
     let mut wake = wake;
-    let mut sent: HashSet<PathBuf> = HashSet::new();
     loop {
-        let batch = scan(&dir, &mut sent);
+        let batch = scan(&dir, seen);
         if !batch.is_empty() && out.send(batch).is_err() {
             return;
         }
@@ -96,9 +130,13 @@ fn serve(
     }
 }
 
-/// Reads every event file not yet handed over, oldest first. A file that
-/// cannot be parsed is moved to `events/corrupt/` and reported, never lost.
-fn scan(dir: &Path, sent: &mut HashSet<PathBuf>) -> Batch {
+/// Most files kept in `events/rejected/`; past that a rejected file is deleted.
+const MAX_REJECTED: usize = 1000;
+
+/// Reads every replayable event file not yet handed over, oldest first. A
+/// file that cannot be parsed is moved to `events/corrupt/` and reported,
+/// never lost; one written while the socket listened, to `events/rejected/`.
+fn scan(dir: &Path, seen: &mut Seen) -> Batch {
     let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .flatten()
@@ -115,20 +153,31 @@ fn scan(dir: &Path, sent: &mut HashSet<PathBuf>) -> Batch {
         }
     };
     names.sort();
-    // Forget files the main loop has deleted.
+    // Forget files the main loop has deleted (a name the socket is still
+    // writing is kept a while).
     let present: HashSet<PathBuf> = names.iter().cloned().collect();
-    sent.retain(|p| present.contains(p));
+    seen.sent.retain(|p| present.contains(p));
+    seen.accepted
+        .lock()
+        .retain(|p, at| present.contains(p) || at.elapsed() < Duration::from_secs(60));
     let mut batch = Vec::new();
+    let mut rejected = Vec::new();
     for path in names {
-        if sent.contains(&path) {
+        if seen.sent.contains(&path) || seen.accepted.lock().contains_key(&path) {
+            continue;
+        }
+        let changed = std::fs::symlink_metadata(&path).and_then(|m| m.modified());
+        if changed.is_ok_and(|t| t >= seen.listening) {
+            rejected.push(path);
             continue;
         }
         match std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<RecordedEvent>(&b).map_err(|e| e.to_string()))
         {
-            Ok(ev) => {
-                sent.insert(path.clone());
+            Ok(mut ev) => {
+                ev.verified = false;
+                seen.sent.insert(path.clone());
                 batch.push((path, ev));
             }
             Err(e) => {
@@ -141,6 +190,24 @@ fn scan(dir: &Path, sent: &mut HashSet<PathBuf>) -> Batch {
                     target.display()
                 );
                 let _ = std::fs::rename(&path, &target);
+            }
+        }
+    }
+    if let Some(first) = rejected.first() {
+        log::warn!(
+            "{} event file(s) written into {} while the daemon listens on its socket, which no hook does: not applied, moved to rejected/ (first: {:?})",
+            rejected.len(),
+            dir.display(),
+            first.file_name().unwrap_or_default()
+        );
+        let into = dir.join("rejected");
+        let _ = std::fs::create_dir_all(&into);
+        let kept = std::fs::read_dir(&into).map(|d| d.count()).unwrap_or(0);
+        for (i, path) in rejected.iter().enumerate() {
+            if kept + i < MAX_REJECTED {
+                let _ = std::fs::rename(path, into.join(path.file_name().unwrap_or_default()));
+            } else {
+                let _ = std::fs::remove_file(path);
             }
         }
     }

@@ -1,7 +1,11 @@
-//! `claude-failover hook` and `statusline`: the commands Claude Code runs. They
-//! record what they were given as one file in `<state_dir>/events/` for the
-//! daemon to consume, and must never get in Claude Code's way: they always
-//! exit 0 and return in milliseconds (the hook runs on every prompt).
+//! `claude-failover hook` and `statusline`: the commands Claude Code runs.
+//! They hand what they were given to the daemon over its event socket
+//! (`<state_dir>/events.sock`), where the daemon learns from the kernel which
+//! process sent it and so which session it really comes from (see
+//! `event_socket`). With no daemon listening they leave it as one file in
+//! `<state_dir>/events/`, for the next start to replay. They must never get
+//! in Claude Code's way: they always exit 0 and return in milliseconds (the
+//! hook runs on every prompt).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,13 @@ use crate::claude_facts as facts;
 
 /// Where events are written, under the state dir.
 pub const EVENTS_DIR: &str = "events";
+
+/// The daemon's event socket, under the state dir.
+pub const SOCKET: &str = "events.sock";
+
+/// How long a hook waits for the daemon to take its event before leaving it
+/// as a file instead.
+const SOCKET_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Most a hook reads from stdin; a larger payload is cut. Above the largest
 /// payload Claude Code sends: a task may be 1 MiB (`MAX_TASK_BYTES`), and its
@@ -34,6 +45,12 @@ pub struct RecordedEvent {
     pub recorded_at_ms: u64,
     /// What Claude Code passed on stdin: JSON, or a string when it was not JSON.
     pub payload: serde_json::Value,
+    /// Set by the daemon, never read from a file or a sender: the event came
+    /// over the socket from a process inside the tmux session named in
+    /// `session` (which, like `config_dir`, the daemon then filled in from
+    /// what it observed). False for a file replayed at start.
+    #[serde(skip)]
+    pub verified: bool,
 }
 
 /// `statusline`: records the payload (its `rate_limits` are the account's
@@ -91,8 +108,34 @@ fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
         payload: serde_json::from_slice(raw).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(raw).into_owned())
         }),
+        verified: false,
     };
-    write_event(&state_dir, &event)
+    let bytes = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
+    let socket = state_dir.join(SOCKET);
+    match send(&socket, &bytes) {
+        Ok(()) => Ok(socket),
+        // No daemon listening (or one that did not answer in time): the file
+        // waits for the next start, which replays it.
+        Err(_) => write_event(&state_dir, &event),
+    }
+}
+
+/// Hands one event (a JSON line) to the daemon and waits for its `ok`.
+pub fn send(socket: &Path, line: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_write_timeout(Some(SOCKET_DEADLINE))?;
+    s.set_read_timeout(Some(SOCKET_DEADLINE))?;
+    s.write_all(line)?;
+    s.write_all(b"\n")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    s.take(64).read_to_end(&mut answer)?;
+    if answer.starts_with(b"ok") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("the daemon did not take the event"))
+    }
 }
 
 /// Writes `event` into `<state_dir>/events/` under a name that sorts in
@@ -104,18 +147,25 @@ pub fn write_event(state_dir: &Path, event: &RecordedEvent) -> std::io::Result<P
         // a mistyped path) is not recreated by a hook.
         std::fs::create_dir(&dir)?;
     }
+    let path = event_path(&dir, &event.kind);
+    let bytes = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+    atomic_file::write(&path, &bytes)?;
+    Ok(path)
+}
+
+/// A new event file's path in `dir`: names sort in recording order and
+/// never collide (the time, the process, a counter).
+pub fn event_path(dir: &Path, kind: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let path = dir.join(format!(
-        "{nanos:020}-{}-{}.json",
-        std::process::id(),
-        event.kind
-    ));
-    let bytes = serde_json::to_vec(event).map_err(std::io::Error::other)?;
-    atomic_file::write(&path, &bytes)?;
-    Ok(path)
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(
+        "{nanos:020}-{}-{seq}-{kind}.json",
+        std::process::id()
+    ))
 }
 
 fn now_ms() -> u64 {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dispatcher;
+pub mod event_socket;
 pub mod event_watcher;
 pub mod hook;
 pub mod http;

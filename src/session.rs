@@ -510,6 +510,7 @@ mod tests {
             config_dir: None,
             recorded_at_ms: 5,
             payload,
+            verified: true,
         }
     }
 

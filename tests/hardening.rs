@@ -502,33 +502,58 @@ fn setup_generates_the_token_0600_once_and_dry_run_only_says_so() {
     );
 }
 
-/// Writes `n` status-line readings for `home` into `events/` the way the
-/// `statusline` command does (a temp file renamed in), as fast as it can.
-fn flood_readings(state_dir: &std::path::Path, home: &std::path::Path, n: usize) {
-    let dir = state_dir.join("events");
-    std::fs::create_dir_all(&dir).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+/// Sends `n` status-line readings for `home` over the event socket, the way
+/// the `statusline` command does but as fast as it can (one connection),
+/// from a process in a tmux session of the daemon's server (events from
+/// anywhere else are not taken); returns once the daemon took them all.
+fn flood_readings(b: &Bare, home: &std::path::Path, n: usize) {
+    const FLOODER: &str = r#"
+import json, socket, sys, time
+path, n, done = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+now = time.time()
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+lines = []
+for i in range(n):
+    lines.append(json.dumps({"kind": "statusline", "session": "flooder", "config_dir": None,
+        "recorded_at_ms": int(now * 1000),
+        "payload": {"session_id": "s", "rate_limits": {
+            "five_hour": {"used_percentage": float(i % 50), "resets_at": int(now) + 3600},
+            "seven_day": {"used_percentage": 5.0, "resets_at": int(now) + 86400}}}}))
+    if len(lines) == 1000 or i == n - 1:
+        s.sendall(("\n".join(lines) + "\n").encode())
+        lines = []
+s.shutdown(socket.SHUT_WR)
+answer = s.recv(64).decode()
+open(done, "w").write(answer)
+"#;
+    let script = b.h.path().join("flood.py");
+    std::fs::write(&script, FLOODER).unwrap();
+    let done = b.h.path().join("flood.done");
+    let socket = b.sb.state_dir.join("events.sock");
+    b.h.tmux
+        .new_session(&claude_failover::tmux::Launch {
+            name: "flooder".into(),
+            cwd: b.h.path().to_path_buf(),
+            width: 80,
+            height: 24,
+            env: vec![(
+                "CLAUDE_CONFIG_DIR".into(),
+                home.to_string_lossy().into_owned(),
+            )],
+            argv: vec![
+                "python3".into(),
+                script.to_string_lossy().into_owned(),
+                socket.to_string_lossy().into_owned(),
+                n.to_string(),
+                done.to_string_lossy().into_owned(),
+            ],
+        })
         .unwrap();
-    for i in 0..n {
-        let ev = serde_json::json!({
-            "kind": "statusline",
-            "session": "ccl-auto-11",
-            "config_dir": home.to_string_lossy(),
-            "recorded_at_ms": now.as_millis() as u64,
-            "payload": {"session_id": "s", "rate_limits": {
-                "five_hour": {"used_percentage": (i % 50) as f64, "resets_at": now.as_secs() + 3600},
-                "seven_day": {"used_percentage": 5.0, "resets_at": now.as_secs() + 86400}}}
-        });
-        let name = format!(
-            "{:020}-{}-statusline.json",
-            now.as_nanos() + i as u128,
-            std::process::id()
-        );
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec(&ev).unwrap()).unwrap();
-        std::fs::rename(&tmp, dir.join(name)).unwrap();
-    }
+    let answer = wait_for(Duration::from_secs(120), "the flood taken", || {
+        std::fs::read_to_string(&done).ok().filter(|t| !t.is_empty())
+    });
+    assert_eq!(answer.trim(), format!("ok {n}"), "the daemon took only part of the flood");
 }
 
 #[test]
@@ -538,7 +563,7 @@ fn a_swap_requested_after_100k_events_is_answered_within_2s() {
     b.wait_healthy();
     let token = b.token();
     let alpha = b.sb.account("alpha").unwrap().home.clone();
-    flood_readings(&b.sb.state_dir, &alpha, 100_000);
+    flood_readings(&b, &alpha, 100_000);
     let started = std::time::Instant::now();
     let answer = ureq::post(&b.url("/swap?to=beta"))
         .set("Authorization", &format!("Bearer {token}"))
