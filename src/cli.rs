@@ -308,11 +308,17 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
         serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if code == 200 {
         outln!(
-            "swap {}: {} → {} done in {} ms",
+            "swap {}: {} → {} done in {} ms{}",
             v["id"].as_str().unwrap_or("?"),
             v["from"].as_str().unwrap_or("?"),
             v["to"].as_str().unwrap_or("?"),
-            v["duration_ms"]
+            v["duration_ms"],
+            // Where it did not go as asked (no session started under the
+            // target, so it moved on): say where the sessions are.
+            v["detail"]
+                .as_str()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
         );
         exit::OK
     } else {

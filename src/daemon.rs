@@ -576,7 +576,7 @@ impl Daemon {
             Notice::NeedsLogin { account, why } => {
                 self.notify.send(crate::notifier::Note::new(
                     crate::notifier::Kind::NeedsLogin,
-                    format!("account {account} needs a login: {why}"),
+                    format!("account {account} needs a person: {why}"),
                     serde_json::json!({"account": account, "why": why}),
                 ));
             }

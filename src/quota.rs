@@ -45,6 +45,13 @@ pub struct AccountQuota {
     pub refused: Option<Refusal>,
     /// The account needs a person (login, billing): never a target.
     pub needs_person: Option<String>,
+    /// No session started under this account when a swap moved them to it
+    /// (a login screen, a dialog, revoked credentials): never a target until
+    /// an operator says it is fixed, by a reload (SIGHUP) or by a swap that
+    /// names it. Unlike `needs_person`, a usage reading does not clear it:
+    /// the endpoint answering says nothing about what the sessions show.
+    #[serde(default)]
+    pub sessions_did_not_start: Option<String>,
     /// Hysteresis memory: this window was over its threshold.
     pub five_hour_over: bool,
     pub seven_day_over: bool,
@@ -162,6 +169,9 @@ impl AccountQuota {
     /// new work, with the reason when not.
     pub fn evaluate(&mut self, q: &QuotaConfig) -> Result<(), String> {
         if let Some(why) = &self.needs_person {
+            return Err(format!("needs a person: {why}"));
+        }
+        if let Some(why) = &self.sessions_did_not_start {
             return Err(format!("needs a person: {why}"));
         }
         if let Some(r) = &self.refused {
@@ -304,7 +314,7 @@ fn pick(
             reason,
             earliest_reset: accounts
                 .iter()
-                .filter(|(_, a)| a.needs_person.is_none())
+                .filter(|(_, a)| a.needs_person.is_none() && a.sessions_did_not_start.is_none())
                 .filter_map(|(_, a)| a.earliest_reset())
                 .min(),
         },

@@ -453,8 +453,18 @@ impl State {
                         .unwrap_or_else(|| load_quota(&config, &a.name));
                     quotas.push((a.name.clone(), q));
                 }
+                // A reload is the operator's word that what kept an
+                // account's sessions from starting is fixed.
+                for (name, q) in quotas.iter_mut() {
+                    if let Some(why) = q.sessions_did_not_start.take() {
+                        log::info!("account {name} is a target again after the reload (was: {why})");
+                    }
+                }
                 self.quotas = quotas;
                 self.config = *config;
+                for (name, _) in self.quotas.clone() {
+                    self.persist_quota(&name);
+                }
                 if let Some(a) = self
                     .config
                     .accounts
@@ -555,6 +565,11 @@ impl State {
                 let Some((_, q)) = self.quotas.iter_mut().find(|(n, _)| *n == name) else {
                     return self.refused(&name, &reason, format!("no account named {name:?}"));
                 };
+                // Naming the account is the operator's word that what kept
+                // its sessions from starting is fixed.
+                if let Some(why) = q.sessions_did_not_start.take() {
+                    log::info!("account {name} is a target again: a swap names it (was: {why})");
+                }
                 if let Err(why) = q.evaluate(&self.config.quota) {
                     return self.refused(
                         &name,
@@ -777,7 +792,17 @@ impl State {
             });
             match self.verify(&j) {
                 Ok(changed) => changed_ids = changed,
-                Err(why) => {
+                // Not one session started under the target: the target is
+                // at fault (a login screen, a dialog, revoked credentials),
+                // not a session. It needs a person, and the sessions go on
+                // to the best other account, or back.
+                Err((why, 0)) if result == "done" && !j.sessions.is_empty() => {
+                    let (r, d, changed) = self.move_on(&mut j, &from, &why);
+                    result = r;
+                    detail = Some(d);
+                    changed_ids = changed;
+                }
+                Err((why, _)) => {
                     // Never "done" when sessions did not come back: say so.
                     if result == "done" {
                         result = "incomplete";
@@ -817,6 +842,116 @@ impl State {
         self.view.write().swap_in_progress = None;
         let _ = self.out.send(Notice::SwapEnded(outcome.clone()));
         outcome
+    }
+
+    /// No session started under the swap's target: marks it as needing a
+    /// person (said once, to the operator), then stops the sessions again
+    /// and moves them to the best other usable account, or back to `from`
+    /// when there is none (an exhausted account still starts sessions; they
+    /// wait for its reset). Returns the result, its detail and the changed
+    /// conversations.
+    fn move_on(
+        &mut self,
+        j: &mut Journal,
+        from: &Active,
+        why: &str,
+    ) -> (&'static str, String, Vec<(String, String, String)>) {
+        let failed = j.to.clone();
+        let mark = format!("no session started under it in swap {} ({why})", j.id);
+        if let Some(q) = self.quota_mut(&failed) {
+            q.sessions_did_not_start = Some(mark.clone());
+        }
+        self.persist_quota(&failed);
+        let _ = self.out.send(Notice::NeedsLogin {
+            account: failed.clone(),
+            why: mark.clone(),
+        });
+        let now = now_ms();
+        let next = self
+            .quotas
+            .iter_mut()
+            .filter(|(n, _)| *n != failed && *n != from.name)
+            .filter_map(|(n, q)| {
+                q.pass_resets(now);
+                q.evaluate(&self.config.quota)
+                    .ok()
+                    .map(|_| (n.clone(), q.load()))
+            })
+            .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(n, _)| n)
+            .unwrap_or_else(|| from.name.clone());
+        let back = next == from.name;
+        log::error!(
+            "swap {}: no session started under {failed}, which needs a person; {} {next}",
+            j.id,
+            if back { "going back to" } else { "moving on to" }
+        );
+        let leg = format!("no session started under {failed}");
+        let _ = self.out.send(Notice::SwapStarted {
+            id: j.id.clone(),
+            from: failed.clone(),
+            to: next.clone(),
+            reason: leg.clone(),
+        });
+        j.to = next.clone();
+        self.enter(j, Phase::Stop);
+        if let Err(e) = self.stop_sessions() {
+            // The target stays active and is marked: say it loudly.
+            let _ = self.out.send(Notice::Relaunch {
+                active: self.active.clone(),
+                resume_tasks: true,
+            });
+            return (
+                "incomplete",
+                format!("{leg} ({why}); the sessions could not be stopped to move them to {next}: {e}"),
+                Vec::new(),
+            );
+        }
+        self.enter(j, Phase::Flip);
+        let Some(target) = self.config.accounts.iter().find(|a| a.name == next).cloned() else {
+            return ("incomplete", format!("{leg}; {next} is no longer configured"), Vec::new());
+        };
+        let flipped = self
+            .flip(&next, Some(&j.id))
+            .map_err(|e| format!("flip failed: {e}"))
+            .and_then(|()| {
+                self.active = Active {
+                    name: target.name.clone(),
+                    home: target.home.clone(),
+                };
+                let _ = self.out.send(Notice::Active(self.active.clone()));
+                self.enter(j, Phase::Ensure);
+                crate::shared_folders::ensure_for_account(&self.config, &target)
+                    .map(|_| ())
+                    .map_err(|e| format!("shared folders of {next}: {e}"))
+            });
+        let mut result = match flipped {
+            Ok(()) if back => "rolled_back",
+            Ok(()) => "done",
+            Err(e) => {
+                let r = self.rollback(j, from, &e);
+                if r == "partial" {
+                    return (r, format!("{leg}; {e}"), Vec::new());
+                }
+                r
+            }
+        };
+        self.enter(j, Phase::Relaunch);
+        let _ = self.out.send(Notice::Relaunch {
+            active: self.active.clone(),
+            resume_tasks: true,
+        });
+        match self.verify(j) {
+            Ok(changed) => (
+                result,
+                format!("{leg} ({why}); {failed} needs a person; every session on {}", self.active.name),
+                changed,
+            ),
+            Err((again, _)) => {
+                result = "incomplete";
+                (result, format!("{leg} ({why}); then {again}"), Vec::new())
+            }
+        }
     }
 
     /// Puts `from` back after a failed step; a rollback that fails too leaves
@@ -924,7 +1059,7 @@ impl State {
 
     /// Waits until every checkpointed session runs again under the target
     /// (bounded by the start-up timeout). Returns the conversations whose id changed.
-    fn verify(&self, j: &Journal) -> Result<Vec<(String, String, String)>, String> {
+    fn verify(&self, j: &Journal) -> Result<Vec<(String, String, String)>, (String, usize)> {
         let deadline = Instant::now() + self.config.claude.startup_timeout + Duration::from_secs(5);
         // Sessions that were not running before the swap are not expected back.
         let wanted: Vec<&SessionCheckpoint> = j
@@ -970,10 +1105,13 @@ impl State {
                     self.active.name,
                     pending.join(", ")
                 );
-                return Err(format!(
-                    "not back under {} in time: {}",
-                    self.active.name,
-                    pending.join(", ")
+                return Err((
+                    format!(
+                        "not back under {} in time: {}",
+                        self.active.name,
+                        pending.join(", ")
+                    ),
+                    wanted.len() - pending.len(),
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));

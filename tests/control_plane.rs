@@ -8,32 +8,11 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{wait_for, World};
+use support::{receiver, wait_for, World};
 
 const UP: Duration = Duration::from_secs(60);
-
-/// (path, body) of every request a receiver got.
-type Received = Arc<Mutex<Vec<(String, String)>>>;
-
-/// A local receiver recording every POST body by path.
-fn receiver() -> (String, Received) {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", server.server_addr().to_ip().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for mut req in server.incoming_requests() {
-            let mut body = String::new();
-            let _ = req.as_reader().read_to_string(&mut body);
-            g.lock().unwrap().push((req.url().to_string(), body));
-            let _ = req.respond(tiny_http::Response::from_string("{\"ok\":true}"));
-        }
-    });
-    (addr, got)
-}
 
 fn signal(pid: u32, sig: &str) {
     assert!(std::process::Command::new("kill")

@@ -612,3 +612,84 @@ fn a_stop_that_cannot_be_confirmed_with_tmux_frozen_rolls_the_swap_back() {
             .map(|_| ())
     });
 }
+
+/// Issue 12.3: the target's sessions never start (here: beta has never
+/// trusted the pool's folder, so every session sits at the trust dialog).
+/// The swap does not end there: beta is marked as needing a person, the
+/// operator is told once, and the sessions move on to gamma with their
+/// conversations; later swaps never pick beta.
+#[test]
+fn a_target_whose_sessions_never_start_is_marked_and_the_swap_moves_on() {
+    let (hook, got) = support::receiver();
+    let Some(mut w) = World::new("fo-nostart", |spec| {
+        three_accounts(spec);
+        spec.pools[0].min = 2;
+    }) else {
+        return;
+    };
+    let beta = w.sb.account("beta").unwrap().home.clone();
+    let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
+    claude_failover::sandbox::write_claude_json(&beta, true, &projects).unwrap();
+    let config = std::fs::read_to_string(&w.sb.config_path)
+        .unwrap()
+        .replace("startup_timeout: 60s", "startup_timeout: 8s")
+        .replace(
+            "http:\n",
+            &format!("notify:\n  webhook: {{ url: \"{hook}/events\" }}\nhttp:\n"),
+        );
+    assert!(config.contains("startup_timeout: 8s"));
+    std::fs::write(&w.sb.config_path, config).unwrap();
+    let names = ["ccl-auto-11", "ccl-auto-12"];
+    let pid = w.start_daemon(&[]);
+    wait_all_on(&w, "alpha", &names);
+    ask(&w, "ccl-auto-11", "fo-ns: the conversation to keep");
+    w.wait_state("ccl-auto-11", "idle", UP);
+
+    let (code, out) = swap_cli(&w, &["--to", "beta"]);
+    eprintln!("swap --to beta: {code}: {out}");
+    assert!(out.contains("no session started under beta"), "{out}");
+    wait_all_on(&w, "gamma", &names);
+    let s = w.status().unwrap();
+    let beta_view = s["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "beta")
+        .unwrap()
+        .clone();
+    assert_eq!(beta_view["usable"], false, "{beta_view}");
+    assert!(
+        beta_view["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("needs a person: no session started under it")),
+        "{beta_view}"
+    );
+    let req = ask(&w, "ccl-auto-11", "fo-ns: still the same conversation?");
+    assert_eq!(req.account.as_deref(), Some("gamma"));
+    assert!(req
+        .messages
+        .to_string()
+        .contains("fo-ns: the conversation to keep"));
+    w.wait_state("ccl-auto-11", "idle", UP);
+
+    // The next swap picks alpha, never beta; the operator was told once.
+    signal(pid, "-USR1");
+    wait_all_on(&w, "alpha", &names);
+    let notes = |kind: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b.contains(&format!("\"kind\":\"{kind}\"")) && b.contains("beta"))
+            .count()
+    };
+    wait_for(Duration::from_secs(10), "the needs-a-person note", || {
+        (notes("needs_login") > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(notes("needs_login"), 1, "{:?}", got.lock().unwrap());
+    let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
+    assert!(
+        log.contains("no session started under beta, which needs a person; moving on to gamma"),
+        "{log}"
+    );
+}

@@ -415,3 +415,25 @@ pub fn attack(addr: &str, pid: u32, idle: usize) -> Report {
         latencies,
     }
 }
+
+/// (path, body) of every request a receiver got.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A local HTTP receiver (a webhook or Telegram stand-in) recording every
+/// request body by path; returns its base URL.
+pub fn receiver() -> (String, Received) {
+    use std::io::Read;
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let got = Received::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = req.as_reader().read_to_string(&mut body);
+            g.lock().unwrap().push((req.url().to_string(), body));
+            let _ = req.respond(tiny_http::Response::from_string("{\"ok\":true}"));
+        }
+    });
+    (addr, got)
+}
