@@ -329,6 +329,29 @@ fn a_crash_at_each_swap_phase_leaves_every_session_on_one_account() {
         });
         assert_ne!(code, Some(0), "{fp}: the fail point should have crashed it");
         pid = w.start_daemon(&[]);
+        // Issue 12, must-show 1: within one lifecycle interval (2 s, plus a
+        // turn of the loop) of answering, every session with a process is
+        // shown on the account that process runs under.
+        wait_for(UP, &format!("{fp}: the restarted daemon answering"), || {
+            w.status().map(|_| ())
+        });
+        let answered = Instant::now();
+        let pairs = wait_for(
+            Duration::from_secs(4),
+            &format!("{fp}: records matching the processes"),
+            || {
+                let pairs = w.recorded_and_real();
+                (pairs.len() == names.len()
+                    && pairs
+                        .iter()
+                        .all(|(_, recorded, real)| real.is_none() || recorded == real))
+                .then_some(pairs)
+            },
+        );
+        eprintln!(
+            "{fp}: records matched the processes {:?} after the restarted daemon answered: {pairs:?}",
+            answered.elapsed()
+        );
         // After restart: one account for every session; which one depends on
         // the phase (before the flip it rolls back, after it finishes).
         let settled = wait_for(

@@ -12,6 +12,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use claude_failover::sandbox::{Sandbox, SandboxSpec};
@@ -263,6 +264,81 @@ fn without_the_token_a_post_is_refused_and_a_cross_origin_one_too() {
         .call();
     assert_eq!(code(ok), 200);
     assert_eq!(code(ureq::get(&b.url("/status")).call()), 200);
+}
+
+/// Issue 12, must-show 6: another local user (here `nobody`, run with
+/// setpriv) can read neither the token nor reach the event socket, and its
+/// POST is refused; the daemon goes on. Needs root to switch users: as any
+/// other user the test says so and checks only what it can.
+#[test]
+fn another_local_user_can_neither_post_nor_read_the_token_nor_send_events() {
+    let mut b = bare("other-user", |_| {});
+    b.start(&[]);
+    b.wait_healthy();
+    let token = b.token();
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a command as another user; skipping that part");
+        return;
+    }
+    // nobody must be able to reach the files' folder to be refused by their
+    // modes, not by a closed parent folder.
+    let mut dir = b.sb.state_dir.clone();
+    loop {
+        let _ = Command::new("chmod").arg("o+x").arg(&dir).status();
+        if !dir.pop() || dir.as_os_str().len() <= 1 {
+            break;
+        }
+    }
+    let as_nobody = |script: &str| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["/usr/bin/python3", "-c", script])
+            .output()
+            .expect("setpriv");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    let token_file = b.sb.state_dir.join("http.token");
+    let sock = b.sb.state_dir.join("events.sock");
+    let url = b.url("/swap?to=beta");
+    let script = format!(
+        r#"
+import os, socket, urllib.request, urllib.error
+assert os.geteuid() == 65534
+try:
+    open({token:?}).read()
+    print("token: READ")
+except PermissionError:
+    print("token: denied")
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect({sock:?})
+    print("socket: CONNECTED")
+except PermissionError:
+    print("socket: denied")
+try:
+    urllib.request.urlopen(urllib.request.Request({url:?}, method="POST", data=b""), timeout=10)
+    print("post: 200")
+except urllib.error.HTTPError as e:
+    print("post:", e.code)
+"#,
+        token = token_file.to_string_lossy(),
+        sock = sock.to_string_lossy(),
+        url = url,
+    );
+    let (exit, out, err) = as_nobody(&script);
+    assert_eq!(exit, Some(0), "{out}\n{err}");
+    assert_eq!(out, "token: denied\nsocket: denied\npost: 401", "{err}");
+    // The daemon is still up, still on alpha, and answers its own user.
+    let s: serde_json::Value = ureq::get(&b.url("/status")).call().unwrap().into_json().unwrap();
+    assert_eq!(s["active_account"], "alpha");
+    let ok = ureq::post(&b.url("/reload"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call();
+    assert_eq!(code(ok), 200);
 }
 
 #[test]

@@ -658,6 +658,9 @@ fn forged_stop_and_stop_failure_from_inside_a_session_change_nothing_and_a_real_
         assert!(log.contains(line), "no log line with {line:?}:\n{log}");
     }
     assert!(!log.contains(" started: alpha → "), "{log}");
+    // Moving a session to its task's folder is said as such (issue 12.16).
+    assert!(log.contains("for its task (a fresh conversation there)"), "{log}");
+    assert!(!log.contains("restarted on request"), "{log}");
 
     // A real refusal from the same sessions still swaps, and its task is done on beta.
     w.api.set_latency(Duration::ZERO);

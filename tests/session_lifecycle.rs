@@ -242,27 +242,6 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
     assert_ne!(s["pane_pid"].as_u64(), Some(pid as u64));
 }
 
-/// Every managed session in `/status` next to the account its process
-/// really runs under (its `CLAUDE_CONFIG_DIR`, by account home).
-fn recorded_and_real(w: &World) -> Vec<(String, Option<String>, Option<String>)> {
-    let status = w.status().unwrap_or_default();
-    let sessions = status["sessions"].as_array().cloned().unwrap_or_default();
-    sessions
-        .iter()
-        .map(|s| {
-            let name = s["name"].as_str().unwrap_or("").to_string();
-            let real = w.pane_pid(&name).and_then(|pid| {
-                let dir = claude_failover::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
-                w.sb.accounts
-                    .iter()
-                    .find(|a| a.home == std::path::Path::new(&dir))
-                    .map(|a| a.name.clone())
-            });
-            (name, s["account"].as_str().map(String::from), real)
-        })
-        .collect()
-}
-
 fn signal(pid: u32, sig: &str) {
     assert!(std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -325,7 +304,7 @@ fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
         Duration::from_secs(4),
         "records matching the processes",
         || {
-            let pairs = recorded_and_real(&w);
+            let pairs = w.recorded_and_real();
             let all = pairs.len() == 2
                 && pairs
                     .iter()
@@ -351,7 +330,7 @@ fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
             });
         ok.then_some(())
     });
-    for (name, recorded, real) in recorded_and_real(&w) {
+    for (name, recorded, real) in w.recorded_and_real() {
         assert_eq!(recorded.as_deref(), Some("beta"), "{name}");
         assert_eq!(real.as_deref(), Some("beta"), "{name}");
     }

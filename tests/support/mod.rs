@@ -306,6 +306,30 @@ impl World {
         self.h.tmux.send_key(session, "Enter").expect("Enter");
     }
 
+    /// Every managed session in `/status` next to the account its process
+    /// really runs under (its `CLAUDE_CONFIG_DIR`, by account home; `None`
+    /// when no process runs).
+    pub fn recorded_and_real(&self) -> Vec<(String, Option<String>, Option<String>)> {
+        let status = self.status().unwrap_or_default();
+        let sessions = status["sessions"].as_array().cloned().unwrap_or_default();
+        sessions
+            .iter()
+            .map(|s| {
+                let name = s["name"].as_str().unwrap_or("").to_string();
+                let real = self.pane_pid(&name).and_then(|pid| {
+                    let dir =
+                        claude_failover::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
+                    self.sb
+                        .accounts
+                        .iter()
+                        .find(|a| a.home == Path::new(&dir))
+                        .map(|a| a.name.clone())
+                });
+                (name, s["account"].as_str().map(String::from), real)
+            })
+            .collect()
+    }
+
     pub fn pane_pid(&self, name: &str) -> Option<u32> {
         self.h
             .tmux
