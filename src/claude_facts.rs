@@ -396,13 +396,22 @@ pub fn transcript_since(
     f.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::new();
     f.take(max).read_to_end(&mut buf)?;
-    let mut text = String::from_utf8_lossy(&buf).into_owned();
     if cut {
-        // Started mid-line: skip to the next whole line.
-        let skip = text.find('\n').map_or(text.len(), |i| i + 1);
-        text.drain(..skip);
+        // Started mid-line (perhaps mid-character): skip to the next whole
+        // line, counted in the file's bytes, not in the decoded text's.
+        let skip = buf
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(buf.len(), |i| i + 1);
+        buf.drain(..skip);
         start += skip as u64;
     }
+    // Offsets stay the file's: a line that is not UTF-8 is decoded lossily
+    // only after every offset is taken from the bytes.
+    let text = match String::from_utf8(buf) {
+        Ok(t) => t,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
     Ok((text, start))
 }
 
@@ -492,7 +501,9 @@ pub fn transcript_last_entry(path: &std::path::Path) -> LastEntry {
 pub fn plausible_conversation_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The byte offset in `text` of the last (non-meta) user message whose
@@ -544,9 +555,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cut_in_the_middle_of_a_character_keeps_file_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        // "é" is two bytes; a cut one byte into it must not shift offsets.
+        let first = "{\"x\":\"ééééé\"}\n";
+        let second = "{\"type\":\"system\",\"subtype\":\"turn_duration\"}\n";
+        std::fs::write(&path, format!("{first}{second}")).unwrap();
+        let max = (second.len() + 4) as u64;
+        let (text, start) = transcript_since(&path, 0, max).unwrap();
+        assert_eq!(text, second);
+        assert_eq!(start, first.len() as u64);
+        let r = turn_state_since(&text, start);
+        assert_eq!(r.state, TurnState::Over);
+    }
+
+    #[test]
     fn the_last_entry_tells_an_answer_a_tool_call_and_a_refusal_apart() {
         let prompt = r#"{"type":"user","message":{"role":"user","content":"do it"}}"#;
-        let meta = r#"{"type":"user","isMeta":true,"message":{"role":"user","content":"reminder"}}"#;
+        let meta =
+            r#"{"type":"user","isMeta":true,"message":{"role":"user","content":"reminder"}}"#;
         let tool = r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"Bash","input":{}}]}}"#;
         let result = r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t","content":"ok"}]}}"#;
         let answer = r#"{"type":"assistant","message":{"content":[{"type":"text","text":"done"}],"stop_reason":"end_turn"}}"#;
@@ -557,7 +585,10 @@ mod tests {
         assert_eq!(t(&[prompt]), LastEntry::User);
         assert_eq!(t(&[prompt, tool]), LastEntry::ToolCall);
         assert_eq!(t(&[prompt, tool, result]), LastEntry::User);
-        assert_eq!(t(&[prompt, tool, result, answer, meta, other]), LastEntry::Answer("done".into()));
+        assert_eq!(
+            t(&[prompt, tool, result, answer, meta, other]),
+            LastEntry::Answer("done".into())
+        );
         assert_eq!(
             t(&[answer, prompt, refused]),
             LastEntry::ApiError {
@@ -565,7 +596,9 @@ mod tests {
                 text: "You've hit your 5-hour limit".into()
             }
         );
-        assert!(plausible_conversation_id("51c9385e-bfdc-4879-b542-a1eeb3fdae1e"));
+        assert!(plausible_conversation_id(
+            "51c9385e-bfdc-4879-b542-a1eeb3fdae1e"
+        ));
         assert!(!plausible_conversation_id("../../etc/passwd"));
         assert!(!plausible_conversation_id(""));
     }

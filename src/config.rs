@@ -219,6 +219,23 @@ impl Config {
         })
     }
 
+    /// The account named `name`.
+    pub fn account(&self, name: &str) -> Option<&AccountConfig> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+
+    /// Where a session's conversation `id`, started in `cwd` under the
+    /// account `account`, keeps its transcript.
+    pub fn transcript_of(
+        &self,
+        account: Option<&str>,
+        cwd: &Path,
+        id: Option<&str>,
+    ) -> Option<std::path::PathBuf> {
+        let home = &self.account(account?)?.home;
+        Some(crate::claude_facts::transcript_path(home, cwd, id?))
+    }
+
     /// Loads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

@@ -744,7 +744,10 @@ impl Daemon {
         let Some(name) = ev.session.as_deref() else {
             return Ok(());
         };
-        let recorded = self.book.get(name).and_then(|r| r.claude_session_id.as_deref());
+        let recorded = self
+            .book
+            .get(name)
+            .and_then(|r| r.claude_session_id.as_deref());
         match (recorded, ev.field("session_id")) {
             (Some(now), Some(said)) if now != said => Err(format!(
                 "a {hook} from {name} of conversation {said:?}, which is not its current one ({now})"

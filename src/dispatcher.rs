@@ -1155,15 +1155,11 @@ impl Run {
         text: &str,
     ) -> Option<(PathBuf, u64)> {
         let v = view?;
-        let home = v
-            .account
-            .as_ref()
-            .and_then(|a| self.config.accounts.iter().find(|x| &x.name == a))
-            .map(|a| a.home.clone());
-        let (Some(home), Some(id)) = (home, &v.claude_session_id) else {
-            return None;
-        };
-        let path = crate::claude_facts::transcript_path(&home, &v.cwd, id);
+        let path = self.config.transcript_of(
+            v.account.as_deref(),
+            &v.cwd,
+            v.claude_session_id.as_deref(),
+        )?;
         let at = crate::claude_facts::find_prompt(&path, text)?;
         Some((path, at))
     }
@@ -1427,15 +1423,11 @@ impl Run {
     fn checkpoints(&self) {
         let dir = self.config.state_dir.join("checkpoints");
         for s in &self.sessions {
-            let home = s
-                .account
-                .as_ref()
-                .and_then(|a| self.config.accounts.iter().find(|x| &x.name == a))
-                .map(|a| a.home.clone());
-            let transcript = match (&home, &s.claude_session_id) {
-                (Some(h), Some(id)) => Some(crate::claude_facts::transcript_path(h, &s.cwd, id)),
-                _ => None,
-            };
+            let transcript = self.config.transcript_of(
+                s.account.as_deref(),
+                &s.cwd,
+                s.claude_session_id.as_deref(),
+            );
             let cp = crate::checkpoint::Checkpoint {
                 session: s.name.clone(),
                 account: s.account.clone(),

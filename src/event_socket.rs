@@ -152,7 +152,10 @@ pub fn borne_out(ev: &mut RecordedEvent, wait: Duration) -> Result<(), String> {
     if hook != "Stop" && hook != "StopFailure" {
         return Ok(());
     }
-    let home = ev.config_dir.clone().ok_or("its pane has no account home")?;
+    let home = ev
+        .config_dir
+        .clone()
+        .ok_or("its pane has no account home")?;
     let id = ev
         .field("session_id")
         .filter(|id| facts::plausible_conversation_id(id))
@@ -174,7 +177,10 @@ pub fn borne_out(ev: &mut RecordedEvent, wait: Duration) -> Result<(), String> {
     let deadline = Instant::now() + wait;
     loop {
         let last = facts::transcript_last_entry(&path);
-        let payload = ev.payload.as_object_mut().ok_or("its payload is no object")?;
+        let payload = ev
+            .payload
+            .as_object_mut()
+            .ok_or("its payload is no object")?;
         match (hook.as_str(), last) {
             ("Stop", LastEntry::Answer(text)) if says(&text) => {
                 payload.insert("last_assistant_message".into(), text.into());
@@ -317,7 +323,9 @@ struct Shared {
 impl Shared {
     fn warn(&self, kind: &'static str, line: String) {
         let mut w = self.warned.lock();
-        if w.get(kind).is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        if w.get(kind)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
             w.insert(kind, Instant::now());
             log::warn!("{line}");
         }
@@ -328,7 +336,10 @@ impl Shared {
         let _ = stream.set_write_timeout(Some(IDLE));
         let origin = match peer(&stream) {
             Ok((_, uid)) if uid != self.uid => {
-                self.warn("uid", format!("event socket: a sender of user {uid} refused"));
+                self.warn(
+                    "uid",
+                    format!("event socket: a sender of user {uid} refused"),
+                );
                 return;
             }
             Ok((pid, _)) => self.origins.of(pid).ok_or(pid),
@@ -342,10 +353,16 @@ impl Shared {
         let mut batch: Batch = Vec::new();
         loop {
             let mut line = Vec::new();
-            match (&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line) {
+            match (&mut reader)
+                .take(MAX_LINE + 1)
+                .read_until(b'\n', &mut line)
+            {
                 Ok(0) => break,
                 Ok(_) if line.len() as u64 > MAX_LINE => {
-                    self.warn("long", "event socket: an event over the size cap; sender dropped".into());
+                    self.warn(
+                        "long",
+                        "event socket: an event over the size cap; sender dropped".into(),
+                    );
                     return;
                 }
                 Ok(_) => {}
@@ -353,7 +370,10 @@ impl Shared {
                 Err(_) => break,
             }
             let Ok(mut ev) = serde_json::from_slice::<RecordedEvent>(&line) else {
-                self.warn("parse", "event socket: a line that is no event; skipped".into());
+                self.warn(
+                    "parse",
+                    "event socket: a line that is no event; skipped".into(),
+                );
                 continue;
             };
             let origin = match &origin {
@@ -401,7 +421,10 @@ impl Shared {
                 match self.persist(&ev) {
                     Ok(p) => p,
                     Err(e) => {
-                        self.warn("persist", format!("event socket: cannot keep an event: {e}"));
+                        self.warn(
+                            "persist",
+                            format!("event socket: cannot keep an event: {e}"),
+                        );
                         PathBuf::new()
                     }
                 }

@@ -125,6 +125,9 @@ pub struct SwapResult {
     pub changed_ids: Vec<(String, String, String)>,
 }
 
+/// A session whose conversation id changed on resume: (session, old, new).
+pub type ChangedId = (String, String, String);
+
 /// What others ask of the switcher.
 pub enum Request {
     /// A new config was applied.
@@ -457,7 +460,9 @@ impl State {
                 // account's sessions from starting is fixed.
                 for (name, q) in quotas.iter_mut() {
                     if let Some(why) = q.sessions_did_not_start.take() {
-                        log::info!("account {name} is a target again after the reload (was: {why})");
+                        log::info!(
+                            "account {name} is a target again after the reload (was: {why})"
+                        );
                     }
                 }
                 self.quotas = quotas;
@@ -681,7 +686,7 @@ impl State {
     fn swap(&mut self, to: &str, reason: &str, urgent: bool) -> SwapResult {
         let started = Instant::now();
         let from = self.active.clone();
-        let Some(target) = self.config.accounts.iter().find(|a| a.name == to).cloned() else {
+        let Some(target) = self.config.account(to).cloned() else {
             return self.refused(to, reason, format!("no account named {to:?}"));
         };
         // Before touching any session: the target's shared folders must be
@@ -855,7 +860,7 @@ impl State {
         j: &mut Journal,
         from: &Active,
         why: &str,
-    ) -> (&'static str, String, Vec<(String, String, String)>) {
+    ) -> (&'static str, String, Vec<ChangedId>) {
         let failed = j.to.clone();
         let mark = format!("no session started under it in swap {} ({why})", j.id);
         if let Some(q) = self.quota_mut(&failed) {
@@ -884,7 +889,11 @@ impl State {
         log::error!(
             "swap {}: no session started under {failed}, which needs a person; {} {next}",
             j.id,
-            if back { "going back to" } else { "moving on to" }
+            if back {
+                "going back to"
+            } else {
+                "moving on to"
+            }
         );
         let leg = format!("no session started under {failed}");
         let _ = self.out.send(Notice::SwapStarted {
@@ -903,13 +912,19 @@ impl State {
             });
             return (
                 "incomplete",
-                format!("{leg} ({why}); the sessions could not be stopped to move them to {next}: {e}"),
+                format!(
+                    "{leg} ({why}); the sessions could not be stopped to move them to {next}: {e}"
+                ),
                 Vec::new(),
             );
         }
         self.enter(j, Phase::Flip);
-        let Some(target) = self.config.accounts.iter().find(|a| a.name == next).cloned() else {
-            return ("incomplete", format!("{leg}; {next} is no longer configured"), Vec::new());
+        let Some(target) = self.config.account(&next).cloned() else {
+            return (
+                "incomplete",
+                format!("{leg}; {next} is no longer configured"),
+                Vec::new(),
+            );
         };
         let flipped = self
             .flip(&next, Some(&j.id))
@@ -944,7 +959,10 @@ impl State {
         match self.verify(j) {
             Ok(changed) => (
                 result,
-                format!("{leg} ({why}); {failed} needs a person; every session on {}", self.active.name),
+                format!(
+                    "{leg} ({why}); {failed} needs a person; every session on {}",
+                    self.active.name
+                ),
                 changed,
             ),
             Err((again, _)) => {
@@ -983,10 +1001,7 @@ impl State {
     fn flip(&self, account: &str, swap_id: Option<&str>) -> Result<(), String> {
         write_active(&self.active_path, account, swap_id)
             .map_err(|e| format!("cannot write {}: {e}", self.active_path.display()))?;
-        if let (Some(link), Some(a)) = (
-            &self.config.active_link,
-            self.config.accounts.iter().find(|a| a.name == account),
-        ) {
+        if let (Some(link), Some(a)) = (&self.config.active_link, self.config.account(account)) {
             repoint(link, &a.home)
                 .map_err(|e| format!("cannot repoint {}: {e}", link.display()))?;
         }
@@ -1059,7 +1074,7 @@ impl State {
 
     /// Waits until every checkpointed session runs again under the target
     /// (bounded by the start-up timeout). Returns the conversations whose id changed.
-    fn verify(&self, j: &Journal) -> Result<Vec<(String, String, String)>, (String, usize)> {
+    fn verify(&self, j: &Journal) -> Result<Vec<ChangedId>, (String, usize)> {
         let deadline = Instant::now() + self.config.claude.startup_timeout + Duration::from_secs(5);
         // Sessions that were not running before the swap are not expected back.
         let wanted: Vec<&SessionCheckpoint> = j

@@ -333,7 +333,11 @@ except urllib.error.HTTPError as e:
     assert_eq!(exit, Some(0), "{out}\n{err}");
     assert_eq!(out, "token: denied\nsocket: denied\npost: 401", "{err}");
     // The daemon is still up, still on alpha, and answers its own user.
-    let s: serde_json::Value = ureq::get(&b.url("/status")).call().unwrap().into_json().unwrap();
+    let s: serde_json::Value = ureq::get(&b.url("/status"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
     assert_eq!(s["active_account"], "alpha");
     let ok = ureq::post(&b.url("/reload"))
         .set("Authorization", &format!("Bearer {token}"))
@@ -627,9 +631,15 @@ open(done, "w").write(answer)
         })
         .unwrap();
     let answer = wait_for(Duration::from_secs(120), "the flood taken", || {
-        std::fs::read_to_string(&done).ok().filter(|t| !t.is_empty())
+        std::fs::read_to_string(&done)
+            .ok()
+            .filter(|t| !t.is_empty())
     });
-    assert_eq!(answer.trim(), format!("ok {n}"), "the daemon took only part of the flood");
+    assert_eq!(
+        answer.trim(),
+        format!("ok {n}"),
+        "the daemon took only part of the flood"
+    );
 }
 
 #[test]

@@ -594,10 +594,7 @@ fn forged_stop_and_stop_failure_from_inside_a_session_change_nothing_and_a_real_
         "cwd": project,
         "last_assistant_message": "FORGED FROM OUTSIDE",
     });
-    let mut child = outside
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = outside.stdin(std::process::Stdio::piped()).spawn().unwrap();
     use std::io::Write as _;
     child
         .stdin
@@ -606,11 +603,15 @@ fn forged_stop_and_stop_failure_from_inside_a_session_change_nothing_and_a_real_
         .write_all(stop.to_string().as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success(), "a hook always exits 0");
-    let dropped = w.sb.state_dir.join("events").join("00000000000000000001-1-dropped.json");
+    let dropped =
+        w.sb.state_dir
+            .join("events")
+            .join("00000000000000000001-1-dropped.json");
     std::fs::write(
         &dropped,
         serde_json::json!({"kind": "hook", "session": target, "config_dir": null,
-            "recorded_at_ms": 1, "payload": stop}).to_string(),
+            "recorded_at_ms": 1, "payload": stop})
+        .to_string(),
     )
     .unwrap();
     for name in ["forger", "victim"] {
@@ -659,7 +660,10 @@ fn forged_stop_and_stop_failure_from_inside_a_session_change_nothing_and_a_real_
     }
     assert!(!log.contains(" started: alpha → "), "{log}");
     // Moving a session to its task's folder is said as such (issue 12.16).
-    assert!(log.contains("for its task (a fresh conversation there)"), "{log}");
+    assert!(
+        log.contains("for its task (a fresh conversation there)"),
+        "{log}"
+    );
     assert!(!log.contains("restarted on request"), "{log}");
 
     // A real refusal from the same sessions still swaps, and its task is done on beta.

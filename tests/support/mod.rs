@@ -446,7 +446,6 @@ pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 /// A local HTTP receiver (a webhook or Telegram stand-in) recording every
 /// request body by path; returns its base URL.
 pub fn receiver() -> (String, Received) {
-    use std::io::Read;
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", server.server_addr().to_ip().unwrap());
     let got = Received::default();
