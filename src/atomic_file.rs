@@ -34,6 +34,8 @@ pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // Exactly `mode`, whatever the umask.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -45,9 +47,16 @@ pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<
     result
 }
 
-/// Replaces `path` with `bytes` atomically (mode 0644).
+/// Replaces `path` with `bytes` atomically. A new file is 0600 (the daemon's
+/// files hold model output, tool inputs and conversation ids: nothing for
+/// other users); a file that exists keeps its mode (an operator who opened
+/// one up, or a user's own file, stays as it was).
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_with_mode(path, bytes, 0o644)
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o600);
+    write_with_mode(path, bytes, mode)
 }
 
 /// Writes `value` as pretty JSON atomically.
@@ -80,6 +89,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+    }
+
+    #[test]
+    fn a_new_file_is_0600_and_an_existing_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.json");
+        write(&p, b"1").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), 0o600);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write(&p, b"2").unwrap();
+        assert_eq!(mode(&p), 0o640);
+        assert_eq!(std::fs::read(&p).unwrap(), b"2");
     }
 
     #[test]

@@ -1051,7 +1051,7 @@ impl Daemon {
         let pool = session::pool_of(&self.config, name)
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        let mut env = vec![
+        let env = vec![
             (
                 facts::ENV_CONFIG_DIR.to_string(),
                 active.home.to_string_lossy().into_owned(),
@@ -1062,15 +1062,31 @@ impl Daemon {
                 self.config.state_dir.to_string_lossy().into_owned(),
             ),
         ];
-        env.extend(
-            self.config
-                .claude
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
         let mut argv = vec![self.claude_binary.to_string_lossy().into_owned()];
         argv.extend(self.config.claude.args.iter().cloned());
+        // The operator's `claude.env` may hold secrets: never on a command
+        // line (tmux's `-e` would show them in `ps` to every user). They go
+        // into a 0600 file the pane's shell reads before it becomes Claude
+        // Code (`exec`, same pid).
+        if !self.config.claude.env.is_empty() {
+            match write_env_file(&self.config.state_dir, name, &self.config.claude.env) {
+                Ok(file) => {
+                    let mut wrapped = vec![
+                        "/bin/sh".to_string(),
+                        "-c".to_string(),
+                        ENV_FILE_SCRIPT.to_string(),
+                        file.to_string_lossy().into_owned(),
+                    ];
+                    wrapped.append(&mut argv);
+                    argv = wrapped;
+                }
+                Err(e) => {
+                    log::error!(
+                        "{name}: cannot write its claude.env file ({e}); launching without claude.env"
+                    );
+                }
+            }
+        }
         let resume = resume.map(|id| {
             let transcript = facts::transcript_path(&active.home, &cwd, &id);
             (id, transcript)
@@ -1370,4 +1386,30 @@ impl Daemon {
             },
         );
     }
+}
+
+/// Reads the `claude.env` file named by `$0`, then becomes the program in
+/// `"$@"` (Claude Code, with its arguments).
+const ENV_FILE_SCRIPT: &str = "set -a; . \"$0\"; set +a; exec \"$@\"";
+
+/// Writes `<state_dir>/env/<session>.env` (0600): one `NAME='value'` line
+/// per variable, quoted for the shell. Names are checked by the config.
+fn write_env_file(
+    state_dir: &Path,
+    session: &str,
+    env: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = state_dir.join("env");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let mut text = String::new();
+    for (k, v) in env {
+        text.push_str(&format!("{k}='{}'\n", v.replace('\'', "'\\''")));
+    }
+    let path = dir.join(format!("{session}.env"));
+    crate::atomic_file::write_with_mode(&path, text.as_bytes(), 0o600)?;
+    Ok(path)
 }

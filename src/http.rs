@@ -1009,6 +1009,17 @@ fn query_param(query: &str, key: &str) -> Option<String> {
         .map(|(_, v)| percent_decode(v))
 }
 
+/// A caller's text as one log line: control characters (a newline, an
+/// escape) become spaces, at most 200 characters.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
 /// `a+b%20c` → `a b c`; a broken escape is kept as it is.
 fn percent_decode(v: &str) -> String {
     let bytes = v.as_bytes();
@@ -1049,7 +1060,10 @@ fn swap(query: &str, wiring: &Wiring) -> Answer {
         );
     }
     let to = query_param(query, "to").filter(|t| !t.is_empty());
-    let reason = query_param(query, "reason").unwrap_or_else(|| "requested over HTTP".into());
+    let reason = query_param(query, "reason")
+        .map(|r| one_line(&r))
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "requested over HTTP".into());
     let (tx, rx) = crossbeam_channel::bounded(1);
     if wiring
         .switcher
@@ -1217,6 +1231,13 @@ mod tests {
             query_param("to=beta&reason=a%2Fb", "reason").as_deref(),
             Some("a/b")
         );
+    }
+
+    #[test]
+    fn a_reason_with_newlines_is_one_line_and_bounded() {
+        let r = query_param("reason=ok%0A%5BERROR%5D%20forged%1B%5B2J", "reason").unwrap();
+        assert_eq!(one_line(&r), "ok [ERROR] forged [2J");
+        assert_eq!(one_line(&"x".repeat(500)).len(), 200);
     }
 
     #[test]

@@ -1010,13 +1010,23 @@ impl Queue {
                 continue;
             }
             let Some(name) = stem else {
-                out.ignored.push(file.to_string());
+                out.ignored.push(printable(file));
                 continue;
             };
             if name.len() > MAX_NAME_BYTES {
                 let reason = format!(
                     "file name too long: {} bytes before `.md`, the limit is {MAX_NAME_BYTES}; its name in inbox/ was `{file}`",
                     name.len()
+                );
+                self.reject(&mut out, file, reason, recorded, now);
+                continue;
+            }
+            if name.chars().any(char::is_control) {
+                // A newline or an escape in a name would forge or garble log
+                // lines and notifications: such a name is never a task's.
+                let reason = format!(
+                    "file name holds control characters; its name in inbox/ was {:?}",
+                    file
                 );
                 self.reject(&mut out, file, reason, recorded, now);
                 continue;
@@ -1144,7 +1154,7 @@ impl Queue {
                     });
                 }
                 out.rejected.push(Rejection {
-                    file: file.to_string(),
+                    file: printable(file),
                     moved_to: format!("{final_stem}{ext}"),
                     reason,
                 });
@@ -1163,9 +1173,17 @@ impl Queue {
         record: &FailureRecord,
     ) -> Result<Option<String>> {
         let failed = self.folder(Folder::Failed);
-        // A name too long for the sidecars is shortened (see `short_stem`).
+        // A name too long for the sidecars is shortened (see `short_stem`);
+        // one with control characters loses them.
         let stem = if stem.len() > MAX_NAME_BYTES {
             short_stem(stem)
+        } else if stem.chars().any(char::is_control) {
+            let clean = sanitize(stem);
+            if clean.is_empty() {
+                "task".to_string()
+            } else {
+                clean
+            }
         } else {
             stem.to_string()
         };
@@ -2188,6 +2206,24 @@ fn stamp(now: SystemTime) -> String {
         .unwrap_or_default()
         .subsec_millis();
     format!("{}.{millis:03}Z", s.trim_end_matches('Z'))
+}
+
+/// A file name as log lines and notifications show it: control characters
+/// (a newline, an escape) escaped, so a name cannot forge or garble a line.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// Letters, digits, `.`, `_`, `-`; anything else becomes `-`.

@@ -386,3 +386,44 @@ fn inbox_files_not_named_md_are_reported_once_each() {
     // Untouched.
     assert!(Path::new(&q.folder(Folder::Inbox).join("task.markdown")).is_file());
 }
+
+/// Issue 12.11: a name with a newline or an escape in it would forge or
+/// garble log lines; it goes to failed/ with its reason, under a clean name,
+/// and what the scan reports shows it escaped.
+#[test]
+fn an_inbox_name_with_control_characters_fails_under_a_clean_name() {
+    let (_d, q) = setup();
+    put(&q, "ok\n[ERROR] forged line\u{1b}[2J.md", "a task");
+    put(&q, "notes\n.txt", "not a task");
+    let scan = q.scan_inbox(later()).unwrap();
+    assert_eq!(scan.rejected.len(), 1, "{:?}", scan.rejected);
+    let shown = &scan.rejected[0].file;
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.contains("\\n"), "{shown:?}");
+    assert!(
+        scan.ignored
+            .iter()
+            .all(|n| !n.chars().any(char::is_control)),
+        "{:?}",
+        scan.ignored
+    );
+    assert!(ls(&q, Folder::Inbox).iter().all(|n| n == "notes\n.txt"));
+    let failed = ls(&q, Folder::Failed);
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed.iter().all(|n| !n.chars().any(char::is_control)),
+        "{failed:?}"
+    );
+    let stem = failed[0]
+        .trim_end_matches(".error.json")
+        .trim_end_matches(".md")
+        .to_string();
+    let why = reason(&q, &stem);
+    assert!(why.contains("control characters"), "{why}");
+    // The task's text is kept.
+    let md = failed.iter().find(|n| n.ends_with(".md")).unwrap();
+    assert_eq!(
+        fs::read_to_string(q.folder(Folder::Failed).join(md)).unwrap(),
+        "a task"
+    );
+}

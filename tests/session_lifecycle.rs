@@ -133,6 +133,58 @@ fn a_system_prompt_ending_in_a_semicolon_starts_the_real_claude_code() {
     assert_eq!(s["restarts"], 0, "{s}");
 }
 
+/// Issue 12.11: a `claude.env` value (a secret, with quotes, `;` and `$(…)`
+/// in it) reaches Claude Code exactly, and is on no command line: not in
+/// the pane process's, not in tmux's session environment (what `-e` would
+/// set); it waits in a 0600 file the pane's shell reads before it execs.
+#[test]
+fn claude_env_values_reach_the_program_but_no_command_line() {
+    let secret = "s3cr'et;$(touch /tmp/cf-pwned) \"x\"";
+    let Some(mut w) = World::new("env-secret", |spec| {
+        spec.pools[0].min = 1;
+        spec.extra_yaml.push_str("lifecycle:\n  interval: 1s\n");
+    }) else {
+        return;
+    };
+    let config = std::fs::read_to_string(&w.sb.config_path).unwrap();
+    let quoted = serde_json::to_string(secret).unwrap();
+    let with = config.replacen(
+        "  env:\n",
+        &format!("  env:\n    CF_TEST_SECRET: {quoted}\n"),
+        1,
+    );
+    assert_ne!(config, with);
+    std::fs::write(&w.sb.config_path, with).unwrap();
+    let _pid = w.start_daemon(&[]);
+    let s = w.wait_state("ccl-auto-11", "idle", UP);
+    let pid = s["pane_pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        claude_failover::session_watcher::process_env(pid, "CF_TEST_SECRET").as_deref(),
+        Some(secret)
+    );
+    let argv = cmdline(pid);
+    assert!(argv.iter().all(|a| !a.contains("s3cr")), "{argv:?}");
+    assert!(
+        argv[0].ends_with("claude"),
+        "the shell became Claude Code: {argv:?}"
+    );
+    let shown = std::process::Command::new("tmux")
+        .args(["-L", &w.h.socket, "show-environment", "-t", "=ccl-auto-11"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("CLAUDE_FAILOVER_SESSION"), "{shown}");
+    assert!(!shown.contains("s3cr"), "{shown}");
+    let file = w.sb.state_dir.join("env").join("ccl-auto-11.env");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !std::path::Path::new("/tmp/cf-pwned").exists(),
+        "the value ran as a command"
+    );
+}
+
 #[test]
 fn a_first_launch_that_tmux_refuses_is_on_record_backs_off_and_is_reported() {
     // An argument longer than a tmux command may be (16 KiB): tmux answers
