@@ -447,9 +447,12 @@ pub const TRANSCRIPT_API_ERROR: &str = "isApiErrorMessage";
 /// What the last conversation entry in `text` (whole lines) is.
 pub fn last_entry(text: &str) -> LastEntry {
     let mut last = LastEntry::Nothing;
+    // Claude Code writes one entry per content block: the text blocks of one
+    // message (one `message.id`) are one answer.
+    let mut last_message_id: Option<String> = None;
     for line in text.lines() {
-        let is_user = line.contains("\"type\":\"user\"");
-        if !is_user && !line.contains("\"type\":\"assistant\"") {
+        // A cheap filter before parsing (whatever the writer's spacing).
+        if !line.contains("\"user\"") && !line.contains("\"assistant\"") {
             continue;
         }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -480,9 +483,28 @@ pub fn last_entry(text: &str) -> LastEntry {
             Some("assistant") if blocks.iter().any(|b| b["type"] == "tool_use") => {
                 LastEntry::ToolCall
             }
-            Some("assistant") => LastEntry::Answer(text_of()),
+            Some("assistant") => {
+                let id = v["message"]["id"].as_str().map(String::from);
+                let text = text_of();
+                match (&mut last, &last_message_id) {
+                    (LastEntry::Answer(before), Some(prev)) if id.as_ref() == Some(prev) => {
+                        if !before.is_empty() && !text.is_empty() {
+                            before.push('\n');
+                        }
+                        before.push_str(&text);
+                        continue;
+                    }
+                    _ => {
+                        last_message_id = id;
+                        LastEntry::Answer(text)
+                    }
+                }
+            }
             _ => continue,
         };
+        if !matches!(last, LastEntry::Answer(_)) {
+            last_message_id = None;
+        }
     }
     last
 }
@@ -588,6 +610,21 @@ mod tests {
         assert_eq!(
             t(&[prompt, tool, result, answer, meta, other]),
             LastEntry::Answer("done".into())
+        );
+        let part = |text: &str| {
+            format!(
+                r#"{{"type":"assistant","message":{{"id":"m1","content":[{{"type":"text","text":"{text}"}}]}}}}"#
+            )
+        };
+        let (one, two) = (part("first part"), part("second part"));
+        assert_eq!(
+            t(&[prompt, &one, &two]),
+            LastEntry::Answer("first part\nsecond part".into()),
+            "one message's text blocks are one answer"
+        );
+        assert_eq!(
+            t(&[&one, prompt, &two]),
+            LastEntry::Answer("second part".into())
         );
         assert_eq!(
             t(&[answer, prompt, refused]),

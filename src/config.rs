@@ -877,6 +877,24 @@ impl Check<'_> {
                     format!("`{name}` is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"),
                 ));
             }
+            // Names a shell will not let a file set (the pane's shell reads
+            // claude.env from one: docs/operations.md, "env/").
+            const SHELL_READONLY: [&str; 8] = [
+                "BASHOPTS",
+                "BASH_VERSINFO",
+                "EUID",
+                "PPID",
+                "SHELLOPTS",
+                "UID",
+                "IFS",
+                "PS4",
+            ];
+            if SHELL_READONLY.contains(&name.as_str()) {
+                return Err(self.err(
+                    &key,
+                    format!("{name} is the shell's own and cannot be set for Claude Code"),
+                ));
+            }
             if RESERVED_ENV.contains(&name.as_str()) {
                 return Err(self.err(
                     &key,

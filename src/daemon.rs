@@ -213,7 +213,8 @@ pub fn run(config_path: &Path) -> i32 {
     let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
     let dispatcher =
         crate::dispatcher::Dispatcher::start(&config, dispatch_tx, swap_was_interrupted);
-    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    // Bounded: a flood of events waits in its senders, not in memory here.
+    let (events_tx, events_rx) = crossbeam_channel::bounded(256);
     let events = match EventWatcher::start(
         &config.state_dir,
         Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
@@ -730,7 +731,8 @@ impl Daemon {
             }
         }
         // A Stop or StopFailure must agree with the transcript as it stands.
-        crate::event_socket::borne_out(ev, Duration::ZERO)
+        let cwd = r.cwd.clone();
+        crate::event_socket::borne_out(ev, Some(&cwd), Duration::ZERO)
     }
 
     /// A `Stop` or `StopFailure` must be of the conversation its session
@@ -1081,11 +1083,26 @@ impl Daemon {
                     argv = wrapped;
                 }
                 Err(e) => {
-                    log::error!(
-                        "{name}: cannot write its claude.env file ({e}); launching without claude.env"
-                    );
+                    // Never without claude.env (it may point Claude Code at a
+                    // proxy): the start fails, and says why on its screen.
+                    log::error!("{name}: cannot write its claude.env file: {e}");
+                    argv = vec![
+                        "/bin/sh".to_string(),
+                        "-c".to_string(),
+                        "echo \"claude-failover: cannot write the claude.env file: $0\" >&2; exit 1"
+                            .to_string(),
+                        e.to_string(),
+                    ];
                 }
             }
+        } else {
+            // No claude.env (any more): no file of old values left behind.
+            let _ = std::fs::remove_file(
+                self.config
+                    .state_dir
+                    .join("env")
+                    .join(format!("{name}.env")),
+            );
         }
         let resume = resume.map(|id| {
             let transcript = facts::transcript_path(&active.home, &cwd, &id);

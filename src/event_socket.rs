@@ -19,7 +19,7 @@
 //! no other file written while the daemon runs.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,17 +34,18 @@ use crate::event_watcher::Batch;
 use crate::hook::{self, RecordedEvent};
 use crate::tmux::Tmux;
 
-/// Connections handled at once; more are closed at once (the hook then
-/// leaves a file, which a running daemon does not take: logged). With
-/// [`MAX_LINE`] this bounds what senders can make the daemon hold; only the
-/// daemon's own user can connect (the socket is 0600).
-const MAX_CONNECTIONS: usize = 16;
-/// A sender that says nothing for this long is dropped.
+/// Connections handled at once; more wait in the kernel's queue until one
+/// ends (each within [`CONNECTION_DEADLINE`]). With [`MAX_LINE`] this bounds
+/// what senders can make the daemon hold; only the daemon's own user can
+/// connect (the socket is 0600).
+const MAX_CONNECTIONS: usize = 32;
+/// Writing the answer may take this long.
 const IDLE: Duration = Duration::from_secs(10);
+/// A connection is done within this, whatever it sends (a hook sends one
+/// event in milliseconds; a transcript check waits up to [`BEAR_OUT`]).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(20);
 /// Longest line (one event) taken: above the largest hook payload.
 const MAX_LINE: u64 = hook::MAX_PAYLOAD + 64 * 1024;
-/// Most events handed on in one batch.
-const MAX_BATCH: usize = 1000;
 /// How deep the sender may sit below its pane's process.
 const MAX_DEPTH: usize = 64;
 /// tmux is asked again for its panes at most this often (a flood of events
@@ -64,51 +65,96 @@ pub struct Origin {
     pub pane_pid: u32,
     /// `CLAUDE_CONFIG_DIR` in that pane process's environment.
     pub config_dir: Option<String>,
+    /// That process's working folder (Claude Code's, where its
+    /// transcripts are filed; a tool's `cd` does not move it).
+    pub cwd: Option<PathBuf>,
 }
+
+/// A pane process as last listed: its session and its start time (so a
+/// pid reused by another process is not taken for the pane).
+type Panes = HashMap<u32, (String, Option<u64>)>;
 
 /// Which tmux session a process belongs to, from tmux's own list of panes.
 pub struct Origins {
     tmux: Tmux,
-    panes: Mutex<(Option<Instant>, HashMap<u32, String>)>,
+    panes: Mutex<Panes>,
+    /// When tmux was last asked (at most every [`REFRESH_EVERY`]).
+    asked: Mutex<Option<Instant>>,
 }
 
 impl Origins {
     pub fn new(tmux: Tmux) -> Origins {
         Origins {
             tmux,
-            panes: Mutex::new((None, HashMap::new())),
+            panes: Mutex::new(HashMap::new()),
+            asked: Mutex::new(None),
         }
     }
 
     /// The session `pid` runs in: the first of its ancestors (itself
-    /// included) that is a pane's process.
+    /// included) that is a pane's process, the same process tmux listed.
     pub fn of(&self, pid: u32) -> Option<Origin> {
         let chain = ancestors(pid);
-        let find = |panes: &HashMap<u32, String>| {
-            chain
-                .iter()
-                .find_map(|p| panes.get(p).map(|name| (*p, name.clone())))
+        let find = |panes: &Panes| {
+            chain.iter().find_map(|p| {
+                let (name, started) = panes.get(p)?;
+                (started.is_some() && *started == start_time(*p)).then(|| (*p, name.clone()))
+            })
         };
-        let mut guard = self.panes.lock();
-        let mut found = find(&guard.1);
-        if found.is_none() && guard.0.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
-            guard.0 = Some(Instant::now());
-            if let Ok(list) = self.tmux.list_sessions() {
-                guard.1 = list
-                    .into_iter()
-                    .filter_map(|s| Some((s.pane_pid?, s.name)))
-                    .collect();
+        let mut found = find(&self.panes.lock());
+        if found.is_none() {
+            // A pane tmux has not been asked about yet (a session that just
+            // started): ask, at most every REFRESH_EVERY (a sender waits its
+            // turn), with no lock held that a cached answer needs.
+            let due = loop {
+                let wait = {
+                    let mut asked = self.asked.lock();
+                    match *asked {
+                        Some(t) if t.elapsed() < REFRESH_EVERY => REFRESH_EVERY - t.elapsed(),
+                        _ => {
+                            *asked = Some(Instant::now());
+                            break true;
+                        }
+                    }
+                };
+                std::thread::sleep(wait);
+                // Another sender may have asked meanwhile.
+                if let Some(f) = find(&self.panes.lock()) {
+                    found = Some(f);
+                    break false;
+                }
+            };
+            if due {
+                if let Ok(list) = self.tmux.list_sessions() {
+                    let fresh: Panes = list
+                        .into_iter()
+                        .filter_map(|s| {
+                            let pid = s.pane_pid?;
+                            Some((pid, (s.name, start_time(pid))))
+                        })
+                        .collect();
+                    *self.panes.lock() = fresh;
+                }
+                found = find(&self.panes.lock());
             }
-            found = find(&guard.1);
         }
-        drop(guard);
         let (pane_pid, session) = found?;
         Some(Origin {
             session,
             pane_pid,
             config_dir: crate::session_watcher::process_env(pane_pid, facts::ENV_CONFIG_DIR),
+            cwd: std::fs::read_link(format!("/proc/{pane_pid}/cwd")).ok(),
         })
     }
+}
+
+/// When process `pid` started (clock ticks since boot, `/proc/<pid>/stat`
+/// field 22): with the pid, names one process for good.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is the first after the name; 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// `pid`, its parent, and so on up to init (at most [`MAX_DEPTH`]).
@@ -146,7 +192,7 @@ const BEAR_OUT: Duration = Duration::from_secs(3);
 /// sends one while the turn is still at work (a tool call from the agent is
 /// one) is not believed; the daemon checks that the conversation is the
 /// session's current one.
-pub fn borne_out(ev: &mut RecordedEvent, wait: Duration) -> Result<(), String> {
+pub fn borne_out(ev: &mut RecordedEvent, cwd: Option<&Path>, wait: Duration) -> Result<(), String> {
     use facts::LastEntry;
     let hook = ev.hook_name().to_string();
     if hook != "Stop" && hook != "StopFailure" {
@@ -161,8 +207,10 @@ pub fn borne_out(ev: &mut RecordedEvent, wait: Duration) -> Result<(), String> {
         .filter(|id| facts::plausible_conversation_id(id))
         .ok_or("it names no conversation")?
         .to_string();
-    let cwd = ev.field("cwd").ok_or("it names no folder")?.to_string();
-    let path = facts::transcript_path(Path::new(&home), Path::new(&cwd), &id);
+    // The folder is Claude Code's own (its process's, or the session's
+    // record), never the sender's word.
+    let cwd = cwd.ok_or("its session's folder is unknown")?;
+    let path = facts::transcript_path(Path::new(&home), cwd, &id);
     // Claude Code writes its transcript a moment after the hooks start:
     // wait for the entry the event speaks of, not an earlier turn's.
     let claimed = ev
@@ -170,13 +218,25 @@ pub fn borne_out(ev: &mut RecordedEvent, wait: Duration) -> Result<(), String> {
         .map(facts::canonical_prompt);
     let says = |text: &str| {
         let text = facts::canonical_prompt(text);
-        claimed
-            .as_deref()
-            .is_none_or(|c| !text.is_empty() && c.ends_with(text.as_str()))
+        match claimed.as_deref() {
+            None => true,
+            // A turn that ended with no text (thinking only, say).
+            Some(c) if text.is_empty() || c.is_empty() => text == c,
+            // The event may carry only the last block of the answer.
+            Some(c) => c.ends_with(text.as_str()) || text.ends_with(c),
+        }
     };
     let deadline = Instant::now() + wait;
+    let mut read_at_len = None;
+    let mut newest = facts::LastEntry::Nothing;
     loop {
-        let last = facts::transcript_last_entry(&path);
+        // Parsed again only when the transcript grew.
+        let len = facts::transcript_len(&path);
+        if read_at_len != Some(len) {
+            read_at_len = Some(len);
+            newest = facts::transcript_last_entry(&path);
+        }
+        let last = newest.clone();
         let payload = ev
             .payload
             .as_object_mut()
@@ -187,9 +247,11 @@ pub fn borne_out(ev: &mut RecordedEvent, wait: Duration) -> Result<(), String> {
                 return Ok(());
             }
             ("StopFailure", LastEntry::ApiError { error, text }) if says(&text) => {
-                if let Some(error) = error {
-                    payload.insert("error".into(), error.into());
-                }
+                // The transcript's kind of error, or none: never the sender's.
+                match error {
+                    Some(error) => payload.insert("error".into(), error.into()),
+                    None => payload.remove("error"),
+                };
                 payload.insert("last_assistant_message".into(), text.into());
                 return Ok(());
             }
@@ -283,14 +345,21 @@ pub fn start(
                         continue;
                     }
                 };
-                if shared.busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    shared.busy.fetch_sub(1, Ordering::SeqCst);
-                    shared.warn(
-                        "busy",
-                        format!("event socket: more than {MAX_CONNECTIONS} senders at once; one refused"),
-                    );
-                    continue;
+                // At the cap, the next sender waits in the kernel's queue
+                // (every connection ends within its deadline) rather than
+                // being refused: a refused hook's event would be lost.
+                let mut said = false;
+                while shared.busy.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    if !said {
+                        shared.warn(
+                            "busy",
+                            format!("event socket: {MAX_CONNECTIONS} senders at once; the next ones wait"),
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
                 }
+                shared.busy.fetch_add(1, Ordering::SeqCst);
                 let shared = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("event-sender".into())
@@ -307,6 +376,14 @@ pub fn start(
             }
         })?;
     Ok(())
+}
+
+/// What became of one line.
+enum Taken {
+    Event(PathBuf, Box<RecordedEvent>),
+    Skipped,
+    /// From a process in no session of ours: the connection ends.
+    Outsider,
 }
 
 struct Shared {
@@ -348,49 +425,92 @@ impl Shared {
                 return;
             }
         };
-        let mut reader = BufReader::new(&stream);
+        // Read by hand against one deadline for the whole connection: a
+        // sender that trickles a byte now and then cannot hold its slot.
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(250)));
+        let deadline = Instant::now() + CONNECTION_DEADLINE;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut eof = false;
         let mut taken = 0usize;
-        let mut batch: Batch = Vec::new();
         loop {
-            let mut line = Vec::new();
-            match (&mut reader)
-                .take(MAX_LINE + 1)
-                .read_until(b'\n', &mut line)
-            {
-                Ok(0) => break,
-                Ok(_) if line.len() as u64 > MAX_LINE => {
-                    self.warn(
-                        "long",
-                        "event socket: an event over the size cap; sender dropped".into(),
-                    );
-                    return;
+            // The whole lines read so far, handed on together: a flood is one
+            // batch per read, not one turn of the main loop per event.
+            let mut batch: Batch = Vec::new();
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                match self.take(&line, &origin) {
+                    Taken::Event(path, ev) => {
+                        batch.push((path, *ev));
+                        taken += 1;
+                    }
+                    Taken::Skipped => {}
+                    Taken::Outsider => {
+                        let _ = (&stream).write_all(b"ok 0\n");
+                        return;
+                    }
                 }
-                Ok(_) => {}
-                // Idle or gone: what was taken still goes on.
+            }
+            if !batch.is_empty() && self.out.send(batch).is_err() {
+                return;
+            }
+            if pending.len() as u64 > MAX_LINE {
+                self.warn(
+                    "long",
+                    "event socket: an event over the size cap; sender dropped".into(),
+                );
+                return;
+            }
+            if eof {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.warn(
+                    "slow",
+                    format!("event socket: a sender still sending after {CONNECTION_DEADLINE:?}; dropped"),
+                );
+                break;
+            }
+            match (&stream).read(&mut chunk) {
+                Ok(0) => eof = true,
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(_) => break,
             }
-            let Ok(mut ev) = serde_json::from_slice::<RecordedEvent>(&line) else {
+        }
+        let _ = (&stream).write_all(format!("ok {taken}\n").as_bytes());
+    }
+
+    /// One line: the event to hand on, or why not.
+    fn take(&self, line: &[u8], origin: &Result<Origin, u32>) -> Taken {
+        let Ok(mut ev) = serde_json::from_slice::<RecordedEvent>(line) else {
+            self.warn(
+                "parse",
+                "event socket: a line that is no event; skipped".into(),
+            );
+            return Taken::Skipped;
+        };
+        let origin = match &origin {
+            Ok(o) => o,
+            Err(pid) => {
                 self.warn(
-                    "parse",
-                    "event socket: a line that is no event; skipped".into(),
-                );
-                continue;
-            };
-            let origin = match &origin {
-                Ok(o) => o,
-                Err(pid) => {
-                    self.warn(
                         "outside",
                         format!(
                             "event socket: a {} event from pid {pid}, which runs in no tmux session of ours: ignored",
                             kind_of(&ev)
                         ),
                     );
-                    continue;
-                }
-            };
-            if let Some(claimed) = ev.session.as_deref().filter(|c| *c != origin.session) {
-                self.warn(
+                return Taken::Outsider;
+            }
+        };
+        if let Some(claimed) = ev.session.as_deref().filter(|c| *c != origin.session) {
+            self.warn(
                     "claimed",
                     format!(
                         "event socket: a {} event claiming session {claimed:?} came from session {:?}: ignored",
@@ -398,12 +518,12 @@ impl Shared {
                         origin.session
                     ),
                 );
-                continue;
-            }
-            ev.session = Some(origin.session.clone());
-            ev.config_dir = origin.config_dir.clone();
-            if let Err(why) = borne_out(&mut ev, BEAR_OUT) {
-                self.warn(
+            return Taken::Skipped;
+        }
+        ev.session = Some(origin.session.clone());
+        ev.config_dir = origin.config_dir.clone();
+        if let Err(why) = borne_out(&mut ev, origin.cwd.as_deref(), BEAR_OUT) {
+            self.warn(
                     "unborne",
                     format!(
                         "event socket: a {} event from session {:?} that its transcript does not bear out ({why}): ignored",
@@ -411,38 +531,25 @@ impl Shared {
                         origin.session
                     ),
                 );
-                continue;
-            }
-            ev.verified = true;
-            let path = if ev.kind == "statusline" {
-                // A reading: the newest counts, a lost one is harmless.
-                PathBuf::new()
-            } else {
-                match self.persist(&ev) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.warn(
-                            "persist",
-                            format!("event socket: cannot keep an event: {e}"),
-                        );
-                        PathBuf::new()
-                    }
+            return Taken::Skipped;
+        }
+        ev.verified = true;
+        let path = if ev.kind == "statusline" {
+            // A reading: the newest counts, a lost one is harmless.
+            PathBuf::new()
+        } else {
+            match self.persist(&ev) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.warn(
+                        "persist",
+                        format!("event socket: cannot keep an event: {e}"),
+                    );
+                    PathBuf::new()
                 }
-            };
-            batch.push((path, ev));
-            taken += 1;
-            // What arrived together goes on together (a flood is one batch
-            // per buffer, not one turn of the main loop per event).
-            if (reader.buffer().is_empty() || batch.len() >= MAX_BATCH)
-                && self.out.send(std::mem::take(&mut batch)).is_err()
-            {
-                return;
             }
-        }
-        if !batch.is_empty() && self.out.send(batch).is_err() {
-            return;
-        }
-        let _ = (&stream).write_all(format!("ok {taken}\n").as_bytes());
+        };
+        Taken::Event(path, Box::new(ev))
     }
 
     /// Writes the event into `events/` (its name known as ours first).

@@ -4,16 +4,16 @@
 //! event there as a file until the main loop has applied it, so an event is
 //! never lost to a crash, only possibly applied twice (which the state
 //! machine tolerates). This watcher hands on, oldest first and marked
-//! unverified, only the files written before the socket listened: those a
-//! crashed run left, and those hooks left while no daemon ran. A file that
-//! appears later came from no hook the socket heard (a hook leaves a file
-//! only when no daemon answers), so it is moved to `events/rejected/` and
-//! logged, never applied.
+//! unverified, only the files that were there when the socket began to
+//! listen: those a crashed run left, and those hooks left while no daemon
+//! ran. Any other file came from no hook the socket heard (a hook leaves a
+//! file only when no daemon answers), so it is moved to `events/rejected/`
+//! and logged, never applied.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crossbeam_channel::{select, tick, Receiver, Sender};
 use inotify::{Inotify, WatchMask};
@@ -48,7 +48,9 @@ impl EventWatcher {
             accepted.clone(),
             out.clone(),
         )?;
-        let listening = SystemTime::now();
+        // What is in the folder once the socket listens is all there is to
+        // replay: from then on a hook hands its event to the socket.
+        let replay: HashSet<PathBuf> = event_files(&dir).unwrap_or_default().into_iter().collect();
         let wake = watch(&dir)?;
         let (stop, stop_rx) = crossbeam_channel::bounded(0);
         let thread = std::thread::Builder::new()
@@ -57,7 +59,7 @@ impl EventWatcher {
                 let mut seen = Seen {
                     sent: HashSet::new(),
                     accepted,
-                    listening,
+                    replay,
                 };
                 serve(dir, rescan, wake, stop_rx, out, &mut seen)
             })?;
@@ -103,8 +105,9 @@ struct Seen {
     sent: HashSet<PathBuf>,
     /// Written by the socket: handed on already.
     accepted: crate::event_socket::Accepted,
-    /// When the socket began to listen: a file changed since came from no hook.
-    listening: SystemTime,
+    /// The files there when the socket began to listen, not yet handed on:
+    /// the only ones replayed. Any other file came from no hook.
+    replay: HashSet<PathBuf>,
 }
 
 fn serve(
@@ -130,6 +133,19 @@ fn serve(
     }
 }
 
+/// The event files in `dir` (regular `*.json`, no temp files), unsorted.
+fn event_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with(".json") && !atomic_file::is_temp_name(&n)
+        })
+        .map(|e| e.path())
+        .collect())
+}
+
 /// Most files kept in `events/rejected/`; past that a rejected file is deleted.
 const MAX_REJECTED: usize = 1000;
 
@@ -137,16 +153,8 @@ const MAX_REJECTED: usize = 1000;
 /// file that cannot be parsed is moved to `events/corrupt/` and reported,
 /// never lost; one written while the socket listened, to `events/rejected/`.
 fn scan(dir: &Path, seen: &mut Seen) -> Batch {
-    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-            .filter(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.ends_with(".json") && !atomic_file::is_temp_name(&n)
-            })
-            .map(|e| e.path())
-            .collect(),
+    let mut names = match event_files(dir) {
+        Ok(n) => n,
         Err(e) => {
             log::warn!("cannot read {}: {e}", dir.display());
             return Vec::new();
@@ -166,8 +174,7 @@ fn scan(dir: &Path, seen: &mut Seen) -> Batch {
         if seen.sent.contains(&path) || seen.accepted.lock().contains_key(&path) {
             continue;
         }
-        let changed = std::fs::symlink_metadata(&path).and_then(|m| m.modified());
-        if changed.is_ok_and(|t| t >= seen.listening) {
+        if !seen.replay.remove(&path) {
             rejected.push(path);
             continue;
         }

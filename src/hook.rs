@@ -23,8 +23,9 @@ pub const EVENTS_DIR: &str = "events";
 pub const SOCKET: &str = "events.sock";
 
 /// How long a hook waits for the daemon to take its event before leaving it
-/// as a file instead.
-const SOCKET_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// as a file instead (which a running daemon does not take: the daemon ends
+/// every connection well within this).
+const SOCKET_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most a hook reads from stdin; a larger payload is cut. Above the largest
 /// payload Claude Code sends: a task may be 1 MiB (`MAX_TASK_BYTES`), and its

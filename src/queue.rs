@@ -491,7 +491,13 @@ pub fn short_stem(stem: &str) -> String {
     let hash = stem.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    format!("{}-{hash:016x}", &stem[..cut])
+    // The kept part never carries a control character (a newline would
+    // reach log lines); the hash still tells the full names apart.
+    let kept: String = stem[..cut]
+        .chars()
+        .map(|c| if c.is_control() { '-' } else { c })
+        .collect();
+    format!("{kept}-{hash:016x}")
 }
 
 /// Reads at most one byte over the limit, so a huge file costs nothing.

@@ -273,9 +273,12 @@ pub fn decide(
     let Err(why) = active_verdict else {
         return Decision::Stay;
     };
-    let refused = accounts
-        .iter()
-        .any(|(n, a)| n == active && (a.refused.is_some() || a.needs_person.is_some()));
+    let refused = accounts.iter().any(|(n, a)| {
+        n == active
+            && (a.refused.is_some()
+                || a.needs_person.is_some()
+                || a.sessions_did_not_start.is_some())
+    });
     if !refused {
         if let Some(last) = last_swap_ms {
             if now_ms < last + q.swap_cooldown.as_millis() as u64 {

@@ -863,6 +863,10 @@ impl State {
     ) -> (&'static str, String, Vec<ChangedId>) {
         let failed = j.to.clone();
         let mark = format!("no session started under it in swap {} ({why})", j.id);
+        // On disk first, so a crash from here never finishes the swap onto
+        // the account that starts nothing: back to the stop phase, which a
+        // restart rolls back to `from`.
+        self.enter(j, Phase::Stop);
         if let Some(q) = self.quota_mut(&failed) {
             q.sessions_did_not_start = Some(mark.clone());
         }
