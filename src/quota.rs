@@ -198,7 +198,14 @@ impl AccountQuota {
             } else if *over && u < threshold - q.hysteresis {
                 *over = false;
             }
-            if *over {
+            if u >= 100.0 {
+                // A full window refuses every request: the same as a
+                // refusal, whichever of the two is heard first (a status-line
+                // reading of the refused response often is).
+                reasons.push(format!(
+                    "{label} window at {u:.0}%: every request is refused until it resets"
+                ));
+            } else if *over {
                 reasons.push(format!("{label} window at {u:.0}% (threshold {threshold:.0}%, usable again below {:.0}%)", threshold - q.hysteresis));
             }
         }
@@ -277,7 +284,8 @@ pub fn decide(
         n == active
             && (a.refused.is_some()
                 || a.needs_person.is_some()
-                || a.sessions_did_not_start.is_some())
+                || a.sessions_did_not_start.is_some()
+                || a.load() >= 100.0)
     });
     if !refused {
         if let Some(last) = last_swap_ms {
@@ -428,6 +436,29 @@ mod tests {
         assert!(
             matches!(decide(&mut a, "a", &q(), None, 2000), Decision::Swap { ref to, urgent: false, .. } if to == "c")
         );
+    }
+
+    /// A status-line reading of 100 % (often heard before the StopFailure of
+    /// the same refused request) swaps as a refusal does: at once, no drain,
+    /// no cooldown.
+    #[test]
+    fn a_full_window_swaps_like_a_refusal() {
+        let mut a = vec![acct("a", 10.0, 0.0), acct("b", 10.0, 0.0)];
+        set(&mut a, "a", 100.0, 5_000);
+        // A swap a moment ago would hold a threshold swap; not this one.
+        match decide(&mut a, "a", &q(), Some(4_000), 5_000) {
+            Decision::Swap { to, reason, urgent } => {
+                assert_eq!(to, "b");
+                assert!(urgent);
+                assert!(reason.contains("every request is refused"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        set(&mut a, "a", 99.0, 6_000);
+        assert!(matches!(
+            decide(&mut a, "a", &q(), Some(4_000), 6_000),
+            Decision::Stay
+        ));
     }
 
     #[test]
