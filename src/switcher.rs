@@ -585,18 +585,9 @@ impl State {
                 name
             }
             None => {
-                let best = self
-                    .quotas
-                    .iter_mut()
-                    .filter(|(n, _)| *n != self.active.name)
-                    .filter_map(|(n, q)| {
-                        q.evaluate(&self.config.quota)
-                            .ok()
-                            .map(|_| (n.clone(), q.load()))
-                    })
-                    .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
-                match best {
-                    Some((n, _)) => n,
+                let active = self.active.name.clone();
+                match self.best_usable(&[&active]) {
+                    Some(n) => n,
                     None => {
                         return self.refused(
                             "",
@@ -849,6 +840,23 @@ impl State {
         outcome
     }
 
+    /// The usable account with the lowest load, none of `except` (resets
+    /// that passed are applied first); ties in config order.
+    fn best_usable(&mut self, except: &[&str]) -> Option<String> {
+        let now = now_ms();
+        self.quotas
+            .iter_mut()
+            .filter(|(n, _)| !except.contains(&n.as_str()))
+            .filter_map(|(n, q)| {
+                q.pass_resets(now);
+                q.evaluate(&self.config.quota)
+                    .ok()
+                    .map(|_| (n.clone(), q.load()))
+            })
+            .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(n, _)| n)
+    }
+
     /// No session started under the swap's target: marks it as needing a
     /// person (said once, to the operator), then stops the sessions again
     /// and moves them to the best other usable account, or back to `from`
@@ -875,19 +883,8 @@ impl State {
             account: failed.clone(),
             why: mark.clone(),
         });
-        let now = now_ms();
         let next = self
-            .quotas
-            .iter_mut()
-            .filter(|(n, _)| *n != failed && *n != from.name)
-            .filter_map(|(n, q)| {
-                q.pass_resets(now);
-                q.evaluate(&self.config.quota)
-                    .ok()
-                    .map(|_| (n.clone(), q.load()))
-            })
-            .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
-            .map(|(n, _)| n)
+            .best_usable(&[&failed, &from.name])
             .unwrap_or_else(|| from.name.clone());
         let back = next == from.name;
         log::error!(
