@@ -21,6 +21,7 @@ use crate::claude_facts as facts;
 use crate::cli::exit;
 use crate::config::Config;
 use crate::event_watcher::{Batch, EventWatcher};
+use crate::hook_event::HookEvent;
 use crate::http::Http;
 use crate::process;
 use crate::sd_notify::Notifier;
@@ -175,7 +176,17 @@ pub fn run(config_path: &Path) -> i32 {
     // Known before the switcher finishes (and removes) a journal left by a
     // crash: the dispatcher then continues the tasks it adopts.
     let swap_was_interrupted = config.state_dir.join(switcher::JOURNAL_FILE).exists();
-    let switcher = Switcher::start(&config, active_tx, published.clone());
+    let (report_tx, report_rx) = crossbeam_channel::unbounded();
+    let watcher = SessionWatcher::start(
+        Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
+        report_tx,
+    );
+    let switcher = Switcher::start(
+        &config,
+        active_tx,
+        published.clone(),
+        watcher.requests.clone(),
+    );
     let notifier = crate::notifier::Notifier::start(&config.notify);
     let counters = Arc::new(crate::metrics::Counters::default());
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -205,14 +216,13 @@ pub fn run(config_path: &Path) -> i32 {
         switcher.view.clone(),
         switcher.requests.clone(),
     );
-    let (report_tx, report_rx) = crossbeam_channel::unbounded();
-    let watcher = SessionWatcher::start(
-        Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
-        report_tx,
-    );
     let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
-    let dispatcher =
-        crate::dispatcher::Dispatcher::start(&config, dispatch_tx, swap_was_interrupted);
+    let dispatcher = crate::dispatcher::Dispatcher::start(
+        &config,
+        dispatch_tx,
+        watcher.requests.clone(),
+        swap_was_interrupted,
+    );
     // Bounded: a flood of events waits in its senders, not in memory here.
     let (events_tx, events_rx) = crossbeam_channel::bounded(256);
     let events = match EventWatcher::start(
@@ -300,14 +310,16 @@ pub fn run(config_path: &Path) -> i32 {
     daemon.persist();
     log::info!("stopping; tmux sessions are left running for the next start to adopt");
     drop(daemon);
-    drop(watcher.requests);
-    join_within(watcher.thread, "session watcher");
+    // The dispatcher and the switcher hold senders to the session watcher:
+    // they go first, so its channel closes.
     drop(dispatcher.input);
     join_within(dispatcher.thread, "dispatcher");
     drop(monitor.stop);
     join_within(monitor.thread, "quota monitor");
     drop(switcher.requests);
     join_within(switcher.thread, "switcher");
+    drop(watcher.requests);
+    join_within(watcher.thread, "session watcher");
     drop(events.stop);
     join_within(events.thread, "event watcher");
     drop(http);
@@ -440,18 +452,18 @@ impl Daemon {
                             continue;
                         }
                     }
-                    let hook = ev.field("hook_event_name").unwrap_or("");
+                    let hook = ev.hook.event.name();
                     if let Err(why) = self.of_its_conversation(&ev) {
                         log::warn!("{why}: ignored");
                         let _ = std::fs::remove_file(&path);
                         continue;
                     }
-                    exits |= hook == "SessionEnd";
-                    self.forward_quota_signal(&ev, hook);
+                    exits |= ev.hook.event == HookEvent::SessionEnd;
+                    self.forward_quota_signal(&ev);
                     if session::apply_hook(&mut self.book, &ev) {
                         log::debug!("{}: {hook}", ev.session.as_deref().unwrap_or("?"));
                     }
-                    if hook == "SessionStart" {
+                    if matches!(ev.hook.event, HookEvent::SessionStart { .. }) {
                         let under = ev.session.clone().zip(
                             ev.config_dir
                                 .as_deref()
@@ -721,10 +733,10 @@ impl Daemon {
                 account.as_deref().unwrap_or("no account of ours")
             ));
         }
-        let hook = ev.hook_name();
-        if let (Some(recorded), Some(said)) = (&r.claude_session_id, ev.field("session_id")) {
+        let hook = ev.hook.event.name();
+        if let (Some(recorded), Some(said)) = (&r.claude_session_id, &ev.hook.conversation) {
             // A SessionStart is where a new conversation begins (a /clear).
-            if hook != "SessionStart" && said != recorded {
+            if !matches!(ev.hook.event, HookEvent::SessionStart { .. }) && said != recorded {
                 return Err(format!(
                     "{name}'s conversation is {recorded}, the file's {hook} is of {said:?}"
                 ));
@@ -739,10 +751,10 @@ impl Daemon {
     /// runs now: the event socket checked it against that conversation's
     /// transcript, and an older one's would say nothing about today's turn.
     fn of_its_conversation(&self, ev: &crate::hook::RecordedEvent) -> Result<(), String> {
-        let hook = ev.hook_name();
-        if hook != "Stop" && hook != "StopFailure" {
+        if !ev.hook.event.ends_a_turn() {
             return Ok(());
         }
+        let hook = ev.hook.event.name();
         let Some(name) = ev.session.as_deref() else {
             return Ok(());
         };
@@ -750,7 +762,7 @@ impl Daemon {
             .book
             .get(name)
             .and_then(|r| r.claude_session_id.as_deref());
-        match (recorded, ev.field("session_id")) {
+        match (recorded, ev.hook.conversation.as_deref()) {
             (Some(now), Some(said)) if now != said => Err(format!(
                 "a {hook} from {name} of conversation {said:?}, which is not its current one ({now})"
             )),
@@ -760,11 +772,11 @@ impl Daemon {
 
     /// Passes quota signals in hook and status-line events to the switcher,
     /// which owns every account's readings.
-    fn forward_quota_signal(&self, ev: &crate::hook::RecordedEvent, hook: &str) {
+    fn forward_quota_signal(&self, ev: &crate::hook::RecordedEvent) {
         let Some(home) = ev.config_dir.as_ref().map(PathBuf::from) else {
             return;
         };
-        if ev.kind == "statusline" {
+        if ev.hook.event == HookEvent::Statusline {
             if let Some((five_hour, seven_day)) = crate::quota::from_statusline(&ev.payload) {
                 let _ = self.switcher.send(switcher::Request::Reading {
                     home,
@@ -775,9 +787,8 @@ impl Daemon {
             }
             return;
         }
-        if hook == "StopFailure" {
-            let error = ev.field("error").unwrap_or("");
-            let message = ev.field("last_assistant_message").unwrap_or("").to_string();
+        if let HookEvent::StopFailure { error, message } = &ev.hook.event {
+            let message = message.clone();
             // The error field first; the text only when the field says nothing we know.
             let kind =
                 facts::stop_failure_kind(error).or_else(|| facts::classify_limit_text(&message));
@@ -913,6 +924,9 @@ impl Daemon {
                     None => log::info!("{name}: stopped; it is relaunched next"),
                 }
             }
+            // Logged where it happened; the dispatcher's deadlines (one more
+            // Enter, then the attempt) deal with a prompt that never arrived.
+            Report::NotTyped { .. } => {}
             Report::Stuck { name, screen } => {
                 self.in_flight.remove(&name);
                 log::error!(

@@ -29,12 +29,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, tick, Receiver, Sender};
 
+use crate::assignment::{self, Assignment, Ctx, Effect, HookSeen, Phase, Release, SessionSeen};
 use crate::config::Config;
 use crate::hook::RecordedEvent;
+use crate::hook_event::{HookEvent, StartSource};
 use crate::queue::{Completion, Outcome, Queue};
 use crate::session::State;
+use crate::session_watcher::{self, Keys};
 use crate::status::QueueCounts;
-use crate::tmux::Tmux;
 
 /// What the dispatcher sees of a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,102 +99,10 @@ pub struct Dispatcher {
     pub thread: JoinHandle<()>,
 }
 
-/// How long a pasted prompt may wait for its `UserPromptSubmit` before one
-/// more Enter, plus [`SUBMIT_PER_MIB`] for every MiB of text (a 1 MiB paste
-/// takes the TUI a while).
-const SUBMIT_DEADLINE: Duration = Duration::from_secs(10);
-const SUBMIT_PER_MIB: Duration = Duration::from_secs(60);
-/// How long an unconfirmed prompt is given in all before the attempt counts
-/// as lost: a slow user hook or a loaded machine delays `UserPromptSubmit`,
-/// and a prompt that was not confirmed may still have been submitted, so it
-/// is never typed again while the session could still be running it.
-const SUBMIT_GIVE_UP: Duration = Duration::from_secs(120);
-/// How often an unconfirmed prompt is looked for in the session's transcript.
-const TRANSCRIPT_LOOK_EVERY: Duration = Duration::from_secs(2);
-/// After a `Stop`, how long to wait for the transcript to say whether the
-/// turn is over (a user's Stop hook may block it) before taking the Stop as
-/// the end.
-const FINISH_GRACE: Duration = Duration::from_secs(10);
-/// The longest a Stop waits for its summary when this Claude Code writes
-/// them (a user's Stop hook may run a test suite before it answers).
-const FINISH_WAIT_MAX: Duration = Duration::from_secs(15 * 60);
-/// After dispatch resumes without a swap (the account recovered), how long
-/// before an interrupted task's session is told to continue: a swap's own
-/// relaunch, if one is on its way, continues it first.
-const RESUME_SETTLE: Duration = Duration::from_secs(3);
-/// How long `/clear` may take to answer with `SessionStart`.
-const CLEAR_DEADLINE: Duration = Duration::from_secs(15);
-/// How long a relocated session may take to come back.
-const RELOCATE_DEADLINE: Duration = Duration::from_secs(90);
-/// What a resumed conversation is told after a swap interrupted its task.
-pub const CONTINUE_PROMPT: &str = "This session was moved to another account and resumed. Continue the task you were working on from where you stopped, and finish it.";
-/// What a session refused by its account is told once the account (or
-/// another) can take work again without a swap.
-pub const CONTINUE_AFTER_LIMIT_PROMPT: &str = "The usage limit that stopped you has passed. Continue the task you were working on from where you stopped, and finish it.";
-
-/// How long the prompt may take to be confirmed before one more Enter.
-fn submit_deadline(text: &str) -> Duration {
-    SUBMIT_DEADLINE + SUBMIT_PER_MIB.mul_f64(text.len() as f64 / (1u64 << 20) as f64)
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Phase {
-    /// Waiting for the session to come back in the project's folder.
-    Relocating { since: Instant },
-    /// `/clear` typed; waiting for `SessionStart` with source `clear`.
-    Clearing { since: Instant },
-    /// Prompt pasted; waiting for `UserPromptSubmit` (or its trace in the transcript).
-    Typing {
-        since: Instant,
-        retried: bool,
-        text: String,
-        looked_at: Option<Instant>,
-    },
-    /// Submitted; waiting for `Stop`.
-    Running,
-    /// A `Stop` came; waiting for the transcript to say the turn is over (a
-    /// user's Stop hook may have blocked it, and the turn goes on).
-    /// `stops` counts the Stops not yet answered by a blocking summary;
-    /// `events` keeps their event files, deleted only once the task is
-    /// recorded, so a crash in between replays the Stop instead of losing it.
-    Finishing {
-        since: Instant,
-        message: Option<String>,
-        claude_session_id: Option<String>,
-        transcript: Option<PathBuf>,
-        account: Option<String>,
-        stops: u32,
-        events: Vec<PathBuf>,
-    },
-    /// A swap (or a refusal) interrupted it; continue after `SessionStart(resume)`,
-    /// or when dispatch resumes and the session still runs under `account`.
-    /// `retype` is the text that was typed but not yet confirmed when the
-    /// swap began (the swap's stop may have dropped it): it is typed again
-    /// rather than the continuation prompt.
-    Interrupted {
-        account: Option<String>,
-        retype: Option<String>,
-        since: Instant,
-    },
-}
-
-#[derive(Debug, Clone)]
-struct Assignment {
-    project: String,
-    /// Claimed task name (None while relocating for a not yet claimed task).
-    task: Option<String>,
-    prompt: String,
-    phase: Phase,
-    /// When the task was seen ready (for dispatch latency).
-    seen_at: Instant,
-    /// The turn's transcript and the offset its end-of-turn markers are
-    /// read from (set when the submission is confirmed).
-    transcript: Option<(PathBuf, u64)>,
-}
-
 struct Run {
     config: Config,
-    tmux: Tmux,
+    /// The session watcher, which types for us (it is the one tmux writer).
+    keys: Sender<session_watcher::Request>,
     queues: Vec<(Queue, String)>, // (queue, pool)
     sessions: Vec<SessionView>,
     assigned: HashMap<String, Assignment>,
@@ -226,14 +136,19 @@ struct Run {
 impl Dispatcher {
     /// `swap_was_interrupted`: a swap journal was found at start (a crash
     /// mid-swap): the tasks adopted then continue instead of starting over.
-    pub fn start(config: &Config, out: Sender<Output>, swap_was_interrupted: bool) -> Dispatcher {
+    pub fn start(
+        config: &Config,
+        out: Sender<Output>,
+        keys: Sender<session_watcher::Request>,
+        swap_was_interrupted: bool,
+    ) -> Dispatcher {
         let (input, rx) = crossbeam_channel::unbounded();
         let config = config.clone();
         let thread = std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || {
                 let wake = watch_inboxes(&config);
-                let mut run = Run::new(config, out);
+                let mut run = Run::new(config, out, keys);
                 run.swap_was_interrupted = swap_was_interrupted;
                 run.serve(rx, wake);
             })
@@ -302,7 +217,7 @@ fn now() -> SystemTime {
 }
 
 impl Run {
-    fn new(config: Config, out: Sender<Output>) -> Run {
+    fn new(config: Config, out: Sender<Output>, keys: Sender<session_watcher::Request>) -> Run {
         let queues = config
             .projects
             .iter()
@@ -315,7 +230,7 @@ impl Run {
             })
             .collect();
         Run {
-            tmux: Tmux::new(config.tmux.socket.clone(), Duration::from_secs(10)),
+            keys,
             config,
             queues,
             sessions: Vec::new(),
@@ -382,25 +297,14 @@ impl Run {
             Input::Paused(p) => {
                 if p.is_some() && self.paused.is_none() {
                     // Work under way waits for the swap and continues after it.
-                    let sessions = &self.sessions;
+                    let now = Instant::now();
                     for (name, a) in self.assigned.iter_mut() {
-                        if matches!(a.phase, Phase::Running | Phase::Typing { .. })
-                            && a.task.is_some()
-                        {
-                            let account = sessions
-                                .iter()
-                                .find(|s| &s.name == name)
-                                .and_then(|s| s.account.clone());
-                            let retype = match &a.phase {
-                                Phase::Typing { text, .. } => Some(text.clone()),
-                                _ => None,
-                            };
-                            a.phase = Phase::Interrupted {
-                                account,
-                                retype,
-                                since: Instant::now(),
-                            };
-                        }
+                        let account = self
+                            .sessions
+                            .iter()
+                            .find(|s| &s.name == name)
+                            .and_then(|s| s.account.clone());
+                        assignment::interrupt(a, account, now);
                     }
                 }
                 if p.is_none() && self.paused.is_some() {
@@ -433,264 +337,151 @@ impl Run {
         }
     }
 
+    /// The circumstances of a step for `session`, now.
+    fn ctx<'a>(&self, session: &'a str) -> Ctx<'a> {
+        Ctx {
+            session,
+            now: Instant::now(),
+            paused: self.paused.is_some(),
+            managed: crate::session::pool_of(&self.config, session).is_some(),
+        }
+    }
+
+    /// Hands keystrokes for `session` to the session watcher.
+    fn type_keys(&self, session: &str, keys: Keys) {
+        let _ = self.keys.send(session_watcher::Request::Keys {
+            session: session.to_string(),
+            keys,
+        });
+    }
+
     /// Applies one hook event; true when its file must be kept (a Stop whose
     /// task is not recorded yet).
     fn on_hook(&mut self, ev: &RecordedEvent, path: &std::path::Path) -> bool {
         let Some(session) = ev.session.clone() else {
             return false;
         };
-
-        let hook = ev.field("hook_event_name").unwrap_or("");
-        let sid = ev.field("session_id").map(String::from);
-        let source = ev.field("source").unwrap_or("");
-        match hook {
-            "SessionStart" => {
-                if source == "startup" || source == "clear" {
+        match &ev.hook.event {
+            HookEvent::SessionStart { source } => {
+                if matches!(source, StartSource::Startup | StartSource::Clear) {
                     self.fresh.insert(session.clone());
                 }
                 self.clearing.remove(&session);
-                let Some(a) = self.assigned.get_mut(&session) else {
-                    return false;
-                };
-                match (&a.phase, source) {
-                    (Phase::Clearing { .. }, "clear") | (Phase::Relocating { .. }, "startup")
-                        if self.paused.is_some() =>
-                    {
-                        // A swap is stopping the sessions: type after it.
-                        a.phase = Phase::Interrupted {
-                            account: account_of(&self.config, ev.config_dir.as_deref()),
-                            retype: Some(a.prompt.clone()),
-                            since: Instant::now(),
-                        };
-                    }
-                    (Phase::Clearing { .. }, "clear") | (Phase::Relocating { .. }, "startup") => {
-                        let text = a.prompt.clone();
-                        self.type_text(&session, &text, false);
-                    }
-                    (Phase::Interrupted { retype, .. }, "resume") => {
-                        // A prompt that went through before the stop (its
-                        // event lost with it) is not typed a second time.
-                        let went_through = retype.as_deref().is_some_and(|t| {
-                            ev.field("transcript_path").is_some_and(|p| {
-                                crate::claude_facts::find_prompt(std::path::Path::new(p), t)
-                                    .is_some()
-                            })
-                        });
-                        let text = match retype {
-                            Some(t) if !went_through => t.clone(),
-                            _ => CONTINUE_PROMPT.to_string(),
-                        };
-                        // The task now runs under the account the session resumed on.
-                        let account = account_of(&self.config, ev.config_dir.as_deref());
-                        if let (Some(task), Some(account)) = (a.task.clone(), account) {
-                            let project = a.project.clone();
-                            if let Some(q) = self.queue(&project) {
-                                let _ = q.update_marker(&task, |m| m.account = account);
-                            }
-                        }
-                        log::info!("{session}: resumed after a swap; continuing its task");
-                        self.type_text(&session, &text, false);
-                    }
-                    (
-                        Phase::Running
-                        | Phase::Typing { .. }
-                        | Phase::Clearing { .. }
-                        | Phase::Finishing { .. },
-                        "startup" | "resume",
-                    ) if self.paused.is_none() => {
-                        if matches!(a.phase, Phase::Finishing { .. }) {
-                            // Its Stop came before the restart: the answer is there.
-                            self.finish(&session);
-                            return false;
-                        }
-                        // The program restarted under the task (it died and was
-                        // relaunched): that attempt is lost.
-                        self.release(
-                            &session,
-                            Release::Attempt(format!(
-                                "session {session} restarted while working on it"
-                            )),
-                        );
-                    }
-                    (Phase::Interrupted { .. }, _) => {
-                        // The conversation could not be resumed: start the task
-                        // afresh without counting an attempt.
-                        log::warn!("{session}: resumed as a new conversation; its task goes back to the inbox");
-                        self.release(&session, Release::Requeue);
-                    }
-                    _ => {}
-                }
             }
-            "UserPromptSubmit" => {
+            HookEvent::UserPromptSubmit { .. } => {
                 self.fresh.remove(&session);
-                let Some(a) = self.assigned.get_mut(&session) else {
-                    return false;
-                };
-                // Only the submission of the text we typed confirms it: a
-                // late turn of an earlier prompt must not.
-                // Claude Code reports a long paste wrapped in
-                // `<pasted_content>`; `same_prompt` sees through that.
-                let typed = match &a.phase {
-                    Phase::Typing { text, .. } => Some(text.as_str()),
-                    Phase::Interrupted {
-                        retype: Some(text), ..
-                    } => {
-                        // Typed before the swap began, and it did go through.
-                        if crate::claude_facts::same_prompt(text, ev.field("prompt").unwrap_or(""))
-                        {
-                            if let Phase::Interrupted { retype, .. } = &mut a.phase {
-                                *retype = None;
-                            }
-                        }
-                        None
-                    }
-                    _ => None,
-                };
-                let submitted = ev.field("prompt").unwrap_or("");
-                if typed.is_some_and(|t| crate::claude_facts::same_prompt(t, submitted)) {
-                    // The turn's markers are read from where the transcript
-                    // stands now: its earlier turns are behind.
-                    let transcript = ev.field("transcript_path").map(|p| {
-                        let p = PathBuf::from(p);
-                        let len = crate::claude_facts::transcript_len(&p);
-                        (p, len)
-                    });
-                    self.confirm(&session, sid, transcript);
-                }
-            }
-            "Stop" => {
-                let Some(a) = self.assigned.get_mut(&session) else {
-                    return false;
-                };
-                // Only a turn whose submission we saw (Running), or one cut by a
-                // swap, answers the task: a Stop while still Typing belongs to
-                // an earlier prompt. The task is done when the turn is over,
-                // which the transcript tells (a user's Stop hook may block
-                // the end and the turn goes on): see `check_assignments`.
-                if !matches!(
-                    a.phase,
-                    Phase::Running | Phase::Interrupted { .. } | Phase::Finishing { .. }
-                ) {
-                    return false;
-                }
-                let (stops, mut events) = match &mut a.phase {
-                    Phase::Finishing { stops, events, .. } => (*stops + 1, std::mem::take(events)),
-                    _ => (1, Vec::new()),
-                };
-                events.push(path.to_path_buf());
-                a.phase = Phase::Finishing {
-                    since: Instant::now(),
-                    message: ev.field("last_assistant_message").map(String::from),
-                    claude_session_id: sid,
-                    transcript: ev.field("transcript_path").map(PathBuf::from),
-                    account: account_of(&self.config, ev.config_dir.as_deref()),
-                    stops,
-                    events,
-                };
-                self.check_finishing(&session);
-                return true;
-            }
-            "StopFailure" => {
-                let error = ev.field("error").unwrap_or("unknown");
-                let message = ev.field("last_assistant_message").unwrap_or("");
-                let Some(a) = self.assigned.get_mut(&session) else {
-                    return false;
-                };
-                if crate::claude_facts::stop_failure_kind(error)
-                    == Some(crate::claude_facts::LimitKind::FiveHour)
-                {
-                    // Refused: not an attempt; it continues after the swap,
-                    // or when the account can take work again.
-                    let account = account_of(&self.config, ev.config_dir.as_deref());
-                    a.phase = Phase::Interrupted {
-                        account,
-                        retype: None,
-                        since: Instant::now(),
-                    };
-                } else {
-                    let reason = format!("{error}: {message}");
-                    self.release(&session, Release::Attempt(reason));
-                }
             }
             _ => {}
         }
-        false
+        let ctx = self.ctx(&session);
+        let account = account_of(&self.config, ev.config_dir.as_deref());
+        let Some(a) = self.assigned.get_mut(&session) else {
+            return false;
+        };
+        // A prompt typed before a swap's stop that went through (its event
+        // lost with the stop) is not typed a second time after the resume.
+        let retype_went_through = match (&a.phase, &ev.hook.event, &ev.hook.transcript) {
+            (
+                Phase::Interrupted {
+                    retype: Some(text), ..
+                },
+                HookEvent::SessionStart {
+                    source: StartSource::Resume,
+                },
+                Some(transcript),
+            ) => crate::claude_facts::find_prompt(transcript, text).is_some(),
+            _ => false,
+        };
+        let seen = HookSeen {
+            account,
+            retype_went_through,
+            file: path.to_path_buf(),
+        };
+        let effects = assignment::on_hook(a, &ev.hook, &seen, ctx);
+        self.apply(&session, effects)
     }
 
-    /// A session in `Finishing`: done when the transcript says the turn is
-    /// over; back to `Running` when every Stop so far was answered by a
-    /// blocking summary (a user's Stop hook blocked the end and the turn goes
-    /// on). When the transcript says nothing: once this Claude Code is known
-    /// to write summaries, a Stop is never taken as the end before its
-    /// summary (a slow user hook may take minutes to block); otherwise after
-    /// [`FINISH_GRACE`].
-    fn check_finishing(&mut self, session: &str) {
-        use crate::claude_facts::{transcript_since, turn_state_since, TurnReading, TurnState};
-        let Some(a) = self.assigned.get_mut(session) else {
-            return;
-        };
-        let Phase::Finishing {
-            since, transcript, ..
-        } = &a.phase
-        else {
-            return;
-        };
-        if a.transcript.is_none() {
-            a.transcript = transcript.clone().map(|p| (p, 0));
-        }
-        let since = *since;
-        let unknown = |offset| TurnReading {
-            state: TurnState::Unknown,
-            next: offset,
-            blocks: 0,
-            saw_summary: false,
-        };
-        let reading = match &a.transcript {
-            Some((path, offset)) => transcript_since(path, *offset, 32 << 20)
-                .map(|(text, start)| turn_state_since(&text, start))
-                .unwrap_or_else(|_| unknown(*offset)),
-            None => unknown(0),
-        };
-        self.summaries_seen |= reading.saw_summary;
-        let Some(a) = self.assigned.get_mut(session) else {
-            return;
-        };
-        if reading.blocks > 0 {
-            if let Some((_, offset)) = a.transcript.as_mut() {
-                *offset = reading.next;
-            }
-        }
-        match reading.state {
-            TurnState::Over => self.finish(session),
-            _ if reading.blocks > 0 => {
-                let Phase::Finishing { stops, events, .. } = &mut a.phase else {
-                    return;
-                };
-                *stops = stops.saturating_sub(reading.blocks);
-                log::info!("{session}: a Stop hook blocked the end of the turn; the task goes on");
-                if *stops == 0 {
-                    for f in events.drain(..) {
+    /// Carries out what the assignment's state machine decided for
+    /// `session`; true when the hook event's file must be kept.
+    fn apply(&mut self, session: &str, effects: Vec<Effect>) -> bool {
+        let mut keep = false;
+        for effect in effects {
+            match effect {
+                Effect::Type(text) => self.type_keys(session, Keys::Text(text)),
+                Effect::Clear => self.type_keys(session, Keys::Text("/clear".into())),
+                Effect::Escape => self.type_keys(session, Keys::Key("Escape")),
+                Effect::Enter => self.type_keys(session, Keys::Key("Enter")),
+                Effect::Relocate => {
+                    let cwd = self
+                        .assigned
+                        .get(session)
+                        .and_then(|a| self.queue(&a.project))
+                        .map(|q| q.project_path().to_path_buf());
+                    if let Some(cwd) = cwd {
+                        let _ = self.out.send(Output::Relocate {
+                            session: session.to_string(),
+                            cwd,
+                        });
+                    }
+                }
+                Effect::MarkAccount(account) => {
+                    if let Some(a) = self.assigned.get(session) {
+                        if let (Some(task), Some(q)) = (&a.task, self.queue(&a.project)) {
+                            let _ = q.update_marker(task, |m| m.account = account);
+                        }
+                    }
+                }
+                Effect::Confirm {
+                    conversation,
+                    transcript,
+                    offset,
+                    latency,
+                } => self.confirm(session, conversation, transcript, offset, latency),
+                Effect::CheckFinishing => self.check_finishing(session),
+                Effect::Finish { clear_after } => self.finish(session, clear_after),
+                Effect::DeleteEventFiles(files) => {
+                    for f in files {
                         let _ = std::fs::remove_file(f);
                     }
-                    a.phase = Phase::Running;
+                }
+                Effect::KeepEventFile => keep = true,
+                Effect::Release(how) => self.release(session, how),
+                Effect::LoseAttemptAndRelaunch(reason) => {
+                    let cwd = self.session(session).map(|v| v.cwd.clone());
+                    self.lose_attempt_and_relaunch(session, reason, cwd);
                 }
             }
-            _ if (!self.summaries_seen || a.transcript.is_none())
-                && since.elapsed() >= FINISH_GRACE =>
-            {
-                self.finish(session)
-            }
-            _ if since.elapsed() >= FINISH_WAIT_MAX => {
-                log::warn!("{session}: no end of turn in its transcript {FINISH_WAIT_MAX:?} after its Stop; taking the Stop as the end");
-                self.finish(session)
-            }
-            _ => {}
         }
+        keep
+    }
+
+    /// A session in `Finishing`: its transcript read from where the turn's
+    /// markers start, and the state machine told what it says.
+    fn check_finishing(&mut self, session: &str) {
+        use crate::claude_facts::{transcript_since, turn_state_since, TurnReading, TurnState};
+        let ctx = self.ctx(session);
+        let Some(a) = self.assigned.get_mut(session) else {
+            return;
+        };
+        let reading = assignment::finishing_source(a).map(|(path, offset)| {
+            transcript_since(&path, offset, 32 << 20)
+                .map(|(text, start)| turn_state_since(&text, start))
+                .unwrap_or(TurnReading {
+                    state: TurnState::Unknown,
+                    next: offset,
+                    blocks: 0,
+                    saw_summary: false,
+                })
+        });
+        self.summaries_seen |= reading.as_ref().is_some_and(|r| r.saw_summary);
+        let effects = assignment::finishing(a, reading, self.summaries_seen, ctx);
+        self.apply(session, effects);
     }
 
     /// Records the task of a `Finishing` session as done, with the last
-    /// answer of its turn and the account that answered it.
-    fn finish(&mut self, session: &str) {
+    /// answer of its turn and the account that answered it; then starts the
+    /// next task's fresh conversation when `clear_after`.
+    fn finish(&mut self, session: &str, clear_after: bool) {
         let Some(a) = self.assigned.get(session).cloned() else {
             return;
         };
@@ -740,22 +531,32 @@ impl Run {
         // arrives: dispatch then only has to paste. Never into a session
         // a reload took out of our hands, nor one a swap is stopping.
         self.fresh.remove(session);
-        if crate::session::pool_of(&self.config, session).is_some() && self.paused.is_none() {
+        if clear_after {
             self.clearing.insert(session.to_string(), Instant::now());
-            type_in(&self.tmux, session, "/clear");
+            self.type_keys(session, Keys::Text("/clear".into()));
         }
     }
 
     /// The typed prompt of `session` was submitted (seen by its
-    /// `UserPromptSubmit`, or in its transcript): the task runs.
-    fn confirm(&mut self, session: &str, sid: Option<String>, transcript: Option<(PathBuf, u64)>) {
+    /// `UserPromptSubmit`, or in its transcript): the task runs, and its
+    /// turn's markers are read from `offset` (None: where the transcript
+    /// stands now, its earlier turns behind).
+    fn confirm(
+        &mut self,
+        session: &str,
+        sid: Option<String>,
+        transcript: Option<PathBuf>,
+        offset: Option<u64>,
+        latency: Duration,
+    ) {
         self.fresh.remove(session);
         let Some(a) = self.assigned.get_mut(session) else {
             return;
         };
-        a.phase = Phase::Running;
-        a.transcript = transcript;
-        let latency = a.seen_at.elapsed();
+        a.transcript = transcript.map(|p| {
+            let at = offset.unwrap_or_else(|| crate::claude_facts::transcript_len(&p));
+            (p, at)
+        });
         let (task, project) = (a.task.clone(), a.project.clone());
         if let (Some(task), Some(id)) = (task, sid) {
             if let Some(q) = self.queue(&project) {
@@ -784,19 +585,6 @@ impl Run {
                 session: name.to_string(),
                 cwd,
             });
-        }
-    }
-
-    /// Pastes `text` and presses Enter; the assignment waits for `UserPromptSubmit`.
-    fn type_text(&mut self, session: &str, text: &str, retried: bool) {
-        type_in(&self.tmux, session, text);
-        if let Some(a) = self.assigned.get_mut(session) {
-            a.phase = Phase::Typing {
-                since: Instant::now(),
-                retried,
-                text: text.to_string(),
-                looked_at: None,
-            };
         }
     }
 
@@ -889,33 +677,21 @@ impl Run {
                     continue;
                 }
                 let confirmed = m.claude_session_id.is_some();
-                let phase = if swapping && confirmed {
-                    Phase::Interrupted {
-                        account: Some(m.account.clone()),
-                        retype: None,
-                        since: Instant::now(),
-                    }
-                } else if confirmed {
-                    Phase::Running
-                } else {
-                    let text = std::fs::read(q.task_path(crate::queue::Folder::Active, &name))
-                        .ok()
-                        .and_then(|b| crate::queue::parse_task(&b).ok())
-                        .and_then(|t| {
-                            let slash = t.front.slash_command.unwrap_or(false);
-                            crate::claude_facts::typed_form(t.prompt(), slash).ok()
-                        });
-                    let Some(text) = text else {
-                        log::warn!("task {}/{name}: cannot read it back after a restart; back to the inbox", q.project());
-                        let _ = q.requeue(&name);
-                        continue;
-                    };
-                    Phase::Typing {
-                        since: Instant::now(),
-                        retried: true,
-                        text,
-                        looked_at: None,
-                    }
+                // Its typed form, read back only when its submission is in doubt.
+                let text = (!confirmed)
+                    .then(|| std::fs::read(q.task_path(crate::queue::Folder::Active, &name)).ok())
+                    .flatten()
+                    .and_then(|b| crate::queue::parse_task(&b).ok())
+                    .and_then(|t| {
+                        let slash = t.front.slash_command.unwrap_or(false);
+                        crate::claude_facts::typed_form(t.prompt(), slash).ok()
+                    });
+                let Some(phase) =
+                    assignment::adopted(swapping, confirmed, &m.account, text, Instant::now())
+                else {
+                    log::warn!("task {}/{name}: cannot read it back after a restart; back to the inbox", q.project());
+                    let _ = q.requeue(&name);
+                    continue;
                 };
                 log::info!(
                     "{}: adopting its active task {}/{name} ({})",
@@ -985,165 +761,41 @@ impl Run {
 
     /// Deadlines, and sessions that died under a task.
     fn check_assignments(&mut self) {
+        let rules = assignment::Rules {
+            stale_after: self.config.janitor.stale_task_after,
+            unpaused_at: self.unpaused_at,
+        };
         let names: Vec<String> = self.assigned.keys().cloned().collect();
         for name in names {
-            let Some(a) = self.assigned.get(&name).cloned() else {
+            let ctx = self.ctx(&name);
+            let view = self.session(&name).cloned();
+            let Some(a) = self.assigned.get(&name) else {
                 continue;
             };
-            let view = self.session(&name).cloned();
-            let state = view.as_ref().map(|s| s.state);
-            // A session a reload took out of the pools is not dead: it goes on
-            // with its task, which ends by its own Stop (or the stale-task
-            // rule), never by running it a second time elsewhere.
-            let released_by_reload =
-                view.is_none() && crate::session::pool_of(&self.config, &name).is_none();
-            let gone = !released_by_reload
-                && matches!(
-                    state,
-                    None | Some(State::Dead | State::Backoff | State::Failed)
-                );
-            match &a.phase {
-                // Interrupted by a swap, but the session did not come back
-                // (stuck or failing under the new account): start the task
-                // elsewhere rather than hold it forever.
-                Phase::Interrupted { .. }
-                    if matches!(state, Some(State::Failed | State::Backoff))
-                        && self.paused.is_none() =>
-                {
-                    log::warn!(
-                        "{name}: did not come back after the swap; its task goes back to the inbox"
-                    );
-                    self.release(&name, Release::Requeue);
-                }
-                // Refused, and dispatch resumed without moving the session
-                // (its account, or the whole fleet's, can take work again):
-                // it is still waiting on the limit screen, so tell it to go on.
-                Phase::Interrupted {
-                    account,
-                    retype,
-                    since,
-                } if self.paused.is_none()
-                    // Dispatch resumed after this interruption, a while ago.
-                    && self
-                        .unpaused_at
-                        .is_some_and(|t| t > *since && t.elapsed() >= RESUME_SETTLE)
-                        && matches!(state, Some(State::Limited | State::Idle))
-                        && view.as_ref().and_then(|v| v.account.as_ref()) == account.as_ref() =>
-                {
-                    log::info!("{name}: its account can take work again; continuing its task");
-                    let _ = self.tmux.send_key(&name, "Escape");
-                    let text = retype
-                        .clone()
-                        .unwrap_or_else(|| CONTINUE_AFTER_LIMIT_PROMPT.to_string());
-                    self.type_text(&name, &text, false);
-                }
-                Phase::Interrupted { .. } => {}
-                Phase::Relocating { since } if since.elapsed() > RELOCATE_DEADLINE => {
-                    log::warn!("{name}: did not come back in {} in time", a.project);
-                    self.release(
-                        &name,
-                        Release::Attempt(format!(
-                            "session {name} did not start in the project folder in time"
-                        )),
-                    );
-                }
-                Phase::Relocating { .. } => {}
-                // Its Stop came before it died: the answer is there.
-                Phase::Finishing { .. } if gone => self.finish(&name),
-                _ if gone && self.paused.is_none() => {
-                    self.release(
-                        &name,
-                        Release::Attempt(format!("session {name} ended while working on it")),
-                    );
-                }
-                Phase::Finishing { .. } => self.check_finishing(&name),
-                Phase::Running if self.paused.is_none() => {
-                    // A task has a deadline judged by the session's signs of
-                    // life: its events and its transcript. A session that
-                    // shows none for `stale_task_after` (hung, or its events
-                    // lost) is relaunched and the attempt counts.
-                    let stale = self.config.janitor.stale_task_after;
-                    let transcript_age = a
-                        .transcript
-                        .as_ref()
-                        .and_then(|(p, _)| std::fs::metadata(p).ok()?.modified().ok())
-                        .and_then(|m| m.elapsed().ok());
-                    let event_age = self.last_life.get(&name).map(|t| t.elapsed());
-                    let quiet = [Some(a.seen_at.elapsed()), transcript_age, event_age]
-                        .into_iter()
-                        .flatten()
-                        .min()
-                        .unwrap_or_default();
-                    if quiet >= stale {
-                        log::error!("{name}: no sign of life for {quiet:?} while working on its task; the attempt counts and the session is relaunched");
-                        let cwd = view.as_ref().map(|v| v.cwd.clone());
-                        self.lose_attempt_and_relaunch(
-                            &name,
-                            format!(
-                                "session {name} showed no sign of life for {}s",
-                                quiet.as_secs()
-                            ),
-                            cwd,
-                        );
-                    }
-                }
-                Phase::Clearing { since } if since.elapsed() > CLEAR_DEADLINE => {
-                    log::warn!("{name}: /clear was not confirmed; its task goes back to the inbox");
-                    self.release(&name, Release::Requeue);
-                }
-                Phase::Typing {
-                    since,
-                    retried,
-                    text,
-                    looked_at,
-                } => {
-                    let waited = since.elapsed();
-                    let deadline = submit_deadline(text);
-                    // A swap under way owns the sessions: no Enter, no give-up.
-                    if waited <= deadline || self.paused.is_some() {
-                        continue;
-                    }
-                    if !*retried {
-                        // One more Enter, as some versions ignore the first.
-                        log::warn!("{name}: the prompt is not confirmed after {waited:?}; pressing Enter once more");
-                        let _ = self.tmux.send_key(&name, "Enter");
-                        if let Some(Phase::Typing { retried, .. }) =
-                            self.assigned.get_mut(&name).map(|x| &mut x.phase)
-                        {
-                            *retried = true;
-                        }
-                        continue;
-                    }
-                    // Not confirmed is not proof of not submitted: the
-                    // transcript shows a prompt whose event is late or lost.
-                    if looked_at.is_none_or(|t| t.elapsed() >= TRANSCRIPT_LOOK_EVERY) {
-                        if let Some((path, at)) = self.prompt_in_transcript(view.as_ref(), text) {
-                            log::warn!("{name}: its prompt is in the transcript though no UserPromptSubmit came; taking it as submitted");
-                            let sid = view.as_ref().and_then(|v| v.claude_session_id.clone());
-                            self.confirm(&name, sid, Some((path, at)));
-                            continue;
-                        }
-                        if let Some(Phase::Typing { looked_at, .. }) =
-                            self.assigned.get_mut(&name).map(|x| &mut x.phase)
-                        {
-                            *looked_at = Some(Instant::now());
-                        }
-                    }
-                    if waited > deadline + SUBMIT_GIVE_UP {
-                        // In doubt: the attempt counts, and the session is
-                        // relaunched fresh so it cannot go on with the prompt
-                        // while the task runs elsewhere.
-                        log::error!("{name}: the prompt was never confirmed in {:?}; the attempt counts and the session is relaunched", waited);
-                        let cwd = view.as_ref().map(|v| v.cwd.clone());
-                        self.lose_attempt_and_relaunch(
-                            &name,
-                            format!("the prompt typed into {name} was never confirmed"),
-                            cwd,
-                        );
-                    }
-                }
-                _ => {}
+            let mut seen = SessionSeen {
+                state: view.as_ref().map(|s| s.state),
+                account: view.as_ref().and_then(|v| v.account.clone()),
+                conversation: view.as_ref().and_then(|v| v.claude_session_id.clone()),
+                ..SessionSeen::default()
+            };
+            if matches!(a.phase, Phase::Running) {
+                seen.transcript_quiet = a
+                    .transcript
+                    .as_ref()
+                    .and_then(|(p, _)| std::fs::metadata(p).ok()?.modified().ok())
+                    .and_then(|m| m.elapsed().ok());
+                seen.events_quiet = self.last_life.get(&name).map(|t| t.elapsed());
             }
+            if let Phase::Typing { text, .. } = &a.phase {
+                if assignment::wants_transcript_look(a, ctx) {
+                    seen.prompt_in_transcript = self.prompt_in_transcript(view.as_ref(), text);
+                }
+            }
+            let Some(a) = self.assigned.get_mut(&name) else {
+                continue;
+            };
+            let effects = assignment::on_deadline(a, &seen, rules, ctx);
+            self.apply(&name, effects);
         }
     }
 
@@ -1170,7 +822,7 @@ impl Run {
         let clearing = |n: &str| {
             self.clearing
                 .get(n)
-                .is_some_and(|t| t.elapsed() < CLEAR_DEADLINE)
+                .is_some_and(|t| t.elapsed() < assignment::CLEAR_DEADLINE)
         };
         self.sessions
             .iter()
@@ -1301,30 +953,19 @@ impl Run {
                 let mut a = Assignment {
                     project: q.project().to_string(),
                     task: Some(claimed.name.clone()),
-                    prompt: typed.clone(),
+                    prompt: typed,
                     phase: Phase::Running,
                     seen_at,
                     transcript: None,
                 };
-                if s.cwd != q.project_path() {
-                    a.phase = Phase::Relocating {
-                        since: Instant::now(),
-                    };
-                    self.assigned.insert(s.name.clone(), a);
-                    let _ = self.out.send(Output::Relocate {
-                        session: s.name.clone(),
-                        cwd: q.project_path().to_path_buf(),
-                    });
-                } else if self.fresh.contains(&s.name) {
-                    self.assigned.insert(s.name.clone(), a);
-                    self.type_text(&s.name, &typed, false);
-                } else {
-                    a.phase = Phase::Clearing {
-                        since: Instant::now(),
-                    };
-                    self.assigned.insert(s.name.clone(), a);
-                    type_in(&self.tmux, &s.name, "/clear");
-                }
+                let effect = assignment::begin(
+                    &mut a,
+                    s.cwd == q.project_path(),
+                    self.fresh.contains(&s.name),
+                    Instant::now(),
+                );
+                self.assigned.insert(s.name.clone(), a);
+                self.apply(&s.name, vec![effect]);
             }
         }
     }
@@ -1498,55 +1139,6 @@ impl Run {
         }
         let _ = self.out.send(Output::Counts(counts));
     }
-}
-
-/// Types `text` into `session` the way that works with Claude Code's TUI:
-/// bracketed paste, a short pause, Enter. On a thread of its own, so the
-/// pause never holds up other sessions; confirmation comes by hook.
-fn type_in(tmux: &Tmux, session: &str, text: &str) {
-    let (tmux, session, text) = (tmux.clone(), session.to_string(), text.to_string());
-    let lock = {
-        let mut locks = TYPING.lock();
-        locks
-            .get_or_insert_with(HashMap::new)
-            .entry(session.clone())
-            .or_default()
-            .clone()
-    };
-    std::thread::spawn(move || {
-        // One typing at a time per session: a /clear still on its way and the
-        // next prompt must not interleave their pastes.
-        let _turn = lock.lock();
-        // Wait (briefly) for the input prompt: a paste right after start-up can be lost.
-        let ready_by = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < ready_by {
-            match tmux.capture_pane(&session, 0) {
-                Ok(screen) if screen.contains(crate::claude_facts::PROMPT_READY_MARK) => break,
-                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = tmux.type_text(&session, &text, TYPE_PAUSE) {
-            log::warn!("{session}: cannot type into it: {e}");
-        } else if crate::switcher::failpoint_set("dispatch-typed") && text != "/clear" {
-            // Test-only: a `kill -9` between the Enter and its `UserPromptSubmit`.
-            log::error!("fail point dispatch-typed reached: aborting");
-            std::process::abort();
-        }
-    });
-}
-
-/// Per-session typing locks (see [`type_in`]).
-static TYPING: parking_lot::Mutex<Option<HashMap<String, std::sync::Arc<parking_lot::Mutex<()>>>>> =
-    parking_lot::Mutex::new(None);
-
-/// Between a paste and its Enter (claude-code-facts §7: "a short pause").
-const TYPE_PAUSE: Duration = Duration::from_millis(150);
-
-enum Release {
-    Done,
-    Requeue,
-    Attempt(String),
 }
 
 /// The account whose home is `config_dir` (a hook's `CLAUDE_CONFIG_DIR`).

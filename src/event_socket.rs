@@ -244,6 +244,7 @@ pub fn borne_out(ev: &mut RecordedEvent, cwd: Option<&Path>, wait: Duration) -> 
         match (hook.as_str(), last) {
             ("Stop", LastEntry::Answer(text)) if says(&text) => {
                 payload.insert("last_assistant_message".into(), text.into());
+                ev.reparse();
                 return Ok(());
             }
             ("StopFailure", LastEntry::ApiError { error, text }) if says(&text) => {
@@ -253,6 +254,7 @@ pub fn borne_out(ev: &mut RecordedEvent, cwd: Option<&Path>, wait: Duration) -> 
                     None => payload.remove("error"),
                 };
                 payload.insert("last_assistant_message".into(), text.into());
+                ev.reparse();
                 return Ok(());
             }
             (_, last) if Instant::now() >= deadline => {
@@ -489,7 +491,7 @@ impl Shared {
 
     /// One line: the event to hand on, or why not.
     fn take(&self, line: &[u8], origin: &Result<Origin, u32>) -> Taken {
-        let Ok(mut ev) = serde_json::from_slice::<RecordedEvent>(line) else {
+        let Ok(mut ev) = RecordedEvent::from_json(line) else {
             self.warn(
                 "parse",
                 "event socket: a line that is no event; skipped".into(),

@@ -180,7 +180,7 @@ fn scan(dir: &Path, seen: &mut Seen) -> Batch {
         }
         match std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<RecordedEvent>(&b).map_err(|e| e.to_string()))
+            .and_then(|b| RecordedEvent::from_json(&b).map_err(|e| e.to_string()))
         {
             Ok(mut ev) => {
                 ev.verified = false;

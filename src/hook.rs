@@ -52,6 +52,11 @@ pub struct RecordedEvent {
     /// what it observed). False for a file replayed at start.
     #[serde(skip)]
     pub verified: bool,
+    /// The payload as a typed event, parsed where the event enters the
+    /// daemon ([`RecordedEvent::from_json`], [`RecordedEvent::reparse`]);
+    /// every role matches on this, never on a field name.
+    #[serde(skip)]
+    pub hook: crate::hook_event::Hook,
 }
 
 /// `statusline`: records the payload (its `rate_limits` are the account's
@@ -78,7 +83,22 @@ pub fn statusline_from_stdin() -> (String, std::io::Result<PathBuf>) {
 }
 
 impl RecordedEvent {
-    /// A string field of the payload (`session_id`, `source`, `error`, …).
+    /// An event as recorded (a socket line, an event file), with its payload
+    /// parsed into [`RecordedEvent::hook`].
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<RecordedEvent> {
+        let mut ev: RecordedEvent = serde_json::from_slice(bytes)?;
+        ev.reparse();
+        Ok(ev)
+    }
+
+    /// Parses the payload again, after the entry changed it (the event
+    /// socket puts the transcript's answer in place of the sender's).
+    pub fn reparse(&mut self) {
+        self.hook = crate::hook_event::parse(&self.kind, &self.payload);
+    }
+
+    /// A string field of the raw payload, for the code where events enter
+    /// (the roles read [`RecordedEvent::hook`]). (`session_id`, `source`, `error`, …).
     pub fn field(&self, key: &str) -> Option<&str> {
         self.payload.get(key).and_then(|v| v.as_str())
     }
@@ -110,6 +130,7 @@ fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
             serde_json::Value::String(String::from_utf8_lossy(raw).into_owned())
         }),
         verified: false,
+        hook: Default::default(),
     };
     let bytes = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
     let socket = state_dir.join(SOCKET);

@@ -3,6 +3,7 @@
 //! session over to the best other account when the active one runs out.
 
 pub mod account;
+pub mod assignment;
 pub mod atomic_file;
 pub mod check;
 pub mod checkpoint;
@@ -15,6 +16,7 @@ pub mod dispatcher;
 pub mod event_socket;
 pub mod event_watcher;
 pub mod hook;
+pub mod hook_event;
 pub mod http;
 pub mod metrics;
 pub mod notifier;

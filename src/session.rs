@@ -425,16 +425,15 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
     let Some(r) = book.get_mut(name) else {
         return false;
     };
-    let ev = event;
-    let hook = ev.field("hook_event_name").unwrap_or("");
-    let session_id = ev.field("session_id");
+    use crate::hook_event::{HookEvent, NotificationKind};
+    let session_id = event.hook.conversation.as_deref();
     let at = event.recorded_at_ms;
     // An event of a conversation this session no longer runs (left over from
     // before a relaunch) must not move today's state.
     let other_conversation =
         matches!((session_id, &r.claude_session_id), (Some(a), Some(b)) if a != b);
-    match hook {
-        "SessionStart" => {
+    match &event.hook.event {
+        HookEvent::SessionStart { .. } => {
             if let Some(id) = session_id {
                 r.claude_session_id = Some(id.to_string());
             }
@@ -444,11 +443,9 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
             r.set_state(State::Idle, at);
         }
         _ if other_conversation => return false,
-        "UserPromptSubmit" => r.set_state(State::Working, at),
-        "Stop" => r.set_state(State::Idle, at),
-        "StopFailure" => {
-            let error = ev.field("error").unwrap_or("unknown");
-            let message = ev.field("last_assistant_message").unwrap_or("");
+        HookEvent::UserPromptSubmit { .. } => r.set_state(State::Working, at),
+        HookEvent::Stop { .. } => r.set_state(State::Idle, at),
+        HookEvent::StopFailure { error, message } => {
             r.last_error = Some(
                 format!("{error}: {message}")
                     .trim_end_matches([':', ' '])
@@ -460,15 +457,17 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
                 r.set_state(State::Idle, at);
             }
         }
-        "Notification" => match ev.field("notification_type") {
-            Some("permission_prompt") => r.set_state(State::Waiting, at),
-            Some("idle_prompt") if r.state == State::Waiting => r.set_state(State::Idle, at),
+        HookEvent::Notification { kind } => match kind {
+            NotificationKind::PermissionPrompt => r.set_state(State::Waiting, at),
+            NotificationKind::IdlePrompt if r.state == State::Waiting => {
+                r.set_state(State::Idle, at)
+            }
             _ => return false,
         },
         // The process is ending (or `/clear` starts a new conversation, whose
         // SessionStart follows): tmux will tell us if it is gone.
-        "SessionEnd" => return false,
-        _ => return false,
+        HookEvent::SessionEnd => return false,
+        HookEvent::Statusline | HookEvent::Other => return false,
     }
     true
 }
@@ -504,14 +503,17 @@ mod tests {
     }
 
     fn hook(session: &str, payload: serde_json::Value) -> RecordedEvent {
-        RecordedEvent {
+        let mut ev = RecordedEvent {
             kind: "hook".into(),
             session: Some(session.into()),
             config_dir: None,
             recorded_at_ms: 5,
             payload,
             verified: true,
-        }
+            hook: Default::default(),
+        };
+        ev.reparse();
+        ev
     }
 
     #[test]

@@ -1,10 +1,22 @@
-//! The session watcher: the one thread that talks to tmux for the session
-//! pools. It observes (one `list-sessions` per turn) and carries out the
-//! actions the main loop decided, each tmux call with a deadline, and
-//! reports back. The main loop never blocks on tmux.
+//! The session watcher: the one role that writes to tmux for the session
+//! pools. It observes (one `list-sessions` per turn), carries out the
+//! actions the main loop decided (launch, collect, kill), types what the
+//! dispatcher asks into a session and stops sessions for a swap, each tmux
+//! call with a deadline, and reports back. Nobody else sends keys to, starts
+//! or kills a session (`.ci/run` checks it); the main loop never blocks on
+//! tmux.
+//!
+//! Typing runs on one worker thread per session, so a paste that waits for
+//! the input prompt never holds up other sessions or the observation, and
+//! two typings into one session (a `/clear` and the next prompt) never
+//! interleave: a session's keystrokes arrive in the order they were asked.
+//! A swap's stop runs on a thread of its own and answers when every session
+//! is stopped.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -18,6 +30,25 @@ pub enum Request {
     Observe,
     /// Carry these out in order, then observe.
     Execute(Vec<Job>),
+    /// Type into a session (in order with the session's earlier keystrokes).
+    Keys { session: String, keys: Keys },
+    /// Stop these sessions (Escape, `/exit`, kill after `timeout`), all at
+    /// once; `done` is answered when every one is stopped.
+    Stop {
+        names: Vec<String>,
+        timeout: Duration,
+        done: Sender<()>,
+    },
+}
+
+/// Keystrokes for a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Keys {
+    /// The way that works with Claude Code's TUI: wait (briefly) for the
+    /// input prompt, bracketed paste, a short pause, Enter.
+    Text(String),
+    /// One key (`Escape`, `Enter`).
+    Key(&'static str),
 }
 
 /// One action against tmux, fully specified by the main loop.
@@ -75,6 +106,8 @@ pub enum Report {
         name: String,
         error: Option<String>,
     },
+    /// Keystrokes that could not be delivered.
+    NotTyped { session: String, error: String },
 }
 
 /// How much of a dead or stuck screen is kept: the last lines that say something.
@@ -98,22 +131,62 @@ impl SessionWatcher {
 }
 
 fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
+    // One typist per session, ended when this thread returns (their
+    // channels close).
+    let mut typists: HashMap<String, Sender<Keys>> = HashMap::new();
     while let Ok(first) = requests.recv() {
         // Coalesce: ten Observe requests queued behind a slow call are one.
         let mut batch = vec![first];
         batch.extend(requests.try_iter());
-        for req in batch
-            .into_iter()
-            .filter(|r| matches!(r, Request::Execute(_)))
-        {
-            if let Request::Execute(jobs) = req {
-                for job in jobs {
-                    let report = execute(&tmux, job);
-                    if reports.send(report).is_err() {
-                        return;
+        let mut observe = false;
+        for req in batch {
+            match req {
+                Request::Observe => observe = true,
+                Request::Execute(jobs) => {
+                    observe = true;
+                    for job in jobs {
+                        let report = execute(&tmux, job);
+                        if reports.send(report).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Request::Keys { session, keys } => {
+                    let typist = typists
+                        .entry(session.clone())
+                        .or_insert_with(|| typist_for(&tmux, &session, &reports));
+                    if let Err(crossbeam_channel::SendError(keys)) = typist.send(keys) {
+                        // Its thread could not start or ended: a new one.
+                        let fresh = typist_for(&tmux, &session, &reports);
+                        let _ = fresh.send(keys);
+                        typists.insert(session, fresh);
+                    }
+                }
+                Request::Stop {
+                    names,
+                    timeout,
+                    done,
+                } => {
+                    let tmux = tmux.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("session-stop".into())
+                        .spawn(move || {
+                            std::thread::scope(|scope| {
+                                for name in &names {
+                                    let tmux = tmux.clone();
+                                    scope.spawn(move || stop_one(&tmux, name, timeout));
+                                }
+                            });
+                            let _ = done.send(());
+                        });
+                    if let Err(e) = spawned {
+                        log::error!("cannot start a thread to stop sessions: {e}");
                     }
                 }
             }
+        }
+        if !observe {
+            continue;
         }
         let observed = tmux
             .list_sessions()
@@ -123,6 +196,80 @@ fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
             return;
         }
     }
+}
+
+/// A worker that types into `session`, one request after the other.
+fn typist_for(tmux: &Tmux, session: &str, reports: &Sender<Report>) -> Sender<Keys> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Keys>();
+    let (tmux, session, reports) = (tmux.clone(), session.to_string(), reports.clone());
+    let spawned = std::thread::Builder::new()
+        .name("typist".into())
+        .spawn(move || {
+            for keys in rx {
+                if let Err(error) = type_keys(&tmux, &session, &keys) {
+                    log::warn!("{session}: cannot type into it: {error}");
+                    let _ = reports.send(Report::NotTyped {
+                        session: session.clone(),
+                        error,
+                    });
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a typist thread: {e}");
+    }
+    tx
+}
+
+/// Between a paste and its Enter (claude-code-facts §7: "a short pause").
+const TYPE_PAUSE: Duration = Duration::from_millis(150);
+/// How long a paste waits for the input prompt: a paste right after
+/// start-up can be lost.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
+    match keys {
+        Keys::Key(key) => tmux.send_key(session, key).map_err(|e| e.to_string()),
+        Keys::Text(text) => {
+            let ready_by = Instant::now() + READY_WAIT;
+            while Instant::now() < ready_by {
+                match tmux.capture_pane(session, 0) {
+                    Ok(screen) if screen.contains(facts::PROMPT_READY_MARK) => break,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(_) => break,
+                }
+            }
+            tmux.type_text(session, text, TYPE_PAUSE)
+                .map_err(|e| e.to_string())?;
+            if text != "/clear" && crate::switcher::failpoint_set("dispatch-typed") {
+                // Test-only: a `kill -9` between the Enter and its `UserPromptSubmit`.
+                log::error!("fail point dispatch-typed reached: aborting");
+                std::process::abort();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Stops one session: Escape (ends a turn in progress), `/exit`, then kill
+/// after `timeout` whatever happened.
+fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
+    let alive = |t: &Tmux| {
+        t.list_sessions()
+            .ok()
+            .and_then(|l| l.into_iter().find(|s| s.name == name))
+            .is_some_and(|s| !s.pane_dead)
+    };
+    if alive(tmux) {
+        let _ = tmux.send_key(name, "Escape");
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = tmux.type_text(name, "/exit", Duration::from_millis(100));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && alive(tmux) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = tmux.kill_session(name);
 }
 
 fn execute(tmux: &Tmux, job: Job) -> Report {

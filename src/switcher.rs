@@ -219,6 +219,8 @@ struct State {
     partial: Option<String>,
     no_account: Option<String>,
     tmux: Tmux,
+    /// The session watcher's requests: it stops the sessions for a swap.
+    sessions: Sender<crate::session_watcher::Request>,
     out: Sender<Notice>,
     published: Published,
     view: SharedView,
@@ -236,7 +238,12 @@ impl Switcher {
     /// Loads (or rebuilds) the account state, finishes or rolls back a swap
     /// left by a previous run, and announces the active account on `out`
     /// before returning, so the main loop knows it at once.
-    pub fn start(config: &Config, out: Sender<Notice>, published: Published) -> Switcher {
+    pub fn start(
+        config: &Config,
+        out: Sender<Notice>,
+        published: Published,
+        sessions: Sender<crate::session_watcher::Request>,
+    ) -> Switcher {
         let active_path = config.state_dir.join("active.json");
         let journal_path = config.state_dir.join(JOURNAL_FILE);
         let active = load_or_rebuild(&active_path, config);
@@ -254,6 +261,7 @@ impl Switcher {
             partial: None,
             no_account: None,
             tmux: Tmux::new(config.tmux.socket.clone(), Duration::from_secs(10)),
+            sessions,
             out,
             published,
             view: view.clone(),
@@ -1055,12 +1063,20 @@ impl State {
             .map(managed_alive)
             .map_err(|e| format!("cannot list sessions to stop them: {e}"))?;
         let stop_timeout = self.config.swap.stop_timeout;
-        std::thread::scope(|scope| {
-            for name in &managed {
-                let tmux = self.tmux.clone();
-                scope.spawn(move || stop_one(&tmux, name, stop_timeout));
-            }
-        });
+        // The session watcher stops them (it is the one tmux writer) and
+        // answers when all are; every stop ends in a kill after
+        // `stop_timeout`, and the margin covers tmux's own deadlines.
+        let (done, stopped) = crossbeam_channel::bounded(1);
+        self.sessions
+            .send(crate::session_watcher::Request::Stop {
+                names: managed,
+                timeout: stop_timeout,
+                done,
+            })
+            .map_err(|_| "the session watcher is gone".to_string())?;
+        stopped
+            .recv_timeout(stop_timeout + Duration::from_secs(15))
+            .map_err(|_| "the session watcher did not finish stopping them in time".to_string())?;
         let left = self
             .tmux
             .list_sessions()
@@ -1265,27 +1281,6 @@ fn target_folder_problem(
             )),
         }
     })
-}
-
-/// Stops one session: Escape (ends a turn in progress), `/exit`, then kill
-/// after `timeout` whatever happened.
-fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
-    let alive = |t: &Tmux| {
-        t.list_sessions()
-            .ok()
-            .and_then(|l| l.into_iter().find(|s| s.name == name))
-            .is_some_and(|s| !s.pane_dead)
-    };
-    if alive(tmux) {
-        let _ = tmux.send_key(name, "Escape");
-        std::thread::sleep(Duration::from_millis(50));
-        let _ = tmux.type_text(name, "/exit", Duration::from_millis(100));
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && alive(tmux) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let _ = tmux.kill_session(name);
 }
 
 /// Points `link` at `target` atomically (a new symlink renamed over it).
