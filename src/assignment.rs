@@ -151,7 +151,9 @@ pub enum Effect {
     CheckFinishing,
     /// Record the task done with the answer its `Finishing` phase holds;
     /// then `/clear` for the next task when `clear_after`.
-    Finish { clear_after: bool },
+    Finish {
+        clear_after: bool,
+    },
     /// The event files of Stops that a blocking summary answered.
     DeleteEventFiles(Vec<PathBuf>),
     /// Keep the hook event's file until the task is recorded (a crash
@@ -371,7 +373,10 @@ fn on_start(a: &mut Assignment, source: &StartSource, seen: &HookSeen, ctx: Ctx)
             effects.push(type_text(a, text, false, ctx.now));
             effects
         }
-        Phase::Running | Phase::Typing { .. } | Phase::Clearing { .. } | Phase::Finishing { .. }
+        Phase::Running
+        | Phase::Typing { .. }
+        | Phase::Clearing { .. }
+        | Phase::Finishing { .. }
             if restarted && !ctx.paused =>
         {
             if matches!(a.phase, Phase::Finishing { .. }) {
@@ -509,11 +514,15 @@ pub fn on_deadline(a: &mut Assignment, seen: &SessionSeen, rules: Rules, ctx: Ct
             // its events and its transcript. A session that shows none for
             // `stale_task_after` (hung, or its events lost) is relaunched
             // and the attempt counts.
-            let quiet = [Some(age(a.seen_at)), seen.transcript_quiet, seen.events_quiet]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or_default();
+            let quiet = [
+                Some(age(a.seen_at)),
+                seen.transcript_quiet,
+                seen.events_quiet,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_default();
             if quiet < rules.stale_after {
                 return Vec::new();
             }

@@ -689,7 +689,10 @@ impl Run {
                 let Some(phase) =
                     assignment::adopted(swapping, confirmed, &m.account, text, Instant::now())
                 else {
-                    log::warn!("task {}/{name}: cannot read it back after a restart; back to the inbox", q.project());
+                    log::warn!(
+                        "task {}/{name}: cannot read it back after a restart; back to the inbox",
+                        q.project()
+                    );
                     let _ = q.requeue(&name);
                     continue;
                 };
@@ -971,9 +974,19 @@ impl Run {
     }
 
     /// Grow pools while tasks wait and an account is usable; shrink idle
-    /// sessions above `min` after `idle_shrink_after`.
+    /// sessions above `min` after `idle_shrink_after` (see `pool_size`).
     fn resize_pools(&mut self) {
-        for pool in self.config.pools.clone() {
+        use crate::pool_size::{self, Member, Resize};
+        let at = Instant::now();
+        let assigned = &self.assigned;
+        fn member<'a>(s: &'a SessionView, assigned: &HashMap<String, Assignment>) -> Member<'a> {
+            Member {
+                name: &s.name,
+                state: s.state,
+                assigned: assigned.contains_key(&s.name),
+            }
+        }
+        for pool in &self.config.pools {
             if !pool.dispatch {
                 continue;
             }
@@ -984,29 +997,15 @@ impl Run {
                 .filter_map(|(q, _)| q.tracked_counts(now()).ok())
                 .map(|c| c.inbox)
                 .sum();
-            let members: Vec<&SessionView> = self
+            let members: Vec<Member> = self
                 .sessions
                 .iter()
                 .filter(|s| s.pool == pool.name)
+                .map(|s| member(s, assigned))
                 .collect();
-            let free = members
-                .iter()
-                .filter(|s| s.state == State::Idle && !self.assigned.contains_key(&s.name))
-                .count();
-            let starting = members
-                .iter()
-                .filter(|s| matches!(s.state, State::Starting | State::Dead))
-                .count();
-            if self.paused.is_none()
-                && waiting > free + starting
-                && (members.len() as u32) < pool.max
-            {
-                let taken: HashSet<&str> = members.iter().map(|s| s.name.as_str()).collect();
-                if let Some(name) = pool
-                    .session_names()
-                    .into_iter()
-                    .find(|n| !taken.contains(n.as_str()))
-                {
+            let paused = self.paused.is_some();
+            match pool_size::resize(pool, waiting, &members, &self.idle_since, paused, at) {
+                Some(Resize::Grow(name)) => {
                     log::info!(
                         "pool {}: {waiting} task(s) waiting, growing with {name}",
                         pool.name
@@ -1016,48 +1015,20 @@ impl Run {
                         name,
                     });
                 }
-            }
-            if waiting == 0 && members.len() as u32 > pool.min {
-                let names = pool.session_names();
-                // Shrink from the top index down, one per turn.
-                if let Some(s) = members
-                    .iter()
-                    .filter(|s| {
-                        names
-                            .iter()
-                            .position(|n| n == &s.name)
-                            .is_some_and(|i| i as u32 >= pool.min)
-                    })
-                    .filter(|s| s.state == State::Idle && !self.assigned.contains_key(&s.name))
-                    .filter(|s| {
-                        self.idle_since
-                            .get(&s.name)
-                            .is_some_and(|t| t.elapsed() >= pool.idle_shrink_after)
-                    })
-                    .max_by_key(|s| names.iter().position(|n| n == &s.name))
-                {
+                Some(Resize::Shrink(name)) => {
                     log::info!(
-                        "pool {}: {} idle for {:?}, shrinking",
+                        "pool {}: {name} idle for {:?}, shrinking",
                         pool.name,
-                        s.name,
                         pool.idle_shrink_after
                     );
-                    self.idle_since.remove(&s.name);
-                    let _ = self.out.send(Output::Shrink {
-                        name: s.name.clone(),
-                    });
+                    self.idle_since.remove(&name);
+                    let _ = self.out.send(Output::Shrink { name });
                 }
+                None => {}
             }
         }
-        for s in &self.sessions {
-            if s.state != State::Idle || self.assigned.contains_key(&s.name) {
-                self.idle_since.remove(&s.name);
-            } else {
-                self.idle_since
-                    .entry(s.name.clone())
-                    .or_insert_with(Instant::now);
-            }
-        }
+        let members: Vec<Member> = self.sessions.iter().map(|s| member(s, assigned)).collect();
+        pool_size::track_idle(&mut self.idle_since, &members, at);
     }
 
     /// One checkpoint per session, read from its transcript's tail; old ones pruned.

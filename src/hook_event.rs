@@ -21,15 +21,26 @@ pub struct Hook {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum HookEvent {
     /// A conversation starts: a launch, a `--resume`, a `/clear`.
-    SessionStart { source: StartSource },
+    SessionStart {
+        source: StartSource,
+    },
     /// A prompt was submitted (a long paste arrives wrapped in
     /// `<pasted_content>`; `claude_facts::same_prompt` sees through that).
-    UserPromptSubmit { prompt: String },
+    UserPromptSubmit {
+        prompt: String,
+    },
     /// A turn ended with an answer (empty when the answer had no text).
-    Stop { answer: Option<String> },
+    Stop {
+        answer: Option<String>,
+    },
     /// A turn ended in an API error (`rate_limit` for a refused request).
-    StopFailure { error: String, message: String },
-    Notification { kind: NotificationKind },
+    StopFailure {
+        error: String,
+        message: String,
+    },
+    Notification {
+        kind: NotificationKind,
+    },
     /// The process is ending, or `/clear` starts a new conversation.
     SessionEnd,
     /// A status-line call: its payload carries the quota reading.

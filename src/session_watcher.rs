@@ -107,7 +107,10 @@ pub enum Report {
         error: Option<String>,
     },
     /// Keystrokes that could not be delivered.
-    NotTyped { session: String, error: String },
+    NotTyped {
+        session: String,
+        error: String,
+    },
 }
 
 /// How much of a dead or stuck screen is kept: the last lines that say something.
