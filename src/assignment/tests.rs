@@ -624,7 +624,7 @@ fn a_session_that_dies_under_its_task_costs_an_attempt_unless_its_answer_is_in()
             let mut a = task(phase, t0);
             assert_eq!(
                 said(&on_deadline(&mut a, &gone, rules(), ctx(t0 + secs(1)))),
-                [ended.clone()]
+                std::slice::from_ref(&ended)
             );
         }
         let mut a = task(finishing(t0, 1), t0);
