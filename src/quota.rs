@@ -1,4 +1,4 @@
-//! Quota: readings of each account's 5-hour and 7-day windows, and the pure
+//! Pure: quota readings of each account's 5-hour and 7-day windows, and the pure
 //! decision of when the active account is due to be left and for which.
 //!
 //! Readings come from four places, each kept with its source and time: the

@@ -1,4 +1,4 @@
-//! Managed sessions: their states, what the daemon remembers of each
+//! Pure: managed sessions: their states, what the daemon remembers of each
 //! (`sessions.json`), how hook events move them, and the pure reconcile that
 //! decides what tmux should do.
 //!
