@@ -690,7 +690,7 @@ impl Daemon {
                 if let Some(l) = dispatch_latency {
                     self.counters.observe_dispatch(l);
                 } else {
-                    self.counters.record_task(outcome);
+                    self.counters.record_task(outcome.as_str());
                 }
             }
             Output::TaskFailed {

@@ -80,10 +80,10 @@ pub enum Output {
         name: String,
     },
     Counts(BTreeMap<String, QueueCounts>),
-    /// A task finished: `done`, `failed` or `requeued`, and the time from
-    /// its arrival to its confirmed submission.
+    /// A task's submission was confirmed (with the time from its arrival),
+    /// or it left its session.
     Outcome {
-        outcome: &'static str,
+        outcome: TaskOutcome,
         dispatch_latency: Option<Duration>,
     },
     /// A task failed for good (for notifications).
@@ -94,12 +94,36 @@ pub enum Output {
     },
 }
 
+/// What became of a task, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// Its prompt was submitted (not an end: counted as dispatch latency).
+    Submitted,
+    Done,
+    Failed,
+    Requeued,
+}
+
+impl TaskOutcome {
+    /// As `/metrics` labels it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskOutcome::Submitted => "submitted",
+            TaskOutcome::Done => "done",
+            TaskOutcome::Failed => "failed",
+            TaskOutcome::Requeued => "requeued",
+        }
+    }
+}
+
 pub struct Dispatcher {
     pub input: Sender<Input>,
     pub thread: JoinHandle<()>,
 }
 
-struct Run {
+/// The dispatcher thread's desk: every project's queue, the sessions as
+/// last seen, and which session works on what. Only that thread holds it.
+struct Desk {
     config: Config,
     /// The session watcher, which types for us (it is the one tmux writer).
     keys: Sender<session_watcher::Request>,
@@ -148,9 +172,9 @@ impl Dispatcher {
             .name("dispatcher".into())
             .spawn(move || {
                 let wake = watch_inboxes(&config);
-                let mut run = Run::new(config, out, keys);
-                run.swap_was_interrupted = swap_was_interrupted;
-                run.serve(rx, wake);
+                let mut desk = Desk::new(config, out, keys);
+                desk.swap_was_interrupted = swap_was_interrupted;
+                desk.serve(rx, wake);
             })
             .expect("spawn dispatcher thread");
         Dispatcher { input, thread }
@@ -216,8 +240,8 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
-impl Run {
-    fn new(config: Config, out: Sender<Output>, keys: Sender<session_watcher::Request>) -> Run {
+impl Desk {
+    fn new(config: Config, out: Sender<Output>, keys: Sender<session_watcher::Request>) -> Desk {
         let queues = config
             .projects
             .iter()
@@ -229,7 +253,7 @@ impl Run {
                 (q, p.pool.clone())
             })
             .collect();
-        Run {
+        Desk {
             keys,
             config,
             queues,
@@ -512,7 +536,7 @@ impl Run {
             Ok(Completion::Done { name }) => {
                 log::info!("{session}: task {}/{name} done", a.project);
                 let _ = self.out.send(Output::Outcome {
-                    outcome: "done",
+                    outcome: TaskOutcome::Done,
                     dispatch_latency: None,
                 });
             }
@@ -568,7 +592,7 @@ impl Run {
             latency.as_millis()
         );
         let _ = self.out.send(Output::Outcome {
-            outcome: "submitted",
+            outcome: TaskOutcome::Submitted,
             dispatch_latency: Some(latency),
         });
     }
@@ -613,7 +637,7 @@ impl Run {
             Release::Requeue => match q.requeue(&task) {
                 Ok(_) => {
                     let _ = self.out.send(Output::Outcome {
-                        outcome: "requeued",
+                        outcome: TaskOutcome::Requeued,
                         dispatch_latency: None,
                     });
                 }
@@ -627,7 +651,7 @@ impl Run {
                     Ok(Outcome::Requeued { attempts, .. }) => {
                         log::warn!("task {}/{task}: attempt {attempts} failed ({reason}); back in the inbox", a.project);
                         let _ = self.out.send(Output::Outcome {
-                            outcome: "requeued",
+                            outcome: TaskOutcome::Requeued,
                             dispatch_latency: None,
                         });
                     }
@@ -637,7 +661,7 @@ impl Run {
                             a.project
                         );
                         let _ = self.out.send(Output::Outcome {
-                            outcome: "failed",
+                            outcome: TaskOutcome::Failed,
                             dispatch_latency: None,
                         });
                         let _ = self.out.send(Output::TaskFailed {
@@ -871,7 +895,7 @@ impl Run {
                     r.reason
                 );
                 let _ = self.out.send(Output::Outcome {
-                    outcome: "failed",
+                    outcome: TaskOutcome::Failed,
                     dispatch_latency: None,
                 });
                 let _ = self.out.send(Output::TaskFailed {
@@ -936,7 +960,7 @@ impl Run {
                                 q.give_up(&claimed.name, &reason, now())
                             {
                                 let _ = self.out.send(Output::Outcome {
-                                    outcome: "failed",
+                                    outcome: TaskOutcome::Failed,
                                     dispatch_latency: None,
                                 });
                                 let _ = self.out.send(Output::TaskFailed {
