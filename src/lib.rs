@@ -18,6 +18,7 @@ pub mod hook;
 pub mod http;
 pub mod metrics;
 pub mod notifier;
+pub mod poll_schedule;
 pub mod process;
 pub mod queue;
 pub mod quota;
