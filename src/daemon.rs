@@ -24,7 +24,7 @@ use crate::event_watcher::{Batch, EventWatcher};
 use crate::hook_event::HookEvent;
 use crate::http::Http;
 use crate::process;
-use crate::sd_notify::Notifier;
+use crate::sd_notify::Systemd;
 use crate::session::{self, Action, Book, State};
 use crate::session_watcher::{Job, Report, Request, SessionWatcher};
 use crate::status::{self, AccountStatus, Published, SessionStatus, Status};
@@ -76,7 +76,7 @@ struct Daemon {
     in_flight: HashSet<String>,
     active: Option<Active>,
     published: Published,
-    sd: Notifier,
+    sd: Systemd,
     ready: bool,
     persisted: String,
     consumed: Vec<(PathBuf, crate::hook::RecordedEvent)>,
@@ -155,10 +155,8 @@ pub fn run(config_path: &Path) -> i32 {
     }
     let book = load_book(&config.state_dir.join("sessions.json"));
 
-    // Role threads. Drop order at stop: the watcher and switcher request
-    // channels close first (no new work), then the event watcher is told to
-    // stop, then HTTP stops answering (it reads snapshots only, so it is last
-    // to go and can report until the end).
+    // Role threads; they go into `Roles` below, whose field order is the
+    // order they stop in.
     let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
     let sig_handle = signals.handle();
     let sig_thread = std::thread::Builder::new()
@@ -187,10 +185,17 @@ pub fn run(config_path: &Path) -> i32 {
         published.clone(),
         watcher.requests.clone(),
     );
-    let notifier = crate::notifier::Notifier::start(&config.notify);
+    // Told to stop, it flushes what is queued for at most JOIN_GRACE.
+    let notifier = crate::notifier::Notifier::start_with(
+        &config.notify,
+        crate::notifier::NotifierOptions {
+            flush_grace: JOIN_GRACE,
+            ..Default::default()
+        },
+    );
     let counters = Arc::new(crate::metrics::Counters::default());
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
-    let wiring = crate::http::Wiring {
+    let control_plane = crate::http::ControlPlane {
         switcher: switcher.requests.clone(),
         view: switcher.view.clone(),
         main: control_tx,
@@ -203,7 +208,7 @@ pub fn run(config_path: &Path) -> i32 {
             + config.claude.startup_timeout
             + Duration::from_secs(30),
     };
-    let http = match Http::start(config.http.listen, published.clone(), wiring) {
+    let http = match Http::start(config.http.listen, published.clone(), control_plane) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("claude-failover: {e}");
@@ -247,7 +252,7 @@ pub fn run(config_path: &Path) -> i32 {
         in_flight: HashSet::new(),
         active: None,
         published,
-        sd: Notifier::from_env(),
+        sd: Systemd::from_env(),
         ready: false,
         persisted: String::new(),
         consumed: Vec::new(),
@@ -266,10 +271,26 @@ pub fn run(config_path: &Path) -> i32 {
         stop_after_swap: None,
         config,
     };
+    let monitor_gone = monitor.gone.clone();
+    let roles = Roles {
+        http: {
+            let (stop, thread) = http.into_parts();
+            Role::new("http", stop, thread)
+        },
+        dispatcher: Role::new("dispatcher", dispatcher.input, dispatcher.thread),
+        monitor: Role::new("quota monitor", monitor.stop, monitor.thread),
+        switcher: Role::new("switcher", switcher.requests, switcher.thread),
+        watcher: Role::new("session watcher", watcher.requests, watcher.thread),
+        events: Role::new("event watcher", events.stop, events.thread),
+        notifier: {
+            let (stop, thread) = notifier.into_parts();
+            // Its flush (JOIN_GRACE at most) plus the time to end.
+            Role::new("notifier", stop, thread).grace(JOIN_GRACE + Duration::from_millis(250))
+        },
+        signals: Role::new("signals", CloseOnDrop(sig_handle), sig_thread),
+    };
     let _ = daemon.watcher.send(Request::Observe);
-    let watchdog = Notifier::watchdog_interval()
-        .map(tick)
-        .unwrap_or_else(never);
+    let watchdog = Systemd::watchdog_interval().map(tick).unwrap_or_else(never);
     let mut ticker = tick(daemon.config.lifecycle.interval);
     let mut interval = daemon.config.lifecycle.interval;
     let code = loop {
@@ -281,7 +302,7 @@ pub fn run(config_path: &Path) -> i32 {
             recv(active_rx) -> a => a.map(Event::Switcher).unwrap_or(Event::RoleGone("switcher")),
             recv(control_rx) -> c => c.map(Event::Control).unwrap_or(Event::RoleGone("http")),
             recv(dispatch_rx) -> d => d.map(Event::Dispatch).unwrap_or(Event::RoleGone("dispatcher")),
-            recv(monitor.gone) -> _ => Event::RoleGone("quota monitor"),
+            recv(monitor_gone) -> _ => Event::RoleGone("quota monitor"),
             recv(ticker) -> _ => Event::Tick,
             recv(watchdog) -> _ => Event::Watchdog,
             recv(deadline) -> _ => Event::Deadline,
@@ -309,26 +330,94 @@ pub fn run(config_path: &Path) -> i32 {
     daemon.sd.notify("STOPPING=1");
     daemon.persist();
     log::info!("stopping; tmux sessions are left running for the next start to adopt");
+    // The main loop's senders to the watcher, the switcher and the
+    // dispatcher go first, then each role in `Roles`' field order.
     drop(daemon);
-    // The dispatcher and the switcher hold senders to the session watcher:
-    // they go first, so its channel closes.
-    drop(dispatcher.input);
-    join_within(dispatcher.thread, "dispatcher");
-    drop(monitor.stop);
-    join_within(monitor.thread, "quota monitor");
-    drop(switcher.requests);
-    join_within(switcher.thread, "switcher");
-    drop(watcher.requests);
-    join_within(watcher.thread, "session watcher");
-    drop(events.stop);
-    join_within(events.thread, "event watcher");
-    drop(http);
-    if !notifier.shutdown(JOIN_GRACE) {
-        log::warn!("notifications still pending at stop were dropped");
-    }
-    sig_handle.close();
-    join_within(sig_thread, "signals");
+    drop(roles);
     code
+}
+
+/// Every role thread, stopped at drop one after the other in field order.
+///
+/// Relative order of fields below is significant: a role stops only once
+/// every sender to its channel is gone, so whoever sends to a role stops
+/// before it. HTTP holds senders to the switcher and the main loop (and
+/// only reads snapshots otherwise), so it stops first; the dispatcher takes
+/// no new work once the main loop (already gone) sends none; the quota
+/// monitor sends readings to the switcher, so it stops before it; with
+/// HTTP, the monitor and the main loop gone, the switcher's channel closes
+/// and it returns (finishing what it persists); the session watcher is
+/// asked to type by the dispatcher and to stop sessions by the switcher, so
+/// it comes after both; the event watcher feeds only the main loop; the notifier comes late so
+/// that notes sent while the others stop are still delivered; the signal
+/// thread is last, so a signal during stop is still caught, not fatal.
+// The fields are only ever dropped, which is their use.
+#[allow(dead_code)]
+struct Roles {
+    http: Role,
+    dispatcher: Role,
+    monitor: Role,
+    switcher: Role,
+    watcher: Role,
+    events: Role,
+    notifier: Role,
+    signals: Role,
+}
+
+/// One role thread and what asks it to stop. The one way to stop a role:
+/// drop its `stop` (its request sender, or a stop sender nobody sends on);
+/// the thread's own loop sees its channel close and returns. Then the
+/// thread is joined for at most `grace`, and left running if it takes
+/// longer (a stuck role must not keep the daemon from exiting).
+struct Role {
+    name: &'static str,
+    stop: Option<Box<dyn Send>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Role {
+    fn new(
+        name: &'static str,
+        stop: impl Send + 'static,
+        thread: std::thread::JoinHandle<()>,
+    ) -> Role {
+        Role {
+            name,
+            stop: Some(Box::new(stop)),
+            thread: Some(thread),
+            grace: JOIN_GRACE,
+        }
+    }
+
+    /// Joins within `grace` instead of [`JOIN_GRACE`].
+    fn grace(mut self, grace: Duration) -> Role {
+        self.grace = grace;
+        self
+    }
+
+    /// Drops the stop sender, then joins the thread within the grace.
+    fn stop_and_join(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            join_within(thread, self.name, self.grace);
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// The signal thread's stop: closing the handle ends `Signals::forever`.
+struct CloseOnDrop(signal_hook::iterator::Handle);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// What must hold before `run` touches tmux: tmux answers, every account
@@ -385,14 +474,14 @@ fn load_book(path: &Path) -> Book {
     }
 }
 
-fn join_within(handle: std::thread::JoinHandle<()>, role: &str) {
+fn join_within(handle: std::thread::JoinHandle<()>, role: &str, grace: Duration) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let _ = handle.join();
         let _ = tx.send(());
     });
-    if rx.recv_timeout(JOIN_GRACE).is_err() {
-        log::warn!("the {role} thread did not stop within {JOIN_GRACE:?}; leaving it");
+    if rx.recv_timeout(grace).is_err() {
+        log::warn!("the {role} thread did not stop within {grace:?}; leaving it");
     }
 }
 

@@ -57,7 +57,7 @@ pub enum Control {
 
 /// What the handlers may reach besides the snapshot.
 #[derive(Clone)]
-pub struct Wiring {
+pub struct ControlPlane {
     pub switcher: Sender<switcher::Request>,
     pub view: SharedView,
     pub main: Sender<Control>,
@@ -126,35 +126,43 @@ pub struct ServerStats {
     pub listener_fd: std::sync::atomic::AtomicI32,
 }
 
-/// The running server. Field order is drop order: the stop flag is raised
-/// in `Drop` before the threads are joined.
+/// The running server. Relative order of fields is significant: `stop`
+/// drops first, and its channel closing is the stop request (the poll loop
+/// sees it within one slice and returns, dropping the job queue's sender, so
+/// the workers return too); then `thread`, which joins the workers before it
+/// ends, is joined.
 pub struct Http {
-    stop: Arc<AtomicBool>,
+    /// Nobody sends on it: dropping it stops the server.
+    stop: Option<Sender<()>>,
+    /// The poll loop's thread; it joins the workers when it returns.
     thread: Option<JoinHandle<()>>,
-    workers: Vec<JoinHandle<()>>,
     pub addr: SocketAddr,
     pub stats: Arc<ServerStats>,
 }
 
-/// How often the poll loop looks at the stop flag.
+/// How often the poll loop looks at the stop channel.
 const POLL_SLICE: Duration = Duration::from_millis(200);
 /// Longest pause after repeated accept errors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Http {
-    pub fn start(listen: SocketAddr, published: Published, wiring: Wiring) -> Result<Http, String> {
+    pub fn start(
+        listen: SocketAddr,
+        published: Published,
+        wiring: ControlPlane,
+    ) -> Result<Http, String> {
         Http::start_with(listen, published, wiring, Limits::default())
     }
 
     pub fn start_with(
         listen: SocketAddr,
         published: Published,
-        wiring: Wiring,
+        wiring: ControlPlane,
         limits: Limits,
     ) -> Result<Http, String> {
         let listener = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr().unwrap_or(listen);
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let stats = Arc::new(ServerStats::default());
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(limits.queue);
         let site = Arc::new(Site {
@@ -173,31 +181,46 @@ impl Http {
                     .map_err(|e| e.to_string())?,
             );
         }
-        let (s, st) = (stop.clone(), stats.clone());
+        let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("http".into())
-            .spawn(move || supervise(listener, addr, &limits, &jobs_tx, &s, &st))
+            .spawn(move || {
+                supervise(listener, addr, &limits, &jobs_tx, &stop_rx, &st);
+                // The job queue's sender goes: the workers see it close and
+                // return.
+                drop(jobs_tx);
+                for w in workers {
+                    let _ = w.join();
+                }
+            })
             .map_err(|e| e.to_string())?;
         Ok(Http {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
-            workers,
             addr,
             stats,
         })
     }
+
+    /// The stop sender (dropping it stops the server) and the thread that
+    /// ends once the server has stopped, for a caller that stops its roles
+    /// one way (the daemon).
+    pub fn into_parts(mut self) -> (Sender<()>, JoinHandle<()>) {
+        let stop = self
+            .stop
+            .take()
+            .expect("a running server has its stop sender");
+        let thread = self.thread.take().expect("a running server has its thread");
+        (stop, thread)
+    }
 }
 
 impl Drop for Http {
+    /// Stops the server and waits until its threads have ended.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // The poll loop returns within one slice and drops the job queue's
-        // sender; the workers see it close and return.
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
         }
     }
 }
@@ -256,12 +279,12 @@ fn supervise(
     addr: SocketAddr,
     limits: &Limits,
     jobs: &Sender<Job>,
-    stop: &AtomicBool,
+    stop: &Receiver<()>,
     stats: &ServerStats,
 ) {
     let mut listener = Some(listener);
     let mut backoff = Duration::from_millis(100);
-    while !stop.load(Ordering::SeqCst) {
+    while !stopped(stop) {
         let Some(l) = listener.take() else {
             match bind(addr) {
                 Ok(l) => {
@@ -299,11 +322,17 @@ fn supervise(
     }
 }
 
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20).min(d));
-    }
+/// The stop sender is gone.
+fn stopped(stop: &Receiver<()>) -> bool {
+    matches!(
+        stop.try_recv(),
+        Err(crossbeam_channel::TryRecvError::Disconnected)
+    )
+}
+
+/// Sleeps `d`, or less when the stop sender goes meanwhile.
+fn sleep_unless_stopped(d: Duration, stop: &Receiver<()>) {
+    let _ = stop.recv_timeout(d);
 }
 
 /// A connection whose request is still arriving.
@@ -318,7 +347,7 @@ fn serve(
     listener: &TcpListener,
     limits: &Limits,
     jobs: &Sender<Job>,
-    stop: &AtomicBool,
+    stop: &Receiver<()>,
     stats: &ServerStats,
 ) -> std::io::Result<()> {
     stats
@@ -333,7 +362,7 @@ fn serve(
     let mut last_eviction_log: Option<Instant> = None;
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if stopped(stop) {
             return Ok(());
         }
         let now = Instant::now();
@@ -576,7 +605,7 @@ fn refuse(stream: TcpStream, code: u16, why: &str) {
 fn work(
     jobs: &Receiver<Job>,
     published: &Published,
-    wiring: &Wiring,
+    wiring: &ControlPlane,
     site: &Site,
     write_timeout: Duration,
 ) {
@@ -923,7 +952,7 @@ enum Reply {
     Swap(String),
 }
 
-fn answer(req: &Request, published: &Published, wiring: &Wiring, site: &Site) -> Reply {
+fn answer(req: &Request, published: &Published, wiring: &ControlPlane, site: &Site) -> Reply {
     if let Some(refused) = gate(req, site, &wiring.token) {
         return Reply::Now(refused);
     }
@@ -980,7 +1009,7 @@ fn answer(req: &Request, published: &Published, wiring: &Wiring, site: &Site) ->
 
 /// The main loop's snapshot with the switcher's own fields taken fresh from
 /// its view, so an answer never lags behind a swap that just ended.
-fn current(published: &Published, wiring: &Wiring) -> status::Status {
+fn current(published: &Published, wiring: &ControlPlane) -> status::Status {
     let mut s = (*status::latest(published)).clone();
     let v = wiring.view.read();
     if !v.active.is_empty() {
@@ -1045,7 +1074,7 @@ fn percent_decode(v: &str) -> String {
 
 /// `POST /swap?to=NAME[&reason=TEXT]`: 200 with the result, 409 while a swap
 /// runs or a partial swap holds, 422 when no account can take the work.
-fn swap(query: &str, wiring: &Wiring) -> Answer {
+fn swap(query: &str, wiring: &ControlPlane) -> Answer {
     let view = wiring.view.read().clone();
     if let Some(p) = &view.partial_swap {
         return json(
@@ -1104,7 +1133,7 @@ fn swap(query: &str, wiring: &Wiring) -> Answer {
 }
 
 fn ask_main(
-    wiring: &Wiring,
+    wiring: &ControlPlane,
     make: impl FnOnce(Sender<Result<(), String>>) -> Control,
     refused: u16,
 ) -> Answer {
@@ -1381,10 +1410,10 @@ mod tests {
         assert!(gate(&auth, &site, "t0k").is_none());
     }
 
-    fn wiring() -> (Wiring, Vec<Box<dyn std::any::Any>>) {
+    fn wiring() -> (ControlPlane, Vec<Box<dyn std::any::Any>>) {
         let (switcher, s_rx) = crossbeam_channel::unbounded();
         let (main, m_rx) = crossbeam_channel::unbounded();
-        let w = Wiring {
+        let w = ControlPlane {
             switcher,
             view: Default::default(),
             main,

@@ -20,6 +20,7 @@ pub mod hook_event;
 pub mod http;
 pub mod metrics;
 pub mod notifier;
+pub mod poll_schedule;
 pub mod pool_size;
 pub mod process;
 pub mod queue;

@@ -481,6 +481,17 @@ impl Notifier {
         self.handle.stats()
     }
 
+    /// The stop sender and the thread, for a caller that stops its roles
+    /// one way (the daemon): dropping the sender tells the thread to flush
+    /// for `flush_grace` and stop; the thread then ends on its own.
+    pub fn into_parts(mut self) -> (Sender<Option<Duration>>, JoinHandle<()>) {
+        let thread = self
+            .thread
+            .take()
+            .expect("a started notifier has its thread");
+        (self.stop.clone(), thread)
+    }
+
     /// Lets the thread flush for at most `grace`, then joins it. Returns
     /// false when the thread had not ended by then (it is left to finish
     /// on its own, which it does within a try's timeout).

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 /// The notify socket's sender thread, if `NOTIFY_SOCKET` is set.
-pub struct Notifier {
+pub struct Systemd {
     // Relative order of fields is significant: `outbox` drops first, which
     // ends the thread once it has sent what is queued; `done` then tells
     // `Drop` it finished.
@@ -35,18 +35,18 @@ enum Message {
     Ping,
 }
 
-impl Notifier {
-    pub fn from_env() -> Notifier {
+impl Systemd {
+    pub fn from_env() -> Systemd {
         let socket = std::env::var("NOTIFY_SOCKET")
             .ok()
             .filter(|s| !s.is_empty());
-        Notifier::to_socket(socket)
+        Systemd::to_socket(socket)
     }
 
     /// A notifier for `socket` (`None`: every call does nothing).
-    pub fn to_socket(socket: Option<String>) -> Notifier {
+    pub fn to_socket(socket: Option<String>) -> Systemd {
         let ping_waiting = Arc::new(AtomicBool::new(false));
-        let mut n = Notifier {
+        let mut n = Systemd {
             outbox: None,
             ping_waiting: ping_waiting.clone(),
             done: None,
@@ -108,7 +108,7 @@ impl Notifier {
     }
 }
 
-impl Drop for Notifier {
+impl Drop for Systemd {
     /// Lets queued messages (`STOPPING=1` at the end) go out, for a bounded time.
     fn drop(&mut self) {
         drop(self.outbox.take());
@@ -187,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier::to_socket(Some(path.to_string_lossy().into_owned()));
+        let n = Systemd::to_socket(Some(path.to_string_lossy().into_owned()));
         let (tx, rx) = crossbeam_channel::bounded(1);
         let caller = std::thread::spawn(move || {
             let t = Instant::now();

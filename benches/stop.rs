@@ -1,0 +1,81 @@
+//! How long the daemon takes to stop: the real binary with three idle
+//! sessions (the scripted fake agent, as the other benches use, so a run
+//! takes seconds), SIGTERM, and the time until the process has exited.
+//! Printed as a figure over several runs (min/median/max; target well
+//! under 1 s). Run with `cargo bench --bench stop`; `BENCH_STOP_RUNS` sets
+//! the number of runs (default 5).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_STOP_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let mut times: Vec<Duration> = (0..runs).map(stop_once).collect();
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "stop with 3 idle sessions: min {:.0} ms, median {:.0} ms, max {:.0} ms over {} runs (target < 1000 ms)",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+        times.len()
+    );
+}
+
+/// One daemon: three idle sessions, then SIGTERM; the time until it exits.
+fn stop_once(run: usize) -> Duration {
+    let mut h = support::Harness::new(&format!("bench-stop-{run}"));
+    let fake =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude.py");
+    let spec = claude_failover::sandbox::SandboxSpec {
+        claude_binary: fake.to_string_lossy().into_owned(),
+        tmux_socket: h.socket.clone(),
+        pools: vec![claude_failover::sandbox::SandboxPool {
+            name: "auto".into(),
+            prefix: "ccl-auto-".into(),
+            start_index: 11,
+            min: 3,
+            max: 3,
+        }],
+        ..Default::default()
+    };
+    let sb = claude_failover::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    sb.install_hooks(support::bin()).unwrap();
+    h.watch_state_dir(sb.state_dir.clone());
+    let config = sb.config_path.to_string_lossy().into_owned();
+    let pid = h.spawn_bin(&["--config", &config, "run"], &[]);
+    let url = format!("http://{}/status", sb.http_listen);
+    support::wait_for(Duration::from_secs(60), "3 idle sessions", || {
+        let v: serde_json::Value = ureq::get(&url).call().ok()?.into_json().ok()?;
+        (v["sessions"]
+            .as_array()?
+            .iter()
+            .filter(|x| x["state"] == "idle")
+            .count()
+            == 3)
+            .then_some(())
+    });
+    let t0 = Instant::now();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    // Polled every 5 ms (wait_for's 50 ms would blur the figure).
+    let code = loop {
+        if let Some(code) = h.try_exit_status(pid) {
+            break code;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the daemon did not exit within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = t0.elapsed();
+    assert_eq!(code, Some(0), "the daemon's exit code after SIGTERM");
+    took
+}
