@@ -87,8 +87,13 @@ struct Daemon {
     switcher: Sender<switcher::Request>,
     /// The switcher's published view (accounts, swaps).
     view: SharedView,
-    /// A swap is under way: no reconcile, no dispatch; the switcher owns the sessions.
-    swapping: Option<String>,
+    /// The switcher holds the sessions (from `SwapStarted` until it asks for
+    /// their relaunch, or the swap ends): no reconcile, no dispatch. This
+    /// follows the notices in order; whether a swap is under way is the
+    /// switcher's answer (`View::swap_in_progress`), not this.
+    sessions_held: Option<String>,
+    /// The last session snapshot sent to the switcher.
+    sent_switcher: Vec<switcher::SessionSnapshot>,
     dispatcher: Sender<crate::dispatcher::Input>,
     /// The last session snapshot sent to the dispatcher.
     sent_sessions: Vec<crate::dispatcher::SessionView>,
@@ -179,12 +184,7 @@ pub fn run(config_path: &Path) -> i32 {
         Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
         report_tx,
     );
-    let switcher = Switcher::start(
-        &config,
-        active_tx,
-        published.clone(),
-        watcher.requests.clone(),
-    );
+    let switcher = Switcher::start(&config, active_tx, watcher.requests.clone());
     // Told to stop, it flushes what is queued for at most JOIN_GRACE.
     let notifier = crate::notifier::Notifier::start_with(
         &config.notify,
@@ -202,7 +202,6 @@ pub fn run(config_path: &Path) -> i32 {
         token,
         counters: counters.clone(),
         notify: notifier.handle(),
-        swap_pending: Default::default(),
         swap_wait: config.swap.drain_timeout
             + config.swap.stop_timeout
             + config.claude.startup_timeout
@@ -261,7 +260,8 @@ pub fn run(config_path: &Path) -> i32 {
         watcher: watcher.requests.clone(),
         switcher: switcher.requests.clone(),
         view: switcher.view.clone(),
-        swapping: None,
+        sessions_held: None,
+        sent_switcher: Vec::new(),
         dispatcher: dispatcher.input.clone(),
         sent_sessions: Vec::new(),
         queues: Default::default(),
@@ -311,7 +311,7 @@ pub fn run(config_path: &Path) -> i32 {
             break code;
         }
         if let Some(deadline) = daemon.stop_after_swap {
-            if daemon.swapping.is_none() && daemon.view.read().swap_in_progress.is_none() {
+            if daemon.sessions_held.is_none() && daemon.view.read().swap_in_progress.is_none() {
                 log::info!("the swap ended; stopping as requested");
                 break exit::OK;
             }
@@ -497,7 +497,7 @@ impl Daemon {
     fn handle(&mut self, event: Event) -> Option<i32> {
         match event {
             Event::Signal(SIGTERM | SIGINT) => {
-                if self.swapping.is_some() {
+                if self.sessions_held.is_some() {
                     // A swap under way finishes first (bounded): the loop
                     // keeps turning so its relaunch can happen.
                     let n = self.book.len().max(1) as u32;
@@ -516,10 +516,7 @@ impl Daemon {
             }
             Event::Signal(SIGHUP) => self.reload(),
             Event::Signal(SIGUSR1) => {
-                if let Some(id) = &self.swapping {
-                    log::warn!("SIGUSR1 ignored: swap {id} is under way");
-                    return None;
-                }
+                // During a swap the switcher folds it into one more run.
                 log::warn!("SIGUSR1: fail-over requested");
                 let _ = self.switcher.send(switcher::Request::SwapNow {
                     to: None,
@@ -622,7 +619,7 @@ impl Daemon {
                     .send(crate::dispatcher::Input::Paused(Some(format!(
                         "swap {id} under way"
                     ))));
-                self.swapping = Some(id);
+                self.sessions_held = Some(id);
             }
             Notice::Relaunch { active, .. } => {
                 let now = now_ms();
@@ -634,19 +631,14 @@ impl Daemon {
                     r.set_state(State::Dead, now);
                 }
                 self.active = Some(active);
-                self.swapping = None;
+                self.sessions_held = None;
                 self.in_flight.clear();
                 let _ = self.watcher.send(Request::Observe);
             }
             Notice::SwapEnded(result) => {
                 log::info!("swap {} ended: {}", result.id, result.result);
                 use crate::notifier::Kind;
-                let kind = match result.result.as_str() {
-                    "done" => Kind::SwapDone,
-                    "rolled_back" => Kind::SwapRolledBack,
-                    "partial" => Kind::SwapPartial,
-                    _ => Kind::SwapFailed,
-                };
+                let kind = Kind::for_swap(result.result);
                 let text = format!(
                     "swap {} {} → {}: {} in {} ms{}",
                     result.id,
@@ -666,10 +658,10 @@ impl Daemon {
                     serde_json::to_value(&result).unwrap_or_default(),
                 ));
                 self.counters.record_swap(
-                    &result.result,
+                    result.result,
                     Some(Duration::from_millis(result.duration_ms)),
                 );
-                self.swapping = None;
+                self.sessions_held = None;
                 let _ = self
                     .dispatcher
                     .send(crate::dispatcher::Input::Paused(self.no_account.clone()));
@@ -688,7 +680,7 @@ impl Daemon {
                 earliest_reset,
             } => {
                 self.no_account = paused.then(|| format!("no account can take work: {reason}"));
-                if self.swapping.is_none() {
+                if self.sessions_held.is_none() {
                     let _ = self
                         .dispatcher
                         .send(crate::dispatcher::Input::Paused(self.no_account.clone()));
@@ -922,11 +914,11 @@ impl Daemon {
                     })
                     .collect();
                 self.follow_accounts(&running_under, "its process");
-                if self.swapping.is_none() {
+                if self.sessions_held.is_none() {
                     self.vanished(&list, now, &backoff);
                 }
                 self.observed = Some(list);
-                if self.swapping.is_none() {
+                if self.sessions_held.is_none() {
                     self.reconcile(now);
                 }
             }
@@ -1372,6 +1364,25 @@ impl Daemon {
                 claude_session_id: r.claude_session_id.clone(),
             })
             .collect();
+        let snapshot: Vec<switcher::SessionSnapshot> = self
+            .book
+            .iter()
+            .map(|(name, r)| switcher::SessionSnapshot {
+                name: name.clone(),
+                state: r.state,
+                account: r.account.clone(),
+                claude_session_id: r.claude_session_id.clone(),
+                cwd: r.cwd.to_string_lossy().into_owned(),
+                task: r.task.clone(),
+                since_ms: r.since_ms,
+            })
+            .collect();
+        if snapshot != self.sent_switcher {
+            let _ = self
+                .switcher
+                .send(switcher::Request::Sessions(snapshot.clone()));
+            self.sent_switcher = snapshot;
+        }
         if view != self.sent_sessions {
             let _ = self
                 .dispatcher
@@ -1492,7 +1503,7 @@ impl Daemon {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 active_account: self.active.as_ref().map(|a| a.name.clone()),
                 partial_swap: view.partial_swap.is_some(),
-                swap_in_progress: view.swap_in_progress.is_some() || self.swapping.is_some(),
+                swap_in_progress: view.swap_in_progress.is_some(),
                 last_swap: view
                     .last_swap
                     .as_ref()

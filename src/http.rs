@@ -33,7 +33,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::status::{self, Published};
+use crate::swap_plan::{Refusal, SwapOutcome};
 use crate::switcher::{self, SharedView};
 
 /// Commands the main loop answers (it owns sessions and the config).
@@ -68,8 +69,6 @@ pub struct ControlPlane {
     pub swap_wait: Duration,
     pub counters: Arc<crate::metrics::Counters>,
     pub notify: crate::notifier::NotifyHandle,
-    /// A `POST /swap` is being answered.
-    pub swap_pending: Arc<AtomicBool>,
 }
 
 /// The server's bounds. [`Limits::default`] is what the daemon uses.
@@ -623,7 +622,6 @@ fn work(
                 let _ = peer_stream.set_write_timeout(Some(write_timeout));
                 std::thread::spawn(move || {
                     let a = swap(&query, &wiring);
-                    wiring.swap_pending.store(false, Ordering::SeqCst);
                     respond(peer_stream, &a);
                 });
             }
@@ -981,8 +979,14 @@ fn answer(req: &Request, published: &Published, wiring: &ControlPlane, site: &Si
             }
         }
         ("POST", "/swap") => {
-            if wiring.swap_pending.swap(true, Ordering::SeqCst) {
-                json(409, &serde_json::json!({"error": "a swap is under way"}))
+            // Whether a swap is under way is the switcher's answer: its view
+            // says so from before the swap starts until it ended, and a
+            // request it reads meanwhile is refused as busy (409 below).
+            if let Some(id) = wiring.view.read().swap_in_progress.clone() {
+                json(
+                    409,
+                    &serde_json::json!({"error": format!("swap {id} is under way")}),
+                )
             } else {
                 return Reply::Swap(req.query().to_string());
             }
@@ -1016,7 +1020,7 @@ fn current(published: &Published, wiring: &ControlPlane) -> status::Status {
         s.active_account = Some(v.active.clone());
     }
     s.partial_swap = v.partial_swap.is_some();
-    s.swap_in_progress = s.swap_in_progress || v.swap_in_progress.is_some();
+    s.swap_in_progress = v.swap_in_progress.is_some();
     s.last_swap = v
         .last_swap
         .as_ref()
@@ -1110,18 +1114,19 @@ fn swap(query: &str, wiring: &ControlPlane) -> Answer {
     }
     match rx.recv_timeout(wiring.swap_wait) {
         Ok(result) => {
-            let code = match result.result.as_str() {
-                "done" => 200,
-                "refused"
-                    if result
-                        .detail
-                        .as_deref()
-                        .is_some_and(|d| d.contains("partial") || d.contains("under way")) =>
-                {
-                    409
-                }
-                "refused" => 422,
-                _ => 500,
+            let code = match (result.result, result.refusal) {
+                (SwapOutcome::Done, _) => 200,
+                (SwapOutcome::Refused, Some(Refusal::Busy)) => 409,
+                (SwapOutcome::Refused, Some(Refusal::NoTarget) | None) => 422,
+                (
+                    SwapOutcome::RolledBack
+                    | SwapOutcome::Partial
+                    | SwapOutcome::Incomplete
+                    | SwapOutcome::Failed
+                    | SwapOutcome::FinishedAfterRestart
+                    | SwapOutcome::RolledBackAfterRestart,
+                    _,
+                ) => 500,
             };
             json(code, &result)
         }
@@ -1421,7 +1426,6 @@ mod tests {
             swap_wait: Duration::from_secs(1),
             counters: Default::default(),
             notify: crate::notifier::NotifyHandle::log_only(),
-            swap_pending: Default::default(),
         };
         (w, vec![Box::new(s_rx), Box::new(m_rx)])
     }

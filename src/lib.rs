@@ -37,6 +37,7 @@ pub mod standin;
 pub mod state_lock;
 pub mod status;
 pub mod status_table;
+pub mod swap_plan;
 pub mod switcher;
 pub mod time;
 pub mod tmux;

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use crate::session::State;
 use crate::status::Status;
+use crate::swap_plan::SwapOutcome;
 
 /// Upper bounds (seconds) of the dispatch latency histogram: from a task
 /// landing in an inbox to it being typed into a session.
@@ -25,8 +26,17 @@ pub const DISPATCH_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 /// Upper bounds (seconds) of the failover duration histogram.
 pub const FAILOVER_BUCKETS: [f64; 9] = [1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
 
-/// Swap results the switcher reports; always exported, 0 included.
-pub const SWAP_RESULTS: [&str; 5] = ["done", "rolled_back", "partial", "refused", "failed"];
+/// Swap results the switcher reports: every [`SwapOutcome`], always
+/// exported, 0 included.
+pub const SWAP_RESULTS: [&str; SwapOutcome::ALL.len()] = {
+    let mut names = [""; SwapOutcome::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = SwapOutcome::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 /// Task outcomes; always exported, 0 included.
 pub const TASK_OUTCOMES: [&str; 3] = ["done", "failed", "requeued"];
@@ -125,12 +135,14 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// One swap ended with `result` (`done`, `rolled_back`, `partial`,
-    /// `refused`, `failed`); `duration`, when given, is observed in the
-    /// failover duration histogram (a refused swap that never started has none).
-    pub fn record_swap(&self, result: &str, duration: Option<Duration>) {
+    /// One swap ended with `result` (a [`SwapOutcome`], or its name);
+    /// `duration`, when given, is observed in the failover duration
+    /// histogram (a refused swap that never started has none).
+    pub fn record_swap(&self, result: impl AsRef<str>, duration: Option<Duration>) {
         let mut g = self.inner.lock();
-        *g.swaps_by_result.entry(result.to_string()).or_insert(0) += 1;
+        *g.swaps_by_result
+            .entry(result.as_ref().to_string())
+            .or_insert(0) += 1;
         if let Some(d) = duration {
             g.failover_duration_seconds.observe(d.as_secs_f64());
         }
@@ -541,6 +553,23 @@ mod tests {
             let name = line.split(['{', ' ']).next().unwrap_or("");
             assert!(valid_metric_name(name), "{line}");
         }
+    }
+
+    #[test]
+    fn every_swap_outcome_is_exported_even_at_zero_incomplete_included() {
+        let c = Counters::default();
+        c.record_swap(SwapOutcome::Incomplete, Some(Duration::from_secs(1)));
+        let text = render(&Status::default(), &c);
+        for o in SwapOutcome::ALL {
+            let n = u64::from(o == SwapOutcome::Incomplete);
+            assert!(
+                text.contains(&format!(
+                    "claude_failover_swaps_total{{result=\"{o}\"}} {n}\n"
+                )),
+                "{o}"
+            );
+        }
+        assert_eq!(c.swaps("incomplete"), 1);
     }
 
     #[test]

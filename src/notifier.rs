@@ -111,6 +111,21 @@ impl Kind {
         }
     }
 
+    /// The note for a swap that ended with `outcome`.
+    pub fn for_swap(outcome: crate::swap_plan::SwapOutcome) -> Kind {
+        use crate::swap_plan::SwapOutcome as O;
+        match outcome {
+            O::Done => Kind::SwapDone,
+            O::RolledBack => Kind::SwapRolledBack,
+            O::Partial => Kind::SwapPartial,
+            O::Incomplete
+            | O::Refused
+            | O::Failed
+            | O::FinishedAfterRestart
+            | O::RolledBackAfterRestart => Kind::SwapFailed,
+        }
+    }
+
     /// The serialised name (`swap_done`).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -26,7 +26,6 @@ use crate::atomic_file;
 use crate::claude_facts::LimitKind;
 use crate::config::Config;
 use crate::quota::{self, AccountQuota, Decision, Source, Window};
-use crate::status::{self, Published};
 use crate::tmux::Tmux;
 
 /// `<state_dir>/active.json`.
@@ -45,42 +44,8 @@ pub struct Active {
     pub home: PathBuf,
 }
 
-/// The phases a swap passes through, in order, as recorded in the journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Checkpoint,
-    Drain,
-    Stop,
-    Flip,
-    Ensure,
-    Relaunch,
-    /// The rollback failed: sticky until an operator resolves it.
-    Partial,
-}
-
-impl Phase {
-    pub const ORDER: [Phase; 6] = [
-        Phase::Checkpoint,
-        Phase::Drain,
-        Phase::Stop,
-        Phase::Flip,
-        Phase::Ensure,
-        Phase::Relaunch,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Checkpoint => "checkpoint",
-            Phase::Drain => "drain",
-            Phase::Stop => "stop",
-            Phase::Flip => "flip",
-            Phase::Ensure => "ensure",
-            Phase::Relaunch => "relaunch",
-            Phase::Partial => "partial",
-        }
-    }
-}
+use crate::swap_plan::{self, Happened, OpQueue, Plan, Recovery, Step};
+pub use crate::swap_plan::{Phase, Refusal, SessionSnapshot, SwapOutcome};
 
 /// A session as the swap found it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +54,7 @@ pub struct SessionCheckpoint {
     pub claude_session_id: Option<String>,
     pub cwd: String,
     pub task: Option<String>,
-    pub state: String,
+    pub state: crate::session::State,
 }
 
 /// The journal's file name in the state dir.
@@ -118,8 +83,10 @@ pub struct SwapResult {
     pub reason: String,
     pub started_at: String,
     pub duration_ms: u64,
-    /// `done`, `rolled_back`, `partial`, `refused`, `failed`.
-    pub result: String,
+    pub result: SwapOutcome,
+    /// Why it was refused (only with [`SwapOutcome::Refused`]); not shown.
+    #[serde(skip)]
+    pub refusal: Option<Refusal>,
     pub detail: Option<String>,
     /// Sessions whose conversation id changed on resume: (session, old, new).
     pub changed_ids: Vec<(String, String, String)>,
@@ -154,6 +121,15 @@ pub enum Request {
         reason: String,
         reply: Option<Sender<SwapResult>>,
     },
+    /// The main loop's newest view of its sessions (sent when it changes).
+    Sessions(Vec<SessionSnapshot>),
+}
+
+/// A requested swap waiting in the switcher's single-slot queue: its cause.
+struct SwapCause {
+    to: Option<String>,
+    reason: String,
+    reply: Option<Sender<SwapResult>>,
 }
 
 /// What the switcher tells the main loop.
@@ -220,9 +196,17 @@ struct State {
     no_account: Option<String>,
     tmux: Tmux,
     /// The session watcher's requests: it stops the sessions for a swap.
-    sessions: Sender<crate::session_watcher::Request>,
+    watcher: Sender<crate::session_watcher::Request>,
     out: Sender<Notice>,
-    published: Published,
+    /// The newest session snapshot the main loop sent
+    /// ([`Request::Sessions`]): what a swap checkpoints, drains and verifies from.
+    sessions: Vec<SessionSnapshot>,
+    /// The request channel. A swap reads it while it waits (drain, verify)
+    /// so snapshots keep arriving; other requests read then wait in `deferred`.
+    requests: Receiver<Request>,
+    deferred: std::collections::VecDeque<Request>,
+    /// Requested swaps (SIGUSR1) made while one runs: at most one more run.
+    requested: OpQueue<SwapCause>,
     view: SharedView,
     journal_path: PathBuf,
     active_path: PathBuf,
@@ -241,13 +225,13 @@ impl Switcher {
     pub fn start(
         config: &Config,
         out: Sender<Notice>,
-        published: Published,
-        sessions: Sender<crate::session_watcher::Request>,
+        watcher: Sender<crate::session_watcher::Request>,
     ) -> Switcher {
         let active_path = config.state_dir.join("active.json");
         let journal_path = config.state_dir.join(JOURNAL_FILE);
         let active = load_or_rebuild(&active_path, config);
         let view: SharedView = Arc::new(RwLock::new(View::default()));
+        let (requests, rx) = crossbeam_channel::unbounded::<Request>();
         let mut state = State {
             quotas: config
                 .accounts
@@ -261,9 +245,12 @@ impl Switcher {
             partial: None,
             no_account: None,
             tmux: Tmux::new(config.tmux.socket.clone(), Duration::from_secs(10)),
-            sessions,
+            watcher,
             out,
-            published,
+            sessions: Vec::new(),
+            requests: rx,
+            deferred: Default::default(),
+            requested: OpQueue::default(),
             view: view.clone(),
             journal_path,
             active_path,
@@ -273,10 +260,9 @@ impl Switcher {
         state.recover();
         let _ = state.out.send(Notice::Active(state.active.clone()));
         state.publish();
-        let (requests, rx) = crossbeam_channel::unbounded::<Request>();
         let thread = std::thread::Builder::new()
             .name("switcher".into())
-            .spawn(move || state.serve(rx))
+            .spawn(move || state.serve())
             .expect("spawn switcher thread");
         Switcher {
             requests,
@@ -388,24 +374,33 @@ fn now_ms() -> u64 {
 }
 
 impl State {
-    fn serve(mut self, requests: Receiver<Request>) {
+    fn serve(mut self) {
         let ticker = tick(Duration::from_secs(1));
+        let requests = self.requests.clone();
         loop {
-            select! {
-                recv(requests) -> r => match r {
-                    Ok(r) => self.handle(r),
-                    Err(_) => {
-                        self.save_quotas();
-                        return;
-                    }
-                },
-                recv(ticker) -> _ => {}
+            // Requests read while a swap waited come first, in their order.
+            if self.deferred.is_empty() {
+                select! {
+                    recv(requests) -> r => match r {
+                        Ok(r) => self.handle(r),
+                        Err(_) => {
+                            self.save_quotas();
+                            return;
+                        }
+                    },
+                    recv(ticker) -> _ => {}
+                }
+            }
+            while let Some(r) = self.deferred.pop_front() {
+                self.handle(r);
             }
             // Whatever else waits is handled before deciding once: a flood of
             // readings costs one decision, not one each.
             while let Ok(r) = requests.try_recv() {
                 self.handle(r);
             }
+            // A swap requested while another ran: one more run for all of them.
+            self.run_requested();
             if self.last_saved.elapsed() >= Duration::from_secs(1) {
                 self.save_quotas();
             }
@@ -532,15 +527,99 @@ impl State {
                 self.persist_quota(&account);
             }
             Request::SwapNow { to, reason, reply } => {
-                let result = self.requested_swap(to, reason);
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
+                // Nothing runs while requests are handled here: it starts at once.
+                self.requested.request_op(SwapCause { to, reason, reply });
+                self.run_requested();
+            }
+            Request::Sessions(sessions) => self.sessions = sessions,
+        }
+    }
+
+    /// Runs the requested swap, if one waits and none runs; a request made
+    /// meanwhile (they are folded into one) runs right after it.
+    fn run_requested(&mut self) {
+        while let Some(cause) = self.requested.should_start_op() {
+            log::info!("requested swap starts: {}", cause.reason);
+            let result = self.requested_swap(cause.to, cause.reason);
+            self.requested.op_completed();
+            if let Some(reply) = cause.reply {
+                let _ = reply.send(result);
             }
         }
     }
 
-    fn refused(&self, to: &str, reason: &str, why: String) -> SwapResult {
+    /// A request read while a swap runs (it waits in drain or verify):
+    /// snapshots are taken at once; a swap request with someone waiting for
+    /// its answer (HTTP) is refused as the swap is under way; one without
+    /// (SIGUSR1) is queued for one more run; the rest wait until it ends.
+    fn during_swap(&mut self, req: Request) {
+        match req {
+            Request::Sessions(sessions) => self.sessions = sessions,
+            Request::SwapNow {
+                to,
+                reason,
+                reply: Some(reply),
+            } => {
+                let id = self
+                    .view
+                    .read()
+                    .swap_in_progress
+                    .clone()
+                    .unwrap_or_default();
+                let _ = reply.send(self.refused(
+                    to.as_deref().unwrap_or(""),
+                    &reason,
+                    Refusal::Busy,
+                    format!("swap {id} is under way"),
+                ));
+            }
+            Request::SwapNow {
+                to,
+                reason,
+                reply: None,
+            } => {
+                log::warn!("swap requested during a swap ({reason}): one more run once it ends");
+                if let Some(was) = self.requested.request_op(SwapCause {
+                    to,
+                    reason,
+                    reply: None,
+                }) {
+                    log::info!("swap request folded into a newer one: {}", was.reason);
+                }
+            }
+            other => self.deferred.push_back(other),
+        }
+    }
+
+    /// Reads the requests that wait, without waiting (see [`Self::during_swap`]).
+    fn take_waiting(&mut self) {
+        while let Ok(r) = self.requests.try_recv() {
+            self.during_swap(r);
+        }
+    }
+
+    /// Reads requests until `deadline` or the first snapshot, whichever is first.
+    fn wait_for_sessions(&mut self, deadline: Instant) {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.requests.recv_timeout(left) {
+                Ok(Request::Sessions(s)) => {
+                    self.sessions = s;
+                    self.take_waiting();
+                    return;
+                }
+                Ok(other) => self.during_swap(other),
+                // Closed: the daemon is stopping; let the swap end on its own terms.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    return;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return,
+            }
+        }
+    }
+
+    fn refused(&self, to: &str, reason: &str, refusal: Refusal, why: String) -> SwapResult {
         SwapResult {
             id: String::new(),
             from: self.active.name.clone(),
@@ -548,7 +627,8 @@ impl State {
             reason: reason.to_string(),
             started_at: crate::time::rfc3339(SystemTime::now()),
             duration_ms: 0,
-            result: "refused".into(),
+            result: SwapOutcome::Refused,
+            refusal: Some(refusal),
             detail: Some(why),
             changed_ids: Vec::new(),
         }
@@ -559,6 +639,7 @@ impl State {
             return self.refused(
                 to.as_deref().unwrap_or(""),
                 &reason,
+                Refusal::Busy,
                 format!("a partial swap holds: {p}"),
             );
         }
@@ -572,11 +653,17 @@ impl State {
                     return self.refused(
                         &name,
                         &reason,
+                        Refusal::NoTarget,
                         format!("{name} is already the active account"),
                     );
                 }
                 let Some((_, q)) = self.quotas.iter_mut().find(|(n, _)| *n == name) else {
-                    return self.refused(&name, &reason, format!("no account named {name:?}"));
+                    return self.refused(
+                        &name,
+                        &reason,
+                        Refusal::NoTarget,
+                        format!("no account named {name:?}"),
+                    );
                 };
                 // Naming the account is the operator's word that what kept
                 // its sessions from starting is fixed.
@@ -587,6 +674,7 @@ impl State {
                     return self.refused(
                         &name,
                         &reason,
+                        Refusal::NoTarget,
                         format!("{name} cannot take the work: {why}"),
                     );
                 }
@@ -600,6 +688,7 @@ impl State {
                         return self.refused(
                             "",
                             &reason,
+                            Refusal::NoTarget,
                             "no other account can take the work".into(),
                         )
                     }
@@ -681,12 +770,19 @@ impl State {
         failpoint(phase);
     }
 
-    /// One swap, start to end. Blocking: this thread does nothing else meanwhile.
+    /// One swap, start to end. The decisions are [`Plan::next`]'s; this
+    /// performs each step it returns. Blocking, except that drain and verify
+    /// keep reading requests (see [`Self::during_swap`]).
     fn swap(&mut self, to: &str, reason: &str, urgent: bool) -> SwapResult {
         let started = Instant::now();
         let from = self.active.clone();
         let Some(target) = self.config.account(to).cloned() else {
-            return self.refused(to, reason, format!("no account named {to:?}"));
+            return self.refused(
+                to,
+                reason,
+                Refusal::NoTarget,
+                format!("no account named {to:?}"),
+            );
         };
         // Before touching any session: the target's shared folders must be
         // links (or absent: ensure creates those). Something else in place
@@ -698,32 +794,37 @@ impl State {
             if let Some(q) = self.quota_mut(to) {
                 q.needs_person = Some(format!("shared folders: {problem}"));
             }
-            return self.refused(to, reason, why);
+            return self.refused(to, reason, Refusal::NoTarget, why);
         }
         // The readings that led here are on disk before anything is touched.
         self.save_quotas();
         let id = format!("swap-{}", now_ms());
         log::warn!("swap {id}: {} → {to}: {reason}", from.name);
+        // The newest snapshot of the sessions is what gets checkpointed.
+        self.take_waiting();
+        let started_at = SystemTime::now();
         let mut j = Journal {
             id: id.clone(),
             from: from.name.clone(),
             to: to.to_string(),
             reason: reason.to_string(),
             phase: Phase::Checkpoint,
-            started_at: crate::time::rfc3339(SystemTime::now()),
+            started_at: crate::time::rfc3339(started_at),
             sessions: self.checkpoint(),
             partial: None,
         };
+        let started_ms = quota::now_ms(started_at);
         // Publish what led here (the reading that crossed the threshold)
-        // before the swap occupies this thread.
+        // before the swap occupies this thread. The view says a swap is
+        // under way before anyone hears it started: it is the one answer.
         self.publish();
+        self.view.write().swap_in_progress = Some(id.clone());
         let _ = self.out.send(Notice::SwapStarted {
             id: id.clone(),
             from: from.name.clone(),
             to: to.to_string(),
             reason: reason.to_string(),
         });
-        self.view.write().swap_in_progress = Some(id.clone());
         self.enter(&mut j, Phase::Checkpoint);
 
         self.enter(&mut j, Phase::Drain);
@@ -731,89 +832,192 @@ impl State {
             self.drain();
         }
         self.enter(&mut j, Phase::Stop);
+        let mut plan = Plan::new();
+        let mut detail: Option<String> = None;
+        let mut changed_ids = Vec::new();
+        // The journal is removed at the end once a relaunch was asked for.
+        let mut relaunched = false;
+        // What the move-on leg needs: the account that started nothing, why,
+        // and the leg's own description.
+        let mut failed_target = String::new();
+        let mut leg = String::new();
+        let mut leg_why = String::new();
         // A stop that cannot be confirmed is not a stop: flipping now would
         // leave sessions running under the old account while the new one is
-        // active. Nothing was flipped yet, so the swap goes back.
-        let stopped = self.stop_sessions();
-        let mut detail = None;
-        let flipped = match stopped {
-            Err(e) => Err(e),
-            Ok(()) => {
-                self.enter(&mut j, Phase::Flip);
-                self.flip(&target.name, Some(&id))
-                    .map_err(|e| format!("flip failed: {e}"))
-            }
-        };
-        let not_stopped = matches!(j.phase, Phase::Stop);
-        let mut result = match flipped {
-            // Nothing was flipped: the old account never stopped being the
-            // active one, so there is nothing to put back and nothing to
-            // relaunch here (sessions that did stop come back by reconcile).
-            // The journal goes at once: a restart must not finish this swap.
-            Err(e) if not_stopped => {
-                log::error!("swap {}: the stop could not be confirmed ({e}); nothing was flipped, the swap goes back", j.id);
-                let _ = std::fs::remove_file(&self.journal_path);
+        // active.
+        let mut step = {
+            let stopped = self.stop_sessions();
+            let confirmed = stopped.is_ok();
+            if let Err(e) = stopped {
                 detail = Some(format!("the stop could not be confirmed ({e})"));
-                "rolled_back"
             }
-            Err(e) => {
-                detail = Some(e.clone());
-                self.rollback(&mut j, &from, &e)
-            }
-            Ok(()) => {
-                self.active = Active {
-                    name: target.name.clone(),
-                    home: target.home.clone(),
-                };
-                let _ = self.out.send(Notice::Active(self.active.clone()));
-                self.enter(&mut j, Phase::Ensure);
-                let ensured = failpoint_io("ensure", &target.name)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        crate::shared_folders::ensure_for_account(&self.config, &target)
+            plan.next(Happened::Stopped { confirmed })
+        };
+        let outcome = loop {
+            let first = plan.leg == swap_plan::Leg::First;
+            let leg_target = j.to.clone();
+            step = match step {
+                Step::Flip => {
+                    self.enter(&mut j, Phase::Flip);
+                    let Some(t) = self.config.account(&leg_target).cloned() else {
+                        detail = Some(format!("{leg}; {leg_target} is no longer configured"));
+                        step = plan.next(Happened::TargetGone);
+                        continue;
+                    };
+                    match self.flip(&t.name, Some(&id)) {
+                        Ok(()) => {
+                            self.active = Active {
+                                name: t.name.clone(),
+                                home: t.home.clone(),
+                            };
+                            let _ = self.out.send(Notice::Active(self.active.clone()));
+                            plan.next(Happened::Flipped { ok: true })
+                        }
+                        Err(e) => {
+                            let e = format!("flip failed: {e}");
+                            detail = Some(if first { e } else { format!("{leg}; {e}") });
+                            plan.next(Happened::Flipped { ok: false })
+                        }
+                    }
+                }
+                Step::Ensure => {
+                    self.enter(&mut j, Phase::Ensure);
+                    let t = self
+                        .config
+                        .account(&leg_target)
+                        .cloned()
+                        .unwrap_or(target.clone());
+                    // The injected failure is the first leg's only.
+                    let injected = if first {
+                        failpoint_io("ensure", &t.name).map_err(|e| e.to_string())
+                    } else {
+                        Ok(())
+                    };
+                    let ensured = injected.and_then(|()| {
+                        crate::shared_folders::ensure_for_account(&self.config, &t)
                             .map_err(|e| e.to_string())
                     });
-                match ensured {
-                    Ok(created) => {
-                        if !created.is_empty() {
-                            log::info!("swap {id}: created {created:?} for {to}");
+                    match ensured {
+                        Ok(created) => {
+                            if !created.is_empty() {
+                                log::info!("swap {id}: created {created:?} for {}", t.name);
+                            }
+                            plan.next(Happened::Ensured { ok: true })
                         }
-                        "done"
-                    }
-                    Err(e) => {
-                        detail = Some(format!("shared folders of {to}: {e}"));
-                        self.rollback(&mut j, &from, &e.to_string())
+                        Err(e) => {
+                            detail = Some(if first {
+                                format!("shared folders of {to}: {e}")
+                            } else {
+                                format!("{leg}; shared folders of {}: {e}", t.name)
+                            });
+                            plan.next(Happened::Ensured { ok: false })
+                        }
                     }
                 }
-            }
+                Step::RollBack => {
+                    // The first leg's rollback names the bare cause, as before.
+                    let why = detail.clone().unwrap_or_default();
+                    let why = if first {
+                        why.strip_prefix(&format!("shared folders of {to}: "))
+                            .map(str::to_string)
+                            .unwrap_or(why)
+                    } else {
+                        why.strip_prefix(&format!("{leg}; "))
+                            .map(str::to_string)
+                            .unwrap_or(why)
+                    };
+                    let ok = self.rollback(&mut j, &from, &why);
+                    plan.next(Happened::RolledBack { ok })
+                }
+                Step::Relaunch => {
+                    self.enter(&mut j, Phase::Relaunch);
+                    relaunched = true;
+                    let _ = self.out.send(Notice::Relaunch {
+                        active: self.active.clone(),
+                        resume_tasks: true,
+                    });
+                    let v = self.verify(&j, started_ms);
+                    let back = v.wanted - v.pending.len();
+                    let h = Happened::Verified {
+                        wanted: v.wanted,
+                        back,
+                        checkpointed: j.sessions.len(),
+                    };
+                    let next = plan.next(h);
+                    let why = format!(
+                        "not back under {} in time: {}",
+                        self.active.name,
+                        v.pending.join(", ")
+                    );
+                    if v.pending.is_empty() {
+                        changed_ids = v.changed_ids;
+                        if !first {
+                            detail = Some(format!(
+                                "{leg} ({leg_why}); {failed_target} needs a person; every session on {}",
+                                self.active.name
+                            ));
+                        }
+                    } else {
+                        log::error!("swap {}: {why}", j.id);
+                        match next {
+                            Step::MoveOn => leg_why = why,
+                            _ if first => {
+                                detail = Some(detail.map(|d| format!("{d}; {why}")).unwrap_or(why))
+                            }
+                            _ => detail = Some(format!("{leg} ({leg_why}); then {why}")),
+                        }
+                    }
+                    next
+                }
+                Step::MoveOn => {
+                    failed_target = j.to.clone();
+                    let (next_account, back) = self.mark_and_pick(&mut j, &from, &leg_why);
+                    leg = format!("no session started under {failed_target}");
+                    plan.move_on(back);
+                    let _ = self.out.send(Notice::SwapStarted {
+                        id: j.id.clone(),
+                        from: failed_target.clone(),
+                        to: next_account.clone(),
+                        reason: leg.clone(),
+                    });
+                    j.to = next_account.clone();
+                    self.enter(&mut j, Phase::Stop);
+                    let stopped = self.stop_sessions();
+                    if let Err(e) = &stopped {
+                        detail = Some(format!(
+                            "{leg} ({leg_why}); the sessions could not be stopped to move them to {next_account}: {e}"
+                        ));
+                    }
+                    plan.next(Happened::Stopped {
+                        confirmed: stopped.is_ok(),
+                    })
+                }
+                Step::GoBackUnflipped => {
+                    // Nothing was flipped: the old account never stopped being
+                    // the active one, so there is nothing to put back and
+                    // nothing to relaunch here (sessions that did stop come
+                    // back by reconcile). The journal goes at once: a restart
+                    // must not finish this swap.
+                    log::error!(
+                        "swap {}: {}; nothing was flipped, the swap goes back",
+                        j.id,
+                        detail.as_deref().unwrap_or("")
+                    );
+                    let _ = std::fs::remove_file(&self.journal_path);
+                    break SwapOutcome::RolledBack;
+                }
+                Step::RelaunchInPlace => {
+                    // The failed target stays active and is marked: say it loudly.
+                    let _ = self.out.send(Notice::Relaunch {
+                        active: self.active.clone(),
+                        resume_tasks: true,
+                    });
+                    break SwapOutcome::Incomplete;
+                }
+                Step::End(outcome) => break outcome,
+            };
         };
-        let mut changed_ids = Vec::new();
-        if result != "partial" && !not_stopped {
-            self.enter(&mut j, Phase::Relaunch);
-            let _ = self.out.send(Notice::Relaunch {
-                active: self.active.clone(),
-                resume_tasks: true,
-            });
-            match self.verify(&j) {
-                Ok(changed) => changed_ids = changed,
-                // Not one session started under the target: the target is
-                // at fault (a login screen, a dialog, revoked credentials),
-                // not a session. It needs a person, and the sessions go on
-                // to the best other account, or back.
-                Err((why, 0)) if result == "done" && !j.sessions.is_empty() => {
-                    let (r, d, changed) = self.move_on(&mut j, &from, &why);
-                    result = r;
-                    detail = Some(d);
-                    changed_ids = changed;
-                }
-                Err((why, _)) => {
-                    // Never "done" when sessions did not come back: say so.
-                    if result == "done" {
-                        result = "incomplete";
-                    }
-                    detail = Some(detail.map(|d| format!("{d}; {why}")).unwrap_or(why));
-                }
-            }
+        if relaunched {
             let _ = std::fs::remove_file(&self.journal_path);
         }
         let outcome = SwapResult {
@@ -823,12 +1027,13 @@ impl State {
             reason: reason.to_string(),
             started_at: j.started_at.clone(),
             duration_ms: started.elapsed().as_millis() as u64,
-            result: result.to_string(),
+            result: outcome,
+            refusal: None,
             detail,
             changed_ids,
         };
-        match outcome.result.as_str() {
-            "done" => log::warn!(
+        match outcome.result {
+            SwapOutcome::Done => log::warn!(
                 "swap {}: done in {} ms, every session on {to}",
                 outcome.id,
                 outcome.duration_ms
@@ -841,6 +1046,8 @@ impl State {
         }
         self.last_swap_ms = Some(now_ms());
         self.last_swap = Some(outcome.clone());
+        // A request that came while it ran is answered by its end, not lost.
+        self.take_waiting();
         // The view is current before anyone hears that the swap ended.
         self.publish();
         self.view.write().swap_in_progress = None;
@@ -866,17 +1073,10 @@ impl State {
     }
 
     /// No session started under the swap's target: marks it as needing a
-    /// person (said once, to the operator), then stops the sessions again
-    /// and moves them to the best other usable account, or back to `from`
-    /// when there is none (an exhausted account still starts sessions; they
-    /// wait for its reset). Returns the result, its detail and the changed
-    /// conversations.
-    fn move_on(
-        &mut self,
-        j: &mut Journal,
-        from: &Active,
-        why: &str,
-    ) -> (&'static str, String, Vec<ChangedId>) {
+    /// person (said once, to the operator) and picks where the sessions go:
+    /// the best other usable account, or back to `from`. Returns it and
+    /// whether it is `from`.
+    fn mark_and_pick(&mut self, j: &mut Journal, from: &Active, why: &str) -> (String, bool) {
         let failed = j.to.clone();
         let mark = format!("no session started under it in swap {} ({why})", j.id);
         // On disk first, so a crash from here never finishes the swap onto
@@ -889,12 +1089,10 @@ impl State {
         self.persist_quota(&failed);
         let _ = self.out.send(Notice::NeedsLogin {
             account: failed.clone(),
-            why: mark.clone(),
+            why: mark,
         });
-        let next = self
-            .best_usable(&[&failed, &from.name])
-            .unwrap_or_else(|| from.name.clone());
-        let back = next == from.name;
+        let best = self.best_usable(&[&failed, &from.name]);
+        let (next, back) = swap_plan::move_on_target(best.as_deref(), &from.name);
         log::error!(
             "swap {}: no session started under {failed}, which needs a person; {} {next}",
             j.id,
@@ -904,92 +1102,18 @@ impl State {
                 "moving on to"
             }
         );
-        let leg = format!("no session started under {failed}");
-        let _ = self.out.send(Notice::SwapStarted {
-            id: j.id.clone(),
-            from: failed.clone(),
-            to: next.clone(),
-            reason: leg.clone(),
-        });
-        j.to = next.clone();
-        self.enter(j, Phase::Stop);
-        if let Err(e) = self.stop_sessions() {
-            // The target stays active and is marked: say it loudly.
-            let _ = self.out.send(Notice::Relaunch {
-                active: self.active.clone(),
-                resume_tasks: true,
-            });
-            return (
-                "incomplete",
-                format!(
-                    "{leg} ({why}); the sessions could not be stopped to move them to {next}: {e}"
-                ),
-                Vec::new(),
-            );
-        }
-        self.enter(j, Phase::Flip);
-        let Some(target) = self.config.account(&next).cloned() else {
-            return (
-                "incomplete",
-                format!("{leg}; {next} is no longer configured"),
-                Vec::new(),
-            );
-        };
-        let flipped = self
-            .flip(&next, Some(&j.id))
-            .map_err(|e| format!("flip failed: {e}"))
-            .and_then(|()| {
-                self.active = Active {
-                    name: target.name.clone(),
-                    home: target.home.clone(),
-                };
-                let _ = self.out.send(Notice::Active(self.active.clone()));
-                self.enter(j, Phase::Ensure);
-                crate::shared_folders::ensure_for_account(&self.config, &target)
-                    .map(|_| ())
-                    .map_err(|e| format!("shared folders of {next}: {e}"))
-            });
-        let mut result = match flipped {
-            Ok(()) if back => "rolled_back",
-            Ok(()) => "done",
-            Err(e) => {
-                let r = self.rollback(j, from, &e);
-                if r == "partial" {
-                    return (r, format!("{leg}; {e}"), Vec::new());
-                }
-                r
-            }
-        };
-        self.enter(j, Phase::Relaunch);
-        let _ = self.out.send(Notice::Relaunch {
-            active: self.active.clone(),
-            resume_tasks: true,
-        });
-        match self.verify(j) {
-            Ok(changed) => (
-                result,
-                format!(
-                    "{leg} ({why}); {failed} needs a person; every session on {}",
-                    self.active.name
-                ),
-                changed,
-            ),
-            Err((again, _)) => {
-                result = "incomplete";
-                (result, format!("{leg} ({why}); then {again}"), Vec::new())
-            }
-        }
+        (next, back)
     }
 
     /// Puts `from` back after a failed step; a rollback that fails too leaves
-    /// the sticky partial state.
-    fn rollback(&mut self, j: &mut Journal, from: &Active, why: &str) -> &'static str {
+    /// the sticky partial state. Returns whether `from` is active again.
+    fn rollback(&mut self, j: &mut Journal, from: &Active, why: &str) -> bool {
         log::error!("swap {}: {why}; rolling back to {}", j.id, from.name);
         match self.flip(&from.name, None) {
             Ok(()) => {
                 self.active = from.clone();
                 let _ = self.out.send(Notice::Active(self.active.clone()));
-                "rolled_back"
+                true
             }
             Err(e) => {
                 let p = format!(
@@ -1001,7 +1125,7 @@ impl State {
                 j.phase = Phase::Partial;
                 self.write_journal(j);
                 self.partial = Some(p);
-                "partial"
+                false
             }
         }
     }
@@ -1017,31 +1141,28 @@ impl State {
         Ok(())
     }
 
-    fn sessions_now(&self) -> Vec<crate::status::SessionStatus> {
-        status::latest(&self.published).sessions.clone()
-    }
-
     fn checkpoint(&self) -> Vec<SessionCheckpoint> {
-        self.sessions_now()
-            .into_iter()
+        self.sessions
+            .iter()
             .map(|s| SessionCheckpoint {
-                name: s.name,
-                claude_session_id: s.claude_session_id,
-                cwd: s.cwd,
-                task: s.task,
+                name: s.name.clone(),
+                claude_session_id: s.claude_session_id.clone(),
+                cwd: s.cwd.clone(),
+                task: s.task.clone(),
                 state: s.state,
             })
             .collect()
     }
 
-    /// Waits up to `drain_timeout` for working sessions to end their turn.
-    fn drain(&self) {
+    /// Waits up to `drain_timeout` for working sessions to end their turn,
+    /// reading each snapshot the main loop sends meanwhile.
+    fn drain(&mut self) {
         let deadline = Instant::now() + self.config.swap.drain_timeout;
         while Instant::now() < deadline {
-            if !self.sessions_now().iter().any(|s| s.state == "working") {
+            if !swap_plan::any_working(&self.sessions) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            self.wait_for_sessions(deadline);
         }
         log::warn!("drain timeout: stopping sessions that are still working; their tasks continue after the swap");
     }
@@ -1067,7 +1188,7 @@ impl State {
         // answers when all are; every stop ends in a kill after
         // `stop_timeout`, and the margin covers tmux's own deadlines.
         let (done, stopped) = crossbeam_channel::bounded(1);
-        self.sessions
+        self.watcher
             .send(crate::session_watcher::Request::Stop {
                 names: managed,
                 timeout: stop_timeout,
@@ -1089,73 +1210,45 @@ impl State {
         }
     }
 
-    /// Waits until every checkpointed session runs again under the target
-    /// (bounded by the start-up timeout). Returns the conversations whose id changed.
-    fn verify(&self, j: &Journal) -> Result<Vec<ChangedId>, (String, usize)> {
+    /// Waits until every checkpointed session runs again under the active
+    /// account (bounded by the start-up timeout), reading each snapshot the
+    /// main loop sends meanwhile. Returns what [`swap_plan::back_under`] found last.
+    fn verify(&mut self, j: &Journal, started_ms: u64) -> swap_plan::Verified {
         let deadline = Instant::now() + self.config.claude.startup_timeout + Duration::from_secs(5);
-        // Sessions that were not running before the swap are not expected back.
-        let wanted: Vec<&SessionCheckpoint> = j
-            .sessions
-            .iter()
-            .filter(|c| !matches!(c.state.as_str(), "failed" | "backoff" | "dead"))
-            .collect();
         loop {
-            let now = self.sessions_now();
-            let pending: Vec<&str> = wanted
+            let wanted: Vec<swap_plan::Wanted> = j
+                .sessions
                 .iter()
-                .filter(|c| {
-                    !now.iter().any(|s| {
-                        s.name == c.name
-                            && s.account.as_deref() == Some(self.active.name.as_str())
-                            && matches!(
-                                s.state.as_str(),
-                                "idle" | "working" | "waiting" | "limited"
-                            )
-                            && s.since >= j.started_at
-                    })
+                .map(|c| swap_plan::Wanted {
+                    name: &c.name,
+                    state: c.state,
+                    claude_session_id: c.claude_session_id.as_deref(),
                 })
-                .map(|c| c.name.as_str())
                 .collect();
-            if pending.is_empty() {
-                return Ok(wanted
-                    .iter()
-                    .filter_map(|c| {
-                        let s = now.iter().find(|s| s.name == c.name)?;
-                        match (&c.claude_session_id, &s.claude_session_id) {
-                            (Some(a), Some(b)) if a != b => {
-                                Some((c.name.clone(), a.clone(), b.clone()))
-                            }
-                            _ => None,
-                        }
-                    })
-                    .collect());
+            let v = swap_plan::back_under(&wanted, &self.sessions, &self.active.name, started_ms);
+            if v.pending.is_empty() || Instant::now() > deadline {
+                return v;
             }
-            if Instant::now() > deadline {
-                log::error!(
-                    "swap {}: not back under {} in time: {}",
-                    j.id,
-                    self.active.name,
-                    pending.join(", ")
-                );
-                return Err((
-                    format!(
-                        "not back under {} in time: {}",
-                        self.active.name,
-                        pending.join(", ")
-                    ),
-                    wanted.len() - pending.len(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            self.wait_for_sessions(deadline + Duration::from_millis(1));
         }
     }
 
-    /// Finishes or rolls back a swap a previous run left in `swap.journal`.
+    /// Finishes or rolls back a swap a previous run left in `swap.journal`:
+    /// [`swap_plan::recovery`] chooses, this performs it.
     fn recover(&mut self) {
         let Ok(bytes) = std::fs::read(&self.journal_path) else {
             return;
         };
-        let j: Journal = match serde_json::from_slice(&bytes) {
+        let read = serde_json::from_slice::<Journal>(&bytes);
+        let found = match &read {
+            Err(_) => swap_plan::JournalFound::Corrupt,
+            Ok(j) => swap_plan::JournalFound::Read {
+                phase: j.phase,
+                partial: j.partial.is_some(),
+                target_exists: self.config.account(&j.to).is_some(),
+            },
+        };
+        let j = match read {
             Ok(j) => j,
             Err(e) => {
                 log::error!(
@@ -1170,36 +1263,28 @@ impl State {
                 return;
             }
         };
-        if j.phase == Phase::Partial {
-            self.partial = j
-                .partial
-                .clone()
-                .or_else(|| Some(format!("swap {} left partial", j.id)));
-            log::error!(
-                "PARTIAL SWAP from a previous run: {}; every swap is refused until it is resolved",
-                self.partial.as_deref().unwrap_or("")
-            );
-            return;
-        }
-        let account = |name: &str| {
-            self.config
-                .accounts
-                .iter()
-                .find(|a| a.name == name)
-                .cloned()
+        let finished = match swap_plan::recovery(found) {
+            Recovery::KeepActive => return,
+            Recovery::StayPartial => {
+                self.partial = j
+                    .partial
+                    .clone()
+                    .or_else(|| Some(format!("swap {} left partial", j.id)));
+                log::error!(
+                    "PARTIAL SWAP from a previous run: {}; every swap is refused until it is resolved",
+                    self.partial.as_deref().unwrap_or("")
+                );
+                return;
+            }
+            Recovery::FinishForward => self.config.account(&j.to).cloned().is_some_and(|t| {
+                crate::shared_folders::ensure_for_account(&self.config, &t).is_ok()
+                    && self.flip(&t.name, Some(&j.id)).is_ok()
+            }),
+            Recovery::RollBack => false,
         };
-        let forward = j.phase >= Phase::Flip;
-        let target = if forward { account(&j.to) } else { None };
-        let finished = target.as_ref().is_some_and(|t| {
-            crate::shared_folders::ensure_for_account(&self.config, t).is_ok()
-                && self.flip(&t.name, Some(&j.id)).is_ok()
-        });
-        let (name, result) = if finished {
-            (j.to.clone(), "finished after restart")
-        } else {
-            (j.from.clone(), "rolled back after restart")
-        };
-        let Some(a) = account(&name) else {
+        let result = swap_plan::recovery_outcome(finished);
+        let name = if finished { &j.to } else { &j.from };
+        let Some(a) = self.config.account(name).cloned() else {
             return;
         };
         if !finished {
@@ -1217,11 +1302,12 @@ impl State {
             home: a.home.clone(),
         };
         log::warn!(
-            "swap {} ({} → {}) was interrupted at {}: {result}; every session runs on {}",
+            "swap {} ({} → {}) was interrupted at {}: {}; every session runs on {}",
             j.id,
             j.from,
             j.to,
             j.phase.as_str(),
+            result.as_str().replace('_', " "),
             a.name
         );
         let _ = std::fs::remove_file(&self.journal_path);
@@ -1232,7 +1318,8 @@ impl State {
             reason: j.reason.clone(),
             started_at: j.started_at.clone(),
             duration_ms: 0,
-            result: result.replace(' ', "_"),
+            result,
+            refusal: None,
             detail: Some(format!("interrupted at {}", j.phase.as_str())),
             changed_ids: Vec::new(),
         });
