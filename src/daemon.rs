@@ -26,9 +26,9 @@ use crate::http::Http;
 use crate::process;
 use crate::sd_notify::Systemd;
 use crate::session::{self, Action, Book, State};
-use crate::session_watcher::{Job, Report, Request, SessionWatcher};
+use crate::session_watcher::{self, Job, SessionWatcher};
 use crate::status::{self, AccountStatus, Published, SessionStatus, Status};
-use crate::switcher::{self, Active, Notice, SharedView, Switcher};
+use crate::switcher::{self, Active, SharedView, Switcher};
 use crate::tmux::{Launch, SessionInfo, Tmux};
 
 /// Everything that can wake the main loop.
@@ -38,13 +38,13 @@ enum Event {
     /// Hook events recorded by `claude-failover hook`.
     Hooks(Batch),
     /// The session watcher observed tmux or finished an action.
-    Session(Report),
+    Session(session_watcher::Report),
     /// The switcher: the active account, a swap's progress, dispatch pause.
-    Switcher(Notice),
+    Switcher(switcher::Report),
     /// An HTTP command for the main loop.
-    Control(crate::http::Control),
+    Control(crate::http::Report),
     /// The dispatcher: task assignments, pool resizing, queue counts.
-    Dispatch(crate::dispatcher::Output),
+    Dispatch(crate::dispatcher::Report),
     /// `lifecycle.interval` passed: reconcile fully.
     Tick,
     /// A back-off or start-up deadline is due.
@@ -83,8 +83,8 @@ struct Daemon {
     config_error: Option<String>,
     /// Shared-folder divergences found by the last check.
     shared_problems: Vec<String>,
-    watcher: Sender<Request>,
-    switcher: Sender<switcher::Request>,
+    watcher: Sender<session_watcher::Command>,
+    switcher: Sender<switcher::Command>,
     /// The switcher's published view (accounts, swaps).
     view: SharedView,
     /// The switcher holds the sessions (from `SwapStarted` until it asks for
@@ -94,7 +94,7 @@ struct Daemon {
     sessions_held: Option<String>,
     /// The last session snapshot sent to the switcher.
     sent_switcher: Vec<switcher::SessionSnapshot>,
-    dispatcher: Sender<crate::dispatcher::Input>,
+    dispatcher: Sender<crate::dispatcher::Command>,
     /// The last session snapshot sent to the dispatcher.
     sent_sessions: Vec<crate::dispatcher::SessionView>,
     queues: std::collections::BTreeMap<String, crate::status::QueueCounts>,
@@ -289,7 +289,7 @@ pub fn run(config_path: &Path) -> i32 {
         },
         signals: Role::new("signals", CloseOnDrop(sig_handle), sig_thread),
     };
-    let _ = daemon.watcher.send(Request::Observe);
+    let _ = daemon.watcher.send(session_watcher::Command::Observe);
     let watchdog = Systemd::watchdog_interval().map(tick).unwrap_or_else(never);
     let mut ticker = tick(daemon.config.lifecycle.interval);
     let mut interval = daemon.config.lifecycle.interval;
@@ -518,7 +518,7 @@ impl Daemon {
             Event::Signal(SIGUSR1) => {
                 // During a swap the switcher folds it into one more run.
                 log::warn!("SIGUSR1: fail-over requested");
-                let _ = self.switcher.send(switcher::Request::SwapNow {
+                let _ = self.switcher.send(switcher::Command::SwapNow {
                     to: None,
                     reason: "SIGUSR1".into(),
                     reply: None,
@@ -563,29 +563,29 @@ impl Daemon {
                 }
                 if exits {
                     // A program is ending: look at tmux now, not at the next tick.
-                    let _ = self.watcher.send(Request::Observe);
+                    let _ = self.watcher.send(session_watcher::Command::Observe);
                 }
             }
             Event::Session(report) => self.on_report(report),
             Event::Switcher(notice) => self.on_switcher(notice),
             Event::Dispatch(out) => self.on_dispatch(out),
-            Event::Control(crate::http::Control::Reload { reply }) => {
+            Event::Control(crate::http::Report::Reload { reply }) => {
                 self.reload();
                 let _ = reply.send(match &self.config_error {
                     Some(e) => Err(e.clone()),
                     None => Ok(()),
                 });
             }
-            Event::Control(crate::http::Control::Restart { name, reply }) => {
+            Event::Control(crate::http::Report::Restart { name, reply }) => {
                 let _ = reply.send(self.restart(&name));
             }
             Event::Tick => {
                 self.check_shared_folders();
-                let _ = self.watcher.send(Request::Observe);
+                let _ = self.watcher.send(session_watcher::Command::Observe);
             }
             Event::Watchdog => self.sd.watchdog(),
             Event::Deadline => {
-                let _ = self.watcher.send(Request::Observe);
+                let _ = self.watcher.send(session_watcher::Command::Observe);
             }
             Event::RoleGone(role) => {
                 log::error!("the {role} thread ended unexpectedly; stopping");
@@ -595,14 +595,14 @@ impl Daemon {
         None
     }
 
-    fn on_switcher(&mut self, notice: Notice) {
+    fn on_switcher(&mut self, notice: switcher::Report) {
         match notice {
-            Notice::Active(active) => {
+            switcher::Report::Active(active) => {
                 log::info!("active account: {}", active.name);
                 self.active = Some(active);
-                let _ = self.watcher.send(Request::Observe);
+                let _ = self.watcher.send(session_watcher::Command::Observe);
             }
-            Notice::SwapStarted {
+            switcher::Report::SwapStarted {
                 id,
                 from,
                 to,
@@ -616,12 +616,12 @@ impl Daemon {
                 ));
                 let _ = self
                     .dispatcher
-                    .send(crate::dispatcher::Input::Paused(Some(format!(
+                    .send(crate::dispatcher::Command::Paused(Some(format!(
                         "swap {id} under way"
                     ))));
                 self.sessions_held = Some(id);
             }
-            Notice::Relaunch { active, .. } => {
+            switcher::Report::Relaunch { active, .. } => {
                 let now = now_ms();
                 // The switcher stopped them: they are dead, not failed starts.
                 for r in self.book.values_mut() {
@@ -633,9 +633,9 @@ impl Daemon {
                 self.active = Some(active);
                 self.sessions_held = None;
                 self.in_flight.clear();
-                let _ = self.watcher.send(Request::Observe);
+                let _ = self.watcher.send(session_watcher::Command::Observe);
             }
-            Notice::SwapEnded(result) => {
+            switcher::Report::SwapEnded(result) => {
                 log::info!("swap {} ended: {}", result.id, result.result);
                 use crate::notifier::Kind;
                 let kind = Kind::for_swap(result.result);
@@ -664,17 +664,17 @@ impl Daemon {
                 self.sessions_held = None;
                 let _ = self
                     .dispatcher
-                    .send(crate::dispatcher::Input::Paused(self.no_account.clone()));
-                let _ = self.watcher.send(Request::Observe);
+                    .send(crate::dispatcher::Command::Paused(self.no_account.clone()));
+                let _ = self.watcher.send(session_watcher::Command::Observe);
             }
-            Notice::NeedsLogin { account, why } => {
+            switcher::Report::NeedsLogin { account, why } => {
                 self.notify.send(crate::notifier::Note::new(
                     crate::notifier::Kind::NeedsLogin,
                     format!("account {account} needs a person: {why}"),
                     serde_json::json!({"account": account, "why": why}),
                 ));
             }
-            Notice::NoAccount {
+            switcher::Report::NoAccount {
                 paused,
                 reason,
                 earliest_reset,
@@ -683,7 +683,7 @@ impl Daemon {
                 if self.sessions_held.is_none() {
                     let _ = self
                         .dispatcher
-                        .send(crate::dispatcher::Input::Paused(self.no_account.clone()));
+                        .send(crate::dispatcher::Command::Paused(self.no_account.clone()));
                 }
                 if paused {
                     self.notify.send(crate::notifier::Note::new(
@@ -707,16 +707,16 @@ impl Daemon {
         }
     }
 
-    fn on_dispatch(&mut self, out: crate::dispatcher::Output) {
-        use crate::dispatcher::Output;
+    fn on_dispatch(&mut self, out: crate::dispatcher::Report) {
+        use crate::dispatcher::Report as Asked;
         let now = now_ms();
         match out {
-            Output::Task { session, task } => {
+            Asked::Task { session, task } => {
                 if let Some(r) = self.book.get_mut(&session) {
                     r.task = task;
                 }
             }
-            Output::Relocate { session, cwd } => {
+            Asked::Relocate { session, cwd } => {
                 if let Some(r) = self.book.get_mut(&session) {
                     log::info!(
                         "{session}: moving to {} for its task (a fresh conversation there)",
@@ -729,10 +729,12 @@ impl Daemon {
                     self.in_flight.insert(session.clone());
                     let _ = self
                         .watcher
-                        .send(Request::Execute(vec![Job::Kill { name: session }]));
+                        .send(session_watcher::Command::Execute(vec![Job::Kill {
+                            name: session,
+                        }]));
                 }
             }
-            Output::Grow { pool, name } => {
+            Asked::Grow { pool, name } => {
                 if !self.book.contains_key(&name) {
                     let cwd = self
                         .config
@@ -751,20 +753,20 @@ impl Daemon {
                             ..Default::default()
                         },
                     );
-                    let _ = self.watcher.send(Request::Observe);
+                    let _ = self.watcher.send(session_watcher::Command::Observe);
                 }
             }
-            Output::Shrink { name } => {
+            Asked::Shrink { name } => {
                 if let Some(r) = self.book.get_mut(&name) {
                     r.set_state(State::Stopping, now);
                     self.in_flight.insert(name.clone());
                     let _ = self
                         .watcher
-                        .send(Request::Execute(vec![Job::Kill { name }]));
+                        .send(session_watcher::Command::Execute(vec![Job::Kill { name }]));
                 }
             }
-            Output::Counts(c) => self.queues = c,
-            Output::Outcome {
+            Asked::Counts(c) => self.queues = c,
+            Asked::Outcome {
                 outcome,
                 dispatch_latency,
             } => {
@@ -774,7 +776,7 @@ impl Daemon {
                     self.counters.record_task(outcome.as_str());
                 }
             }
-            Output::TaskFailed {
+            Asked::TaskFailed {
                 project,
                 task,
                 reason,
@@ -859,7 +861,7 @@ impl Daemon {
         };
         if ev.hook.event == HookEvent::Statusline {
             if let Some((five_hour, seven_day)) = crate::quota::from_statusline(&ev.payload) {
-                let _ = self.switcher.send(switcher::Request::Reading {
+                let _ = self.switcher.send(switcher::Command::Reading {
                     home,
                     five_hour,
                     seven_day,
@@ -879,7 +881,7 @@ impl Daemon {
                     (facts::LimitKind::FiveHour, Some(text_kind)) => text_kind,
                     (k, _) => k,
                 };
-                let _ = self.switcher.send(switcher::Request::Refusal {
+                let _ = self.switcher.send(switcher::Command::Refusal {
                     home,
                     kind,
                     message,
@@ -889,17 +891,17 @@ impl Daemon {
         }
     }
 
-    fn on_report(&mut self, report: Report) {
+    fn on_report(&mut self, report: session_watcher::Report) {
         let now = now_ms();
         let backoff = self.config.lifecycle.restart_backoff.clone();
         match report {
-            Report::Observed(Err(e)) => {
+            session_watcher::Report::Observed(Err(e)) => {
                 if self.observe_error.is_none() {
                     log::error!("tmux is unreachable: {e}");
                 }
                 self.observe_error = Some(e);
             }
-            Report::Observed(Ok(list)) => {
+            session_watcher::Report::Observed(Ok(list)) => {
                 if self.observe_error.take().is_some() {
                     log::info!("tmux answers again");
                 }
@@ -922,7 +924,7 @@ impl Daemon {
                     self.reconcile(now);
                 }
             }
-            Report::Launched {
+            session_watcher::Report::Launched {
                 name,
                 pool,
                 account,
@@ -954,7 +956,7 @@ impl Daemon {
                     std::process::abort();
                 }
             }
-            Report::Died { name, last_output } => {
+            session_watcher::Report::Died { name, last_output } => {
                 self.in_flight.remove(&name);
                 session::on_died(&mut self.book, &name, last_output, &backoff, now);
                 if let Some(r) = self.book.get(&name) {
@@ -986,7 +988,7 @@ impl Daemon {
                     }
                 }
             }
-            Report::Killed { name, error } => {
+            session_watcher::Report::Killed { name, error } => {
                 self.in_flight.remove(&name);
                 if self
                     .book
@@ -1007,8 +1009,8 @@ impl Daemon {
             }
             // Logged where it happened; the dispatcher's deadlines (one more
             // Enter, then the attempt) deal with a prompt that never arrived.
-            Report::NotTyped { .. } => {}
-            Report::Stuck { name, screen } => {
+            session_watcher::Report::NotTyped { .. } => {}
+            session_watcher::Report::Stuck { name, screen } => {
                 self.in_flight.remove(&name);
                 log::error!(
                     "{name}: no SessionStart within {:?}; left alone, its screen: {screen}",
@@ -1120,7 +1122,7 @@ impl Daemon {
                 Action::ReportStuck { name } => Job::ReportStuck { name },
             });
         }
-        let _ = self.watcher.send(Request::Execute(jobs));
+        let _ = self.watcher.send(session_watcher::Command::Execute(jobs));
     }
 
     /// The configured account whose home is `dir` (a process's `CLAUDE_CONFIG_DIR`).
@@ -1255,9 +1257,11 @@ impl Daemon {
             r.set_state(State::Dead, now_ms());
         }
         self.in_flight.insert(name.to_string());
-        let _ = self.watcher.send(Request::Execute(vec![Job::Kill {
-            name: name.to_string(),
-        }]));
+        let _ = self
+            .watcher
+            .send(session_watcher::Command::Execute(vec![Job::Kill {
+                name: name.to_string(),
+            }]));
         Ok(())
     }
 
@@ -1306,10 +1310,10 @@ impl Daemon {
                 self.config_error = None;
                 let _ = self
                     .switcher
-                    .send(switcher::Request::Reconfigure(Box::new(next.clone())));
+                    .send(switcher::Command::Reconfigure(Box::new(next.clone())));
                 let _ = self
                     .dispatcher
-                    .send(crate::dispatcher::Input::Reconfigure(Box::new(
+                    .send(crate::dispatcher::Command::Reconfigure(Box::new(
                         next.clone(),
                     )));
                 // Sessions no longer in any pool's range are not ours to drive
@@ -1317,7 +1321,7 @@ impl Daemon {
                 self.book
                     .retain(|n, _| session::pool_of(&next, n).is_some());
                 self.config = next;
-                let _ = self.watcher.send(Request::Observe);
+                let _ = self.watcher.send(session_watcher::Command::Observe);
             }
         }
     }
@@ -1345,9 +1349,9 @@ impl Daemon {
         // Persisted first: the dispatcher deletes each event file once it has
         // handled it too, so a crash replays an event, never loses one.
         for (path, ev) in self.consumed.drain(..) {
-            if let Err(crossbeam_channel::SendError(crate::dispatcher::Input::Hook(path, _))) = self
-                .dispatcher
-                .send(crate::dispatcher::Input::Hook(path, Box::new(ev)))
+            if let Err(crossbeam_channel::SendError(crate::dispatcher::Command::Hook(path, _))) =
+                self.dispatcher
+                    .send(crate::dispatcher::Command::Hook(path, Box::new(ev)))
             {
                 let _ = std::fs::remove_file(path);
             }
@@ -1380,13 +1384,13 @@ impl Daemon {
         if snapshot != self.sent_switcher {
             let _ = self
                 .switcher
-                .send(switcher::Request::Sessions(snapshot.clone()));
+                .send(switcher::Command::Sessions(snapshot.clone()));
             self.sent_switcher = snapshot;
         }
         if view != self.sent_sessions {
             let _ = self
                 .dispatcher
-                .send(crate::dispatcher::Input::Sessions(view.clone()));
+                .send(crate::dispatcher::Command::Sessions(view.clone()));
             self.sent_sessions = view;
         }
         self.publish();

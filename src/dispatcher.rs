@@ -49,7 +49,7 @@ pub struct SessionView {
     pub claude_session_id: Option<String>,
 }
 
-pub enum Input {
+pub enum Command {
     Sessions(Vec<SessionView>),
     /// A hook event and its file (deleted once handled).
     Hook(PathBuf, Box<RecordedEvent>),
@@ -59,7 +59,7 @@ pub enum Input {
 }
 
 #[derive(Debug, Clone)]
-pub enum Output {
+pub enum Report {
     /// The task a session works on, for status.
     Task {
         session: String,
@@ -117,7 +117,7 @@ impl TaskOutcome {
 }
 
 pub struct Dispatcher {
-    pub input: Sender<Input>,
+    pub input: Sender<Command>,
     pub thread: JoinHandle<()>,
 }
 
@@ -126,7 +126,7 @@ pub struct Dispatcher {
 struct Desk {
     config: Config,
     /// The session watcher, which types for us (it is the one tmux writer).
-    keys: Sender<session_watcher::Request>,
+    keys: Sender<session_watcher::Command>,
     queues: Vec<(Queue, String)>, // (queue, pool)
     sessions: Vec<SessionView>,
     assigned: HashMap<String, Assignment>,
@@ -144,7 +144,7 @@ struct Desk {
     summaries_seen: bool,
     /// When each session last showed a sign of life (any hook or status-line event).
     last_life: HashMap<String, Instant>,
-    out: Sender<Output>,
+    out: Sender<Report>,
     /// Names inotify reported complete, per project.
     complete: HashMap<String, HashSet<String>>,
     idle_since: HashMap<String, Instant>,
@@ -162,8 +162,8 @@ impl Dispatcher {
     /// mid-swap): the tasks adopted then continue instead of starting over.
     pub fn start(
         config: &Config,
-        out: Sender<Output>,
-        keys: Sender<session_watcher::Request>,
+        out: Sender<Report>,
+        keys: Sender<session_watcher::Command>,
         swap_was_interrupted: bool,
     ) -> Dispatcher {
         let (input, rx) = crossbeam_channel::unbounded();
@@ -241,7 +241,7 @@ fn now() -> SystemTime {
 }
 
 impl Desk {
-    fn new(config: Config, out: Sender<Output>, keys: Sender<session_watcher::Request>) -> Desk {
+    fn new(config: Config, out: Sender<Report>, keys: Sender<session_watcher::Command>) -> Desk {
         let queues = config
             .projects
             .iter()
@@ -278,7 +278,7 @@ impl Desk {
         }
     }
 
-    fn serve(&mut self, rx: Receiver<Input>, wake: Receiver<(String, String)>) {
+    fn serve(&mut self, rx: Receiver<Command>, wake: Receiver<(String, String)>) {
         let ticker = tick(Duration::from_millis(500));
         let mut wake = wake;
         loop {
@@ -315,10 +315,10 @@ impl Desk {
         self.sessions.iter().find(|s| s.name == name)
     }
 
-    fn handle(&mut self, input: Input) {
+    fn handle(&mut self, input: Command) {
         match input {
-            Input::Sessions(s) => self.sessions = s,
-            Input::Paused(p) => {
+            Command::Sessions(s) => self.sessions = s,
+            Command::Paused(p) => {
                 if p.is_some() && self.paused.is_none() {
                     // Work under way waits for the swap and continues after it.
                     let now = Instant::now();
@@ -336,7 +336,7 @@ impl Desk {
                 }
                 self.paused = p;
             }
-            Input::Reconfigure(c) => {
+            Command::Reconfigure(c) => {
                 self.queues = c
                     .projects
                     .iter()
@@ -344,7 +344,7 @@ impl Desk {
                     .collect();
                 self.config = *c;
             }
-            Input::Hook(path, ev) => {
+            Command::Hook(path, ev) => {
                 if !self.recovered {
                     // Tasks left active by a previous run are adopted first,
                     // so a replayed Stop finds its task.
@@ -373,7 +373,7 @@ impl Desk {
 
     /// Hands keystrokes for `session` to the session watcher.
     fn type_keys(&self, session: &str, keys: Keys) {
-        let _ = self.keys.send(session_watcher::Request::Keys {
+        let _ = self.keys.send(session_watcher::Command::Keys {
             session: session.to_string(),
             keys,
         });
@@ -442,7 +442,7 @@ impl Desk {
                         .and_then(|a| self.queue(&a.project))
                         .map(|q| q.project_path().to_path_buf());
                     if let Some(cwd) = cwd {
-                        let _ = self.out.send(Output::Relocate {
+                        let _ = self.out.send(Report::Relocate {
                             session: session.to_string(),
                             cwd,
                         });
@@ -535,7 +535,7 @@ impl Desk {
         ) {
             Ok(Completion::Done { name }) => {
                 log::info!("{session}: task {}/{name} done", a.project);
-                let _ = self.out.send(Output::Outcome {
+                let _ = self.out.send(Report::Outcome {
                     outcome: TaskOutcome::Done,
                     dispatch_latency: None,
                 });
@@ -591,7 +591,7 @@ impl Desk {
             "{session}: task submitted ({} ms after it was seen)",
             latency.as_millis()
         );
-        let _ = self.out.send(Output::Outcome {
+        let _ = self.out.send(Report::Outcome {
             outcome: TaskOutcome::Submitted,
             dispatch_latency: Some(latency),
         });
@@ -605,7 +605,7 @@ impl Desk {
         self.fresh.remove(name);
         self.clearing.insert(name.to_string(), Instant::now());
         if let Some(cwd) = cwd {
-            let _ = self.out.send(Output::Relocate {
+            let _ = self.out.send(Report::Relocate {
                 session: name.to_string(),
                 cwd,
             });
@@ -621,7 +621,7 @@ impl Desk {
                 let _ = std::fs::remove_file(f);
             }
         }
-        let _ = self.out.send(Output::Task {
+        let _ = self.out.send(Report::Task {
             session: session.to_string(),
             task: None,
         });
@@ -636,7 +636,7 @@ impl Desk {
             Release::Done => {}
             Release::Requeue => match q.requeue(&task) {
                 Ok(_) => {
-                    let _ = self.out.send(Output::Outcome {
+                    let _ = self.out.send(Report::Outcome {
                         outcome: TaskOutcome::Requeued,
                         dispatch_latency: None,
                     });
@@ -650,7 +650,7 @@ impl Desk {
                 match q.fail_attempt(&task, &reason, self.config.janitor.max_attempts, now()) {
                     Ok(Outcome::Requeued { attempts, .. }) => {
                         log::warn!("task {}/{task}: attempt {attempts} failed ({reason}); back in the inbox", a.project);
-                        let _ = self.out.send(Output::Outcome {
+                        let _ = self.out.send(Report::Outcome {
                             outcome: TaskOutcome::Requeued,
                             dispatch_latency: None,
                         });
@@ -660,11 +660,11 @@ impl Desk {
                             "task {}/{name}: failed after {attempts} attempts: {reason}",
                             a.project
                         );
-                        let _ = self.out.send(Output::Outcome {
+                        let _ = self.out.send(Report::Outcome {
                             outcome: TaskOutcome::Failed,
                             dispatch_latency: None,
                         });
-                        let _ = self.out.send(Output::TaskFailed {
+                        let _ = self.out.send(Report::TaskFailed {
                             project: a.project.clone(),
                             task: name,
                             reason,
@@ -746,7 +746,7 @@ impl Desk {
         }
         for (session, a, name) in adopted {
             self.assigned.insert(session.clone(), a);
-            let _ = self.out.send(Output::Task {
+            let _ = self.out.send(Report::Task {
                 session,
                 task: Some(name),
             });
@@ -894,11 +894,11 @@ impl Desk {
                     r.moved_to,
                     r.reason
                 );
-                let _ = self.out.send(Output::Outcome {
+                let _ = self.out.send(Report::Outcome {
                     outcome: TaskOutcome::Failed,
                     dispatch_latency: None,
                 });
-                let _ = self.out.send(Output::TaskFailed {
+                let _ = self.out.send(Report::TaskFailed {
                     project: q.project().to_string(),
                     task: r.file.clone(),
                     reason: r.reason.clone(),
@@ -959,11 +959,11 @@ impl Desk {
                             if let Ok(Outcome::Failed { name, .. }) =
                                 q.give_up(&claimed.name, &reason, now())
                             {
-                                let _ = self.out.send(Output::Outcome {
+                                let _ = self.out.send(Report::Outcome {
                                     outcome: TaskOutcome::Failed,
                                     dispatch_latency: None,
                                 });
-                                let _ = self.out.send(Output::TaskFailed {
+                                let _ = self.out.send(Report::TaskFailed {
                                     project: q.project().to_string(),
                                     task: name,
                                     reason,
@@ -973,7 +973,7 @@ impl Desk {
                             continue;
                         }
                     };
-                let _ = self.out.send(Output::Task {
+                let _ = self.out.send(Report::Task {
                     session: s.name.clone(),
                     task: Some(claimed.name.clone()),
                 });
@@ -1034,7 +1034,7 @@ impl Desk {
                         "pool {}: {waiting} task(s) waiting, growing with {name}",
                         pool.name
                     );
-                    let _ = self.out.send(Output::Grow {
+                    let _ = self.out.send(Report::Grow {
                         pool: pool.name.clone(),
                         name,
                     });
@@ -1046,7 +1046,7 @@ impl Desk {
                         pool.idle_shrink_after
                     );
                     self.idle_since.remove(&name);
-                    let _ = self.out.send(Output::Shrink { name });
+                    let _ = self.out.send(Report::Shrink { name });
                 }
                 None => {}
             }
@@ -1132,7 +1132,7 @@ impl Desk {
                 .collect();
             let _ = q.publish_status(&serving, now());
         }
-        let _ = self.out.send(Output::Counts(counts));
+        let _ = self.out.send(Report::Counts(counts));
     }
 }
 

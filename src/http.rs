@@ -46,7 +46,7 @@ use crate::switcher::{self, SharedView};
 
 /// Commands the main loop answers (it owns sessions and the config).
 #[derive(Debug)]
-pub enum Control {
+pub enum Report {
     /// As SIGHUP; the reply is the refusal, if any.
     Reload { reply: Sender<Result<(), String>> },
     /// Relaunch a managed session; the reply is `Err` for an unknown or unmanaged name.
@@ -59,9 +59,9 @@ pub enum Control {
 /// What the handlers may reach besides the snapshot.
 #[derive(Clone)]
 pub struct ControlPlane {
-    pub switcher: Sender<switcher::Request>,
+    pub switcher: Sender<switcher::Command>,
     pub view: SharedView,
-    pub main: Sender<Control>,
+    pub main: Sender<Report>,
     /// Every POST needs `Authorization: Bearer <token>`; on a non-loopback
     /// listen every request does.
     pub token: String,
@@ -653,7 +653,7 @@ pub struct Answer {
 impl Answer {
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Report: no-store\r\n{}\r\n",
             self.code,
             reason(self.code),
             self.content_type,
@@ -991,13 +991,13 @@ fn answer(req: &Request, published: &Published, wiring: &ControlPlane, site: &Si
                 return Reply::Swap(req.query().to_string());
             }
         }
-        ("POST", "/reload") => ask_main(wiring, |reply| Control::Reload { reply }, 422),
+        ("POST", "/reload") => ask_main(wiring, |reply| Report::Reload { reply }, 422),
         ("POST", p) if p.starts_with("/sessions/") && p.ends_with("/restart") => {
             let name = p
                 .trim_start_matches("/sessions/")
                 .trim_end_matches("/restart")
                 .to_string();
-            ask_main(wiring, |reply| Control::Restart { name, reply }, 404)
+            ask_main(wiring, |reply| Report::Restart { name, reply }, 404)
         }
         (_, "/status" | "/healthz" | "/metrics" | "/swap" | "/reload") => json(
             405,
@@ -1100,7 +1100,7 @@ fn swap(query: &str, wiring: &ControlPlane) -> Answer {
     let (tx, rx) = crossbeam_channel::bounded(1);
     if wiring
         .switcher
-        .send(switcher::Request::SwapNow {
+        .send(switcher::Command::SwapNow {
             to,
             reason,
             reply: Some(tx),
@@ -1139,7 +1139,7 @@ fn swap(query: &str, wiring: &ControlPlane) -> Answer {
 
 fn ask_main(
     wiring: &ControlPlane,
-    make: impl FnOnce(Sender<Result<(), String>>) -> Control,
+    make: impl FnOnce(Sender<Result<(), String>>) -> Report,
     refused: u16,
 ) -> Answer {
     let (tx, rx) = crossbeam_channel::bounded(1);

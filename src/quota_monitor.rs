@@ -20,7 +20,7 @@ use crate::config::{AccountConfig, Config};
 pub use crate::poll_schedule::{failure_backoff, retry_after, MAX_BACKOFF};
 use crate::poll_schedule::{Due, LastReading, Now, Outcome, Schedule};
 use crate::quota::{self, Source};
-use crate::switcher::{Request, SharedView};
+use crate::switcher::{Command, SharedView};
 
 pub struct QuotaMonitor {
     /// Dropping it ends the thread.
@@ -47,7 +47,7 @@ pub enum Poll {
 }
 
 impl QuotaMonitor {
-    pub fn start(config: &Config, view: SharedView, switcher: Sender<Request>) -> QuotaMonitor {
+    pub fn start(config: &Config, view: SharedView, switcher: Sender<Command>) -> QuotaMonitor {
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (alive, gone) = crossbeam_channel::bounded::<()>(0);
         let config = config.clone();
@@ -88,7 +88,7 @@ impl QuotaMonitor {
                         }
                         let (outcome, failed) = match poll(&config.quota.usage_url, account) {
                             Poll::Reading(five_hour, seven_day) => {
-                                let _ = switcher.send(Request::Reading {
+                                let _ = switcher.send(Command::Reading {
                                     home: account.home.clone(),
                                     five_hour,
                                     seven_day,
@@ -105,7 +105,7 @@ impl QuotaMonitor {
                                 (Outcome::Throttled(d), None)
                             }
                             Poll::NeedsLogin(why) => {
-                                let _ = switcher.send(Request::NeedsLogin {
+                                let _ = switcher.send(Command::NeedsLogin {
                                     account: account.name.clone(),
                                     why,
                                 });

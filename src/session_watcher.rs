@@ -25,7 +25,7 @@ use crate::tmux::{Launch, SessionInfo, Tmux};
 
 /// What the main loop asks of the watcher.
 #[derive(Debug)]
-pub enum Request {
+pub enum Command {
     /// List the sessions now.
     Observe,
     /// Carry these out in order, then observe.
@@ -118,7 +118,7 @@ const SCREEN_LINES: usize = 12;
 
 /// The watcher's handle. Dropping `requests` ends the thread.
 pub struct SessionWatcher {
-    pub requests: Sender<Request>,
+    pub requests: Sender<Command>,
     pub thread: JoinHandle<()>,
 }
 
@@ -133,7 +133,7 @@ impl SessionWatcher {
     }
 }
 
-fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
+fn serve(tmux: Tmux, requests: Receiver<Command>, reports: Sender<Report>) {
     // One typist per session, ended when this thread returns (their
     // channels close).
     let mut typists: HashMap<String, Sender<Keys>> = HashMap::new();
@@ -144,8 +144,8 @@ fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
         let mut observe = false;
         for req in batch {
             match req {
-                Request::Observe => observe = true,
-                Request::Execute(jobs) => {
+                Command::Observe => observe = true,
+                Command::Execute(jobs) => {
                     observe = true;
                     for job in jobs {
                         let report = execute(&tmux, job);
@@ -154,7 +154,7 @@ fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
                         }
                     }
                 }
-                Request::Keys { session, keys } => {
+                Command::Keys { session, keys } => {
                     let typist = typists
                         .entry(session.clone())
                         .or_insert_with(|| typist_for(&tmux, &session, &reports));
@@ -165,7 +165,7 @@ fn serve(tmux: Tmux, requests: Receiver<Request>, reports: Sender<Report>) {
                         typists.insert(session, fresh);
                     }
                 }
-                Request::Stop {
+                Command::Stop {
                     names,
                     timeout,
                     done,

@@ -96,7 +96,7 @@ pub struct SwapResult {
 pub type ChangedId = (String, String, String);
 
 /// What others ask of the switcher.
-pub enum Request {
+pub enum Command {
     /// A new config was applied.
     Reconfigure(Box<Config>),
     /// A window reading for the account whose home is `home`.
@@ -134,7 +134,7 @@ struct SwapCause {
 
 /// What the switcher tells the main loop.
 #[derive(Debug, Clone)]
-pub enum Notice {
+pub enum Report {
     /// The active account (at start, and after every flip or rollback).
     Active(Active),
     /// A swap started: stop reconciling and dispatching; the switcher stops the sessions.
@@ -181,7 +181,7 @@ pub type SharedView = Arc<RwLock<View>>;
 
 pub struct Switcher {
     /// Dropping it ends the thread.
-    pub requests: Sender<Request>,
+    pub requests: Sender<Command>,
     pub thread: JoinHandle<()>,
     pub view: SharedView,
 }
@@ -196,15 +196,15 @@ struct State {
     no_account: Option<String>,
     tmux: Tmux,
     /// The session watcher's requests: it stops the sessions for a swap.
-    watcher: Sender<crate::session_watcher::Request>,
-    out: Sender<Notice>,
+    watcher: Sender<crate::session_watcher::Command>,
+    out: Sender<Report>,
     /// The newest session snapshot the main loop sent
-    /// ([`Request::Sessions`]): what a swap checkpoints, drains and verifies from.
+    /// ([`Command::Sessions`]): what a swap checkpoints, drains and verifies from.
     sessions: Vec<SessionSnapshot>,
     /// The request channel. A swap reads it while it waits (drain, verify)
     /// so snapshots keep arriving; other requests read then wait in `deferred`.
-    requests: Receiver<Request>,
-    deferred: std::collections::VecDeque<Request>,
+    requests: Receiver<Command>,
+    deferred: std::collections::VecDeque<Command>,
     /// Requested swaps (SIGUSR1) made while one runs: at most one more run.
     requested: OpQueue<SwapCause>,
     view: SharedView,
@@ -224,14 +224,14 @@ impl Switcher {
     /// before returning, so the main loop knows it at once.
     pub fn start(
         config: &Config,
-        out: Sender<Notice>,
-        watcher: Sender<crate::session_watcher::Request>,
+        out: Sender<Report>,
+        watcher: Sender<crate::session_watcher::Command>,
     ) -> Switcher {
         let active_path = config.state_dir.join("active.json");
         let journal_path = config.state_dir.join(JOURNAL_FILE);
         let active = load_or_rebuild(&active_path, config);
         let view: SharedView = Arc::new(RwLock::new(View::default()));
-        let (requests, rx) = crossbeam_channel::unbounded::<Request>();
+        let (requests, rx) = crossbeam_channel::unbounded::<Command>();
         let mut state = State {
             quotas: config
                 .accounts
@@ -258,7 +258,7 @@ impl Switcher {
             last_saved: std::time::Instant::now(),
         };
         state.recover();
-        let _ = state.out.send(Notice::Active(state.active.clone()));
+        let _ = state.out.send(Report::Active(state.active.clone()));
         state.publish();
         let thread = std::thread::Builder::new()
             .name("switcher".into())
@@ -445,10 +445,10 @@ impl State {
         }
     }
 
-    fn handle(&mut self, req: Request) {
+    fn handle(&mut self, req: Command) {
         let now = now_ms();
         match req {
-            Request::Reconfigure(config) => {
+            Command::Reconfigure(config) => {
                 let mut quotas = Vec::new();
                 for a in &config.accounts {
                     let q = self
@@ -482,7 +482,7 @@ impl State {
                     self.active.home = a.home.clone();
                 }
             }
-            Request::Reading {
+            Command::Reading {
                 home,
                 five_hour,
                 seven_day,
@@ -495,7 +495,7 @@ impl State {
                     self.persist_quota(&account);
                 }
             }
-            Request::Refusal {
+            Command::Refusal {
                 home,
                 kind,
                 message,
@@ -509,14 +509,14 @@ impl State {
                     self.persist_quota(&account);
                 }
             }
-            Request::NeedsLogin { account, why } => {
+            Command::NeedsLogin { account, why } => {
                 log::error!("account {account} needs login: {why}");
                 let already = self
                     .quotas
                     .iter()
                     .any(|(n, q)| *n == account && q.needs_person.is_some());
                 if !already {
-                    let _ = self.out.send(Notice::NeedsLogin {
+                    let _ = self.out.send(Report::NeedsLogin {
                         account: account.clone(),
                         why: why.clone(),
                     });
@@ -526,12 +526,12 @@ impl State {
                 }
                 self.persist_quota(&account);
             }
-            Request::SwapNow { to, reason, reply } => {
+            Command::SwapNow { to, reason, reply } => {
                 // Nothing runs while requests are handled here: it starts at once.
                 self.requested.request_op(SwapCause { to, reason, reply });
                 self.run_requested();
             }
-            Request::Sessions(sessions) => self.sessions = sessions,
+            Command::Sessions(sessions) => self.sessions = sessions,
         }
     }
 
@@ -552,10 +552,10 @@ impl State {
     /// snapshots are taken at once; a swap request with someone waiting for
     /// its answer (HTTP) is refused as the swap is under way; one without
     /// (SIGUSR1) is queued for one more run; the rest wait until it ends.
-    fn during_swap(&mut self, req: Request) {
+    fn during_swap(&mut self, req: Command) {
         match req {
-            Request::Sessions(sessions) => self.sessions = sessions,
-            Request::SwapNow {
+            Command::Sessions(sessions) => self.sessions = sessions,
+            Command::SwapNow {
                 to,
                 reason,
                 reply: Some(reply),
@@ -573,7 +573,7 @@ impl State {
                     format!("swap {id} is under way"),
                 ));
             }
-            Request::SwapNow {
+            Command::SwapNow {
                 to,
                 reason,
                 reply: None,
@@ -603,7 +603,7 @@ impl State {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.requests.recv_timeout(left) {
-                Ok(Request::Sessions(s)) => {
+                Ok(Command::Sessions(s)) => {
                     self.sessions = s;
                     self.take_waiting();
                     return;
@@ -716,7 +716,7 @@ impl State {
             Decision::Stay => {
                 if let Some(was) = self.no_account.take() {
                     log::info!("an account can take the work again (was: {was})");
-                    let _ = self.out.send(Notice::NoAccount {
+                    let _ = self.out.send(Report::NoAccount {
                         paused: false,
                         reason: String::new(),
                         earliest_reset: None,
@@ -725,7 +725,7 @@ impl State {
             }
             Decision::Swap { to, reason, urgent } => {
                 if self.no_account.take().is_some() {
-                    let _ = self.out.send(Notice::NoAccount {
+                    let _ = self.out.send(Report::NoAccount {
                         paused: false,
                         reason: String::new(),
                         earliest_reset: None,
@@ -745,7 +745,7 @@ impl State {
                         .unwrap_or_else(|| "unknown".into());
                     log::error!("no account can take the work ({reason}); dispatch paused; earliest reset {when}");
                     if self.no_account.is_none() {
-                        let _ = self.out.send(Notice::NoAccount {
+                        let _ = self.out.send(Report::NoAccount {
                             paused: true,
                             reason: reason.clone(),
                             earliest_reset,
@@ -819,7 +819,7 @@ impl State {
         // under way before anyone hears it started: it is the one answer.
         self.publish();
         self.view.write().swap_in_progress = Some(id.clone());
-        let _ = self.out.send(Notice::SwapStarted {
+        let _ = self.out.send(Report::SwapStarted {
             id: id.clone(),
             from: from.name.clone(),
             to: to.to_string(),
@@ -870,7 +870,7 @@ impl State {
                                 name: t.name.clone(),
                                 home: t.home.clone(),
                             };
-                            let _ = self.out.send(Notice::Active(self.active.clone()));
+                            let _ = self.out.send(Report::Active(self.active.clone()));
                             plan.next(Happened::Flipped { ok: true })
                         }
                         Err(e) => {
@@ -932,7 +932,7 @@ impl State {
                 Step::Relaunch => {
                     self.enter(&mut j, Phase::Relaunch);
                     relaunched = true;
-                    let _ = self.out.send(Notice::Relaunch {
+                    let _ = self.out.send(Report::Relaunch {
                         active: self.active.clone(),
                         resume_tasks: true,
                     });
@@ -974,7 +974,7 @@ impl State {
                     let (next_account, back) = self.mark_and_pick(&mut j, &from, &leg_why);
                     leg = format!("no session started under {failed_target}");
                     plan.move_on(back);
-                    let _ = self.out.send(Notice::SwapStarted {
+                    let _ = self.out.send(Report::SwapStarted {
                         id: j.id.clone(),
                         from: failed_target.clone(),
                         to: next_account.clone(),
@@ -1008,7 +1008,7 @@ impl State {
                 }
                 Step::RelaunchInPlace => {
                     // The failed target stays active and is marked: say it loudly.
-                    let _ = self.out.send(Notice::Relaunch {
+                    let _ = self.out.send(Report::Relaunch {
                         active: self.active.clone(),
                         resume_tasks: true,
                     });
@@ -1051,7 +1051,7 @@ impl State {
         // The view is current before anyone hears that the swap ended.
         self.publish();
         self.view.write().swap_in_progress = None;
-        let _ = self.out.send(Notice::SwapEnded(outcome.clone()));
+        let _ = self.out.send(Report::SwapEnded(outcome.clone()));
         outcome
     }
 
@@ -1087,7 +1087,7 @@ impl State {
             q.sessions_did_not_start = Some(mark.clone());
         }
         self.persist_quota(&failed);
-        let _ = self.out.send(Notice::NeedsLogin {
+        let _ = self.out.send(Report::NeedsLogin {
             account: failed.clone(),
             why: mark,
         });
@@ -1112,7 +1112,7 @@ impl State {
         match self.flip(&from.name, None) {
             Ok(()) => {
                 self.active = from.clone();
-                let _ = self.out.send(Notice::Active(self.active.clone()));
+                let _ = self.out.send(Report::Active(self.active.clone()));
                 true
             }
             Err(e) => {
@@ -1189,7 +1189,7 @@ impl State {
         // `stop_timeout`, and the margin covers tmux's own deadlines.
         let (done, stopped) = crossbeam_channel::bounded(1);
         self.watcher
-            .send(crate::session_watcher::Request::Stop {
+            .send(crate::session_watcher::Command::Stop {
                 names: managed,
                 timeout: stop_timeout,
                 done,
