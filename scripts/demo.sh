@@ -32,9 +32,12 @@ if [ -z "$given" ]; then
     claude_args=(--claude "$claude_path")
 fi
 # Both from this checkout, into the same folder: the demo finds the product
-# binary (the daemon and the hook) next to itself.
-cargo build --release --quiet -p claude-failover --bin claude-failover \
-    -p claude-failover-testkit --bin claude-failover-demo
+# binary (the daemon and the hook) next to itself. Two builds, not one: the
+# product alone is exactly the default `cargo build --release` (the one
+# scripts/check-no-fakes.sh checks), with no features unified from the
+# testkit's dependencies, so neither script rebuilds the other's binary.
+cargo build --release --quiet -p claude-failover --bin claude-failover
+cargo build --release --quiet -p claude-failover-testkit --bin claude-failover-demo
 release=$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)
 # The one just built, whatever $CLAUDE_FAILOVER_BIN said before.
 export CLAUDE_FAILOVER_BIN="$release/claude-failover"
