@@ -39,13 +39,13 @@ fn main() {
 /// latency while it lasts.
 fn http_abuse() {
     let mut h = support::Harness::new("bench-abuse");
-    let mut spec = claude_failover::sandbox::SandboxSpec {
+    let mut spec = testkit::sandbox::SandboxSpec {
         claude_binary: "/bin/true".into(),
         tmux_socket: h.socket.clone(),
         ..Default::default()
     };
     spec.pools[0].min = 0;
-    let sb = claude_failover::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    let sb = testkit::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
     let config = sb.config_path.to_string_lossy().into_owned();
     let pid = h.spawn_bin(&["--config", &config, "run"], &[]);
     let healthz = format!("http://{}/healthz", sb.http_listen);
@@ -91,10 +91,10 @@ fn status_throughput() {
     let mut h = support::Harness::new("bench-status");
     let fake =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude.py");
-    let spec = claude_failover::sandbox::SandboxSpec {
+    let spec = testkit::sandbox::SandboxSpec {
         claude_binary: fake.to_string_lossy().into_owned(),
         tmux_socket: h.socket.clone(),
-        pools: vec![claude_failover::sandbox::SandboxPool {
+        pools: vec![testkit::sandbox::SandboxPool {
             name: "auto".into(),
             prefix: "ccl-auto-".into(),
             start_index: 11,
@@ -103,7 +103,7 @@ fn status_throughput() {
         }],
         ..Default::default()
     };
-    let sb = claude_failover::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    let sb = testkit::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
     sb.install_hooks(support::bin()).unwrap();
     let config = sb.config_path.to_string_lossy().into_owned();
     let pid = h.spawn_bin(&["--config", &config, "run"], &[]);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use claude_failover::config::JanitorConfig;
 use claude_failover::queue::{Folder, Queue};
-use claude_failover::sandbox::{Sandbox, SandboxPool, SandboxSpec};
+use testkit::sandbox::{Sandbox, SandboxPool, SandboxSpec};
 
 const DONE: usize = 100_000;
 

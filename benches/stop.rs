@@ -33,10 +33,10 @@ fn stop_once(run: usize) -> Duration {
     let mut h = support::Harness::new(&format!("bench-stop-{run}"));
     let fake =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude.py");
-    let spec = claude_failover::sandbox::SandboxSpec {
+    let spec = testkit::sandbox::SandboxSpec {
         claude_binary: fake.to_string_lossy().into_owned(),
         tmux_socket: h.socket.clone(),
-        pools: vec![claude_failover::sandbox::SandboxPool {
+        pools: vec![testkit::sandbox::SandboxPool {
             name: "auto".into(),
             prefix: "ccl-auto-".into(),
             start_index: 11,
@@ -45,7 +45,7 @@ fn stop_once(run: usize) -> Duration {
         }],
         ..Default::default()
     };
-    let sb = claude_failover::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
+    let sb = testkit::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
     sb.install_hooks(support::bin()).unwrap();
     h.watch_state_dir(sb.state_dir.clone());
     let config = sb.config_path.to_string_lossy().into_owned();

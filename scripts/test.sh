@@ -5,6 +5,10 @@
 #
 #   scripts/test.sh                     # everything
 #   scripts/test.sh --test e2e_claude   # extra arguments go to `cargo test`
+#
+# `--workspace`: the testkit crate's own tests (the stand-in's, the demo's)
+# run too, and cargo builds every binary, the product's and the demo's,
+# before any test starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -15,4 +19,4 @@ ensure_claude
 export_e2e
 # Two test threads: the machine (and CI) has two cores, and every
 # end-to-end test runs real Claude Code processes.
-exec cargo test "$@" -- --test-threads=2
+exec cargo test --workspace "$@" -- --test-threads=2

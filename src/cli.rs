@@ -42,21 +42,6 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// A self-contained sandbox that shows sessions, tasks and a live failover, then cleans up.
-    Demo {
-        /// The Claude Code binary (default: `claude` on PATH, then the pinned one in .cache/).
-        #[arg(long)]
-        claude: Option<PathBuf>,
-        /// Leave it running at the end and print how to look around.
-        #[arg(long)]
-        keep: bool,
-        /// How many tasks to enqueue.
-        #[arg(long, default_value_t = 6)]
-        tasks: usize,
-        /// How many sessions the pool keeps.
-        #[arg(long, default_value_t = 3)]
-        sessions: u32,
-    },
     /// Ask the running daemon how things stand: accounts, sessions, queues, last swap.
     Status {
         /// The raw `/status` JSON.
@@ -182,17 +167,6 @@ impl Cli {
                 Ok(config) => crate::setup::setup_command(&config, dry_run),
                 Err(code) => code,
             },
-            Command::Demo {
-                claude,
-                keep,
-                tasks,
-                sessions,
-            } => crate::demo::demo_command(crate::demo::DemoOptions {
-                claude,
-                keep,
-                tasks,
-                sessions,
-            }),
             Command::Status { json } => match load(&config_path) {
                 Ok(config) => status_command(&config, json),
                 Err(code) => code,

@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use claude_failover::sandbox::{self, Sandbox, SandboxSpec};
 use support::Harness;
+use testkit::sandbox::{self, Sandbox, SandboxSpec};
 
 /// The real Claude Code when the end-to-end suite is on, else a script that
 /// answers `--version` like it (check only runs `--version`).

@@ -12,7 +12,7 @@ use support::{wait_for, World};
 
 const UP: Duration = Duration::from_secs(60);
 
-fn fast_lifecycle(spec: &mut claude_failover::sandbox::SandboxSpec) {
+fn fast_lifecycle(spec: &mut testkit::sandbox::SandboxSpec) {
     spec.extra_yaml
         .push_str("lifecycle:\n  interval: 2s\n  restart_backoff: [1s, 2s, 3s]\n");
 }
@@ -287,7 +287,7 @@ fn a_session_stuck_on_the_trust_dialog_is_reported_and_never_typed_into() {
     // Untrust the pool folder in the active account and shorten start-up.
     let alpha = w.sb.account("alpha").unwrap().home.clone();
     let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
-    claude_failover::sandbox::write_claude_json(&alpha, true, &projects).unwrap();
+    testkit::sandbox::write_claude_json(&alpha, true, &projects).unwrap();
     let config = std::fs::read_to_string(&w.sb.config_path)
         .unwrap()
         .replace("startup_timeout: 60s", "startup_timeout: 5s");

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use claude_failover::claude_facts as facts;
 use claude_failover::hook::{RecordedEvent, EVENTS_DIR};
-use claude_failover::sandbox::{Sandbox, SandboxSpec};
-use claude_failover::standin::{StandIn, StandInAccount, StandInOptions};
 use claude_failover::tmux::Launch;
 use support::{wait_for, Harness};
+use testkit::sandbox::{Sandbox, SandboxSpec};
+use testkit::standin::{StandIn, StandInAccount, StandInOptions};
 
 const START: Duration = Duration::from_secs(45);
 const TURN: Duration = Duration::from_secs(45);

@@ -8,8 +8,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use claude_failover::sandbox::SandboxSpec;
 use support::{wait_for, World};
+use testkit::sandbox::SandboxSpec;
 
 const UP: Duration = Duration::from_secs(60);
 
@@ -47,7 +47,7 @@ fn wait_all_on(w: &World, account: &str, names: &[&str]) {
 }
 
 /// Sends `prompt` to `session` and returns the stand-in's record of it.
-fn ask(w: &World, session: &str, prompt: &str) -> claude_failover::standin::RecordedRequest {
+fn ask(w: &World, session: &str, prompt: &str) -> testkit::standin::RecordedRequest {
     w.type_prompt(session, prompt);
     w.api
         .wait_for_request(|r| r.prompt == prompt, UP)
@@ -177,7 +177,7 @@ fn threshold_swap_then_refusal_swap_then_no_account_then_reset_resumes() {
     // Refused mid-turn: beta answers 429; the swap to gamma does not drain.
     // (Beta's usage endpoint is throttled, so only the refusal can tell.)
     w.api
-        .set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited)
+        .set_usage_mode("beta", testkit::standin::UsageMode::RateLimited)
         .unwrap();
     w.api.exhaust("beta").unwrap();
     let refused_at = Instant::now();
@@ -473,7 +473,7 @@ fn tasks_keep_flowing_through_a_threshold_swap_and_a_refusal_swap() {
             .map(|_| ())
     });
     w.api
-        .set_usage_mode("beta", claude_failover::standin::UsageMode::RateLimited)
+        .set_usage_mode("beta", testkit::standin::UsageMode::RateLimited)
         .unwrap();
     w.api.exhaust("beta").unwrap();
     wait_for(UP, "the refusal swap to gamma", || {
@@ -652,7 +652,7 @@ fn a_target_whose_sessions_never_start_is_marked_and_the_swap_moves_on() {
     };
     let beta = w.sb.account("beta").unwrap().home.clone();
     let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
-    claude_failover::sandbox::write_claude_json(&beta, true, &projects).unwrap();
+    testkit::sandbox::write_claude_json(&beta, true, &projects).unwrap();
     let config = std::fs::read_to_string(&w.sb.config_path)
         .unwrap()
         .replace("startup_timeout: 60s", "startup_timeout: 8s")

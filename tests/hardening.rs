@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use claude_failover::sandbox::{Sandbox, SandboxSpec};
 use support::{attack, rss_kb, wait_for, Harness, World};
+use testkit::sandbox::{Sandbox, SandboxSpec};
 
 const UP: Duration = Duration::from_secs(30);
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use claude_failover::sandbox::{Sandbox, SandboxPool, SandboxSpec};
 use support::{wait_for, Harness};
+use testkit::sandbox::{Sandbox, SandboxPool, SandboxSpec};
 
 /// A sandbox (one project, `demo`; a pool of two) whose sessions run the
 /// fake agent, hooks installed.

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use claude_failover::queue;
-use claude_failover::standin::RecordedRequest;
 use support::{wait_for, World};
+use testkit::standin::RecordedRequest;
 
 const UP: Duration = Duration::from_secs(90);
 
@@ -122,7 +122,7 @@ fn wrap_our_hook(w: &World, event: &str, command: &str) {
 fn world(
     name: &str,
     sessions: u32,
-    more: impl FnOnce(&mut claude_failover::sandbox::SandboxSpec),
+    more: impl FnOnce(&mut testkit::sandbox::SandboxSpec),
 ) -> Option<World> {
     World::new(name, |spec| {
         spec.pools[0].min = sessions;

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use claude_failover::claude_facts as facts;
 use claude_failover::config::Config;
-use claude_failover::sandbox::{Sandbox, SandboxSpec};
 use claude_failover::setup;
 use claude_failover::shared_folders::{
     check_lines, ensure_for_account, verify, EnsureError, Found, Problem,
 };
-use claude_failover::standin::{self, StandIn, StandInAccount, StandInOptions};
 use support::Harness;
+use testkit::sandbox::{Sandbox, SandboxSpec};
+use testkit::standin::{self, StandIn, StandInAccount, StandInOptions};
 
 /// A temp folder with a config for accounts `main` and `backup` (homes
 /// created, empty) and a shared root that does not exist yet.

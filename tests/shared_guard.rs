@@ -8,8 +8,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use claude_failover::sandbox::{Sandbox, SandboxSpec};
 use support::{wait_for, Harness};
+use testkit::sandbox::{Sandbox, SandboxSpec};
 
 fn fake_claude(h: &Harness) -> String {
     let fake = h.path().join("fake-claude");

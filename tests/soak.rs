@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use claude_failover::queue;
-use claude_failover::sandbox::{Sandbox, SandboxPool, SandboxSpec};
 use support::{wait_for, Harness};
+use testkit::sandbox::{Sandbox, SandboxPool, SandboxSpec};
 
 const TASKS: usize = 500;
 

@@ -1,4 +1,4 @@
-//! The stand-in Anthropic API (`claude_failover::standin`) over real HTTP:
+//! The stand-in Anthropic API (`testkit::standin`) over real HTTP:
 //! what Claude Code sees, and the control a test or the demo uses.
 
 use std::io::{BufRead, BufReader, Read};
@@ -7,10 +7,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use claude_failover::standin::{
+use serde_json::{json, Value};
+use testkit::standin::{
     answer_text, StandIn, StandInAccount, StandInOptions, UsageMode, RATE_LIMIT_MESSAGE,
 };
-use serde_json::{json, Value};
 
 const TOKEN_A: &str = "sk-ant-oat01-test-a";
 const TOKEN_B: &str = "sk-ant-oat01-test-b";

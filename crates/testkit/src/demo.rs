@@ -1,13 +1,15 @@
-//! `claude-failover demo`: the whole story in a minute or two on one machine,
-//! with nothing to set up and nothing left behind.
+//! The demo (`claude-failover-demo`, run by `scripts/demo.sh`): the whole
+//! story in a minute or two on one machine, with nothing to set up and
+//! nothing left behind.
 //!
 //! It builds a throw-away world in a temp folder (`sandbox.rs`): two made-up
 //! accounts `alpha` and `beta`, a shared root, one pool of sessions and one
 //! project. The local Anthropic API stand-in (`standin.rs`) runs inside this
 //! process; the *real* Claude Code talks to it. A private tmux server
 //! (`tmux -L claude-failover-demo-<pid>`) holds the sessions, and the daemon
-//! runs as a child process (`claude-failover --config <sandbox> run`), so
-//! what the demo shows is exactly what `run` does in production.
+//! runs as a child process (`claude-failover --config <sandbox> run`, the
+//! product binary found by [`crate::product::binary`]), so what the demo
+//! shows is exactly what `run` does in production.
 //!
 //! alpha starts at 50 % of its five-hour window with a 60 % threshold, and
 //! every request adds a step chosen so that alpha crosses the threshold
@@ -40,15 +42,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::claude_facts as facts;
-use crate::cli::exit;
-use crate::process;
-use crate::queue;
+use claude_failover::claude_facts as facts;
+use claude_failover::cli::exit;
+use claude_failover::process;
+use claude_failover::queue;
+use claude_failover::tmux::Tmux;
+
 use crate::sandbox::{self, Sandbox, SandboxPool, SandboxSpec};
 use crate::standin::{StandIn, StandInAccount, StandInOptions};
-use crate::tmux::Tmux;
 
-/// What `claude-failover demo` takes from the command line.
+/// What `claude-failover-demo` takes from the command line.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// The Claude Code binary; by default `claude` on PATH, then the pinned
@@ -141,10 +144,11 @@ pub fn demo_command(opts: DemoOptions) -> i32 {
         );
         return exit::FAILURE;
     }
-    let exe = match std::env::current_exe() {
+    // The product binary: the daemon and Claude Code's hooks run it.
+    let exe = match crate::product::binary() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("claude-failover demo: cannot find my own binary: {e}");
+            eprintln!("claude-failover demo: {e}");
             return exit::FAILURE;
         }
     };
@@ -284,6 +288,8 @@ impl Timeline {
 /// Everything the demo started, so that all of it can be taken down.
 struct Demo {
     opts: DemoOptions,
+    /// The product binary (`claude-failover`) the daemon and the hooks run.
+    exe: PathBuf,
     /// The temp folder; `None` once removed.
     root: Option<PathBuf>,
     sandbox: Option<Sandbox>,
@@ -316,6 +322,7 @@ impl Demo {
         let root = make_temp_dir().map_err(|e| format!("cannot create a temp folder: {e}"))?;
         let mut demo = Demo {
             opts: opts.clone(),
+            exe: exe.to_path_buf(),
             root: Some(root.clone()),
             sandbox: None,
             api: None,
@@ -792,7 +799,7 @@ impl Demo {
         println!("  status:    curl http://{}/status", sb.http_listen);
         println!(
             "             {} --config {} status",
-            current_exe_text(),
+            self.exe.display(),
             sb.config_path.display()
         );
         println!("  log:       {}", self.log_path().display());
@@ -896,12 +903,6 @@ impl Drop for Demo {
     fn drop(&mut self) {
         self.clean_up();
     }
-}
-
-fn current_exe_text() -> String {
-    std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "claude-failover".into())
 }
 
 /// `<tmp>/claude-failover-demo-<pid>-<nanos>`, new and private.

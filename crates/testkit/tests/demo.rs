@@ -1,11 +1,17 @@
-//! `claude-failover demo` end to end, as a user runs it: the binary with the
-//! real Claude Code. It must tell the whole story (every task done, every
+//! The demo (`claude-failover-demo`) end to end, as a user runs it: the
+//! binary with the real Claude Code. It must tell the whole story (every task done, every
 //! session moved to beta, the failover time) and leave nothing behind: no
 //! tmux server on its socket, no temp folder, no daemon, no Claude Code.
 //! Interrupted midway with Ctrl-C (SIGINT), it must clean up just the same
 //! and say it was interrupted.
+//!
+//! The demo runs the product binary, `claude-failover`, which it finds next
+//! to itself (see `testkit::product`). `cargo test --workspace` (what
+//! `scripts/test.sh` runs) builds it before any test starts; run alone
+//! (`cargo test -p claude-failover-testkit --test demo`), build it first with
+//! `cargo build -p claude-failover`.
 
-mod support;
+use testkit::world as support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -29,14 +35,14 @@ struct Demo {
 
 impl Demo {
     fn start(claude: &Path) -> Demo {
-        let mut child = Command::new(support::bin())
-            .args(["demo", "--claude"])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_claude-failover-demo"))
+            .arg("--claude")
             .arg(claude)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start claude-failover demo");
+            .expect("start claude-failover-demo");
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");

@@ -3,7 +3,7 @@
 //! The daemon's whole job is to react to quota running out, which cannot be
 //! tested against the real service: nobody can exhaust a real account on
 //! demand, and tests must not need the internet. So the end-to-end tests (and
-//! the `claude-failover demo` command) point the *real* Claude Code at this
+//! the demo, `claude-failover-demo`) point the *real* Claude Code at this
 //! server through `ANTHROPIC_BASE_URL`, with made-up OAuth tokens, one per
 //! fake account.
 //!
@@ -1658,9 +1658,9 @@ fn fraction(percent: f64) -> f64 {
 }
 
 /// Unix seconds as `2026-01-02T19:59:59.000000+00:00`, the usage endpoint's
-/// shape (the calendar arithmetic is `crate::time`'s).
+/// shape (the calendar arithmetic is `claude_failover::time`'s).
 fn rfc3339_utc(unix: u64) -> String {
-    let base = crate::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(unix));
+    let base = claude_failover::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(unix));
     format!("{}.000000+00:00", base.trim_end_matches('Z'))
 }
 

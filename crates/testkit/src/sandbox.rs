@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::atomic_file;
-use crate::claude_facts as facts;
-use crate::settings;
+use claude_failover::atomic_file;
+use claude_failover::claude_facts as facts;
+use claude_failover::settings;
 
 /// One made-up account.
 #[derive(Debug, Clone)]

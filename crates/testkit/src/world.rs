@@ -1,0 +1,475 @@
+//! The integration tests' world (it was `tests/support/mod.rs`): a private
+//! tmux server and a temp folder per test, bounded waits, the real claude
+//! binary for end-to-end tests, and on failure a dump of everything needed to
+//! diagnose it (daemon logs, state files, `capture-pane` of every session).
+//! The tests reach it through their `tests/support/mod.rs`, which re-exports
+//! it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use claude_failover::tmux::Tmux;
+
+use crate::sandbox::{self, Sandbox, SandboxSpec};
+use crate::standin::{StandIn, StandInAccount, StandInOptions};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The binary under test, `claude-failover` (see [`crate::product`]: cargo
+/// builds it next to the test executables before any test runs). Panics,
+/// saying why, when it is not there.
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| match crate::product::binary() {
+        Ok(path) => path.to_string_lossy().into_owned(),
+        Err(e) => panic!("the binary under test: {e}"),
+    })
+}
+
+/// The repository's root (this crate is `crates/testkit` in it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where `scripts/test.sh` installs the pinned Claude Code.
+fn cached_claude() -> PathBuf {
+    repo_root().join(crate::demo::CACHED_CLAUDE)
+}
+
+/// The real Claude Code for end-to-end tests, or `None` when the
+/// end-to-end suite is off (then the test returns early, saying so).
+/// With `CLAUDE_FAILOVER_E2E=1` a missing binary is a failure, never a skip.
+pub fn e2e_claude() -> Option<PathBuf> {
+    let enabled = std::env::var("CLAUDE_FAILOVER_E2E")
+        .map(|v| v == "1")
+        .unwrap_or(false);
+    if !enabled {
+        eprintln!("end-to-end suite off: set CLAUDE_FAILOVER_E2E=1 (scripts/test.sh does)");
+        return None;
+    }
+    let bin = std::env::var_os("CLAUDE_FAILOVER_CLAUDE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(cached_claude);
+    assert!(
+        bin.is_file(),
+        "CLAUDE_FAILOVER_E2E=1 but no claude binary at {} (run scripts/test.sh, or set CLAUDE_FAILOVER_CLAUDE_BIN)",
+        bin.display()
+    );
+    Some(bin)
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, panicking with `what`
+/// after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One test's world: a temp folder and a private tmux server, torn down at
+/// drop, with a diagnostic dump when the test is failing.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub socket: String,
+    pub tmux: Tmux,
+    logs: Vec<PathBuf>,
+    state_dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl Harness {
+    pub fn new(name: &str) -> Harness {
+        let socket = format!(
+            "cf-test-{}-{}-{}",
+            name,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmux = Tmux::new(Some(socket.clone()), Duration::from_secs(10));
+        Harness {
+            dir: tempfile::Builder::new()
+                .prefix("cf-test-")
+                .tempdir()
+                .expect("temp folder"),
+            socket,
+            tmux,
+            logs: Vec::new(),
+            state_dirs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Dumped on failure.
+    pub fn watch_log(&mut self, path: PathBuf) {
+        self.logs.push(path);
+    }
+
+    /// Listed and dumped on failure.
+    pub fn watch_state_dir(&mut self, path: PathBuf) {
+        self.state_dirs.push(path);
+    }
+
+    /// Starts the binary under test with `args`, output into a log file that
+    /// is dumped on failure; killed at teardown.
+    pub fn spawn_bin(&mut self, args: &[&str], env: &[(&str, &str)]) -> u32 {
+        let log = self
+            .path()
+            .join(format!("daemon-{}.log", self.children.len()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start claude-failover");
+        let pid = child.id();
+        self.children.push(child);
+        self.watch_log(log);
+        pid
+    }
+
+    /// `Some(exit code)` once the spawned child `pid` has exited.
+    pub fn try_exit_status(&mut self, pid: u32) -> Option<Option<i32>> {
+        let child = self.children.iter_mut().find(|c| c.id() == pid)?;
+        child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    fn dump(&self) {
+        eprintln!("==== diagnostics (tmux -L {}) ====", self.socket);
+        for log in &self.logs {
+            eprintln!("---- {} ----", log.display());
+            eprintln!(
+                "{}",
+                std::fs::read_to_string(log).unwrap_or_else(|e| format!("(unreadable: {e})"))
+            );
+        }
+        for dir in &self.state_dirs {
+            dump_tree(dir, 0);
+        }
+        match self.tmux.list_sessions() {
+            Ok(sessions) => {
+                for s in sessions {
+                    eprintln!(
+                        "---- capture-pane {} (pid {:?}, dead {}) ----",
+                        s.name, s.pane_pid, s.pane_dead
+                    );
+                    eprintln!(
+                        "{}",
+                        self.tmux
+                            .capture_pane(&s.name, 200)
+                            .unwrap_or_else(|e| e.to_string())
+                    );
+                }
+            }
+            Err(e) => eprintln!("tmux list-sessions: {e}"),
+        }
+    }
+}
+
+fn dump_tree(dir: &Path, depth: usize) {
+    if depth > 4 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            eprintln!("---- {}/ ----", p.display());
+            dump_tree(&p, depth + 1);
+        } else {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let cut: String = text.chars().take(4000).collect();
+            eprintln!("---- {} ----\n{cut}", p.display());
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.tmux.kill_server();
+        // A `tmux new-session` the daemon started just before it was killed
+        // may bring the server back a moment later: kill it again.
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.tmux.kill_server();
+    }
+}
+
+/// A sandbox with the real Claude Code, the API stand-in and our hooks
+/// installed: everything a daemon test needs.
+pub struct World {
+    pub h: Harness,
+    pub sb: Sandbox,
+    pub api: StandIn,
+    pub claude: PathBuf,
+}
+
+impl World {
+    /// `None` when the end-to-end suite is off. `tweak` adjusts the sandbox
+    /// spec (pools, extra YAML) before it is built.
+    pub fn new(name: &str, tweak: impl FnOnce(&mut SandboxSpec)) -> Option<World> {
+        let claude = e2e_claude()?;
+        let mut h = Harness::new(name);
+        let mut spec = SandboxSpec {
+            claude_binary: claude.to_string_lossy().into_owned(),
+            tmux_socket: h.socket.clone(),
+            ..SandboxSpec::default()
+        };
+        tweak(&mut spec);
+        let api = StandIn::start(StandInOptions {
+            accounts: spec
+                .accounts
+                .iter()
+                .map(|n| StandInAccount::new(n.clone(), sandbox::token_for(n)))
+                .collect(),
+            ..StandInOptions::default()
+        })
+        .expect("start the API stand-in");
+        spec.api_base_url = api.base_url();
+        let sb = Sandbox::create(&h.path().join("sandbox"), &spec).expect("build the sandbox");
+        sb.install_hooks(bin()).expect("install hooks");
+        h.watch_state_dir(sb.state_dir.clone());
+        Some(World { h, sb, api, claude })
+    }
+
+    /// Starts `claude-failover run` on this sandbox.
+    pub fn start_daemon(&mut self, env: &[(&str, &str)]) -> u32 {
+        let config = self.sb.config_path.to_string_lossy().into_owned();
+        self.h.spawn_bin(&["--config", &config, "run"], env)
+    }
+
+    /// The control plane's bearer token: the one the daemon generated in
+    /// the state folder (`http.token_file` unset), read once it exists.
+    pub fn token(&self) -> String {
+        let path = self
+            .sb
+            .state_dir
+            .join(claude_failover::config::DEFAULT_TOKEN_FILE);
+        wait_for(Duration::from_secs(30), "the daemon's token file", || {
+            claude_failover::http::read_token(&path).ok()
+        })
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        ureq::get(&format!("http://{}/status", self.sb.http_listen))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    }
+
+    /// The session's entry in `/status`.
+    pub fn session(&self, name: &str) -> Option<serde_json::Value> {
+        let status = self.status()?;
+        status["sessions"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+    }
+
+    /// Waits until `name` is in `state` in `/status`; returns its entry.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> serde_json::Value {
+        wait_for(timeout, &format!("{name} to be {state}"), || {
+            self.session(name).filter(|s| s["state"] == state)
+        })
+    }
+
+    /// Types a prompt the way the dispatcher does: bracketed paste, pause, Enter.
+    pub fn type_prompt(&self, session: &str, text: &str) {
+        // SessionStart fires before the input box takes text: wait for it.
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{session}'s input prompt"),
+            || {
+                self.h
+                    .tmux
+                    .capture_pane(session, 0)
+                    .ok()
+                    .filter(|s| s.contains(claude_failover::claude_facts::PROMPT_READY_MARK))
+                    .map(|_| ())
+            },
+        );
+        self.h.tmux.paste(session, text).expect("paste");
+        std::thread::sleep(Duration::from_millis(300));
+        self.h.tmux.send_key(session, "Enter").expect("Enter");
+    }
+
+    /// Every managed session in `/status` next to the account its process
+    /// really runs under (its `CLAUDE_CONFIG_DIR`, by account home; `None`
+    /// when no process runs).
+    pub fn recorded_and_real(&self) -> Vec<(String, Option<String>, Option<String>)> {
+        let status = self.status().unwrap_or_default();
+        let sessions = status["sessions"].as_array().cloned().unwrap_or_default();
+        sessions
+            .iter()
+            .map(|s| {
+                let name = s["name"].as_str().unwrap_or("").to_string();
+                let real = self.pane_pid(&name).and_then(|pid| {
+                    let dir =
+                        claude_failover::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
+                    self.sb
+                        .accounts
+                        .iter()
+                        .find(|a| a.home == Path::new(&dir))
+                        .map(|a| a.name.clone())
+                });
+                (name, s["account"].as_str().map(String::from), real)
+            })
+            .collect()
+    }
+
+    pub fn pane_pid(&self, name: &str) -> Option<u32> {
+        self.h
+            .tmux
+            .list_sessions()
+            .ok()?
+            .into_iter()
+            .find(|s| s.name == name)?
+            .pane_pid
+    }
+}
+
+/// The daemon's resident memory, from /proc.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the attack measured.
+pub struct Report {
+    pub idle: usize,
+    pub line_bytes: u64,
+    pub peak_rss_kb: u64,
+    pub latencies: Vec<Duration>,
+}
+
+impl Report {
+    pub fn p(&self, pct: usize) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get((l.len() * pct / 100).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// `idle` idle and half-sent connections plus one endless header line, with
+/// `/status` asked every 20 ms meanwhile; every `/status` must answer 200.
+pub fn attack(addr: &str, pid: u32, idle: usize) -> Report {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::io::Write;
+    let a = addr.to_string();
+    let liner = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(&a).expect("connect");
+        let _ = c.write_all(b"GET /status HTTP/1.1\r\nX-Endless: ");
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0u64;
+        while sent < 1 << 30 {
+            match c.write(&chunk) {
+                Ok(n) => sent += n as u64,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let s = stop.clone();
+    let a = addr.to_string();
+    let opener = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for i in 0..idle {
+            if s.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            if let Ok(mut c) =
+                std::net::TcpStream::connect_timeout(&a.parse().unwrap(), Duration::from_secs(5))
+            {
+                if i % 2 == 0 {
+                    let _ = c.write_all(b"GET /status HTTP/1.1\r\nHost: x");
+                }
+                held.push(c);
+            }
+        }
+        held
+    });
+    let mut latencies = Vec::new();
+    let mut peak = 0;
+    let start = Instant::now();
+    while !opener.is_finished() || latencies.len() < 100 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "attack too slow"
+        );
+        let t = Instant::now();
+        let r = ureq::get(&format!("http://{addr}/status"))
+            .timeout(Duration::from_secs(5))
+            .call();
+        assert!(
+            r.as_ref().is_ok_and(|r| r.status() == 200),
+            "/status during the attack: {:?}",
+            r.map(|r| r.status())
+        );
+        latencies.push(t.elapsed());
+        peak = peak.max(rss_kb(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let held = opener.join().unwrap();
+    let line_bytes = liner.join().unwrap();
+    peak = peak.max(rss_kb(pid));
+    Report {
+        idle: held.len(),
+        line_bytes,
+        peak_rss_kb: peak,
+        latencies,
+    }
+}
+
+/// (path, body) of every request a receiver got.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A local HTTP receiver (a webhook or Telegram stand-in) recording every
+/// request body by path; returns its base URL.
+pub fn receiver() -> (String, Received) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let got = Received::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = req.as_reader().read_to_string(&mut body);
+            g.lock().unwrap().push((req.url().to_string(), body));
+            let _ = req.respond(tiny_http::Response::from_string("{\"ok\":true}"));
+        }
+    });
+    (addr, got)
+}
