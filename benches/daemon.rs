@@ -204,7 +204,7 @@ fn dispatch_latency() {
     // Warm-up: every session moves into the project's folder.
     for i in 0..6 {
         let name = format!("warm{i}");
-        claude_failover::queue::enqueue(
+        claude_failover::store::queue::enqueue(
             &project,
             None,
             format!("bench warm-up {i}").as_bytes(),
@@ -225,7 +225,7 @@ fn dispatch_latency() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        claude_failover::queue::enqueue(
+        claude_failover::store::queue::enqueue(
             &project,
             None,
             text.as_bytes(),
@@ -261,7 +261,7 @@ fn cold_start(w: &World) -> Duration {
     env.push(("CLAUDE_FAILOVER_SESSION".into(), "cold".into()));
     let t = Instant::now();
     w.h.tmux
-        .new_session(&claude_failover::tmux::Launch {
+        .new_session(&claude_failover::sys::tmux::Launch {
             name: "cold".into(),
             cwd: w.sb.pool_dirs[0].1.clone(),
             width: 200,
@@ -496,7 +496,7 @@ fn idle_daemon() {
 }
 
 fn support_which(name: &str) -> String {
-    claude_failover::process::which(name)
+    claude_failover::sys::process::which(name)
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| name.to_string())
 }

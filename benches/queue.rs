@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use claude_failover::config::JanitorConfig;
-use claude_failover::queue::{Folder, Queue};
+use claude_failover::store::queue::{Folder, Queue};
 use testkit::sandbox::{Sandbox, SandboxPool, SandboxSpec};
 
 const DONE: usize = 100_000;
@@ -33,7 +33,7 @@ fn main() {
 fn fill_done(queue_root: &Path) {
     let done = queue_root.join("done");
     std::fs::create_dir_all(&done).unwrap();
-    let finished = claude_failover::time::rfc3339(SystemTime::now());
+    let finished = claude_failover::sys::time::rfc3339(SystemTime::now());
     for i in 0..DONE {
         std::fs::write(done.join(format!("t{i:06}.md")), "a finished task\n").unwrap();
         std::fs::write(

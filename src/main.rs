@@ -6,6 +6,6 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let cli = claude_failover::cli::Cli::parse();
+    let cli = claude_failover::commands::Cli::parse();
     std::process::exit(cli.run());
 }

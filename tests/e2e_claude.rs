@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use claude_failover::claude_facts as facts;
-use claude_failover::hook::{RecordedEvent, EVENTS_DIR};
-use claude_failover::tmux::Launch;
+use claude_failover::claude::facts;
+use claude_failover::claude::hook::{RecordedEvent, EVENTS_DIR};
+use claude_failover::sys::tmux::Launch;
 use support::{wait_for, Harness};
 use testkit::sandbox::{Sandbox, SandboxSpec};
 use testkit::standin::{StandIn, StandInAccount, StandInOptions};
@@ -190,7 +190,7 @@ fn print_mode(w: &World, account: &str, prompt: &str) -> std::process::Output {
     for (k, v) in w.sb.claude_env(account, &w.api.base_url()) {
         cmd.env(k, v);
     }
-    claude_failover::process::run(&mut cmd, None, TURN)
+    claude_failover::sys::process::run(&mut cmd, None, TURN)
         .map(|f| std::process::Output {
             status: f.status,
             stdout: f.stdout.into_bytes(),
@@ -225,8 +225,8 @@ fn print_mode_answers_and_usage_endpoint_reports_each_account() {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .expect("a transcript");
-    let tail = claude_failover::checkpoint::read_tail(&newest).unwrap();
-    let (text, _) = claude_failover::checkpoint::from_transcript_tail(&tail);
+    let tail = claude_failover::store::checkpoint::read_tail(&newest).unwrap();
+    let (text, _) = claude_failover::store::checkpoint::from_transcript_tail(&tail);
     assert!(text
         .unwrap_or_default()
         .contains("STANDIN-ANSWER[beta]: e2e-print: hello"));

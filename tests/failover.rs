@@ -442,7 +442,7 @@ fn tasks_keep_flowing_through_a_threshold_swap_and_a_refusal_swap() {
     let project = w.sb.project_dirs[0].1.clone();
     for i in 0..12 {
         let body = format!("fo-task {i:02}: answer me");
-        claude_failover::queue::enqueue(
+        claude_failover::store::queue::enqueue(
             &project,
             None,
             body.as_bytes(),

@@ -64,7 +64,7 @@ impl Bare {
     fn token(&self) -> String {
         let path = self.sb.state_dir.join("http.token");
         wait_for(UP, "the generated token", || {
-            claude_failover::http::read_token(&path).ok()
+            claude_failover::daemon::http::read_token(&path).ok()
         })
     }
 
@@ -565,7 +565,7 @@ fn setup_generates_the_token_0600_once_and_dry_run_only_says_so() {
     let (code, said) = run(&[]);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("generated the control-plane token"), "{said}");
-    let token = claude_failover::http::read_token(&path).unwrap();
+    let token = claude_failover::daemon::http::read_token(&path).unwrap();
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
@@ -576,7 +576,7 @@ fn setup_generates_the_token_0600_once_and_dry_run_only_says_so() {
         "{said}"
     );
     assert_eq!(
-        claude_failover::http::read_token(&path).unwrap(),
+        claude_failover::daemon::http::read_token(&path).unwrap(),
         token,
         "kept"
     );
@@ -612,7 +612,7 @@ open(done, "w").write(answer)
     let done = b.h.path().join("flood.done");
     let socket = b.sb.state_dir.join("events.sock");
     b.h.tmux
-        .new_session(&claude_failover::tmux::Launch {
+        .new_session(&claude_failover::sys::tmux::Launch {
             name: "flooder".into(),
             cwd: b.h.path().to_path_buf(),
             width: 80,

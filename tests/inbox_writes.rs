@@ -212,7 +212,7 @@ fn over_long_names_end_done_or_failed_without_a_claim_loop() {
     }
     // A 300-byte name cannot exist on Linux (255 at most): the only way to
     // ask for one is enqueue's name hint, which refuses it.
-    let err = claude_failover::queue::enqueue(
+    let err = claude_failover::store::queue::enqueue(
         &d.sb.project_dirs[0].1,
         None,
         b"three hundred",
@@ -232,7 +232,7 @@ fn over_long_names_end_done_or_failed_without_a_claim_loop() {
         },
     );
     // A shortened name that fits with every suffix, and its reason.
-    let short = claude_failover::queue::short_stem(&name_250);
+    let short = claude_failover::store::queue::short_stem(&name_250);
     assert_eq!(
         failed,
         [format!("{short}.error.json"), format!("{short}.md")],

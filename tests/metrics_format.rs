@@ -9,11 +9,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use claude_failover::metrics::{self, Counters};
-use claude_failover::session::State;
-use claude_failover::status::{AccountStatus, QueueCounts, SessionStatus, Status};
-use claude_failover::status_table;
-use claude_failover::time::parse_rfc3339;
+use claude_failover::commands::status_table;
+use claude_failover::daemon::metrics::{self, Counters};
+use claude_failover::daemon::status::{AccountStatus, QueueCounts, SessionStatus, Status};
+use claude_failover::decide::session::State;
+use claude_failover::sys::time::parse_rfc3339;
 use serde_json::{json, Value};
 
 /// Parses the exposition text and prints every family with its samples.

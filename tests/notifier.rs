@@ -10,7 +10,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use claude_failover::config::{Level, NotifyConfig, TelegramConfig};
-use claude_failover::notifier::{Kind, Note, Notifier, NotifierOptions, NotifyHandle, NotifyStats};
+use claude_failover::daemon::notifier::{
+    Kind, Note, Notifier, NotifierOptions, NotifyHandle, NotifyStats,
+};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -175,7 +177,7 @@ fn swap_note_reaches_telegram_and_webhook() {
     assert_eq!(body["text"], "swap s-1 done: work -> personal, 3 sessions");
     assert_eq!(body["fields"], fields);
     let at = body["at"].as_str().unwrap();
-    let at = claude_failover::time::parse_rfc3339(at).expect("at is RFC 3339");
+    let at = claude_failover::sys::time::parse_rfc3339(at).expect("at is RFC 3339");
     let age = std::time::SystemTime::now()
         .duration_since(at)
         .unwrap_or_default();

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use claude_failover::queue::{
+use claude_failover::store::queue::{
     enqueue, short_stem, Folder, Queue, QueueError, MAX_FRONT_MATTER_BYTES, MAX_NAME_BYTES,
     RECOUNT_EVERY,
 };

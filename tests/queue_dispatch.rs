@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use claude_failover::queue;
+use claude_failover::store::queue;
 use support::{wait_for, World};
 
 fn files(dir: &Path, suffix: &str) -> Vec<String> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use claude_failover::config::JanitorConfig;
-use claude_failover::queue::{
+use claude_failover::store::queue::{
     enqueue, last_change, parse_task, Completion, FailureRecord, Folder, Marker, Outcome, Queue,
     QueueError, TaskResult, MAX_TASK_BYTES, ORPHAN_GRACE, SETTLE,
 };
@@ -277,7 +277,7 @@ fn claim_and_complete_happen_exactly_once() {
     assert_eq!(r.account.as_deref(), Some("main"));
     assert_eq!(r.attempt, 1);
     assert_eq!(r.started_at, Some(task.marker.dispatched_at.clone()));
-    assert_eq!(r.finished_at, claude_failover::time::rfc3339(finished));
+    assert_eq!(r.finished_at, claude_failover::sys::time::rfc3339(finished));
     // Ending it another way now is refused: it is done.
     let e = q.fail_attempt("fix", "late", 3, finished).unwrap_err();
     assert!(e.to_string().contains("in done/"), "{e}");
@@ -423,7 +423,7 @@ fn janitor_returns_stale_tasks_removes_orphan_markers_and_archives_done() {
         account: "main".into(),
         claude_session_id: None,
         attempt: 1,
-        dispatched_at: claude_failover::time::rfc3339(t0),
+        dispatched_at: claude_failover::sys::time::rfc3339(t0),
     };
     // A marker whose task has gone (a crash after complete's rename).
     fs::write(

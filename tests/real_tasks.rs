@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use claude_failover::queue;
+use claude_failover::store::queue;
 use support::{wait_for, World};
 use testkit::standin::RecordedRequest;
 

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use claude_failover::tmux::Launch;
+use claude_failover::sys::tmux::Launch;
 use support::{wait_for, Harness, World};
 
 const UP: Duration = Duration::from_secs(60);
@@ -159,7 +159,7 @@ fn claude_env_values_reach_the_program_but_no_command_line() {
     let s = w.wait_state("ccl-auto-11", "idle", UP);
     let pid = s["pane_pid"].as_u64().unwrap() as u32;
     assert_eq!(
-        claude_failover::session_watcher::process_env(pid, "CF_TEST_SECRET").as_deref(),
+        claude_failover::daemon::session_watcher::process_env(pid, "CF_TEST_SECRET").as_deref(),
         Some(secret)
     );
     let argv = cmdline(pid);
@@ -235,7 +235,7 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
     let old_id = s["claude_session_id"].as_str().unwrap().to_string();
     let cwd = std::path::PathBuf::from(s["cwd"].as_str().unwrap());
     let home = &w.sb.accounts[0].home;
-    let transcript = claude_failover::claude_facts::transcript_path(home, &cwd, &old_id);
+    let transcript = claude_failover::claude::facts::transcript_path(home, &cwd, &old_id);
     // Its first request hangs: the transcript is written, with no message yet.
     w.api.set_latency(Duration::from_secs(40));
     w.type_prompt(
@@ -256,7 +256,7 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
         .unwrap();
     }
     let text = std::fs::read_to_string(&transcript).unwrap_or_default();
-    if claude_failover::claude_facts::transcript_is_resumable(&transcript) {
+    if claude_failover::claude::facts::transcript_is_resumable(&transcript) {
         // 2.1.329 here had already written the prompt's line (the issue saw
         // the file before it): strip it back to the metadata lines, the
         // case under test.
@@ -267,7 +267,7 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
             .collect();
         std::fs::write(&transcript, meta).unwrap();
     }
-    assert!(!claude_failover::claude_facts::transcript_is_resumable(
+    assert!(!claude_failover::claude::facts::transcript_is_resumable(
         &transcript
     ));
     // The program dies.
@@ -335,7 +335,8 @@ fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
         .iter()
         .filter_map(|n| {
             let pid = w.pane_pid(n)?;
-            let dir = claude_failover::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
+            let dir =
+                claude_failover::daemon::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
             dir.ends_with("/beta").then(|| (n.to_string(), pid))
         })
         .collect();

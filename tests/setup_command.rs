@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use claude_failover::account::ClaudeJson;
-use claude_failover::claude_facts as facts;
+use claude_failover::claude::account::ClaudeJson;
+use claude_failover::claude::facts;
+use claude_failover::claude::settings;
+use claude_failover::claude::shared_folders::verify;
+use claude_failover::commands::setup::{
+    hooks_installed, setup, setup_command, SetupError, SetupReport,
+};
 use claude_failover::config::Config;
-use claude_failover::settings;
-use claude_failover::setup::{hooks_installed, setup, setup_command, SetupError, SetupReport};
-use claude_failover::shared_folders::verify;
 use serde_json::{json, Value};
 
 const BINARY: &str = "/opt/claude-failover/bin/claude-failover";

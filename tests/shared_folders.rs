@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use claude_failover::claude_facts as facts;
-use claude_failover::config::Config;
-use claude_failover::setup;
-use claude_failover::shared_folders::{
+use claude_failover::claude::facts;
+use claude_failover::claude::shared_folders::{
     check_lines, ensure_for_account, verify, EnsureError, Found, Problem,
 };
+use claude_failover::commands::setup;
+use claude_failover::config::Config;
 use support::Harness;
 use testkit::sandbox::{Sandbox, SandboxSpec};
 use testkit::standin::{self, StandIn, StandInAccount, StandInOptions};
@@ -491,7 +491,7 @@ impl E2e {
     }
 
     /// `claude -p ARGS` in the pool folder under `account`.
-    fn print(&self, account: &str, args: &[&str]) -> claude_failover::process::Finished {
+    fn print(&self, account: &str, args: &[&str]) -> claude_failover::sys::process::Finished {
         let mut cmd = Command::new(&self.claude);
         cmd.arg("-p")
             .args(args)
@@ -499,7 +499,7 @@ impl E2e {
         for (k, v) in self.sb.claude_env(account, &self.api.base_url()) {
             cmd.env(k, v);
         }
-        claude_failover::process::run(&mut cmd, None, TURN).expect("claude -p finishes")
+        claude_failover::sys::process::run(&mut cmd, None, TURN).expect("claude -p finishes")
     }
 
     fn print_ok(&self, account: &str, args: &[&str]) -> String {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use claude_failover::queue;
+use claude_failover::store::queue;
 use support::{wait_for, Harness};
 use testkit::sandbox::{Sandbox, SandboxPool, SandboxSpec};
 

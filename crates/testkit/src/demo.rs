@@ -42,11 +42,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use claude_failover::claude_facts as facts;
-use claude_failover::cli::exit;
-use claude_failover::process;
-use claude_failover::queue;
-use claude_failover::tmux::Tmux;
+use claude_failover::claude::facts;
+use claude_failover::commands::exit;
+use claude_failover::store::queue;
+use claude_failover::sys::process;
+use claude_failover::sys::tmux::Tmux;
 
 use crate::sandbox::{self, Sandbox, SandboxPool, SandboxSpec};
 use crate::standin::{StandIn, StandInAccount, StandInOptions};

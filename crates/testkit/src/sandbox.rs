@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use claude_failover::atomic_file;
-use claude_failover::claude_facts as facts;
-use claude_failover::settings;
+use claude_failover::claude::facts;
+use claude_failover::claude::settings;
+use claude_failover::store::atomic_file;
 
 /// One made-up account.
 #[derive(Debug, Clone)]

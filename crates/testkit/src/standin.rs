@@ -1658,9 +1658,10 @@ fn fraction(percent: f64) -> f64 {
 }
 
 /// Unix seconds as `2026-01-02T19:59:59.000000+00:00`, the usage endpoint's
-/// shape (the calendar arithmetic is `claude_failover::time`'s).
+/// shape (the calendar arithmetic is `claude_failover::sys::time`'s).
 fn rfc3339_utc(unix: u64) -> String {
-    let base = claude_failover::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(unix));
+    let base =
+        claude_failover::sys::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(unix));
     format!("{}.000000+00:00", base.trim_end_matches('Z'))
 }
 

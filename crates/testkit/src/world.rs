@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use claude_failover::tmux::Tmux;
+use claude_failover::sys::tmux::Tmux;
 
 use crate::sandbox::{self, Sandbox, SandboxSpec};
 use crate::standin::{StandIn, StandInAccount, StandInOptions};
@@ -269,7 +269,7 @@ impl World {
             .state_dir
             .join(claude_failover::config::DEFAULT_TOKEN_FILE);
         wait_for(Duration::from_secs(30), "the daemon's token file", || {
-            claude_failover::http::read_token(&path).ok()
+            claude_failover::daemon::http::read_token(&path).ok()
         })
     }
 
@@ -310,7 +310,7 @@ impl World {
                     .tmux
                     .capture_pane(session, 0)
                     .ok()
-                    .filter(|s| s.contains(claude_failover::claude_facts::PROMPT_READY_MARK))
+                    .filter(|s| s.contains(claude_failover::claude::facts::PROMPT_READY_MARK))
                     .map(|_| ())
             },
         );
@@ -330,8 +330,10 @@ impl World {
             .map(|s| {
                 let name = s["name"].as_str().unwrap_or("").to_string();
                 let real = self.pane_pid(&name).and_then(|pid| {
-                    let dir =
-                        claude_failover::session_watcher::process_env(pid, "CLAUDE_CONFIG_DIR")?;
+                    let dir = claude_failover::daemon::session_watcher::process_env(
+                        pid,
+                        "CLAUDE_CONFIG_DIR",
+                    )?;
                     self.sb
                         .accounts
                         .iter()

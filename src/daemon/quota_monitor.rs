@@ -1,0 +1,175 @@
+//! The quota monitor: polls the usage endpoint for accounts that have no
+//! fresh passive reading, at most every `quota.poll_interval` per account,
+//! honouring 429 and `Retry-After` with back-off. It never refreshes a
+//! token: it reads the credentials file fresh each time, and a 401/403 means
+//! the account needs a login (refresh tokens are single-use and belong to
+//! Claude Code). Readings go to the switcher, which owns them.
+//!
+//! This is the thin shell: each tick it asks the pure schedule
+//! (`poll_schedule`) which account is due, polls it, and tells the schedule
+//! what the poll answered.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, tick, Receiver, Sender};
+
+use crate::claude::account::Credentials;
+use crate::claude::facts;
+use crate::config::{AccountConfig, Config};
+use crate::daemon::switcher::{Command, SharedView};
+pub use crate::decide::poll_schedule::{failure_backoff, retry_after, MAX_BACKOFF};
+use crate::decide::poll_schedule::{Due, LastReading, Now, Outcome, Schedule};
+use crate::decide::quota::{self, Source};
+
+pub struct QuotaMonitor {
+    /// Dropping it ends the thread.
+    pub stop: Sender<()>,
+    /// Disconnects when the thread ends, whatever the cause (a panic
+    /// included): the main loop selects on it and treats it as a dead role.
+    pub gone: Receiver<()>,
+    pub thread: JoinHandle<()>,
+}
+
+/// How often the monitor looks at which accounts are due.
+const LOOK: Duration = Duration::from_secs(1);
+
+/// One poll's outcome.
+#[derive(Debug)]
+pub enum Poll {
+    Reading(Option<quota::Window>, Option<quota::Window>),
+    /// 429: wait this long.
+    Throttled(Duration),
+    /// 401/403: the account needs a person.
+    NeedsLogin(String),
+    /// Anything else: try again later.
+    Failed(String),
+}
+
+impl QuotaMonitor {
+    pub fn start(config: &Config, view: SharedView, switcher: Sender<Command>) -> QuotaMonitor {
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (alive, gone) = crossbeam_channel::bounded::<()>(0);
+        let config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("quota-monitor".into())
+            .spawn(move || {
+                // Held for the thread's life; dropped on return or unwind.
+                let _alive = alive;
+                if std::env::var("CLAUDE_FAILOVER_FAILPOINT")
+                    .is_ok_and(|v| v.split(',').any(|p| p.trim() == "quota-monitor-panic"))
+                {
+                    panic!("fail point quota-monitor-panic");
+                }
+                let ticker = tick(LOOK);
+                let mut schedule =
+                    Schedule::new(config.quota.poll_interval, quota::fresh_for(&config.quota));
+                loop {
+                    select! {
+                        recv(ticker) -> _ => {}
+                        recv(stop_rx) -> _ => return,
+                    }
+                    let now = Now {
+                        at: Instant::now(),
+                        wall_ms: quota::now_ms(SystemTime::now()),
+                    };
+                    for account in &config.accounts {
+                        let last = view
+                            .read()
+                            .accounts
+                            .iter()
+                            .find(|a| a.name == account.name)
+                            .map(|a| LastReading {
+                                source: a.quota.source,
+                                observed_at_ms: a.quota.observed_at_ms,
+                            });
+                        if let Due::WaitUntil(_) = schedule.due(&account.name, now, last) {
+                            continue;
+                        }
+                        let (outcome, failed) = match poll(&config.quota.usage_url, account) {
+                            Poll::Reading(five_hour, seven_day) => {
+                                let _ = switcher.send(Command::Reading {
+                                    home: account.home.clone(),
+                                    five_hour,
+                                    seven_day,
+                                    source: Source::UsageEndpoint,
+                                });
+                                (Outcome::Reading, None)
+                            }
+                            Poll::Throttled(d) => {
+                                log::warn!(
+                                    "usage endpoint throttles account {}: waiting {}s",
+                                    account.name,
+                                    d.as_secs()
+                                );
+                                (Outcome::Throttled(d), None)
+                            }
+                            Poll::NeedsLogin(why) => {
+                                let _ = switcher.send(Command::NeedsLogin {
+                                    account: account.name.clone(),
+                                    why,
+                                });
+                                (Outcome::NeedsLogin, None)
+                            }
+                            Poll::Failed(why) => (Outcome::Failed, Some(why)),
+                        };
+                        let wait = schedule.after(&account.name, outcome, now.at);
+                        if let Some(why) = failed {
+                            log::warn!(
+                                "usage endpoint for account {}: {why}; next try in {}s",
+                                account.name,
+                                wait.as_secs()
+                            );
+                        }
+                    }
+                }
+            })
+            .expect("spawn quota-monitor thread");
+        QuotaMonitor { stop, gone, thread }
+    }
+}
+
+/// One `GET` of the usage endpoint for `account`, with its token read fresh.
+pub fn poll(url: &str, account: &AccountConfig) -> Poll {
+    let creds = match Credentials::read(&account.home) {
+        Ok(c) => c,
+        Err(e) => return Poll::NeedsLogin(e.to_string()),
+    };
+    if creds.expired(SystemTime::now()) {
+        if creds.has_refresh_token {
+            // A standby account's access token lapses after hours unused;
+            // Claude Code renews it at the next launch. Not a login problem,
+            // and never ours to refresh: just no reading for now.
+            return Poll::Failed(
+                "its access token has expired (Claude Code renews it at the next launch); no reading until then".into(),
+            );
+        }
+        return Poll::NeedsLogin(
+            "its access token has expired and there is no refresh token".into(),
+        );
+    }
+    let answer = ureq::get(url)
+        .timeout(Duration::from_secs(15))
+        .set("Authorization", &format!("Bearer {}", creds.access_token))
+        .set(facts::USAGE_BETA_HEADER.0, facts::USAGE_BETA_HEADER.1)
+        .call();
+    match answer {
+        Ok(r) => match r.into_json::<serde_json::Value>() {
+            Ok(body) => {
+                let (f, s) = quota::from_usage(&body);
+                Poll::Reading(f, s)
+            }
+            Err(e) => Poll::Failed(format!("unreadable answer: {e}")),
+        },
+        Err(ureq::Error::Status(429, r)) => Poll::Throttled(retry_after(r.header("retry-after"))),
+        Err(ureq::Error::Status(code @ (401 | 403), r)) => {
+            let body = r.into_string().unwrap_or_default();
+            Poll::NeedsLogin(format!(
+                "usage endpoint answered {code}: {}",
+                body.chars().take(200).collect::<String>()
+            ))
+        }
+        Err(ureq::Error::Status(code, _)) => Poll::Failed(format!("HTTP {code}")),
+        Err(e) => Poll::Failed(e.to_string()),
+    }
+}

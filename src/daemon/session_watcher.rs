@@ -1,0 +1,438 @@
+//! The session watcher: the one role that writes to tmux for the session
+//! pools. It observes (one `list-sessions` per turn), carries out the
+//! actions the main loop decided (launch, collect, kill), types what the
+//! dispatcher asks into a session and stops sessions for a swap, each tmux
+//! call with a deadline, and reports back. Nobody else sends keys to, starts
+//! or kills a session (`.ci/run` checks it); the main loop never blocks on
+//! tmux.
+//!
+//! Typing runs on one worker thread per session, so a paste that waits for
+//! the input prompt never holds up other sessions or the observation, and
+//! two typings into one session (a `/clear` and the next prompt) never
+//! interleave: a session's keystrokes arrive in the order they were asked.
+//! A swap's stop runs on a thread of its own and answers when every session
+//! is stopped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::claude::facts;
+use crate::sys::tmux::{Launch, SessionInfo, Tmux};
+
+/// What the main loop asks of the watcher.
+#[derive(Debug)]
+pub enum Command {
+    /// List the sessions now.
+    Observe,
+    /// Carry these out in order, then observe.
+    Execute(Vec<Job>),
+    /// Type into a session (in order with the session's earlier keystrokes).
+    Keys { session: String, keys: Keys },
+    /// Stop these sessions (Escape, `/exit`, kill after `timeout`), all at
+    /// once; `done` is answered when every one is stopped.
+    Stop {
+        names: Vec<String>,
+        timeout: Duration,
+        done: Sender<()>,
+    },
+}
+
+/// Keystrokes for a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Keys {
+    /// The way that works with Claude Code's TUI: wait (briefly) for the
+    /// input prompt, bracketed paste, a short pause, Enter.
+    Text(String),
+    /// One key (`Escape`, `Enter`).
+    Key(&'static str),
+}
+
+/// One action against tmux, fully specified by the main loop.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Start a session. `resume` = (conversation id, its transcript file):
+    /// `--resume` is added only when the transcript holds a message, because
+    /// a conversation that never got one (no file yet, or metadata lines
+    /// alone at its first request) has nothing to resume and
+    /// `claude --resume` would exit at once (claude-code-facts §6).
+    Launch {
+        launch: Launch,
+        resume: Option<(String, PathBuf)>,
+        relaunch: bool,
+        pool: String,
+        account: String,
+    },
+    /// Read the dead pane's last screen, then remove the session.
+    CollectDead {
+        name: String,
+        exit_status: Option<i32>,
+    },
+    /// Read the screen of a session stuck before `SessionStart`; touch nothing.
+    ReportStuck { name: String },
+    /// Remove the session (an operator's restart); reconcile relaunches it.
+    Kill { name: String },
+}
+
+/// What the watcher reports.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Observed(Result<Vec<SessionInfo>, String>),
+    Launched {
+        name: String,
+        pool: String,
+        account: String,
+        cwd: PathBuf,
+        pane_pid: Option<u32>,
+        resumed: Option<String>,
+        /// A conversation that was asked for but had nothing to resume:
+        /// the session started fresh instead.
+        not_resumable: Option<String>,
+        relaunch: bool,
+    },
+    /// A launch that tmux refused, or a pane whose program ended.
+    Died {
+        name: String,
+        last_output: String,
+    },
+    Stuck {
+        name: String,
+        screen: String,
+    },
+    Killed {
+        name: String,
+        error: Option<String>,
+    },
+    /// Keystrokes that could not be delivered.
+    NotTyped {
+        session: String,
+        error: String,
+    },
+}
+
+/// How much of a dead or stuck screen is kept: the last lines that say something.
+const SCREEN_LINES: usize = 12;
+
+/// The watcher's handle. Dropping `requests` ends the thread.
+pub struct SessionWatcher {
+    pub requests: Sender<Command>,
+    pub thread: JoinHandle<()>,
+}
+
+impl SessionWatcher {
+    pub fn start(tmux: Tmux, reports: Sender<Report>) -> SessionWatcher {
+        let (requests, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("session-watcher".into())
+            .spawn(move || serve(tmux, rx, reports))
+            .expect("spawn session-watcher thread");
+        SessionWatcher { requests, thread }
+    }
+}
+
+fn serve(tmux: Tmux, requests: Receiver<Command>, reports: Sender<Report>) {
+    // One typist per session, ended when this thread returns (their
+    // channels close).
+    let mut typists: HashMap<String, Sender<Keys>> = HashMap::new();
+    while let Ok(first) = requests.recv() {
+        // Coalesce: ten Observe requests queued behind a slow call are one.
+        let mut batch = vec![first];
+        batch.extend(requests.try_iter());
+        let mut observe = false;
+        for req in batch {
+            match req {
+                Command::Observe => observe = true,
+                Command::Execute(jobs) => {
+                    observe = true;
+                    for job in jobs {
+                        let report = execute(&tmux, job);
+                        if reports.send(report).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Command::Keys { session, keys } => {
+                    let typist = typists
+                        .entry(session.clone())
+                        .or_insert_with(|| typist_for(&tmux, &session, &reports));
+                    if let Err(crossbeam_channel::SendError(keys)) = typist.send(keys) {
+                        // Its thread could not start or ended: a new one.
+                        let fresh = typist_for(&tmux, &session, &reports);
+                        let _ = fresh.send(keys);
+                        typists.insert(session, fresh);
+                    }
+                }
+                Command::Stop {
+                    names,
+                    timeout,
+                    done,
+                } => {
+                    let tmux = tmux.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("session-stop".into())
+                        .spawn(move || {
+                            std::thread::scope(|scope| {
+                                for name in &names {
+                                    let tmux = tmux.clone();
+                                    scope.spawn(move || stop_one(&tmux, name, timeout));
+                                }
+                            });
+                            let _ = done.send(());
+                        });
+                    if let Err(e) = spawned {
+                        log::error!("cannot start a thread to stop sessions: {e}");
+                    }
+                }
+            }
+        }
+        if !observe {
+            continue;
+        }
+        let observed = tmux
+            .list_sessions()
+            .map(with_config_dirs)
+            .map_err(|e| e.to_string());
+        if reports.send(Report::Observed(observed)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A worker that types into `session`, one request after the other.
+fn typist_for(tmux: &Tmux, session: &str, reports: &Sender<Report>) -> Sender<Keys> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Keys>();
+    let (tmux, session, reports) = (tmux.clone(), session.to_string(), reports.clone());
+    let spawned = std::thread::Builder::new()
+        .name("typist".into())
+        .spawn(move || {
+            for keys in rx {
+                if let Err(error) = type_keys(&tmux, &session, &keys) {
+                    log::warn!("{session}: cannot type into it: {error}");
+                    let _ = reports.send(Report::NotTyped {
+                        session: session.clone(),
+                        error,
+                    });
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a typist thread: {e}");
+    }
+    tx
+}
+
+/// Between a paste and its Enter (claude-code-facts §7: "a short pause").
+const TYPE_PAUSE: Duration = Duration::from_millis(150);
+/// How long a paste waits for the input prompt: a paste right after
+/// start-up can be lost.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
+    match keys {
+        Keys::Key(key) => tmux.send_key(session, key).map_err(|e| e.to_string()),
+        Keys::Text(text) => {
+            let ready_by = Instant::now() + READY_WAIT;
+            while Instant::now() < ready_by {
+                match tmux.capture_pane(session, 0) {
+                    Ok(screen) if screen.contains(facts::PROMPT_READY_MARK) => break,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(_) => break,
+                }
+            }
+            tmux.type_text(session, text, TYPE_PAUSE)
+                .map_err(|e| e.to_string())?;
+            if text != "/clear" && crate::daemon::switcher::failpoint_set("dispatch-typed") {
+                // Test-only: a `kill -9` between the Enter and its `UserPromptSubmit`.
+                log::error!("fail point dispatch-typed reached: aborting");
+                std::process::abort();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Stops one session: Escape (ends a turn in progress), `/exit`, then kill
+/// after `timeout` whatever happened.
+fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
+    let alive = |t: &Tmux| {
+        t.list_sessions()
+            .ok()
+            .and_then(|l| l.into_iter().find(|s| s.name == name))
+            .is_some_and(|s| !s.pane_dead)
+    };
+    if alive(tmux) {
+        let _ = tmux.send_key(name, "Escape");
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = tmux.type_text(name, "/exit", Duration::from_millis(100));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && alive(tmux) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = tmux.kill_session(name);
+}
+
+fn execute(tmux: &Tmux, job: Job) -> Report {
+    match job {
+        Job::Launch {
+            mut launch,
+            resume,
+            relaunch,
+            pool,
+            account,
+        } => {
+            let name = launch.name.clone();
+            // A dead pane kept by remain-on-exit still holds the name.
+            if let Ok(true) = tmux.has_session(&name) {
+                let _ = tmux.kill_session(&name);
+            }
+            let (resumed, not_resumable) = match resume {
+                Some((id, transcript)) if facts::transcript_is_resumable(&transcript) => {
+                    launch.argv.push("--resume".into());
+                    launch.argv.push(id.clone());
+                    (Some(id), None)
+                }
+                Some((id, _)) => (None, Some(id)),
+                None => (None, None),
+            };
+            match tmux.new_session(&launch) {
+                Ok(()) => {
+                    let pane_pid = tmux
+                        .list_sessions()
+                        .ok()
+                        .and_then(|all| all.into_iter().find(|s| s.name == name))
+                        .and_then(|s| s.pane_pid);
+                    Report::Launched {
+                        name,
+                        pool,
+                        account,
+                        cwd: launch.cwd,
+                        pane_pid,
+                        resumed,
+                        not_resumable,
+                        relaunch,
+                    }
+                }
+                Err(e) => Report::Died {
+                    name,
+                    last_output: format!("tmux could not start it: {e}"),
+                },
+            }
+        }
+        Job::CollectDead { name, exit_status } => {
+            let screen = tmux
+                .capture_pane(&name, 200)
+                .unwrap_or_else(|e| format!("(screen unreadable: {e})"));
+            let _ = tmux.kill_session(&name);
+            let status = exit_status
+                .map(|s| format!(" (exit status {s})"))
+                .unwrap_or_default();
+            Report::Died {
+                name,
+                last_output: format!("{}{status}", last_lines(&screen)),
+            }
+        }
+        Job::Kill { name } => {
+            let error = match tmux.has_session(&name) {
+                Ok(true) => tmux.kill_session(&name).err().map(|e| e.to_string()),
+                Ok(false) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            Report::Killed { name, error }
+        }
+        Job::ReportStuck { name } => {
+            let screen = tmux
+                .capture_pane(&name, 0)
+                .unwrap_or_else(|e| format!("(screen unreadable: {e})"));
+            Report::Stuck {
+                name,
+                screen: last_lines(&screen),
+            }
+        }
+    }
+}
+
+/// Fills in, for every live pane, the account home its process runs under:
+/// records follow what the process shows, not what was meant at launch (a
+/// daemon killed mid-swap may have relaunched it under another account).
+fn with_config_dirs(mut list: Vec<SessionInfo>) -> Vec<SessionInfo> {
+    for s in list.iter_mut().filter(|s| !s.pane_dead) {
+        s.config_dir = s
+            .pane_pid
+            .and_then(|pid| process_env(pid, facts::ENV_CONFIG_DIR))
+            .map(PathBuf::from);
+    }
+    list
+}
+
+/// One variable of a process's environment as it was started
+/// (`/proc/<pid>/environ`); `None` when unset or unreadable.
+pub fn process_env(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The last lines of a screen that hold text, joined into one line.
+pub fn last_lines(screen: &str) -> String {
+    let lines: Vec<&str> = screen
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Pane is dead"))
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(SCREEN_LINES)..];
+    if tail.is_empty() {
+        "(no output)".to_string()
+    } else {
+        tail.join(" ⏎ ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_variable_of_a_process_environment() {
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Reaped(
+            std::process::Command::new("sleep")
+                .arg("5")
+                .env("CLAUDE_CONFIG_DIR", "/h/beta")
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        // Right after the spawn the kernel may not show the new image's
+        // environment yet: poll briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut got = process_env(pid, "CLAUDE_CONFIG_DIR");
+        while got.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            got = process_env(pid, "CLAUDE_CONFIG_DIR");
+        }
+        assert_eq!(got.as_deref(), Some("/h/beta"));
+        assert_eq!(process_env(pid, "CF_NOT_SET_ANYWHERE"), None);
+        assert_eq!(process_env(u32::MAX, "CLAUDE_CONFIG_DIR"), None);
+    }
+
+    #[test]
+    fn keeps_the_last_meaningful_lines() {
+        let screen =
+            "\n\nerror: unknown option '--bogus'\n\nPane is dead (status 1, Sat Nov 21)\n\n";
+        assert_eq!(last_lines(screen), "error: unknown option '--bogus'");
+        assert_eq!(last_lines("\n \n"), "(no output)");
+    }
+}

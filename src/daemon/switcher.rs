@@ -1,0 +1,1394 @@
+//! The switcher: the one owner of the mutable account state — which account
+//! is active, every account's quota readings, the swap under way, the last
+//! swap, a sticky partial swap — and the one thread that performs swaps,
+//! one at a time, journalled in `swap.journal`.
+//!
+//! A swap: checkpoint the sessions into the journal → drain (threshold swaps
+//! wait up to `swap.drain_timeout` for working sessions to end their turn; a
+//! refused request does not wait) → stop every managed session (`/exit`,
+//! kill after `swap.stop_timeout`) → flip (`active.json`, `active_link`) →
+//! `ensure_for_account(target)` (on failure the flip is rolled back; if the
+//! rollback fails too, a sticky partial-swap state refuses every later swap)
+//! → the main loop relaunches every session with `--resume` under the target
+//! → verify each came back → journal removed. A daemon restarted with a
+//! journal on disk finishes or rolls back from the recorded phase.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, tick, Receiver, Sender};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::claude::facts::LimitKind;
+use crate::config::Config;
+use crate::decide::quota::{self, AccountQuota, Decision, Source, Window};
+use crate::store::atomic_file;
+use crate::sys::tmux::Tmux;
+
+/// `<state_dir>/active.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveFile {
+    pub account: String,
+    /// RFC 3339.
+    pub since: String,
+    pub swap_id: Option<String>,
+}
+
+/// The active account as the main loop needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Active {
+    pub name: String,
+    pub home: PathBuf,
+}
+
+use crate::decide::swap_plan::{self, Happened, OpQueue, Plan, Recovery, Step};
+pub use crate::decide::swap_plan::{Phase, Refusal, SessionSnapshot, SwapOutcome};
+
+/// A session as the swap found it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionCheckpoint {
+    pub name: String,
+    pub claude_session_id: Option<String>,
+    pub cwd: String,
+    pub task: Option<String>,
+    pub state: crate::decide::session::State,
+}
+
+/// The journal's file name in the state dir.
+pub const JOURNAL_FILE: &str = "swap.journal";
+
+/// `<state_dir>/swap.journal`: exists only while a swap is under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub phase: Phase,
+    pub started_at: String,
+    pub sessions: Vec<SessionCheckpoint>,
+    /// Set when the rollback failed: why.
+    pub partial: Option<String>,
+}
+
+/// How a swap ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwapResult {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub result: SwapOutcome,
+    /// Why it was refused (only with [`SwapOutcome::Refused`]); not shown.
+    #[serde(skip)]
+    pub refusal: Option<Refusal>,
+    pub detail: Option<String>,
+    /// Sessions whose conversation id changed on resume: (session, old, new).
+    pub changed_ids: Vec<(String, String, String)>,
+}
+
+/// A session whose conversation id changed on resume: (session, old, new).
+pub type ChangedId = (String, String, String);
+
+/// What others ask of the switcher.
+pub enum Command {
+    /// A new config was applied.
+    Reconfigure(Box<Config>),
+    /// A window reading for the account whose home is `home`.
+    Reading {
+        home: PathBuf,
+        five_hour: Option<Window>,
+        seven_day: Option<Window>,
+        source: Source,
+    },
+    /// A refused request (StopFailure, pane text) under the account at `home`.
+    Refusal {
+        home: PathBuf,
+        kind: LimitKind,
+        message: String,
+        source: Source,
+    },
+    /// The usage endpoint answered 401/403 for `account`.
+    NeedsLogin { account: String, why: String },
+    /// Fail over now (SIGUSR1, `POST /swap`), to `to` or the best other account.
+    SwapNow {
+        to: Option<String>,
+        reason: String,
+        reply: Option<Sender<SwapResult>>,
+    },
+    /// The main loop's newest view of its sessions (sent when it changes).
+    Sessions(Vec<SessionSnapshot>),
+}
+
+/// A requested swap waiting in the switcher's single-slot queue: its cause.
+struct SwapCause {
+    to: Option<String>,
+    reason: String,
+    reply: Option<Sender<SwapResult>>,
+}
+
+/// What the switcher tells the main loop.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// The active account (at start, and after every flip or rollback).
+    Active(Active),
+    /// A swap started: stop reconciling and dispatching; the switcher stops the sessions.
+    SwapStarted {
+        id: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
+    /// Relaunch every stopped session with `--resume` under `active`.
+    Relaunch { active: Active, resume_tasks: bool },
+    /// The swap ended.
+    SwapEnded(SwapResult),
+    /// No account can take the work (or one can again): pause or resume dispatch.
+    NoAccount {
+        paused: bool,
+        reason: String,
+        earliest_reset: Option<u64>,
+    },
+    /// An account needs a person (login, billing).
+    NeedsLogin { account: String, why: String },
+}
+
+/// The switcher's published view for status and HTTP (read-only for others).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct View {
+    pub active: String,
+    pub accounts: Vec<AccountView>,
+    pub swap_in_progress: Option<String>,
+    pub partial_swap: Option<String>,
+    pub last_swap: Option<SwapResult>,
+    pub dispatch_paused: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AccountView {
+    pub name: String,
+    pub usable: bool,
+    pub reason: Option<String>,
+    pub quota: AccountQuota,
+}
+
+pub type SharedView = Arc<RwLock<View>>;
+
+pub struct Switcher {
+    /// Dropping it ends the thread.
+    pub requests: Sender<Command>,
+    pub thread: JoinHandle<()>,
+    pub view: SharedView,
+}
+
+struct State {
+    config: Config,
+    active: Active,
+    quotas: Vec<(String, AccountQuota)>,
+    last_swap_ms: Option<u64>,
+    last_swap: Option<SwapResult>,
+    partial: Option<String>,
+    no_account: Option<String>,
+    tmux: Tmux,
+    /// The session watcher's requests: it stops the sessions for a swap.
+    watcher: Sender<crate::daemon::session_watcher::Command>,
+    out: Sender<Report>,
+    /// The newest session snapshot the main loop sent
+    /// ([`Command::Sessions`]): what a swap checkpoints, drains and verifies from.
+    sessions: Vec<SessionSnapshot>,
+    /// The request channel. A swap reads it while it waits (drain, verify)
+    /// so snapshots keep arriving; other requests read then wait in `deferred`.
+    requests: Receiver<Command>,
+    deferred: std::collections::VecDeque<Command>,
+    /// Requested swaps (SIGUSR1) made while one runs: at most one more run.
+    requested: OpQueue<SwapCause>,
+    view: SharedView,
+    journal_path: PathBuf,
+    active_path: PathBuf,
+    /// Accounts whose readings changed since they were last written to
+    /// `usage/`: readings are coalesced (the newest per account) and
+    /// persisted at most once a second, so a flood of events never holds a
+    /// swap request up behind one fsync each.
+    unsaved: std::collections::BTreeSet<String>,
+    last_saved: std::time::Instant,
+}
+
+impl Switcher {
+    /// Loads (or rebuilds) the account state, finishes or rolls back a swap
+    /// left by a previous run, and announces the active account on `out`
+    /// before returning, so the main loop knows it at once.
+    pub fn start(
+        config: &Config,
+        out: Sender<Report>,
+        watcher: Sender<crate::daemon::session_watcher::Command>,
+    ) -> Switcher {
+        let active_path = config.state_dir.join("active.json");
+        let journal_path = config.state_dir.join(JOURNAL_FILE);
+        let active = load_or_rebuild(&active_path, config);
+        let view: SharedView = Arc::new(RwLock::new(View::default()));
+        let (requests, rx) = crossbeam_channel::unbounded::<Command>();
+        let mut state = State {
+            quotas: config
+                .accounts
+                .iter()
+                .map(|a| (a.name.clone(), load_quota(config, &a.name)))
+                .collect(),
+            config: config.clone(),
+            active,
+            last_swap_ms: None,
+            last_swap: None,
+            partial: None,
+            no_account: None,
+            tmux: Tmux::new(config.tmux.socket.clone(), Duration::from_secs(10)),
+            watcher,
+            out,
+            sessions: Vec::new(),
+            requests: rx,
+            deferred: Default::default(),
+            requested: OpQueue::default(),
+            view: view.clone(),
+            journal_path,
+            active_path,
+            unsaved: Default::default(),
+            last_saved: std::time::Instant::now(),
+        };
+        state.recover();
+        let _ = state.out.send(Report::Active(state.active.clone()));
+        state.publish();
+        let thread = std::thread::Builder::new()
+            .name("switcher".into())
+            .spawn(move || state.serve())
+            .expect("spawn switcher thread");
+        Switcher {
+            requests,
+            thread,
+            view,
+        }
+    }
+}
+
+/// Reads `active.json`; a missing, corrupt or stale one (naming an account
+/// no longer configured) is reported and rebuilt with the first account.
+pub fn load_or_rebuild(path: &Path, config: &Config) -> Active {
+    let read = std::fs::read(path)
+        .ok()
+        .map(|b| serde_json::from_slice::<ActiveFile>(&b));
+    match read {
+        Some(Ok(f)) => match config.accounts.iter().find(|a| a.name == f.account) {
+            Some(a) => {
+                return Active {
+                    name: a.name.clone(),
+                    home: a.home.clone(),
+                }
+            }
+            None => log::warn!(
+                "{} names account {:?}, which is not configured; using {:?}",
+                path.display(),
+                f.account,
+                config.accounts[0].name
+            ),
+        },
+        Some(Err(e)) => log::warn!(
+            "{} is corrupt ({e}); rebuilding it with account {:?}",
+            path.display(),
+            config.accounts[0].name
+        ),
+        None => {}
+    }
+    let first = &config.accounts[0];
+    if let Err(e) = write_active(path, &first.name, None) {
+        log::error!("cannot write {}: {e}", path.display());
+    }
+    Active {
+        name: first.name.clone(),
+        home: first.home.clone(),
+    }
+}
+
+fn write_active(path: &Path, account: &str, swap_id: Option<&str>) -> std::io::Result<()> {
+    failpoint_io("write-active", account)?;
+    let file = ActiveFile {
+        account: account.to_string(),
+        since: crate::sys::time::rfc3339(SystemTime::now()),
+        swap_id: swap_id.map(String::from),
+    };
+    atomic_file::write_json(path, &file)
+}
+
+fn usage_path(config: &Config, account: &str) -> PathBuf {
+    config
+        .state_dir
+        .join("usage")
+        .join(format!("{account}.json"))
+}
+
+fn load_quota(config: &Config, account: &str) -> AccountQuota {
+    let path = usage_path(config, account);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            log::warn!(
+                "{} is corrupt ({e}); starting with no reading",
+                path.display()
+            );
+            AccountQuota::default()
+        }),
+        Err(_) => AccountQuota::default(),
+    }
+}
+
+/// Whether `CLAUDE_FAILOVER_FAILPOINT` (a comma-separated list, set only by
+/// tests) names `point`.
+pub(crate) fn failpoint_set(point: &str) -> bool {
+    std::env::var("CLAUDE_FAILOVER_FAILPOINT")
+        .is_ok_and(|v| v.split(',').any(|p| p.trim() == point))
+}
+
+/// Test-only crash points: `swap-<phase>` aborts the process as the swap
+/// enters that phase (a `kill -9` at a chosen spot).
+fn failpoint(phase: Phase) {
+    if failpoint_set(&format!("swap-{}", phase.as_str())) {
+        log::error!("fail point swap-{} reached: aborting", phase.as_str());
+        std::process::abort();
+    }
+}
+
+/// Test-only injected failures: `write-active:<account>` makes writing
+/// `active.json` for that account fail (a failed rollback); `ensure:<account>`
+/// makes the post-flip shared-folder step fail (a rollback).
+fn failpoint_io(what: &str, account: &str) -> std::io::Result<()> {
+    if failpoint_set(&format!("{what}:{account}")) {
+        return Err(std::io::Error::other(format!(
+            "fail point {what}:{account}"
+        )));
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    quota::now_ms(SystemTime::now())
+}
+
+impl State {
+    fn serve(mut self) {
+        let ticker = tick(Duration::from_secs(1));
+        let requests = self.requests.clone();
+        loop {
+            // Requests read while a swap waited come first, in their order.
+            if self.deferred.is_empty() {
+                select! {
+                    recv(requests) -> r => match r {
+                        Ok(r) => self.handle(r),
+                        Err(_) => {
+                            self.save_quotas();
+                            return;
+                        }
+                    },
+                    recv(ticker) -> _ => {}
+                }
+            }
+            while let Some(r) = self.deferred.pop_front() {
+                self.handle(r);
+            }
+            // Whatever else waits is handled before deciding once: a flood of
+            // readings costs one decision, not one each.
+            while let Ok(r) = requests.try_recv() {
+                self.handle(r);
+            }
+            // A swap requested while another ran: one more run for all of them.
+            self.run_requested();
+            if self.last_saved.elapsed() >= Duration::from_secs(1) {
+                self.save_quotas();
+            }
+            // Swap requests queued behind a running swap: ten become one more
+            // run at most (each later one is answered by the state it finds).
+            self.decide();
+            self.publish();
+        }
+    }
+
+    fn quota_mut(&mut self, account: &str) -> Option<&mut AccountQuota> {
+        self.quotas
+            .iter_mut()
+            .find(|(n, _)| n == account)
+            .map(|(_, q)| q)
+    }
+
+    fn account_by_home(&self, home: &Path) -> Option<String> {
+        self.config.account_by_home(home).map(|a| a.name.clone())
+    }
+
+    /// Marks `account`'s readings to be written with the next [`Self::save_quotas`].
+    fn persist_quota(&mut self, account: &str) {
+        self.unsaved.insert(account.to_string());
+    }
+
+    /// Writes the readings that changed since the last time.
+    fn save_quotas(&mut self) {
+        self.last_saved = std::time::Instant::now();
+        for account in std::mem::take(&mut self.unsaved) {
+            self.write_quota(&account);
+        }
+    }
+
+    fn write_quota(&self, account: &str) {
+        if let Some((_, q)) = self.quotas.iter().find(|(n, _)| n == account) {
+            let path = usage_path(&self.config, account);
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")));
+            if let Err(e) = atomic_file::write_json(&path, q) {
+                log::warn!("cannot write {}: {e}", path.display());
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Command) {
+        let now = now_ms();
+        match req {
+            Command::Reconfigure(config) => {
+                let mut quotas = Vec::new();
+                for a in &config.accounts {
+                    let q = self
+                        .quotas
+                        .iter()
+                        .find(|(n, _)| n == &a.name)
+                        .map(|(_, q)| q.clone())
+                        .unwrap_or_else(|| load_quota(&config, &a.name));
+                    quotas.push((a.name.clone(), q));
+                }
+                // A reload is the operator's word that what kept an
+                // account's sessions from starting is fixed.
+                for (name, q) in quotas.iter_mut() {
+                    if let Some(why) = q.sessions_did_not_start.take() {
+                        log::info!(
+                            "account {name} is a target again after the reload (was: {why})"
+                        );
+                    }
+                }
+                self.quotas = quotas;
+                self.config = *config;
+                for (name, _) in self.quotas.clone() {
+                    self.persist_quota(&name);
+                }
+                if let Some(a) = self
+                    .config
+                    .accounts
+                    .iter()
+                    .find(|a| a.name == self.active.name)
+                {
+                    self.active.home = a.home.clone();
+                }
+            }
+            Command::Reading {
+                home,
+                five_hour,
+                seven_day,
+                source,
+            } => {
+                if let Some(account) = self.account_by_home(&home) {
+                    if let Some(q) = self.quota_mut(&account) {
+                        q.read(five_hour, seven_day, source, now);
+                    }
+                    self.persist_quota(&account);
+                }
+            }
+            Command::Refusal {
+                home,
+                kind,
+                message,
+                source,
+            } => {
+                if let Some(account) = self.account_by_home(&home) {
+                    log::warn!("account {account} refused a request ({kind:?}): {message}");
+                    if let Some(q) = self.quota_mut(&account) {
+                        q.refuse(kind, &message, source, now);
+                    }
+                    self.persist_quota(&account);
+                }
+            }
+            Command::NeedsLogin { account, why } => {
+                log::error!("account {account} needs login: {why}");
+                let already = self
+                    .quotas
+                    .iter()
+                    .any(|(n, q)| *n == account && q.needs_person.is_some());
+                if !already {
+                    let _ = self.out.send(Report::NeedsLogin {
+                        account: account.clone(),
+                        why: why.clone(),
+                    });
+                }
+                if let Some(q) = self.quota_mut(&account) {
+                    q.refuse(LimitKind::Login, &why, Source::UsageEndpoint, now);
+                }
+                self.persist_quota(&account);
+            }
+            Command::SwapNow { to, reason, reply } => {
+                // Nothing runs while requests are handled here: it starts at once.
+                self.requested.request_op(SwapCause { to, reason, reply });
+                self.run_requested();
+            }
+            Command::Sessions(sessions) => self.sessions = sessions,
+        }
+    }
+
+    /// Runs the requested swap, if one waits and none runs; a request made
+    /// meanwhile (they are folded into one) runs right after it.
+    fn run_requested(&mut self) {
+        while let Some(cause) = self.requested.should_start_op() {
+            log::info!("requested swap starts: {}", cause.reason);
+            let result = self.requested_swap(cause.to, cause.reason);
+            self.requested.op_completed();
+            if let Some(reply) = cause.reply {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// A request read while a swap runs (it waits in drain or verify):
+    /// snapshots are taken at once; a swap request with someone waiting for
+    /// its answer (HTTP) is refused as the swap is under way; one without
+    /// (SIGUSR1) is queued for one more run; the rest wait until it ends.
+    fn during_swap(&mut self, req: Command) {
+        match req {
+            Command::Sessions(sessions) => self.sessions = sessions,
+            Command::SwapNow {
+                to,
+                reason,
+                reply: Some(reply),
+            } => {
+                let id = self
+                    .view
+                    .read()
+                    .swap_in_progress
+                    .clone()
+                    .unwrap_or_default();
+                let _ = reply.send(self.refused(
+                    to.as_deref().unwrap_or(""),
+                    &reason,
+                    Refusal::Busy,
+                    format!("swap {id} is under way"),
+                ));
+            }
+            Command::SwapNow {
+                to,
+                reason,
+                reply: None,
+            } => {
+                log::warn!("swap requested during a swap ({reason}): one more run once it ends");
+                if let Some(was) = self.requested.request_op(SwapCause {
+                    to,
+                    reason,
+                    reply: None,
+                }) {
+                    log::info!("swap request folded into a newer one: {}", was.reason);
+                }
+            }
+            other => self.deferred.push_back(other),
+        }
+    }
+
+    /// Reads the requests that wait, without waiting (see [`Self::during_swap`]).
+    fn take_waiting(&mut self) {
+        while let Ok(r) = self.requests.try_recv() {
+            self.during_swap(r);
+        }
+    }
+
+    /// Reads requests until `deadline` or the first snapshot, whichever is first.
+    fn wait_for_sessions(&mut self, deadline: Instant) {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.requests.recv_timeout(left) {
+                Ok(Command::Sessions(s)) => {
+                    self.sessions = s;
+                    self.take_waiting();
+                    return;
+                }
+                Ok(other) => self.during_swap(other),
+                // Closed: the daemon is stopping; let the swap end on its own terms.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    return;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return,
+            }
+        }
+    }
+
+    fn refused(&self, to: &str, reason: &str, refusal: Refusal, why: String) -> SwapResult {
+        SwapResult {
+            id: String::new(),
+            from: self.active.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            started_at: crate::sys::time::rfc3339(SystemTime::now()),
+            duration_ms: 0,
+            result: SwapOutcome::Refused,
+            refusal: Some(refusal),
+            detail: Some(why),
+            changed_ids: Vec::new(),
+        }
+    }
+
+    fn requested_swap(&mut self, to: Option<String>, reason: String) -> SwapResult {
+        if let Some(p) = &self.partial {
+            return self.refused(
+                to.as_deref().unwrap_or(""),
+                &reason,
+                Refusal::Busy,
+                format!("a partial swap holds: {p}"),
+            );
+        }
+        let now = now_ms();
+        for (_, q) in self.quotas.iter_mut() {
+            q.pass_resets(now);
+        }
+        let target = match to {
+            Some(name) => {
+                if name == self.active.name {
+                    return self.refused(
+                        &name,
+                        &reason,
+                        Refusal::NoTarget,
+                        format!("{name} is already the active account"),
+                    );
+                }
+                let Some((_, q)) = self.quotas.iter_mut().find(|(n, _)| *n == name) else {
+                    return self.refused(
+                        &name,
+                        &reason,
+                        Refusal::NoTarget,
+                        format!("no account named {name:?}"),
+                    );
+                };
+                // Naming the account is the operator's word that what kept
+                // its sessions from starting is fixed.
+                if let Some(why) = q.sessions_did_not_start.take() {
+                    log::info!("account {name} is a target again: a swap names it (was: {why})");
+                }
+                if let Err(why) = q.evaluate(&self.config.quota) {
+                    return self.refused(
+                        &name,
+                        &reason,
+                        Refusal::NoTarget,
+                        format!("{name} cannot take the work: {why}"),
+                    );
+                }
+                name
+            }
+            None => {
+                let active = self.active.name.clone();
+                match self.best_usable(&[&active]) {
+                    Some(n) => n,
+                    None => {
+                        return self.refused(
+                            "",
+                            &reason,
+                            Refusal::NoTarget,
+                            "no other account can take the work".into(),
+                        )
+                    }
+                }
+            }
+        };
+        // A requested swap starts now but lets a turn in progress finish
+        // (up to drain_timeout): only a refused request makes waiting pointless.
+        self.swap(&target, &reason, false)
+    }
+
+    /// Runs the pure decision and acts on it.
+    fn decide(&mut self) {
+        if self.partial.is_some() {
+            return;
+        }
+        let decision = quota::decide(
+            &mut self.quotas,
+            &self.active.name,
+            &self.config.quota,
+            self.last_swap_ms,
+            now_ms(),
+        );
+        match decision {
+            Decision::Stay => {
+                if let Some(was) = self.no_account.take() {
+                    log::info!("an account can take the work again (was: {was})");
+                    let _ = self.out.send(Report::NoAccount {
+                        paused: false,
+                        reason: String::new(),
+                        earliest_reset: None,
+                    });
+                }
+            }
+            Decision::Swap { to, reason, urgent } => {
+                if self.no_account.take().is_some() {
+                    let _ = self.out.send(Report::NoAccount {
+                        paused: false,
+                        reason: String::new(),
+                        earliest_reset: None,
+                    });
+                }
+                self.swap(&to, &reason, urgent);
+            }
+            Decision::NoAccount {
+                reason,
+                earliest_reset,
+            } => {
+                if self.no_account.as_deref() != Some(reason.as_str()) {
+                    let when = earliest_reset
+                        .map(|t| {
+                            crate::sys::time::rfc3339(
+                                SystemTime::UNIX_EPOCH + Duration::from_secs(t),
+                            )
+                        })
+                        .unwrap_or_else(|| "unknown".into());
+                    log::error!("no account can take the work ({reason}); dispatch paused; earliest reset {when}");
+                    if self.no_account.is_none() {
+                        let _ = self.out.send(Report::NoAccount {
+                            paused: true,
+                            reason: reason.clone(),
+                            earliest_reset,
+                        });
+                    }
+                    self.no_account = Some(reason);
+                }
+            }
+        }
+    }
+
+    fn write_journal(&self, j: &Journal) {
+        if let Err(e) = atomic_file::write_json(&self.journal_path, j) {
+            log::error!("cannot write {}: {e}", self.journal_path.display());
+        }
+    }
+
+    fn enter(&self, j: &mut Journal, phase: Phase) {
+        j.phase = phase;
+        self.write_journal(j);
+        log::info!("swap {}: {}", j.id, phase.as_str());
+        failpoint(phase);
+    }
+
+    /// One swap, start to end. The decisions are [`Plan::next`]'s; this
+    /// performs each step it returns. Blocking, except that drain and verify
+    /// keep reading requests (see [`Self::during_swap`]).
+    fn swap(&mut self, to: &str, reason: &str, urgent: bool) -> SwapResult {
+        let started = Instant::now();
+        let from = self.active.clone();
+        let Some(target) = self.config.account(to).cloned() else {
+            return self.refused(
+                to,
+                reason,
+                Refusal::NoTarget,
+                format!("no account named {to:?}"),
+            );
+        };
+        // Before touching any session: the target's shared folders must be
+        // links (or absent: ensure creates those). Something else in place
+        // means the swap would only stop everything and roll back.
+        if let Some(problem) = target_folder_problem(&self.config, &target) {
+            let why = format!("shared folders of {to}: {problem}; no session was touched");
+            log::error!("swap to {to} refused: {why}");
+            // Not a target until a fresh reading (and the next check) says otherwise.
+            if let Some(q) = self.quota_mut(to) {
+                q.needs_person = Some(format!("shared folders: {problem}"));
+            }
+            return self.refused(to, reason, Refusal::NoTarget, why);
+        }
+        // The readings that led here are on disk before anything is touched.
+        self.save_quotas();
+        let id = format!("swap-{}", now_ms());
+        log::warn!("swap {id}: {} → {to}: {reason}", from.name);
+        // The newest snapshot of the sessions is what gets checkpointed.
+        self.take_waiting();
+        let started_at = SystemTime::now();
+        let mut j = Journal {
+            id: id.clone(),
+            from: from.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            phase: Phase::Checkpoint,
+            started_at: crate::sys::time::rfc3339(started_at),
+            sessions: self.checkpoint(),
+            partial: None,
+        };
+        let started_ms = quota::now_ms(started_at);
+        // Publish what led here (the reading that crossed the threshold)
+        // before the swap occupies this thread. The view says a swap is
+        // under way before anyone hears it started: it is the one answer.
+        self.publish();
+        self.view.write().swap_in_progress = Some(id.clone());
+        let _ = self.out.send(Report::SwapStarted {
+            id: id.clone(),
+            from: from.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+        });
+        self.enter(&mut j, Phase::Checkpoint);
+
+        self.enter(&mut j, Phase::Drain);
+        if !urgent {
+            self.drain();
+        }
+        self.enter(&mut j, Phase::Stop);
+        let mut plan = Plan::new();
+        let mut detail: Option<String> = None;
+        let mut changed_ids = Vec::new();
+        // The journal is removed at the end once a relaunch was asked for.
+        let mut relaunched = false;
+        // What the move-on leg needs: the account that started nothing, why,
+        // and the leg's own description.
+        let mut failed_target = String::new();
+        let mut leg = String::new();
+        let mut leg_why = String::new();
+        // A stop that cannot be confirmed is not a stop: flipping now would
+        // leave sessions running under the old account while the new one is
+        // active.
+        let mut step = {
+            let stopped = self.stop_sessions();
+            let confirmed = stopped.is_ok();
+            if let Err(e) = stopped {
+                detail = Some(format!("the stop could not be confirmed ({e})"));
+            }
+            plan.next(Happened::Stopped { confirmed })
+        };
+        let outcome = loop {
+            let first = plan.leg == swap_plan::Leg::First;
+            let leg_target = j.to.clone();
+            step = match step {
+                Step::Flip => {
+                    self.enter(&mut j, Phase::Flip);
+                    let Some(t) = self.config.account(&leg_target).cloned() else {
+                        detail = Some(format!("{leg}; {leg_target} is no longer configured"));
+                        step = plan.next(Happened::TargetGone);
+                        continue;
+                    };
+                    match self.flip(&t.name, Some(&id)) {
+                        Ok(()) => {
+                            self.active = Active {
+                                name: t.name.clone(),
+                                home: t.home.clone(),
+                            };
+                            let _ = self.out.send(Report::Active(self.active.clone()));
+                            plan.next(Happened::Flipped { ok: true })
+                        }
+                        Err(e) => {
+                            let e = format!("flip failed: {e}");
+                            detail = Some(if first { e } else { format!("{leg}; {e}") });
+                            plan.next(Happened::Flipped { ok: false })
+                        }
+                    }
+                }
+                Step::Ensure => {
+                    self.enter(&mut j, Phase::Ensure);
+                    let t = self
+                        .config
+                        .account(&leg_target)
+                        .cloned()
+                        .unwrap_or(target.clone());
+                    // The injected failure is the first leg's only.
+                    let injected = if first {
+                        failpoint_io("ensure", &t.name).map_err(|e| e.to_string())
+                    } else {
+                        Ok(())
+                    };
+                    let ensured = injected.and_then(|()| {
+                        crate::claude::shared_folders::ensure_for_account(&self.config, &t)
+                            .map_err(|e| e.to_string())
+                    });
+                    match ensured {
+                        Ok(created) => {
+                            if !created.is_empty() {
+                                log::info!("swap {id}: created {created:?} for {}", t.name);
+                            }
+                            plan.next(Happened::Ensured { ok: true })
+                        }
+                        Err(e) => {
+                            detail = Some(if first {
+                                format!("shared folders of {to}: {e}")
+                            } else {
+                                format!("{leg}; shared folders of {}: {e}", t.name)
+                            });
+                            plan.next(Happened::Ensured { ok: false })
+                        }
+                    }
+                }
+                Step::RollBack => {
+                    // The first leg's rollback names the bare cause, as before.
+                    let why = detail.clone().unwrap_or_default();
+                    let why = if first {
+                        why.strip_prefix(&format!("shared folders of {to}: "))
+                            .map(str::to_string)
+                            .unwrap_or(why)
+                    } else {
+                        why.strip_prefix(&format!("{leg}; "))
+                            .map(str::to_string)
+                            .unwrap_or(why)
+                    };
+                    let ok = self.rollback(&mut j, &from, &why);
+                    plan.next(Happened::RolledBack { ok })
+                }
+                Step::Relaunch => {
+                    self.enter(&mut j, Phase::Relaunch);
+                    relaunched = true;
+                    let _ = self.out.send(Report::Relaunch {
+                        active: self.active.clone(),
+                        resume_tasks: true,
+                    });
+                    let v = self.verify(&j, started_ms);
+                    let back = v.wanted - v.pending.len();
+                    let h = Happened::Verified {
+                        wanted: v.wanted,
+                        back,
+                        checkpointed: j.sessions.len(),
+                    };
+                    let next = plan.next(h);
+                    let why = format!(
+                        "not back under {} in time: {}",
+                        self.active.name,
+                        v.pending.join(", ")
+                    );
+                    if v.pending.is_empty() {
+                        changed_ids = v.changed_ids;
+                        if !first {
+                            detail = Some(format!(
+                                "{leg} ({leg_why}); {failed_target} needs a person; every session on {}",
+                                self.active.name
+                            ));
+                        }
+                    } else {
+                        log::error!("swap {}: {why}", j.id);
+                        match next {
+                            Step::MoveOn => leg_why = why,
+                            _ if first => {
+                                detail = Some(detail.map(|d| format!("{d}; {why}")).unwrap_or(why))
+                            }
+                            _ => detail = Some(format!("{leg} ({leg_why}); then {why}")),
+                        }
+                    }
+                    next
+                }
+                Step::MoveOn => {
+                    failed_target = j.to.clone();
+                    let (next_account, back) = self.mark_and_pick(&mut j, &from, &leg_why);
+                    leg = format!("no session started under {failed_target}");
+                    plan.move_on(back);
+                    let _ = self.out.send(Report::SwapStarted {
+                        id: j.id.clone(),
+                        from: failed_target.clone(),
+                        to: next_account.clone(),
+                        reason: leg.clone(),
+                    });
+                    j.to = next_account.clone();
+                    self.enter(&mut j, Phase::Stop);
+                    let stopped = self.stop_sessions();
+                    if let Err(e) = &stopped {
+                        detail = Some(format!(
+                            "{leg} ({leg_why}); the sessions could not be stopped to move them to {next_account}: {e}"
+                        ));
+                    }
+                    plan.next(Happened::Stopped {
+                        confirmed: stopped.is_ok(),
+                    })
+                }
+                Step::GoBackUnflipped => {
+                    // Nothing was flipped: the old account never stopped being
+                    // the active one, so there is nothing to put back and
+                    // nothing to relaunch here (sessions that did stop come
+                    // back by reconcile). The journal goes at once: a restart
+                    // must not finish this swap.
+                    log::error!(
+                        "swap {}: {}; nothing was flipped, the swap goes back",
+                        j.id,
+                        detail.as_deref().unwrap_or("")
+                    );
+                    let _ = std::fs::remove_file(&self.journal_path);
+                    break SwapOutcome::RolledBack;
+                }
+                Step::RelaunchInPlace => {
+                    // The failed target stays active and is marked: say it loudly.
+                    let _ = self.out.send(Report::Relaunch {
+                        active: self.active.clone(),
+                        resume_tasks: true,
+                    });
+                    break SwapOutcome::Incomplete;
+                }
+                Step::End(outcome) => break outcome,
+            };
+        };
+        if relaunched {
+            let _ = std::fs::remove_file(&self.journal_path);
+        }
+        let outcome = SwapResult {
+            id,
+            from: from.name.clone(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            started_at: j.started_at.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            result: outcome,
+            refusal: None,
+            detail,
+            changed_ids,
+        };
+        match outcome.result {
+            SwapOutcome::Done => log::warn!(
+                "swap {}: done in {} ms, every session on {to}",
+                outcome.id,
+                outcome.duration_ms
+            ),
+            other => log::error!(
+                "swap {}: {other}: {}",
+                outcome.id,
+                outcome.detail.as_deref().unwrap_or("")
+            ),
+        }
+        self.last_swap_ms = Some(now_ms());
+        self.last_swap = Some(outcome.clone());
+        // A request that came while it ran is answered by its end, not lost.
+        self.take_waiting();
+        // The view is current before anyone hears that the swap ended.
+        self.publish();
+        self.view.write().swap_in_progress = None;
+        let _ = self.out.send(Report::SwapEnded(outcome.clone()));
+        outcome
+    }
+
+    /// The usable account with the lowest load, none of `except` (resets
+    /// that passed are applied first); ties in config order.
+    fn best_usable(&mut self, except: &[&str]) -> Option<String> {
+        let now = now_ms();
+        self.quotas
+            .iter_mut()
+            .filter(|(n, _)| !except.contains(&n.as_str()))
+            .filter_map(|(n, q)| {
+                q.pass_resets(now);
+                q.evaluate(&self.config.quota)
+                    .ok()
+                    .map(|_| (n.clone(), q.load()))
+            })
+            .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(n, _)| n)
+    }
+
+    /// No session started under the swap's target: marks it as needing a
+    /// person (said once, to the operator) and picks where the sessions go:
+    /// the best other usable account, or back to `from`. Returns it and
+    /// whether it is `from`.
+    fn mark_and_pick(&mut self, j: &mut Journal, from: &Active, why: &str) -> (String, bool) {
+        let failed = j.to.clone();
+        let mark = format!("no session started under it in swap {} ({why})", j.id);
+        // On disk first, so a crash from here never finishes the swap onto
+        // the account that starts nothing: back to the stop phase, which a
+        // restart rolls back to `from`.
+        self.enter(j, Phase::Stop);
+        if let Some(q) = self.quota_mut(&failed) {
+            q.sessions_did_not_start = Some(mark.clone());
+        }
+        self.persist_quota(&failed);
+        let _ = self.out.send(Report::NeedsLogin {
+            account: failed.clone(),
+            why: mark,
+        });
+        let best = self.best_usable(&[&failed, &from.name]);
+        let (next, back) = swap_plan::move_on_target(best.as_deref(), &from.name);
+        log::error!(
+            "swap {}: no session started under {failed}, which needs a person; {} {next}",
+            j.id,
+            if back {
+                "going back to"
+            } else {
+                "moving on to"
+            }
+        );
+        (next, back)
+    }
+
+    /// Puts `from` back after a failed step; a rollback that fails too leaves
+    /// the sticky partial state. Returns whether `from` is active again.
+    fn rollback(&mut self, j: &mut Journal, from: &Active, why: &str) -> bool {
+        log::error!("swap {}: {why}; rolling back to {}", j.id, from.name);
+        match self.flip(&from.name, None) {
+            Ok(()) => {
+                self.active = from.clone();
+                let _ = self.out.send(Report::Active(self.active.clone()));
+                true
+            }
+            Err(e) => {
+                let p = format!(
+                    "swap {} {} → {}: {why}; the rollback failed too: {e}",
+                    j.id, j.from, j.to
+                );
+                log::error!("PARTIAL SWAP: {p}. Every later swap is refused until an operator fixes the cause and removes {}", self.journal_path.display());
+                j.partial = Some(p.clone());
+                j.phase = Phase::Partial;
+                self.write_journal(j);
+                self.partial = Some(p);
+                false
+            }
+        }
+    }
+
+    /// `active.json` and `active_link` point at `account`.
+    fn flip(&self, account: &str, swap_id: Option<&str>) -> Result<(), String> {
+        write_active(&self.active_path, account, swap_id)
+            .map_err(|e| format!("cannot write {}: {e}", self.active_path.display()))?;
+        if let (Some(link), Some(a)) = (&self.config.active_link, self.config.account(account)) {
+            repoint(link, &a.home)
+                .map_err(|e| format!("cannot repoint {}: {e}", link.display()))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Vec<SessionCheckpoint> {
+        self.sessions
+            .iter()
+            .map(|s| SessionCheckpoint {
+                name: s.name.clone(),
+                claude_session_id: s.claude_session_id.clone(),
+                cwd: s.cwd.clone(),
+                task: s.task.clone(),
+                state: s.state,
+            })
+            .collect()
+    }
+
+    /// Waits up to `drain_timeout` for working sessions to end their turn,
+    /// reading each snapshot the main loop sends meanwhile.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + self.config.swap.drain_timeout;
+        while Instant::now() < deadline {
+            if !swap_plan::any_working(&self.sessions) {
+                return;
+            }
+            self.wait_for_sessions(deadline);
+        }
+        log::warn!("drain timeout: stopping sessions that are still working; their tasks continue after the swap");
+    }
+
+    /// `/exit` to every managed session, kill after `stop_timeout`; all in
+    /// parallel. Then confirmed: tmux must answer, and list no managed
+    /// session alive. An error says why the stop is not confirmed.
+    fn stop_sessions(&self) -> Result<(), String> {
+        let managed_alive = |list: Vec<crate::sys::tmux::SessionInfo>| -> Vec<String> {
+            list.into_iter()
+                .filter(|s| !s.pane_dead)
+                .map(|s| s.name)
+                .filter(|n| crate::decide::session::pool_of(&self.config, n).is_some())
+                .collect()
+        };
+        let managed = self
+            .tmux
+            .list_sessions()
+            .map(managed_alive)
+            .map_err(|e| format!("cannot list sessions to stop them: {e}"))?;
+        let stop_timeout = self.config.swap.stop_timeout;
+        // The session watcher stops them (it is the one tmux writer) and
+        // answers when all are; every stop ends in a kill after
+        // `stop_timeout`, and the margin covers tmux's own deadlines.
+        let (done, stopped) = crossbeam_channel::bounded(1);
+        self.watcher
+            .send(crate::daemon::session_watcher::Command::Stop {
+                names: managed,
+                timeout: stop_timeout,
+                done,
+            })
+            .map_err(|_| "the session watcher is gone".to_string())?;
+        stopped
+            .recv_timeout(stop_timeout + Duration::from_secs(15))
+            .map_err(|_| "the session watcher did not finish stopping them in time".to_string())?;
+        let left = self
+            .tmux
+            .list_sessions()
+            .map(managed_alive)
+            .map_err(|e| format!("cannot confirm the sessions stopped: {e}"))?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running: {}", left.join(", ")))
+        }
+    }
+
+    /// Waits until every checkpointed session runs again under the active
+    /// account (bounded by the start-up timeout), reading each snapshot the
+    /// main loop sends meanwhile. Returns what [`swap_plan::back_under`] found last.
+    fn verify(&mut self, j: &Journal, started_ms: u64) -> swap_plan::Verified {
+        let deadline = Instant::now() + self.config.claude.startup_timeout + Duration::from_secs(5);
+        loop {
+            let wanted: Vec<swap_plan::Wanted> = j
+                .sessions
+                .iter()
+                .map(|c| swap_plan::Wanted {
+                    name: &c.name,
+                    state: c.state,
+                    claude_session_id: c.claude_session_id.as_deref(),
+                })
+                .collect();
+            let v = swap_plan::back_under(&wanted, &self.sessions, &self.active.name, started_ms);
+            if v.pending.is_empty() || Instant::now() > deadline {
+                return v;
+            }
+            self.wait_for_sessions(deadline + Duration::from_millis(1));
+        }
+    }
+
+    /// Finishes or rolls back a swap a previous run left in `swap.journal`:
+    /// [`swap_plan::recovery`] chooses, this performs it.
+    fn recover(&mut self) {
+        let Ok(bytes) = std::fs::read(&self.journal_path) else {
+            return;
+        };
+        let read = serde_json::from_slice::<Journal>(&bytes);
+        let found = match &read {
+            Err(_) => swap_plan::JournalFound::Corrupt,
+            Ok(j) => swap_plan::JournalFound::Read {
+                phase: j.phase,
+                partial: j.partial.is_some(),
+                target_exists: self.config.account(&j.to).is_some(),
+            },
+        };
+        let j = match read {
+            Ok(j) => j,
+            Err(e) => {
+                log::error!(
+                    "{} is corrupt ({e}); keeping the active account {} as it is",
+                    self.journal_path.display(),
+                    self.active.name
+                );
+                let _ = std::fs::rename(
+                    &self.journal_path,
+                    self.journal_path.with_extension("journal.corrupt"),
+                );
+                return;
+            }
+        };
+        let finished = match swap_plan::recovery(found) {
+            Recovery::KeepActive => return,
+            Recovery::StayPartial => {
+                self.partial = j
+                    .partial
+                    .clone()
+                    .or_else(|| Some(format!("swap {} left partial", j.id)));
+                log::error!(
+                    "PARTIAL SWAP from a previous run: {}; every swap is refused until it is resolved",
+                    self.partial.as_deref().unwrap_or("")
+                );
+                return;
+            }
+            Recovery::FinishForward => self.config.account(&j.to).cloned().is_some_and(|t| {
+                crate::claude::shared_folders::ensure_for_account(&self.config, &t).is_ok()
+                    && self.flip(&t.name, Some(&j.id)).is_ok()
+            }),
+            Recovery::RollBack => false,
+        };
+        let result = swap_plan::recovery_outcome(finished);
+        let name = if finished { &j.to } else { &j.from };
+        let Some(a) = self.config.account(name).cloned() else {
+            return;
+        };
+        if !finished {
+            if let Err(e) = self.flip(&a.name, None) {
+                self.partial = Some(format!(
+                    "swap {} found after a restart could not be rolled back: {e}",
+                    j.id
+                ));
+                log::error!("PARTIAL SWAP: {}", self.partial.as_deref().unwrap_or(""));
+                return;
+            }
+        }
+        self.active = Active {
+            name: a.name.clone(),
+            home: a.home.clone(),
+        };
+        log::warn!(
+            "swap {} ({} → {}) was interrupted at {}: {}; every session runs on {}",
+            j.id,
+            j.from,
+            j.to,
+            j.phase.as_str(),
+            result.as_str().replace('_', " "),
+            a.name
+        );
+        let _ = std::fs::remove_file(&self.journal_path);
+        self.last_swap = Some(SwapResult {
+            id: j.id.clone(),
+            from: j.from.clone(),
+            to: j.to.clone(),
+            reason: j.reason.clone(),
+            started_at: j.started_at.clone(),
+            duration_ms: 0,
+            result,
+            refusal: None,
+            detail: Some(format!("interrupted at {}", j.phase.as_str())),
+            changed_ids: Vec::new(),
+        });
+        self.last_swap_ms = Some(now_ms());
+    }
+
+    fn publish(&mut self) {
+        let q = self.config.quota.clone();
+        let accounts = self
+            .quotas
+            .iter_mut()
+            .map(|(n, a)| {
+                let verdict = a.evaluate(&q);
+                AccountView {
+                    name: n.clone(),
+                    usable: verdict.is_ok(),
+                    reason: verdict.err(),
+                    quota: a.clone(),
+                }
+            })
+            .collect();
+        let mut v = self.view.write();
+        v.active = self.active.name.clone();
+        v.accounts = accounts;
+        v.partial_swap = self.partial.clone();
+        v.last_swap = self.last_swap.clone();
+        v.dispatch_paused = self.no_account.clone();
+    }
+}
+
+/// The first shared-folder entry of `account` that `ensure_for_account`
+/// could not fix (anything but a right link or nothing at all).
+fn target_folder_problem(
+    config: &Config,
+    account: &crate::config::AccountConfig,
+) -> Option<String> {
+    use crate::claude::shared_folders::{inspect_link, shared_path, Found};
+    config.shared.iter().find_map(|entry| {
+        let link = account.home.join(entry);
+        match inspect_link(&link, &shared_path(config, entry)) {
+            None | Some(Found::Missing) | Some(Found::RelativeTarget(_)) => None,
+            Some(found) => Some(format!(
+                "{}: expected a symlink to {}, found {found}",
+                entry,
+                shared_path(config, entry).display()
+            )),
+        }
+    })
+}
+
+/// Points `link` at `target` atomically (a new symlink renamed over it).
+/// Refuses to replace anything that is not a symlink.
+pub fn repoint(link: &Path, target: &Path) -> std::io::Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(link) {
+        if !meta.file_type().is_symlink() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a symlink; not replacing it",
+                link.display()
+            )));
+        }
+    }
+    let tmp = link.with_file_name(format!(
+        ".{}.tmp-{}",
+        link.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link)
+}

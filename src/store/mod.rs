@@ -1,0 +1,7 @@
+//! What the daemon keeps on disk: atomic writes, each project's queue,
+//! checkpoints, the state folder's lock.
+
+pub mod atomic_file;
+pub mod checkpoint;
+pub mod queue;
+pub mod state_lock;
