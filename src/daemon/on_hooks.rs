@@ -1,0 +1,160 @@
+//! The main loop's work on hook events: which replayed files are believed,
+//! which events belong to a session's current conversation, and the quota
+//! signals they carry for the switcher.
+
+use super::*;
+
+impl Daemon {
+    /// A batch of hook and status-line events: each moves its session's
+    /// state and passes its quota signal on; all go to the dispatcher after
+    /// the turn (once `sessions.json` is written).
+    pub(super) fn on_hooks(&mut self, batch: Batch) {
+        let mut exits = false;
+        for (path, mut ev) in batch {
+            if !ev.verified {
+                if let Err(why) = self.replay_credible(&mut ev) {
+                    log::warn!(
+                        "event file {:?} from before this start not applied: {why}",
+                        path.file_name().unwrap_or_default()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            }
+            let hook = ev.hook.event.name();
+            if let Err(why) = self.of_its_conversation(&ev) {
+                log::warn!("{why}: ignored");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            exits |= ev.hook.event == HookEvent::SessionEnd;
+            self.forward_quota_signal(&ev);
+            if session::apply_hook(&mut self.book, &ev) {
+                log::debug!("{}: {hook}", ev.session.as_deref().unwrap_or("?"));
+            }
+            if matches!(ev.hook.event, HookEvent::SessionStart { .. }) {
+                let under = ev.session.clone().zip(
+                    ev.config_dir
+                        .as_deref()
+                        .and_then(|d| self.account_of_home(Path::new(d))),
+                );
+                if let Some(under) = under {
+                    self.follow_accounts(&[under], "its SessionStart");
+                }
+            }
+            self.consumed.push((path, ev));
+        }
+        if exits {
+            // A program is ending: look at tmux now, not at the next tick.
+            let _ = self.watcher.send(session_watcher::Command::Observe);
+        }
+    }
+
+    /// Whether an event file left from before this start (a crash, or hooks
+    /// that ran while no daemon did) agrees with the session book: it names
+    /// a session we manage, the account home that session's record says, and
+    /// that session's conversation. Such a file proves nothing about who
+    /// wrote it, so it is applied only where it agrees; readings from
+    /// before the start are stale anyway.
+    pub(super) fn replay_credible(
+        &self,
+        ev: &mut crate::claude::hook::RecordedEvent,
+    ) -> Result<(), String> {
+        if ev.kind == "statusline" {
+            return Err("a quota reading from before the start (stale)".into());
+        }
+        let name = ev.session.as_deref().ok_or("it names no session")?;
+        let r = self
+            .book
+            .get(name)
+            .ok_or_else(|| format!("{name:?} is no session of ours"))?;
+        let account = ev
+            .config_dir
+            .as_deref()
+            .and_then(|d| self.account_of_home(Path::new(d)));
+        if r.account.is_some() && account != r.account {
+            return Err(format!(
+                "{name} runs under {}, the file says {}",
+                r.account.as_deref().unwrap_or("?"),
+                account.as_deref().unwrap_or("no account of ours")
+            ));
+        }
+        let hook = ev.hook.event.name();
+        if let (Some(recorded), Some(said)) = (&r.claude_session_id, &ev.hook.conversation) {
+            // A SessionStart is where a new conversation begins (a /clear).
+            if !matches!(ev.hook.event, HookEvent::SessionStart { .. }) && said != recorded {
+                return Err(format!(
+                    "{name}'s conversation is {recorded}, the file's {hook} is of {said:?}"
+                ));
+            }
+        }
+        // A Stop or StopFailure must agree with the transcript as it stands.
+        let cwd = r.cwd.clone();
+        crate::daemon::event_socket::borne_out(ev, Some(&cwd), Duration::ZERO)
+    }
+
+    /// A `Stop` or `StopFailure` must be of the conversation its session
+    /// runs now: the event socket checked it against that conversation's
+    /// transcript, and an older one's would say nothing about today's turn.
+    pub(super) fn of_its_conversation(
+        &self,
+        ev: &crate::claude::hook::RecordedEvent,
+    ) -> Result<(), String> {
+        if !ev.hook.event.ends_a_turn() {
+            return Ok(());
+        }
+        let hook = ev.hook.event.name();
+        let Some(name) = ev.session.as_deref() else {
+            return Ok(());
+        };
+        let recorded = self
+            .book
+            .get(name)
+            .and_then(|r| r.claude_session_id.as_deref());
+        match (recorded, ev.hook.conversation.as_deref()) {
+            (Some(now), Some(said)) if now != said => Err(format!(
+                "a {hook} from {name} of conversation {said:?}, which is not its current one ({now})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Passes quota signals in hook and status-line events to the switcher,
+    /// which owns every account's readings.
+    pub(super) fn forward_quota_signal(&self, ev: &crate::claude::hook::RecordedEvent) {
+        let Some(home) = ev.config_dir.as_ref().map(PathBuf::from) else {
+            return;
+        };
+        if ev.hook.event == HookEvent::Statusline {
+            if let Some((five_hour, seven_day)) = crate::decide::quota::from_statusline(&ev.payload)
+            {
+                let _ = self.switcher.send(switcher::Command::Reading {
+                    home,
+                    five_hour,
+                    seven_day,
+                    source: crate::decide::quota::Source::Statusline,
+                });
+            }
+            return;
+        }
+        if let HookEvent::StopFailure { error, message } = &ev.hook.event {
+            let message = message.clone();
+            // The error field first; the text only when the field says nothing we know.
+            let kind =
+                facts::stop_failure_kind(error).or_else(|| facts::classify_limit_text(&message));
+            if let Some(kind) = kind {
+                let kind = match (kind, facts::classify_limit_text(&message)) {
+                    // rate_limit says "refused", the text says which window.
+                    (facts::LimitKind::FiveHour, Some(text_kind)) => text_kind,
+                    (k, _) => k,
+                };
+                let _ = self.switcher.send(switcher::Command::Refusal {
+                    home,
+                    kind,
+                    message,
+                    source: crate::decide::quota::Source::StopFailure,
+                });
+            }
+        }
+    }
+}
