@@ -124,7 +124,7 @@ struct Daemon {
     /// The switcher holds the sessions (from `SwapStarted` until it asks for
     /// their relaunch, or the swap ends): no reconcile, no dispatch. This
     /// follows the notices in order; whether a swap is under way is the
-    /// switcher's answer (`View::swap_in_progress`), not this.
+    /// switcher's answer (`AccountsView::swap_in_progress`), not this.
     sessions_held: Option<String>,
     /// The last session snapshot sent to the switcher.
     sent_switcher: Vec<switcher::SessionSnapshot>,

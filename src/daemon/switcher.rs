@@ -160,7 +160,7 @@ pub enum Report {
 
 /// The switcher's published view for status and HTTP (read-only for others).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct View {
+pub struct AccountsView {
     pub active: String,
     pub accounts: Vec<AccountView>,
     pub swap_in_progress: Option<String>,
@@ -177,7 +177,7 @@ pub struct AccountView {
     pub quota: AccountQuota,
 }
 
-pub type SharedView = Arc<RwLock<View>>;
+pub type SharedView = Arc<RwLock<AccountsView>>;
 
 pub struct Switcher {
     /// Dropping it ends the thread.
@@ -186,7 +186,9 @@ pub struct Switcher {
     pub view: SharedView,
 }
 
-struct State {
+/// The switcher thread's own state, the only mutable account state in the
+/// daemon: the active account, every account's quota, the swap history.
+struct Accounts {
     config: Config,
     active: Active,
     quotas: Vec<(String, AccountQuota)>,
@@ -230,9 +232,9 @@ impl Switcher {
         let active_path = config.state_dir.join("active.json");
         let journal_path = config.state_dir.join(JOURNAL_FILE);
         let active = load_or_rebuild(&active_path, config);
-        let view: SharedView = Arc::new(RwLock::new(View::default()));
+        let view: SharedView = Arc::new(RwLock::new(AccountsView::default()));
         let (requests, rx) = crossbeam_channel::unbounded::<Command>();
-        let mut state = State {
+        let mut state = Accounts {
             quotas: config
                 .accounts
                 .iter()
@@ -373,7 +375,7 @@ fn now_ms() -> u64 {
     quota::now_ms(SystemTime::now())
 }
 
-impl State {
+impl Accounts {
     fn serve(mut self) {
         let ticker = tick(Duration::from_secs(1));
         let requests = self.requests.clone();
