@@ -1,4 +1,5 @@
-//! Thin entry point: parse the command line, run, exit with the command's status.
+//! Thin entry point: parse the command line, run, print why a command
+//! failed (once), exit with the command's status.
 
 use clap::Parser;
 
@@ -7,5 +8,15 @@ fn main() {
         .format_timestamp_millis()
         .init();
     let cli = claude_failover::commands::Cli::parse();
-    std::process::exit(cli.run());
+    let code = match cli.run() {
+        Ok(code) => code,
+        // Every failure is printed here, once.
+        Err(failed) => {
+            for line in &failed.lines {
+                eprintln!("{line}");
+            }
+            failed.code
+        }
+    };
+    std::process::exit(code);
 }

@@ -377,7 +377,8 @@ fn refuses_on_conflicts_listing_each_and_changes_nothing() {
     // The dry run reports the same refusal, and so does the command (exit 1).
     let (result, _) = w.run(true);
     assert!(matches!(result, Err(SetupError::Refused(_))));
-    assert_eq!(setup_command(&w.config, false), 1);
+    let status = setup_command(&w.config, false).unwrap_or_else(|failed| failed.code);
+    assert_eq!(status, 1);
     assert_unchanged(&before, &w.snapshot(), "after setup_command");
 
     // Once the operator settles the conflicts, setup goes through.

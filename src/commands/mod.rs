@@ -152,8 +152,9 @@ impl Cli {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
     }
 
-    /// Runs the command; returns the exit status.
-    pub fn run(self) -> i32 {
+    /// Runs the command: its exit status, or why it failed (printed once,
+    /// by `main`).
+    pub fn run(self) -> Outcome {
         let config_path = self.config_path();
         match self.command {
             Command::Run => crate::daemon::run(&self.config_path()),
@@ -163,28 +164,16 @@ impl Cli {
                 if let Err(e) = hook::record_from_stdin("hook") {
                     eprintln!("claude-failover hook: event not recorded: {e}");
                 }
-                exit::OK
+                Ok(exit::OK)
             }
-            Command::Setup { dry_run } => match load(&config_path) {
-                Ok(config) => crate::commands::setup::setup_command(&config, dry_run),
-                Err(code) => code,
-            },
-            Command::Status { json } => match load(&config_path) {
-                Ok(config) => status_command(&config, json),
-                Err(code) => code,
-            },
+            Command::Setup { dry_run } => setup::setup_command(&load(&config_path)?, dry_run),
+            Command::Status { json } => status_command(&load(&config_path)?, json),
             Command::Enqueue {
                 project,
                 priority,
                 file,
-            } => match load(&config_path) {
-                Ok(config) => enqueue_command(&config, &project, priority, &file),
-                Err(code) => code,
-            },
-            Command::Swap { to, reason } => match load(&config_path) {
-                Ok(config) => swap_command(&config, to, reason),
-                Err(code) => code,
-            },
+            } => enqueue_command(&load(&config_path)?, &project, priority, &file),
+            Command::Swap { to, reason } => swap_command(&load(&config_path)?, to, reason),
             Command::Statusline => {
                 // Claude Code shows what we print; a failure to record must
                 // not break its screen.
@@ -193,13 +182,10 @@ impl Cli {
                     eprintln!("claude-failover statusline: reading not recorded: {e}");
                 }
                 outln!("{line}");
-                exit::OK
+                Ok(exit::OK)
             }
             Command::Check => {
-                let config = match load(&config_path) {
-                    Ok(c) => c,
-                    Err(code) => return code,
-                };
+                let config = load(&config_path)?;
                 let lines = check::run_checks(&config, SystemTime::now());
                 let failed = lines.iter().filter(|l| !l.ok).count();
                 let code = if failed == 0 { exit::OK } else { exit::FAILURE };
@@ -209,21 +195,43 @@ impl Cli {
                 }
                 if failed == 0 {
                     outln!("all {} checks passed", lines.len());
-                    exit::OK
+                    Ok(exit::OK)
                 } else {
                     outln!("{failed} of {} checks failed", lines.len());
-                    exit::FAILURE
+                    Ok(exit::FAILURE)
                 }
             }
         }
     }
 }
 
-/// Loads the config, printing the error and returning exit status 2 when it is bad.
-fn load(path: &std::path::Path) -> Result<Config, i32> {
+/// Why a command failed: what `main` prints on stderr (one line per
+/// problem, each saying which command and why) and the exit status.
+#[derive(Debug)]
+pub struct Failed {
+    pub code: i32,
+    pub lines: Vec<String>,
+}
+
+impl Failed {
+    pub fn new(code: i32, line: impl Into<String>) -> Failed {
+        Failed {
+            code,
+            lines: vec![line.into()],
+        }
+    }
+}
+
+/// What a command ends with: its exit status, or why it failed.
+pub type Outcome = Result<i32, Failed>;
+
+/// Loads the config; a bad one fails with exit status 2.
+fn load(path: &std::path::Path) -> Result<Config, Failed> {
     Config::load(path).map_err(|e| {
-        eprintln!("claude-failover: bad config: {e}");
-        exit::BAD_CONFIG
+        Failed::new(
+            exit::BAD_CONFIG,
+            format!("claude-failover: bad config: {e}"),
+        )
     })
 }
 
@@ -246,12 +254,14 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// `swap [--to NAME] [--reason TEXT]` through `POST /swap`.
-fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> i32 {
+fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> Outcome {
     let token = match token(config) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("claude-failover swap: {e}");
-            return exit::FAILURE;
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!("claude-failover swap: {e}"),
+            ));
         }
     };
     let mut url = format!("http://{}/swap?", config.http.listen);
@@ -273,11 +283,13 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
         Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => {
-            eprintln!(
-                "claude-failover swap: the daemon at {} is unreachable: {e}",
-                config.http.listen
-            );
-            return exit::FAILURE;
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!(
+                    "claude-failover swap: the daemon at {} is unreachable: {e}",
+                    config.http.listen
+                ),
+            ));
         }
     };
     let v: serde_json::Value =
@@ -296,46 +308,54 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default()
         );
-        exit::OK
+        Ok(exit::OK)
     } else {
         let why = v["detail"]
             .as_str()
             .or(v["error"].as_str())
             .unwrap_or(&body)
             .to_string();
-        eprintln!(
-            "claude-failover swap: {} ({code}): {why}",
-            v["result"].as_str().unwrap_or("refused")
-        );
-        exit::FAILURE
+        Err(Failed::new(
+            exit::FAILURE,
+            format!(
+                "claude-failover swap: {} ({code}): {why}",
+                v["result"].as_str().unwrap_or("refused")
+            ),
+        ))
     }
 }
 
 /// `status [--json]` through `GET /status`.
-fn status_command(config: &Config, json: bool) -> i32 {
+fn status_command(config: &Config, json: bool) -> Outcome {
     let url = format!("http://{}/status", config.http.listen);
     let mut req = ureq::get(&url).timeout(crate::daemon::http::CLIENT_TIMEOUT);
     // A loopback listen answers reads without the token; any other needs it.
     match token(config) {
         Ok(t) => req = req.set("Authorization", &format!("Bearer {t}")),
         Err(e) if !config.http.listen.ip().is_loopback() => {
-            eprintln!("claude-failover status: {e}");
-            return exit::FAILURE;
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!("claude-failover status: {e}"),
+            ));
         }
         Err(_) => {}
     }
     let body: serde_json::Value = match req.call().map(|r| r.into_json()) {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
-            eprintln!("claude-failover status: unreadable answer from {url}: {e}");
-            return exit::FAILURE;
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!("claude-failover status: unreadable answer from {url}: {e}"),
+            ));
         }
         Err(e) => {
-            eprintln!(
-                "claude-failover status: the daemon at {} is unreachable: {e}",
-                config.http.listen
-            );
-            return exit::FAILURE;
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!(
+                    "claude-failover status: the daemon at {} is unreachable: {e}",
+                    config.http.listen
+                ),
+            ));
         }
     };
     if json {
@@ -349,19 +369,21 @@ fn status_command(config: &Config, json: bool) -> i32 {
             crate::commands::status_table::render(&body, SystemTime::now())
         ));
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// `enqueue --project NAME [--priority N] FILE|-`.
-fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: &str) -> i32 {
+fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: &str) -> Outcome {
     use std::io::Read;
     let Some(p) = config.projects.iter().find(|p| p.name == project) else {
         let known: Vec<&str> = config.projects.iter().map(|p| p.name.as_str()).collect();
-        eprintln!(
-            "claude-failover enqueue: no project named {project:?} (known: {})",
-            known.join(", ")
-        );
-        return exit::FAILURE;
+        return Err(Failed::new(
+            exit::FAILURE,
+            format!(
+                "claude-failover enqueue: no project named {project:?} (known: {})",
+                known.join(", ")
+            ),
+        ));
     };
     // At most one byte over the limit is read, from a file as from stdin:
     // enough to refuse a task that is too big without holding all of it.
@@ -369,8 +391,10 @@ fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: 
     let (content, hint) = if file == "-" {
         let mut buf = Vec::new();
         if let Err(e) = std::io::stdin().take(cap).read_to_end(&mut buf) {
-            eprintln!("claude-failover enqueue: cannot read standard input: {e}");
-            return exit::FAILURE;
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!("claude-failover enqueue: cannot read standard input: {e}"),
+            ));
         }
         (buf, None)
     } else {
@@ -386,8 +410,10 @@ fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: 
                     .map(|n| n.to_string_lossy().into_owned()),
             ),
             Err(e) => {
-                eprintln!("claude-failover enqueue: cannot read {file}: {e}");
-                return exit::FAILURE;
+                return Err(Failed::new(
+                    exit::FAILURE,
+                    format!("claude-failover enqueue: cannot read {file}: {e}"),
+                ));
             }
         }
     };
@@ -400,11 +426,11 @@ fn enqueue_command(config: &Config, project: &str, priority: Option<i64>, file: 
     ) {
         Ok(path) => {
             println!("{}", path.display());
-            exit::OK
+            Ok(exit::OK)
         }
-        Err(e) => {
-            eprintln!("claude-failover enqueue: {e}");
-            exit::FAILURE
-        }
+        Err(e) => Err(Failed::new(
+            exit::FAILURE,
+            format!("claude-failover enqueue: {e}"),
+        )),
     }
 }

@@ -85,30 +85,29 @@ pub enum SetupError {
 /// as the hook command, printing to stdout. Returns the exit status: 0 done
 /// (or nothing to do, or a dry run that found no conflict), 1 refused or
 /// failed.
-pub fn setup_command(config: &Config, dry_run: bool) -> i32 {
+pub fn setup_command(config: &Config, dry_run: bool) -> crate::commands::Outcome {
     let binary = match std::env::current_exe() {
         Ok(p) => p.to_string_lossy().into_owned(),
         Err(e) => {
-            eprintln!("claude-failover setup: cannot tell where this program is installed (needed for the hook command): {e}");
-            return 1;
+            return Err(crate::commands::Failed::new(1, format!("claude-failover setup: cannot tell where this program is installed (needed for the hook command): {e}")));
         }
     };
     // A reader that goes away (`setup | head`) must not stop setup halfway.
     let mut out = crate::commands::StdoutUnlessClosed::default();
     match setup(config, &binary, dry_run, &mut out) {
         Ok(_) => match control_token(config, dry_run, &mut out) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("claude-failover setup: {e}");
-                1
-            }
+            Ok(()) => Ok(0),
+            Err(e) => Err(crate::commands::Failed::new(
+                1,
+                format!("claude-failover setup: {e}"),
+            )),
         },
         // `setup` has already printed the reasons, one per line.
-        Err(SetupError::Refused(_)) | Err(SetupError::Failed { .. }) => 1,
-        Err(e) => {
-            eprintln!("claude-failover setup: {e}");
-            1
-        }
+        Err(SetupError::Refused(_)) | Err(SetupError::Failed { .. }) => Ok(1),
+        Err(e) => Err(crate::commands::Failed::new(
+            1,
+            format!("claude-failover setup: {e}"),
+        )),
     }
 }
 

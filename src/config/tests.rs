@@ -1,4 +1,3 @@
-
 use super::*;
 
 const MINIMAL: &str = "accounts:\n  - name: main\n    home: /srv/acc/main\n";

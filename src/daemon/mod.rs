@@ -141,16 +141,13 @@ struct Daemon {
 }
 
 /// Runs the daemon in the foreground; returns the exit status.
-pub fn run(config_path: &Path) -> i32 {
+pub fn run(config_path: &Path) -> crate::commands::Outcome {
     let Started {
         mut daemon,
         mut inputs,
         roles,
         lock,
-    } = match start::start(config_path) {
-        Ok(started) => started,
-        Err(code) => return code,
-    };
+    } = start::start(config_path)?;
     let _ = daemon.watcher.send(session_watcher::Command::Observe);
     let code = loop {
         let event = daemon.next_event(&inputs);
@@ -172,7 +169,7 @@ pub fn run(config_path: &Path) -> i32 {
     drop(daemon);
     drop(roles);
     drop(lock);
-    code
+    Ok(code)
 }
 
 /// Every source the main loop waits on. A role's channel that disconnects

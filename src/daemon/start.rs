@@ -5,6 +5,7 @@
 
 use super::roles::{CloseOnDrop, Role, Roles, JOIN_GRACE};
 use super::*;
+use crate::commands::Failed;
 
 /// What `run` needs to turn the loop: its state, its inputs, the roles (stopped
 /// when dropped), and the state folder's lock (held until `run` returns).
@@ -16,20 +17,24 @@ pub(super) struct Started {
 }
 
 /// Starts everything, or says why not (on stderr) and with which exit status.
-pub(super) fn start(config_path: &Path) -> Result<Started, i32> {
+pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
     // Signals first, before any thread exists, so none is lost or kills us.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("claude-failover: cannot register signal handlers: {e}");
-            return Err(exit::FAILURE);
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!("claude-failover: cannot register signal handlers: {e}"),
+            ));
         }
     };
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("claude-failover: bad config: {e}");
-            return Err(exit::BAD_CONFIG);
+            return Err(Failed::new(
+                exit::BAD_CONFIG,
+                format!("claude-failover: bad config: {e}"),
+            ));
         }
     };
     // One daemon per state folder, before any recovery or file write there;
@@ -37,8 +42,10 @@ pub(super) fn start(config_path: &Path) -> Result<Started, i32> {
     let state_lock = match crate::store::state_lock::acquire(&config.state_dir) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("claude-failover: cannot start: {e}");
-            return Err(exit::INVARIANT);
+            return Err(Failed::new(
+                exit::INVARIANT,
+                format!("claude-failover: cannot start: {e}"),
+            ));
         }
     };
     // The control plane's token, made when absent; a file others may read
@@ -46,26 +53,33 @@ pub(super) fn start(config_path: &Path) -> Result<Started, i32> {
     let token = match crate::daemon::http::ensure_token(&config.http.token_file) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("claude-failover: cannot start: {e}");
-            return Err(exit::INVARIANT);
+            return Err(Failed::new(
+                exit::INVARIANT,
+                format!("claude-failover: cannot start: {e}"),
+            ));
         }
     };
     let claude_binary = match startup_invariants(&config) {
         Ok(b) => b,
         Err(problems) => {
-            for p in problems {
-                eprintln!("claude-failover: cannot start: {p}");
-            }
-            return Err(exit::INVARIANT);
+            return Err(Failed {
+                code: exit::INVARIANT,
+                lines: problems
+                    .iter()
+                    .map(|p| format!("claude-failover: cannot start: {p}"))
+                    .collect(),
+            });
         }
     };
     let events_dir = config.state_dir.join(crate::claude::hook::EVENTS_DIR);
     if let Err(e) = std::fs::create_dir_all(&events_dir) {
-        eprintln!(
-            "claude-failover: cannot create {}: {e}",
-            events_dir.display()
-        );
-        return Err(exit::FAILURE);
+        return Err(Failed::new(
+            exit::FAILURE,
+            format!(
+                "claude-failover: cannot create {}: {e}",
+                events_dir.display()
+            ),
+        ));
     }
     let book = load_book(&config.state_dir.join("sessions.json"));
 
@@ -119,8 +133,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, i32> {
     let http = match Http::start(config.http.listen, published.clone(), control_plane) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("claude-failover: {e}");
-            return Err(exit::FAILURE);
+            return Err(Failed::new(exit::FAILURE, format!("claude-failover: {e}")));
         }
     };
     log::info!("listening on http://{}", http.addr);
@@ -146,8 +159,10 @@ pub(super) fn start(config_path: &Path) -> Result<Started, i32> {
     ) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("claude-failover: cannot watch the events folder: {e}");
-            return Err(exit::FAILURE);
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!("claude-failover: cannot watch the events folder: {e}"),
+            ));
         }
     };
 

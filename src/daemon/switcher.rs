@@ -1091,6 +1091,9 @@ impl Accounts {
             q.sessions_did_not_start = Some(mark.clone());
         }
         self.persist_quota(&failed);
+        // Shown at once: the sessions may be up on the next account before
+        // this swap's last leg ends and publishes.
+        self.publish();
         let _ = self.out.send(Report::NeedsLogin {
             account: failed.clone(),
             why: mark,
