@@ -25,7 +25,7 @@ pub enum HookEvent {
         source: StartSource,
     },
     /// A prompt was submitted (a long paste arrives wrapped in
-    /// `<pasted_content>`; `claude_facts::same_prompt` sees through that).
+    /// `<pasted_content>`; `claude::facts::same_prompt` sees through that).
     UserPromptSubmit {
         prompt: String,
     },

@@ -123,7 +123,7 @@ struct Daemon {
     view: SharedView,
     /// The switcher holds the sessions (from `SwapStarted` until it asks for
     /// their relaunch, or the swap ends): no reconcile, no dispatch. This
-    /// follows the notices in order; whether a swap is under way is the
+    /// follows the switcher's reports in order; whether a swap is under way is the
     /// switcher's answer (`AccountsView::swap_in_progress`), not this.
     sessions_held: Option<String>,
     /// The last session snapshot sent to the switcher.

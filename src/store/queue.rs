@@ -221,7 +221,7 @@ pub struct FrontMatter {
     pub max_attempts: Option<u32>,
     /// `true`: the task is a slash command (`/compact`, `/review …`) and is
     /// typed as one. Otherwise a task whose first word looks like one is
-    /// refused, since task text is data (see `claude_facts::typed_form`).
+    /// refused, since task text is data (see `claude::facts::typed_form`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slash_command: Option<bool>,
 }
