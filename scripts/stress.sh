@@ -91,7 +91,7 @@ for i in $(seq 1 "$runs"); do
     started=$(date +%s)
     set +e
     timeout --kill-after=30 "$run_timeout" \
-        cargo test --no-fail-fast -- --test-threads=2 >"$log" 2>&1
+        cargo test --workspace --no-fail-fast -- --test-threads=2 >"$log" 2>&1
     rc=$?
     set -e
     kill_test_tmux
