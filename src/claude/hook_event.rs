@@ -18,7 +18,7 @@ pub struct Hook {
 }
 
 /// The events claude-failover reacts to.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HookEvent {
     /// A conversation starts: a launch, a `--resume`, a `/clear`.
     SessionStart {
@@ -45,9 +45,8 @@ pub enum HookEvent {
     SessionEnd,
     /// A status-line call: its payload carries the quota reading.
     Statusline,
-    /// A hook name we install no handler for (or none at all).
-    #[default]
-    Other,
+    /// A hook name we install no handler for (empty: none at all).
+    Other(String),
 }
 
 /// `SessionStart`'s `source`.
@@ -70,9 +69,15 @@ pub enum NotificationKind {
     Other(String),
 }
 
+impl Default for HookEvent {
+    fn default() -> HookEvent {
+        HookEvent::Other(String::new())
+    }
+}
+
 impl HookEvent {
     /// The hook's name as Claude Code spells it (for logs).
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             HookEvent::SessionStart { .. } => "SessionStart",
             HookEvent::UserPromptSubmit { .. } => "UserPromptSubmit",
@@ -81,7 +86,7 @@ impl HookEvent {
             HookEvent::Notification { .. } => "Notification",
             HookEvent::SessionEnd => "SessionEnd",
             HookEvent::Statusline => "statusline",
-            HookEvent::Other => "",
+            HookEvent::Other(name) => name,
         }
     }
 
@@ -128,7 +133,7 @@ pub fn parse(kind: &str, payload: &serde_json::Value) -> Hook {
                 },
             },
             "SessionEnd" => HookEvent::SessionEnd,
-            _ => HookEvent::Other,
+            other => HookEvent::Other(other.to_string()),
         }
     };
     Hook {
@@ -181,8 +186,11 @@ mod tests {
                 json!({"hook_event_name": "SessionEnd"}),
                 HookEvent::SessionEnd,
             ),
-            (json!({"hook_event_name": "PreCompact"}), HookEvent::Other),
-            (json!("not json"), HookEvent::Other),
+            (
+                json!({"hook_event_name": "PreCompact"}),
+                HookEvent::Other("PreCompact".into()),
+            ),
+            (json!("not json"), HookEvent::Other(String::new())),
         ];
         for (payload, want) in cases {
             assert_eq!(parse("hook", &payload).event, want, "{payload}");

@@ -33,11 +33,12 @@ pub enum Command {
     /// Type into a session (in order with the session's earlier keystrokes).
     Keys { session: String, keys: Keys },
     /// Stop these sessions (Escape, `/exit`, kill after `timeout`), all at
-    /// once; `done` is answered when every one is stopped.
+    /// once; `done` is answered when every one is stopped (or why they
+    /// could not be).
     Stop {
         names: Vec<String>,
         timeout: Duration,
-        done: Sender<()>,
+        done: Sender<Result<(), String>>,
     },
 }
 
@@ -171,6 +172,7 @@ fn serve(tmux: Tmux, requests: Receiver<Command>, reports: Sender<Report>) {
                     done,
                 } => {
                     let tmux = tmux.clone();
+                    let answer = done.clone();
                     let spawned = std::thread::Builder::new()
                         .name("session-stop".into())
                         .spawn(move || {
@@ -180,10 +182,10 @@ fn serve(tmux: Tmux, requests: Receiver<Command>, reports: Sender<Report>) {
                                     scope.spawn(move || stop_one(&tmux, name, timeout));
                                 }
                             });
-                            let _ = done.send(());
+                            let _ = answer.send(Ok(()));
                         });
                     if let Err(e) = spawned {
-                        log::error!("cannot start a thread to stop sessions: {e}");
+                        let _ = done.send(Err(format!("cannot start a thread to stop them: {e}")));
                     }
                 }
             }
@@ -255,7 +257,10 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
 }
 
 /// Stops one session: Escape (ends a turn in progress), `/exit`, then kill
-/// after `timeout` whatever happened.
+/// after `timeout` whatever happened. At most [`STOP_TMUX_CALLS`] tmux calls
+/// beside the wait, each with its own deadline.
+pub const STOP_TMUX_CALLS: u32 = 5;
+
 fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
     let alive = |t: &Tmux| {
         t.list_sessions()

@@ -57,6 +57,9 @@ pub struct SessionCheckpoint {
     pub state: crate::decide::session::State,
 }
 
+/// Every tmux call's deadline (the switcher only reads: it lists sessions).
+const TMUX_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The journal's file name in the state dir.
 pub const JOURNAL_FILE: &str = "swap.journal";
 
@@ -246,7 +249,7 @@ impl Switcher {
             last_swap: None,
             partial: None,
             no_account: None,
-            tmux: Tmux::new(config.tmux.socket.clone(), Duration::from_secs(10)),
+            tmux: Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
             watcher,
             out,
             sessions: Vec::new(),
@@ -575,14 +578,34 @@ impl Accounts {
                     format!("swap {id} is under way"),
                 ));
             }
+            // SIGUSR1 (no target, no reply) asks to fail over now, which the
+            // swap under way does: one more run after it would move every
+            // session off the account it just reached.
             Command::SwapNow {
-                to,
+                to: None,
                 reason,
                 reply: None,
             } => {
-                log::warn!("swap requested during a swap ({reason}): one more run once it ends");
+                let id = self
+                    .view
+                    .read()
+                    .swap_in_progress
+                    .clone()
+                    .unwrap_or_default();
+                log::warn!("{reason} ignored: swap {id} is under way");
+            }
+            // A request naming its target runs once the swap ends (ten of
+            // them are one more run, the newest cause).
+            Command::SwapNow {
+                to: Some(to),
+                reason,
+                reply: None,
+            } => {
+                log::warn!(
+                    "swap to {to} requested during a swap ({reason}): it runs once this one ends"
+                );
                 if let Some(was) = self.requested.request_op(SwapCause {
-                    to,
+                    to: Some(to),
                     reason,
                     reply: None,
                 }) {
@@ -804,6 +827,8 @@ impl Accounts {
         self.save_quotas();
         let id = format!("swap-{}", now_ms());
         log::warn!("swap {id}: {} → {to}: {reason}", from.name);
+        // Requests read from here on are answered as during a swap, with its id.
+        self.view.write().swap_in_progress = Some(id.clone());
         // The newest snapshot of the sessions is what gets checkpointed.
         self.take_waiting();
         let started_at = SystemTime::now();
@@ -822,7 +847,6 @@ impl Accounts {
         // before the swap occupies this thread. The view says a swap is
         // under way before anyone hears it started: it is the one answer.
         self.publish();
-        self.view.write().swap_in_progress = Some(id.clone());
         let _ = self.out.send(Report::SwapStarted {
             id: id.clone(),
             from: from.name.clone(),
@@ -1192,8 +1216,14 @@ impl Accounts {
             .map_err(|e| format!("cannot list sessions to stop them: {e}"))?;
         let stop_timeout = self.config.swap.stop_timeout;
         // The session watcher stops them (it is the one tmux writer) and
-        // answers when all are; every stop ends in a kill after
-        // `stop_timeout`, and the margin covers tmux's own deadlines.
+        // answers when all are. Each stop ends in a kill after
+        // `stop_timeout`; beside that wait it makes a few tmux calls, each
+        // with its own deadline, and the sessions stop in parallel: past
+        // that bound, with a margin for a loaded machine, the stop is not
+        // confirmed and nothing is flipped.
+        let bound = stop_timeout
+            + TMUX_DEADLINE * (crate::daemon::session_watcher::STOP_TMUX_CALLS + 1)
+            + Duration::from_secs(15);
         let (done, stopped) = crossbeam_channel::bounded(1);
         self.watcher
             .send(crate::daemon::session_watcher::Command::Stop {
@@ -1202,9 +1232,16 @@ impl Accounts {
                 done,
             })
             .map_err(|_| "the session watcher is gone".to_string())?;
-        stopped
-            .recv_timeout(stop_timeout + Duration::from_secs(15))
-            .map_err(|_| "the session watcher did not finish stopping them in time".to_string())?;
+        match stopped.recv_timeout(bound) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(why),
+            Err(_) => {
+                return Err(format!(
+                    "the session watcher did not finish stopping them within {}s",
+                    bound.as_secs()
+                ))
+            }
+        }
         let left = self
             .tmux
             .list_sessions()

@@ -467,7 +467,7 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         // The process is ending (or `/clear` starts a new conversation, whose
         // SessionStart follows): tmux will tell us if it is gone.
         HookEvent::SessionEnd => return false,
-        HookEvent::Statusline | HookEvent::Other => return false,
+        HookEvent::Statusline | HookEvent::Other(_) => return false,
     }
     true
 }
