@@ -14,5 +14,6 @@
 pub mod demo;
 pub mod product;
 pub mod sandbox;
+pub mod script;
 pub mod standin;
 pub mod world;

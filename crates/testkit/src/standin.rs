@@ -183,6 +183,13 @@ pub struct RecordedRequest {
     /// The HTTP status answered.
     pub status: u16,
     pub at: SystemTime,
+    /// In a scripted turn (`crate::script`): the step this request asked
+    /// for (`steps + 1` for the final answer).
+    pub step: Option<u32>,
+    /// The `tool_result` blocks the request carried (its last user message).
+    pub tool_results: Vec<String>,
+    /// The script's directive line (which scripted turn this request is of).
+    pub script: Option<String>,
 }
 
 impl RecordedRequest {
@@ -197,6 +204,9 @@ impl RecordedRequest {
             "messages": self.messages,
             "status": self.status,
             "at": unix_f64(self.at),
+            "step": self.step,
+            "tool_results": self.tool_results,
+            "script": self.script,
         })
     }
 }
@@ -331,6 +341,7 @@ impl StandIn {
                 accounts,
                 latency: options.latency,
                 token_delay: options.token_delay,
+                scripted_once: Default::default(),
             }),
             recorded: Mutex::new(Vec::new()),
             recorded_cv: Condvar::new(),
@@ -648,6 +659,8 @@ struct State {
     accounts: Vec<Account>,
     latency: Duration,
     token_delay: Duration,
+    /// Scripted refusals and overloads already answered: (script, event).
+    scripted_once: std::collections::HashSet<(String, &'static str)>,
 }
 
 impl State {
@@ -1122,11 +1135,25 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
     };
     let id = shared.next_id();
     let request_id = format!("req_standin_{id:08}");
+    let script = parsed.as_ref().and_then(crate::script::progress);
 
     let mut state = shared.state.lock();
     let latency = state.latency;
     let token_delay = state.token_delay;
     let now = now_unix();
+    // A scripted refusal or overload at this step, once per script.
+    let mut once = |at: Option<u32>, what: &'static str| {
+        script.as_ref().is_some_and(|p| {
+            !p.finished()
+                && at == Some(p.next())
+                && state.scripted_once.insert((p.key.clone(), what))
+        })
+    };
+    let refuse_now = once(script.as_ref().and_then(|p| p.script.refuse_at), "refuse");
+    let overload_now = once(
+        script.as_ref().and_then(|p| p.script.overload_at),
+        "overload",
+    );
     let decided = match state.by_token(&rq.token) {
         None => Err((unauthorized(), None)),
         Some(account) => {
@@ -1141,7 +1168,16 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
                     ),
                     Some(name),
                 ))
-            } else if account.exhausted() {
+            } else if overload_now {
+                Err((
+                    Reply::error(529, "overloaded_error", "Overloaded"),
+                    Some(name),
+                ))
+            } else if refuse_now || account.exhausted() {
+                if refuse_now {
+                    // As a real refusal: the window is full from here on.
+                    account.five_hour = 100.0;
+                }
                 account.refused += 1;
                 let rep = account.representative();
                 let reset = match rep {
@@ -1164,8 +1200,35 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
 
     let (mut reply, account) = match decided {
         Err((reply, account)) => (reply, account),
+        Ok((name, unified)) if script.as_ref().is_some_and(|p| !p.finished()) => {
+            let p = script.as_ref().expect("a script");
+            let command = crate::script::step_command(&p.script, p.next());
+            let msg_id = format!("msg_standin_{id:08}");
+            let tool_id = format!("toolu_standin_{id:08}");
+            let mut reply = tool_use_reply(
+                stream,
+                &msg_id,
+                &model,
+                &tool_id,
+                &command,
+                rough_tokens(body.len()),
+            );
+            reply.headers.extend(unified);
+            // The step's own time, after the stand-in's latency.
+            reply.delay = p.script.delay;
+            (reply, Some(name))
+        }
         Ok((name, unified)) => {
-            let text = answer_text(&name, &prompt);
+            let text = match &script {
+                Some(p) => answer_text(
+                    &name,
+                    &format!(
+                        "script done: {} steps into {} ({})",
+                        p.script.steps, p.script.file, p.key
+                    ),
+                ),
+                None => answer_text(&name, &prompt),
+            };
             let usage_in = rough_tokens(body.len());
             let usage_out = rough_tokens(text.len());
             let msg_id = format!("msg_standin_{id:08}");
@@ -1190,7 +1253,7 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
             (reply, Some(name))
         }
     };
-    reply.delay = latency;
+    reply.delay += latency;
     reply.headers.push(("request-id".into(), request_id));
 
     shared.record(RecordedRequest {
@@ -1202,8 +1265,99 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
         messages,
         status: reply.status,
         at: SystemTime::now(),
+        step: script.as_ref().map(|p| p.next()),
+        script: script.as_ref().map(|p| p.key.clone()),
+        tool_results: script.map(|p| p.tool_results).unwrap_or_default(),
     });
     (reply, account)
+}
+
+/// A tool call: Bash with `command`, streamed as Claude Code expects
+/// (claude-code-facts §9) or as one JSON message; `stop_reason: tool_use`.
+fn tool_use_reply(
+    stream: bool,
+    msg_id: &str,
+    model: &str,
+    tool_id: &str,
+    command: &str,
+    usage_in: u64,
+) -> Reply {
+    let input = json!({"command": command, "description": "scripted step"});
+    if !stream {
+        return Reply::json(
+            200,
+            &json!({
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "tool_use", "id": tool_id, "name": "Bash", "input": input}],
+                "stop_reason": "tool_use",
+                "stop_sequence": null,
+                "usage": {"input_tokens": usage_in, "output_tokens": 20},
+            }),
+        );
+    }
+    let now = Duration::ZERO;
+    let events = vec![
+        SseEvent::new(
+            now,
+            "message_start",
+            &json!({
+                "type": "message_start",
+                "message": {
+                    "id": msg_id, "type": "message", "role": "assistant", "model": model,
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": usage_in, "output_tokens": 1},
+                },
+            }),
+        ),
+        SseEvent::new(
+            now,
+            "content_block_start",
+            &json!({
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}},
+            }),
+        ),
+        SseEvent::new(
+            now,
+            "content_block_delta",
+            &json!({
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": input.to_string()},
+            }),
+        ),
+        SseEvent::new(
+            now,
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ),
+        SseEvent::new(
+            now,
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"output_tokens": 20},
+            }),
+        ),
+        SseEvent::new(now, "message_stop", &json!({"type": "message_stop"})),
+    ];
+    Reply {
+        status: 200,
+        headers: vec![
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
+            ("cache-control".into(), "no-cache".into()),
+        ],
+        body: Body::Events(events),
+        delay: Duration::ZERO,
+    }
 }
 
 fn stream_reply(

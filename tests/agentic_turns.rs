@@ -1,0 +1,247 @@
+//! Tasks as operators run them: agentic turns of many requests, each a tool
+//! call that really changes the project folder (Bash through the real
+//! Claude Code, scripted by the stand-in: `testkit::script`), and a refusal
+//! in the middle of one.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use claude_failover::store::queue;
+use support::{wait_for, World};
+
+const UP: Duration = Duration::from_secs(90);
+
+fn q(project: &Path, folder: &str) -> PathBuf {
+    project.join(".agent-queue").join(folder)
+}
+
+fn enqueue(project: &Path, name: &str, text: &str) {
+    queue::enqueue(
+        project,
+        None,
+        text.as_bytes(),
+        Some(name),
+        SystemTime::now(),
+    )
+    .unwrap();
+}
+
+fn wait_done(project: &Path, name: &str, timeout: Duration) {
+    let ended = wait_for(timeout, &format!("task {name} to end"), || {
+        if q(project, "done").join(format!("{name}.md")).is_file() {
+            Some("done")
+        } else if q(project, "failed").join(format!("{name}.md")).is_file() {
+            Some("failed")
+        } else {
+            None
+        }
+    });
+    assert_eq!(ended, "done", "{name} ended in {ended}/");
+}
+
+fn result(project: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(q(project, "done").join(format!("{name}.result.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Exactly once: in done/ and nowhere else.
+fn assert_done_once(project: &Path, name: &str) {
+    for folder in ["inbox", "active", "done", "failed"] {
+        let here = q(project, folder).join(format!("{name}.md")).exists();
+        assert_eq!(here, folder == "done", "{name} in {folder}/: {here}");
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn steps(n: u32) -> Vec<String> {
+    (1..=n).map(|k| format!("step-{k}")).collect()
+}
+
+/// `(when, session, state, task)` from `/status` every 100 ms until stopped.
+type Samples = Arc<Mutex<Vec<(SystemTime, String, String, Option<String>)>>>;
+
+fn sample_status(w: &World, stop: Arc<AtomicBool>) -> (Samples, std::thread::JoinHandle<()>) {
+    let samples: Samples = Arc::default();
+    let url = format!("http://{}/status", w.sb.http_listen);
+    let out = samples.clone();
+    let thread = std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            if let Some(v) = ureq::get(&url)
+                .timeout(Duration::from_secs(2))
+                .call()
+                .ok()
+                .and_then(|r| r.into_json::<serde_json::Value>().ok())
+            {
+                let at = SystemTime::now();
+                for s in v["sessions"].as_array().into_iter().flatten() {
+                    out.lock().unwrap().push((
+                        at,
+                        s["name"].as_str().unwrap_or("").to_string(),
+                        s["state"].as_str().unwrap_or("").to_string(),
+                        s["task"].as_str().map(String::from),
+                    ));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    (samples, thread)
+}
+
+/// Must-show 1: three sessions, six tasks of eight tool steps each. Every
+/// step's line lands in its task's file, in order, once; every task is done
+/// once with its own final answer; and whenever `/status` was sampled
+/// between a task's first and last request, its session was `working`.
+#[test]
+fn six_agentic_tasks_of_eight_steps_on_three_sessions_stay_working_between_steps() {
+    let Some(mut w) = World::new("ag-six", |spec| {
+        spec.pools[0].min = 3;
+        spec.pools[0].max = 3;
+    }) else {
+        return;
+    };
+    let project = w.sb.project_dirs[0].1.clone();
+    w.start_daemon(&[]);
+    for name in ["ccl-auto-11", "ccl-auto-12", "ccl-auto-13"] {
+        w.wait_state(name, "idle", UP);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (samples, sampler) = sample_status(&w, stop.clone());
+    let tasks: Vec<String> = (1..=6).map(|i| format!("agentic-{i}")).collect();
+    for (i, t) in tasks.iter().enumerate() {
+        enqueue(
+            &project,
+            t,
+            &format!(
+                "Task {t}: record each step of the work in its file.\n\nSTANDIN-SCRIPT steps=8 file=out-{}.txt delay_ms=150\n",
+                i + 1
+            ),
+        );
+    }
+    for t in &tasks {
+        wait_done(&project, t, Duration::from_secs(300));
+    }
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let samples = samples.lock().unwrap().clone();
+    let requests = w.api.requests();
+    for (i, t) in tasks.iter().enumerate() {
+        let file = format!("out-{}.txt", i + 1);
+        assert_eq!(lines(&project.join(&file)), steps(8), "{t}: {file}");
+        assert_done_once(&project, t);
+        let answer = result(&project, t)["last_assistant_message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            answer.contains(&format!("script done: 8 steps into {file}")),
+            "{t}: its own final answer, got {answer:?}"
+        );
+        // Its turn: from the request for step 1 to the one for the answer.
+        let mine: Vec<_> = requests
+            .iter()
+            .filter(|r| r.script.as_deref().is_some_and(|s| s.contains(&file)))
+            .collect();
+        let first = mine
+            .iter()
+            .filter(|r| r.step == Some(1))
+            .map(|r| r.at)
+            .min();
+        let last = mine
+            .iter()
+            .filter(|r| r.step == Some(9))
+            .map(|r| r.at)
+            .max();
+        let (Some(first), Some(last)) = (first, last) else {
+            panic!("{t}: no request for step 1 or for the answer: {mine:?}");
+        };
+        let during: Vec<_> = samples
+            .iter()
+            .filter(|(at, _, _, task)| {
+                *at > first && *at < last && task.as_deref().is_some_and(|x| x.starts_with(t))
+            })
+            .collect();
+        assert!(
+            during.len() >= 3,
+            "{t}: too few samples during its turn to judge ({})",
+            during.len()
+        );
+        let not_working: Vec<_> = during.iter().filter(|s| s.2 != "working").collect();
+        assert!(
+            not_working.is_empty(),
+            "{t}: not working between its steps: {not_working:?}"
+        );
+    }
+}
+
+/// Must-show 2: a refusal at step 3 of a running task. The swap happens,
+/// the task goes on on the other account from step 3 (the refused request
+/// never ran its step, so step 3 is asked for again, once answered) and
+/// finishes with all eight lines.
+#[test]
+fn a_refusal_at_step_3_swaps_and_the_task_finishes_on_the_other_account_with_every_step() {
+    let Some(mut w) = World::new("ag-refuse", |spec| {
+        spec.pools[0].min = 1;
+        spec.pools[0].max = 1;
+    }) else {
+        return;
+    };
+    let project = w.sb.project_dirs[0].1.clone();
+    w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    enqueue(
+        &project,
+        "refused-mid-turn",
+        "Record each step.\n\nSTANDIN-SCRIPT steps=8 file=out-r.txt delay_ms=100 refuse_at=3\n",
+    );
+    wait_done(&project, "refused-mid-turn", Duration::from_secs(300));
+    assert_eq!(lines(&project.join("out-r.txt")), steps(8));
+    assert_done_once(&project, "refused-mid-turn");
+    let r = result(&project, "refused-mid-turn");
+    assert_eq!(r["account"], "beta", "{r}");
+    assert!(
+        r["last_assistant_message"]
+            .as_str()
+            .is_some_and(|a| a.contains("script done: 8 steps into out-r.txt")),
+        "{r}"
+    );
+    let mine: Vec<_> = w
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.script.as_deref().is_some_and(|s| s.contains("out-r.txt")))
+        .collect();
+    let refused: Vec<_> = mine.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(refused.len(), 1, "one refusal: {mine:#?}");
+    assert_eq!(refused[0].step, Some(3));
+    assert_eq!(refused[0].account.as_deref(), Some("alpha"));
+    // Steps 1-2 answered on alpha; 3 onwards, and the answer, on beta.
+    for r in mine.iter().filter(|r| r.status == 200) {
+        let want = if r.step.unwrap_or(0) < 3 {
+            "alpha"
+        } else {
+            "beta"
+        };
+        assert_eq!(r.account.as_deref(), Some(want), "step {:?}", r.step);
+    }
+    for k in 1..=9 {
+        let answered = mine
+            .iter()
+            .filter(|r| r.status == 200 && r.step == Some(k))
+            .count();
+        assert_eq!(answered, 1, "step {k} answered once: {mine:#?}");
+    }
+}
