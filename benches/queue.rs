@@ -123,6 +123,7 @@ fn idle_daemon_with_100k_done() {
     let cfg = JanitorConfig {
         interval: Duration::from_secs(300),
         stale_task_after: Duration::from_secs(2 * 3600),
+        stale_while_waiting: false,
         done_retention: Duration::from_secs(7 * 86_400),
         max_attempts: 3,
     };

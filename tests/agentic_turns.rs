@@ -245,3 +245,118 @@ fn a_refusal_at_step_3_swaps_and_the_task_finishes_on_the_other_account_with_eve
         assert_eq!(answered, 1, "step {k} answered once: {mine:#?}");
     }
 }
+
+/// Adds a hook command of the user's to every account's settings.json,
+/// beside ours, as `setup` keeps them.
+fn add_user_hook(w: &World, event: &str, command: &str) {
+    for account in ["alpha", "beta"] {
+        let path = w.sb.account(account).unwrap().home.join("settings.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["hooks"][event]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("no {event} hooks in settings.json"))
+            .push(serde_json::json!({"hooks": [{"type": "command", "command": command}]}));
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+}
+
+/// Must-show 3: a step that needs a permission (in `acceptEdits` mode the
+/// steps' file writes run, a network command asks). The session is
+/// `waiting` within 2 s of the `Notification` hook (timed by a user's own
+/// hook beside ours), the operator is told once, nothing is typed into it
+/// while it waits (the prompt stays up, no further step is asked for), and
+/// once a person answers the task goes on and is done with every step.
+#[test]
+fn a_permission_prompt_is_waiting_notified_once_never_typed_into_and_the_task_goes_on() {
+    let (hook, got) = support::receiver();
+    let Some(mut w) = World::new("ag-ask", |spec| {
+        spec.pools[0].min = 1;
+        spec.pools[0].max = 1;
+        spec.claude_args = vec!["--permission-mode".into(), "acceptEdits".into()];
+    }) else {
+        return;
+    };
+    let config = std::fs::read_to_string(&w.sb.config_path).unwrap().replace(
+        "http:\n",
+        &format!("notify:\n  webhook: {{ url: \"{hook}/events\" }}\nhttp:\n"),
+    );
+    std::fs::write(&w.sb.config_path, config).unwrap();
+    let stamps = w.h.path().join("notification-times");
+    add_user_hook(
+        &w,
+        "Notification",
+        &format!("date +%s%N >> {}", stamps.display()),
+    );
+    let project = w.sb.project_dirs[0].1.clone();
+    w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    enqueue(
+        &project,
+        "needs-a-person",
+        "Record each step.\n\nSTANDIN-SCRIPT steps=3 file=out-ask.txt ask_at=2\n",
+    );
+    let waiting_at = wait_for(UP, "ccl-auto-11 to be waiting", || {
+        w.session("ccl-auto-11")
+            .filter(|s| s["state"] == "waiting")
+            .map(|_| SystemTime::now())
+    });
+    let fired = wait_for(
+        Duration::from_secs(10),
+        "the Notification hook's time",
+        || {
+            let text = std::fs::read_to_string(&stamps).ok()?;
+            let ns: u64 = text.lines().next()?.trim().parse().ok()?;
+            Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns))
+        },
+    );
+    let late = waiting_at.duration_since(fired).unwrap_or_default();
+    assert!(
+        late <= Duration::from_secs(2),
+        "waiting {late:?} after the Notification"
+    );
+    let screen = w.h.tmux.capture_pane("ccl-auto-11", 0).unwrap();
+    assert!(screen.contains("Do you want to proceed?"), "{screen}");
+    // Nothing typed into it: after a while the prompt is still up, the
+    // session still waits, and the stand-in was asked for no further step.
+    std::thread::sleep(Duration::from_secs(5));
+    let screen = w.h.tmux.capture_pane("ccl-auto-11", 0).unwrap();
+    assert!(screen.contains("Do you want to proceed?"), "{screen}");
+    assert_eq!(w.session("ccl-auto-11").unwrap()["state"], "waiting");
+    let asked: Vec<Option<u32>> = w
+        .api
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.script
+                .as_deref()
+                .is_some_and(|s| s.contains("out-ask.txt"))
+        })
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(asked, vec![Some(1), Some(2)], "no step past the prompt");
+    let notes = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, body)| body.contains("\"kind\":\"session_waiting\""))
+        .count();
+    assert_eq!(
+        notes,
+        1,
+        "one session_waiting note: {:?}",
+        got.lock().unwrap()
+    );
+    // A person answers (Yes): the task goes on.
+    w.h.tmux.send_key("ccl-auto-11", "Enter").unwrap();
+    wait_done(&project, "needs-a-person", Duration::from_secs(120));
+    assert_eq!(lines(&project.join("out-ask.txt")), steps(3));
+    assert_done_once(&project, "needs-a-person");
+    let notes = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, body)| body.contains("\"kind\":\"session_waiting\""))
+        .count();
+    assert_eq!(notes, 1, "still one session_waiting note");
+}

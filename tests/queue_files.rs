@@ -77,6 +77,7 @@ fn janitor_cfg() -> JanitorConfig {
     JanitorConfig {
         interval: Duration::from_secs(300),
         stale_task_after: Duration::from_secs(2 * 3600),
+        stale_while_waiting: false,
         done_retention: Duration::from_secs(7 * 86_400),
         max_attempts: 3,
     }

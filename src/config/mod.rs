@@ -156,6 +156,10 @@ pub struct CheckpointConfig {
 pub struct JanitorConfig {
     pub interval: Duration,
     pub stale_task_after: Duration,
+    /// Whether a session waiting for a person (a permission prompt) counts
+    /// towards `stale_task_after`; off by default, since a person may take
+    /// hours and the work is not lost meanwhile.
+    pub stale_while_waiting: bool,
     pub done_retention: Duration,
     pub max_attempts: u32,
 }

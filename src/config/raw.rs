@@ -108,6 +108,7 @@ pub(super) struct RawCheckpoint {
 pub(super) struct RawJanitor {
     pub(super) interval: Option<String>,
     pub(super) stale_task_after: Option<String>,
+    pub(super) stale_while_waiting: Option<bool>,
     pub(super) done_retention: Option<String>,
     pub(super) max_attempts: Option<i64>,
 }

@@ -745,6 +745,7 @@ impl Check<'_> {
         Ok(JanitorConfig {
             interval,
             stale_task_after,
+            stale_while_waiting: raw.stale_while_waiting.unwrap_or(false),
             done_retention,
             max_attempts: u32::try_from(max_attempts).map_err(|_| self.err(key, "out of range"))?,
         })

@@ -794,6 +794,7 @@ impl Desk {
     fn check_assignments(&mut self) {
         let rules = assignment::Rules {
             stale_after: self.config.janitor.stale_task_after,
+            stale_while_waiting: self.config.janitor.stale_while_waiting,
             unpaused_at: self.unpaused_at,
         };
         let names: Vec<String> = self.assigned.keys().cloned().collect();

@@ -76,13 +76,15 @@ pub enum Kind {
     NoAccount,
     NeedsLogin,
     SessionFailedToStart,
+    /// A session waits for a person: Claude Code asks a permission.
+    SessionWaiting,
     TaskFailed,
     ReloadRefused,
     SharedFoldersDiverged,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::SwapStarted,
         Kind::SwapDone,
         Kind::SwapFailed,
@@ -91,6 +93,7 @@ impl Kind {
         Kind::NoAccount,
         Kind::NeedsLogin,
         Kind::SessionFailedToStart,
+        Kind::SessionWaiting,
         Kind::TaskFailed,
         Kind::ReloadRefused,
         Kind::SharedFoldersDiverged,
@@ -100,7 +103,7 @@ impl Kind {
     pub fn default_level(self) -> Level {
         match self {
             Kind::SwapStarted | Kind::SwapDone => Level::Info,
-            Kind::SwapRolledBack | Kind::TaskFailed => Level::Warn,
+            Kind::SwapRolledBack | Kind::TaskFailed | Kind::SessionWaiting => Level::Warn,
             Kind::SwapFailed
             | Kind::SwapPartial
             | Kind::NoAccount
@@ -137,6 +140,7 @@ impl Kind {
             Kind::NoAccount => "no_account",
             Kind::NeedsLogin => "needs_login",
             Kind::SessionFailedToStart => "session_failed_to_start",
+            Kind::SessionWaiting => "session_waiting",
             Kind::TaskFailed => "task_failed",
             Kind::ReloadRefused => "reload_refused",
             Kind::SharedFoldersDiverged => "shared_folders_diverged",

@@ -29,8 +29,21 @@ impl Daemon {
             }
             exits |= ev.hook.event == HookEvent::SessionEnd;
             self.forward_quota_signal(&ev);
+            let name = ev.session.clone().unwrap_or_default();
+            let was = self.book.get(&name).map(|r| r.state);
             if session::apply_hook(&mut self.book, &ev) {
-                log::debug!("{}: {hook}", ev.session.as_deref().unwrap_or("?"));
+                log::debug!("{name}: {hook}");
+            }
+            if was != Some(State::Waiting)
+                && self.book.get(&name).map(|r| r.state) == Some(State::Waiting)
+            {
+                // Once per prompt: it stays `waiting` until the turn ends.
+                log::warn!("{name}: Claude Code asks a person for a permission; nothing is typed into it while it waits");
+                self.notify.send(crate::daemon::notifier::Note::new(
+                    crate::daemon::notifier::Kind::SessionWaiting,
+                    format!("{name} waits for a person: Claude Code asks a permission (nothing is typed into it)"),
+                    serde_json::json!({"session": name}),
+                ));
             }
             if matches!(ev.hook.event, HookEvent::SessionStart { .. }) {
                 let under = ev.session.clone().zip(

@@ -424,6 +424,9 @@ pub struct SessionSeen {
 pub struct Rules {
     /// `janitor.stale_task_after`.
     pub stale_after: Duration,
+    /// `janitor.stale_while_waiting`: a session on a permission prompt
+    /// counts towards it.
+    pub stale_while_waiting: bool,
     /// When dispatch last resumed after a pause.
     pub unpaused_at: Option<Instant>,
 }
@@ -509,6 +512,9 @@ pub fn on_deadline(a: &mut Assignment, seen: &SessionSeen, rules: Rules, ctx: Ct
             "session {name} ended while working on it"
         )))],
         Phase::Finishing { .. } => vec![Effect::CheckFinishing],
+        // A person is asked (a permission prompt): the wait is theirs, not a
+        // hang, unless the operator said otherwise.
+        Phase::Running if state == Some(State::Waiting) && !rules.stale_while_waiting => Vec::new(),
         Phase::Running if !ctx.paused => {
             // A task has a deadline judged by the session's signs of life:
             // its events and its transcript. A session that shows none for
@@ -546,8 +552,10 @@ pub fn on_deadline(a: &mut Assignment, seen: &SessionSeen, rules: Rules, ctx: Ct
         } => {
             let waited = age(*since);
             let deadline = submit_deadline(text);
-            // A swap under way owns the sessions: no Enter, no give-up.
-            if waited <= deadline || ctx.paused {
+            // A swap under way owns the sessions: no Enter, no give-up. A
+            // session waiting for a person gets no key either (an Enter
+            // would answer its prompt).
+            if waited <= deadline || ctx.paused || state == Some(State::Waiting) {
                 return Vec::new();
             }
             if !*retried {

@@ -34,6 +34,9 @@ pub struct Script {
     pub delay: Duration,
     pub refuse_at: Option<u32>,
     pub overload_at: Option<u32>,
+    /// The step whose command needs a person's permission (Claude Code
+    /// shows its prompt and fires `Notification` `permission_prompt`).
+    pub ask_at: Option<u32>,
 }
 
 /// Where a request stands in its script.
@@ -72,6 +75,7 @@ pub fn parse_script(text: &str) -> Option<(Script, String)> {
         delay: Duration::ZERO,
         refuse_at: None,
         overload_at: None,
+        ask_at: None,
     };
     for word in line[SCRIPT_MARK.len()..].split_whitespace() {
         let Some((k, v)) = word.split_once('=') else {
@@ -90,6 +94,7 @@ pub fn parse_script(text: &str) -> Option<(Script, String)> {
             "delay_ms" => script.delay = Duration::from_millis(v.parse().unwrap_or(0)),
             "refuse_at" => script.refuse_at = v.parse().ok(),
             "overload_at" => script.overload_at = v.parse().ok(),
+            "ask_at" => script.ask_at = v.parse().ok(),
             _ => {}
         }
     }
@@ -174,7 +179,16 @@ pub fn progress(request: &Value) -> Option<Progress> {
 
 /// The Bash command of step `k`.
 pub fn step_command(script: &Script, k: u32) -> String {
+    if script.ask_at == Some(k) {
+        return format!("echo step-{k} >> {} && {}", script.file, asking_command());
+    }
     format!("echo step-{k} >> {}", script.file)
+}
+
+/// A command Claude Code asks a person about before it runs
+/// (`$STANDIN_ASK` overrides it, to probe another).
+pub fn asking_command() -> String {
+    std::env::var("STANDIN_ASK").unwrap_or_else(|_| "curl -s http://127.0.0.1:9/ || true".into())
 }
 
 #[cfg(test)]
@@ -200,6 +214,7 @@ mod tests {
                 delay: Duration::from_millis(250),
                 refuse_at: Some(3),
                 overload_at: None,
+                ask_at: None,
             }
         );
         assert!(key.starts_with(SCRIPT_MARK));

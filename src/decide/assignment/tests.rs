@@ -506,6 +506,7 @@ fn a_swap_interrupts_running_and_typing_tasks_only() {
 fn rules() -> Rules {
     Rules {
         stale_after: secs(600),
+        stale_while_waiting: false,
         unpaused_at: None,
     }
 }
@@ -891,4 +892,35 @@ fn tasks_found_active_at_start_are_adopted_by_what_their_marker_proves() {
     // Not confirmed and unreadable: back to the inbox.
     assert_eq!(adopted(false, false, "alpha", None, t0), None);
     assert_eq!(adopted(true, false, "alpha", None, t0), None);
+}
+
+#[test]
+fn a_session_waiting_for_a_person_is_not_stale_unless_the_operator_says_so() {
+    let t0 = Instant::now();
+    let mut waiting = alive(State::Waiting);
+    waiting.transcript_quiet = Some(secs(3600));
+    waiting.events_quiet = Some(secs(3600));
+    let mut a = task(Phase::Running, t0);
+    assert!(on_deadline(&mut a, &waiting, rules(), ctx(t0 + secs(3600))).is_empty());
+    let strict = Rules {
+        stale_while_waiting: true,
+        ..rules()
+    };
+    assert_eq!(
+        said(&on_deadline(&mut a, &waiting, strict, ctx(t0 + secs(3600)))),
+        [format!(
+            "relaunch: session {S} showed no sign of life for 3600s"
+        )]
+    );
+}
+
+#[test]
+fn a_session_waiting_for_a_person_is_never_pressed_enter() {
+    let t0 = Instant::now();
+    for retried in [false, true] {
+        let mut a = task(typing(t0, retried), t0);
+        let late = ctx(t0 + secs(3600));
+        assert!(on_deadline(&mut a, &alive(State::Waiting), rules(), late).is_empty());
+        assert_eq!(a.phase, typing(t0, retried));
+    }
 }
