@@ -360,3 +360,83 @@ fn a_permission_prompt_is_waiting_notified_once_never_typed_into_and_the_task_go
         .count();
     assert_eq!(notes, 1, "still one session_waiting note");
 }
+
+/// Must-show 6 of issue 14: hooks removed from settings while a session
+/// works (Claude Code 2.1.329 re-reads them: its turn goes on, no hook
+/// fires). The session is reported `hooks_silent` in `/status`, `/healthz`
+/// answers 503 naming it, and one notification says so, within the
+/// configured time (3 s here) plus a tick.
+#[test]
+fn a_session_whose_hooks_are_removed_while_it_works_is_reported_hooks_silent() {
+    let (hook, got) = support::receiver();
+    let Some(mut w) = World::new("ag-silent", |spec| {
+        spec.pools[0].min = 1;
+        spec.pools[0].max = 1;
+        spec.extra_yaml
+            .push_str("lifecycle:\n  interval: 1s\n  hooks_silent_after: 3s\n");
+    }) else {
+        return;
+    };
+    let config = std::fs::read_to_string(&w.sb.config_path).unwrap().replace(
+        "http:\n",
+        &format!("notify:\n  webhook: {{ url: \"{hook}/events\" }}\nhttp:\n"),
+    );
+    assert!(config.contains("hooks_silent_after: 3s"), "{config}");
+    std::fs::write(&w.sb.config_path, config).unwrap();
+    let project = w.sb.project_dirs[0].1.clone();
+    w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    enqueue(
+        &project,
+        "long-turn",
+        "Record each step.\n\nSTANDIN-SCRIPT steps=40 file=out-long.txt delay_ms=400\n",
+    );
+    w.wait_state("ccl-auto-11", "working", UP);
+    // Working with its hooks heard: every tool call's PostToolUse keeps it
+    // from looking silent, though the turn is longer than 3 s.
+    wait_for(Duration::from_secs(30), "a few steps done", || {
+        (lines(&project.join("out-long.txt")).len() >= 8).then_some(())
+    });
+    assert_eq!(w.session("ccl-auto-11").unwrap()["hooks_silent"], false);
+    for account in ["alpha", "beta"] {
+        let path = w.sb.account(account).unwrap().home.join("settings.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("hooks");
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+    let removed = std::time::Instant::now();
+    let s = wait_for(Duration::from_secs(30), "hooks_silent in /status", || {
+        w.session("ccl-auto-11")
+            .filter(|s| s["hooks_silent"] == true)
+    });
+    let took = removed.elapsed();
+    // 3 s of silence, then the next tick (1 s here) and a margin for load.
+    assert!(
+        took <= Duration::from_secs(10),
+        "reported after {took:?}: {s}"
+    );
+    let health = ureq::get(&format!("http://{}/healthz", w.sb.http_listen)).call();
+    let (code, body) = match health {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("/healthz: {e}"),
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("ccl-auto-11: hooks silent"), "{body}");
+    wait_for(Duration::from_secs(10), "the hooks_silent note", || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, b)| b.contains("\"kind\":\"hooks_silent\""))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let notes = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| b.contains("\"kind\":\"hooks_silent\""))
+        .count();
+    assert_eq!(notes, 1, "one hooks_silent note");
+}

@@ -126,9 +126,9 @@ fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
         session: std::env::var(facts::ENV_SESSION).ok(),
         config_dir: std::env::var(facts::ENV_CONFIG_DIR).ok(),
         recorded_at_ms: now_ms(),
-        payload: serde_json::from_slice(raw).unwrap_or_else(|_| {
+        payload: slim(serde_json::from_slice(raw).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(raw).into_owned())
-        }),
+        })),
         verified: false,
         hook: Default::default(),
     };
@@ -140,6 +140,26 @@ fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
         // waits for the next start, which replays it.
         Err(_) => write_event(&state_dir, &event),
     }
+}
+
+/// A `PostToolUse` payload carries the tool's whole input and output, on
+/// every tool call: only what the daemon reads is kept (which hook, which
+/// conversation, which tool).
+fn slim(payload: serde_json::Value) -> serde_json::Value {
+    if payload.get("hook_event_name").and_then(|v| v.as_str()) != Some("PostToolUse") {
+        return payload;
+    }
+    let keep = [
+        "hook_event_name",
+        "session_id",
+        "transcript_path",
+        "tool_name",
+    ];
+    serde_json::Value::Object(
+        keep.iter()
+            .filter_map(|k| payload.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect(),
+    )
 }
 
 /// Hands one event (a JSON line) to the daemon and waits for its `ok`.

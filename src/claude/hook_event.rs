@@ -24,6 +24,10 @@ pub enum HookEvent {
     SessionStart {
         source: StartSource,
     },
+    /// A tool call of the turn ended (`tool_name`).
+    PostToolUse {
+        tool: String,
+    },
     /// A prompt was submitted (a long paste arrives wrapped in
     /// `<pasted_content>`; `claude::facts::same_prompt` sees through that).
     UserPromptSubmit {
@@ -81,6 +85,7 @@ impl HookEvent {
         match self {
             HookEvent::SessionStart { .. } => "SessionStart",
             HookEvent::UserPromptSubmit { .. } => "UserPromptSubmit",
+            HookEvent::PostToolUse { .. } => "PostToolUse",
             HookEvent::Stop { .. } => "Stop",
             HookEvent::StopFailure { .. } => "StopFailure",
             HookEvent::Notification { .. } => "Notification",
@@ -117,6 +122,9 @@ pub fn parse(kind: &str, payload: &serde_json::Value) -> Hook {
             },
             "UserPromptSubmit" => HookEvent::UserPromptSubmit {
                 prompt: s("prompt").unwrap_or("").to_string(),
+            },
+            "PostToolUse" => HookEvent::PostToolUse {
+                tool: s("tool_name").unwrap_or("").to_string(),
             },
             "Stop" => HookEvent::Stop {
                 answer: s("last_assistant_message").map(String::from),

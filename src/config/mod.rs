@@ -136,6 +136,9 @@ pub struct ProjectConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleConfig {
     pub interval: Duration,
+    /// A session whose transcript shows work this long after its last hook
+    /// is reported `hooks_silent` (the silent-hook canary).
+    pub hooks_silent_after: Duration,
     /// Never empty.
     pub restart_backoff: Vec<Duration>,
 }

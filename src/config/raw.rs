@@ -86,6 +86,7 @@ pub(super) struct RawProject {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLifecycle {
     pub(super) interval: Option<String>,
+    pub(super) hooks_silent_after: Option<String>,
     pub(super) restart_backoff: Option<Vec<String>>,
 }
 

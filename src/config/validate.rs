@@ -681,8 +681,15 @@ impl Check<'_> {
                 out
             }
         };
+        let hooks_silent_after = self.duration_at_least(
+            "lifecycle.hooks_silent_after",
+            raw.hooks_silent_after.as_deref(),
+            secs(10 * MINUTE),
+            MIN_INTERVAL,
+        )?;
         Ok(LifecycleConfig {
             interval,
+            hooks_silent_after,
             restart_backoff,
         })
     }

@@ -138,6 +138,8 @@ struct Daemon {
     counters: Arc<crate::daemon::metrics::Counters>,
     /// SIGTERM came during a swap: stop once it ends, or at this deadline.
     stop_after_swap: Option<std::time::Instant>,
+    /// Sessions whose hooks went silent while they work, and for how long (ms).
+    hooks_silent: std::collections::BTreeMap<String, u64>,
 }
 
 /// Runs the daemon in the foreground; returns the exit status.
@@ -288,6 +290,7 @@ impl Daemon {
             }
             Event::Tick => {
                 self.check_shared_folders();
+                self.check_hooks_heard();
                 let _ = self.watcher.send(session_watcher::Command::Observe);
             }
             Event::Watchdog => self.sd.watchdog(),

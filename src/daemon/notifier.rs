@@ -78,13 +78,15 @@ pub enum Kind {
     SessionFailedToStart,
     /// A session waits for a person: Claude Code asks a permission.
     SessionWaiting,
+    /// A session works while none of its hooks reaches the daemon.
+    HooksSilent,
     TaskFailed,
     ReloadRefused,
     SharedFoldersDiverged,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::SwapStarted,
         Kind::SwapDone,
         Kind::SwapFailed,
@@ -94,6 +96,7 @@ impl Kind {
         Kind::NeedsLogin,
         Kind::SessionFailedToStart,
         Kind::SessionWaiting,
+        Kind::HooksSilent,
         Kind::TaskFailed,
         Kind::ReloadRefused,
         Kind::SharedFoldersDiverged,
@@ -109,6 +112,7 @@ impl Kind {
             | Kind::NoAccount
             | Kind::NeedsLogin
             | Kind::SessionFailedToStart
+            | Kind::HooksSilent
             | Kind::ReloadRefused
             | Kind::SharedFoldersDiverged => Level::Error,
         }
@@ -141,6 +145,7 @@ impl Kind {
             Kind::NeedsLogin => "needs_login",
             Kind::SessionFailedToStart => "session_failed_to_start",
             Kind::SessionWaiting => "session_waiting",
+            Kind::HooksSilent => "hooks_silent",
             Kind::TaskFailed => "task_failed",
             Kind::ReloadRefused => "reload_refused",
             Kind::SharedFoldersDiverged => "shared_folders_diverged",

@@ -170,4 +170,44 @@ impl Daemon {
             }
         }
     }
+
+    /// The silent-hook canary, every tick: a session whose transcript shows
+    /// work long after its last hook is reported (status, `/healthz`, one
+    /// notification) until a hook is heard again.
+    pub(super) fn check_hooks_heard(&mut self) {
+        let now = now_ms();
+        let after = self.config.lifecycle.hooks_silent_after.as_millis() as u64;
+        let mut silent = std::collections::BTreeMap::new();
+        for (name, r) in &self.book {
+            let changed = self
+                .config
+                .transcript_of(r.account.as_deref(), &r.cwd, r.claude_session_id.as_deref())
+                .and_then(|p| std::fs::metadata(p).ok()?.modified().ok())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64);
+            if let Some(for_ms) = session::hooks_silent(r, changed, now, after) {
+                silent.insert(name.clone(), for_ms);
+            }
+        }
+        for (name, for_ms) in &silent {
+            if !self.hooks_silent.contains_key(name) {
+                let why = format!(
+                    "{name}: no hook for {}s while its transcript shows work; its hooks are removed, disabled or silenced (a limit that fires none looks healthy otherwise)",
+                    for_ms / 1000
+                );
+                log::error!("{why}");
+                self.notify.send(crate::daemon::notifier::Note::new(
+                    crate::daemon::notifier::Kind::HooksSilent,
+                    why,
+                    serde_json::json!({"session": name}),
+                ));
+            }
+        }
+        for name in self.hooks_silent.keys() {
+            if !silent.contains_key(name) {
+                log::info!("{name}: its hooks are heard again");
+            }
+        }
+        self.hooks_silent = silent;
+    }
 }

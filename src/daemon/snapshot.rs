@@ -23,6 +23,12 @@ impl Daemon {
 
     pub(super) fn publish(&self) {
         let mut health = Vec::new();
+        for (name, silent_ms) in &self.hooks_silent {
+            health.push(format!(
+                "{name}: hooks silent for {}s while its transcript shows work (removed, disabled, or a limit that fires none)",
+                silent_ms / 1000
+            ));
+        }
         if let Some(e) = &self.observe_error {
             health.push(format!("tmux unreachable: {e}"));
         }
@@ -102,6 +108,7 @@ impl Daemon {
                 restarts: r.restarts,
                 last_error: r.last_error.clone(),
                 pane_pid: r.pane_pid,
+                hooks_silent: self.hooks_silent.contains_key(name),
             })
             .collect();
         status::publish(

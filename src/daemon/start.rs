@@ -193,6 +193,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         notify: notifier.handle(),
         counters: counters.clone(),
         stop_after_swap: None,
+        hooks_silent: Default::default(),
         config,
     };
     let roles = Roles {

@@ -51,6 +51,9 @@ pub struct SessionStatus {
     pub restarts: u32,
     pub last_error: Option<String>,
     pub pane_pid: Option<u32>,
+    /// The silent-hook canary: its transcript shows work while none of its
+    /// hooks reached the daemon for `lifecycle.hooks_silent_after`.
+    pub hooks_silent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]

@@ -90,6 +90,10 @@ pub struct Record {
     pub retry_at_ms: Option<u64>,
     pub last_error: Option<String>,
     pub pane_pid: Option<u32>,
+    /// Wall-clock ms of the last hook event it sent (any hook; the status
+    /// line is not one): for the silent-hook canary.
+    #[serde(default)]
+    pub last_hook_ms: Option<u64>,
 }
 
 impl Record {
@@ -432,6 +436,10 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
     // before a relaunch) must not move today's state.
     let other_conversation =
         matches!((session_id, &r.claude_session_id), (Some(a), Some(b)) if a != b);
+    if event.hook.event != HookEvent::Statusline {
+        // Whatever it says, a hook reached us.
+        r.last_hook_ms = Some(r.last_hook_ms.unwrap_or(0).max(at));
+    }
     match &event.hook.event {
         HookEvent::SessionStart { .. } => {
             if let Some(id) = session_id {
@@ -444,6 +452,12 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         }
         _ if other_conversation => return false,
         HookEvent::UserPromptSubmit { .. } => r.set_state(State::Working, at),
+        // A tool ran: a permission asked for was given. (Never from idle: a
+        // tool call's event may arrive after its turn's Stop.)
+        HookEvent::PostToolUse { .. } if r.state == State::Waiting => {
+            r.set_state(State::Working, at)
+        }
+        HookEvent::PostToolUse { .. } => {}
         HookEvent::Stop { .. } => r.set_state(State::Idle, at),
         HookEvent::StopFailure { error, message } => {
             r.last_error = Some(
@@ -470,6 +484,23 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         HookEvent::Statusline | HookEvent::Other(_) => return false,
     }
     true
+}
+
+/// The silent-hook canary: a session whose transcript shows work at least
+/// `after_ms` past the last hook it sent (or its launch) has hooks that do
+/// not reach us (removed, disabled, or a limit that fires none). Claude Code
+/// sends `PostToolUse` after every tool call, so a turn at work is never
+/// silent that long by itself. Returns for how long it has been silent.
+pub fn hooks_silent(
+    r: &Record,
+    transcript_changed_ms: Option<u64>,
+    now_ms: u64,
+    after_ms: u64,
+) -> Option<u64> {
+    let last = r.last_hook_ms.or(r.launched_at_ms)?;
+    let changed = transcript_changed_ms?;
+    (changed >= last.saturating_add(after_ms) && now_ms >= changed)
+        .then(|| now_ms.saturating_sub(last))
 }
 
 #[cfg(test)]
@@ -900,5 +931,59 @@ mod tests {
         assert_eq!(adopted, vec!["ccl-auto-13".to_string()]);
         assert_eq!(book["ccl-auto-13"].state, State::Idle);
         assert_eq!(book["ccl-auto-13"].pane_pid, Some(7));
+    }
+
+    #[test]
+    fn hooks_are_silent_when_the_transcript_shows_work_long_after_the_last_hook() {
+        let after = 10_000;
+        let r = Record {
+            launched_at_ms: Some(1_000),
+            last_hook_ms: Some(50_000),
+            ..Record::default()
+        };
+        // Work right after a hook, or none: not silent.
+        assert_eq!(hooks_silent(&r, Some(55_000), 56_000, after), None);
+        assert_eq!(hooks_silent(&r, None, 90_000, after), None);
+        assert_eq!(hooks_silent(&r, Some(40_000), 90_000, after), None);
+        // Work 10 s past the last hook and still no hook: silent, for as long.
+        assert_eq!(hooks_silent(&r, Some(60_000), 61_000, after), Some(11_000));
+        // Never a hook since the launch: measured from the launch.
+        let r = Record {
+            launched_at_ms: Some(1_000),
+            ..Record::default()
+        };
+        assert_eq!(hooks_silent(&r, Some(20_000), 20_000, after), Some(19_000));
+    }
+
+    #[test]
+    fn any_hook_but_the_status_line_is_heard_and_a_tool_call_ends_a_wait() {
+        let mut book = Book::new();
+        book.insert(
+            "ccl-0".into(),
+            Record {
+                state: State::Waiting,
+                claude_session_id: Some("new".into()),
+                ..Record::default()
+            },
+        );
+        assert!(apply_hook(
+            &mut book,
+            &hook(
+                "ccl-0",
+                json!({"hook_event_name": "PostToolUse", "session_id": "new", "tool_name": "Bash"}),
+            )
+        ));
+        assert_eq!(book["ccl-0"].state, State::Working);
+        assert_eq!(book["ccl-0"].last_hook_ms, Some(5));
+        // A late tool call's event after the turn's Stop leaves it idle.
+        book.get_mut("ccl-0").unwrap().state = State::Idle;
+        apply_hook(
+            &mut book,
+            &hook(
+                "ccl-0",
+                json!({"hook_event_name": "PostToolUse", "session_id": "new"}),
+            ),
+        );
+        assert_eq!(book["ccl-0"].state, State::Idle);
     }
 }
