@@ -238,3 +238,45 @@ fn config_path_comes_from_the_environment() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn warns_about_settings_known_to_silence_hooks_and_an_untested_claude_version() {
+    let h = Harness::new("check-silencers");
+    let sb = prepared(&h);
+    let settings = sb.account("beta").unwrap().home.join("settings.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&settings).unwrap()).unwrap();
+    v["disableAllHooks"] = true.into();
+    std::fs::write(&settings, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let (code, text) = check(&sb);
+    assert_eq!(code, 1, "{text}");
+    let line = only_failure(&text);
+    assert!(
+        line.contains("hook silencers")
+            && line.contains("disableAllHooks: true")
+            && line.contains(&settings.display().to_string()),
+        "{line}"
+    );
+    // A Claude Code the suite never passed on is named, not refused.
+    let other = h.path().join("other-claude");
+    std::fs::write(&other, "#!/bin/sh\necho '9.9.9 (Claude Code)'\n").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(&sb.config_path).unwrap();
+    let binary_line = config
+        .lines()
+        .find(|l| l.trim_start().starts_with("binary:"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &sb.config_path,
+        config.replace(&binary_line, &format!("  binary: {}", other.display())),
+    )
+    .unwrap();
+    let (_, text) = check(&sb);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok   claude binary: 9.9.9")
+                && l.contains("warning: the end-to-end suite passed on 2.1.329 only")),
+        "{text}"
+    );
+}

@@ -7,6 +7,17 @@
 
 /// The Claude Code release the tests and these facts are pinned to.
 pub const PINNED_VERSION: &str = "2.1.329";
+
+/// The Claude Code versions the end-to-end suite passed on; `check` warns
+/// about any other.
+pub const TESTED_VERSIONS: [&str; 1] = [PINNED_VERSION];
+
+/// Settings reported to silence the hook path, so that a limit fires no
+/// hook and a session looks healthy (claude-code-facts §10): environment
+/// variables (in `claude.env` or a settings file's `env`), and a settings
+/// key.
+pub const HOOK_SILENCING_ENV: [&str; 1] = ["CLAUDE_CODE_RETRY_WATCHDOG"];
+pub const SETTINGS_DISABLE_ALL_HOOKS: &str = "disableAllHooks";
 /// The npm package that ships it.
 pub const NPM_PACKAGE: &str = "@anthropic-ai/claude-code";
 

@@ -128,7 +128,56 @@ pub fn run_checks(config: &Config, now: SystemTime) -> Vec<CheckLine> {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
     lines.extend(crate::commands::setup::hooks_installed(config, &binary));
+    lines.extend(check_hook_silencers(config));
     lines
+}
+
+/// Settings known to silence hooks: a session then looks healthy while
+/// nothing reaches the daemon (a refusal included).
+pub fn check_hook_silencers(config: &Config) -> Vec<CheckLine> {
+    let mut found = Vec::new();
+    for name in facts::HOOK_SILENCING_ENV {
+        if config.claude.env.contains_key(name) {
+            found.push(format!("claude.env sets {name}"));
+        }
+    }
+    for account in &config.accounts {
+        let path = account.home.join(facts::SETTINGS_JSON);
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if v.get(facts::SETTINGS_DISABLE_ALL_HOOKS) == Some(&serde_json::Value::Bool(true)) {
+            found.push(format!(
+                "{} sets {}: true",
+                path.display(),
+                facts::SETTINGS_DISABLE_ALL_HOOKS
+            ));
+        }
+        for name in facts::HOOK_SILENCING_ENV {
+            if v.get("env").and_then(|e| e.get(name)).is_some() {
+                found.push(format!("{} sets env.{name}", path.display()));
+            }
+        }
+    }
+    if found.is_empty() {
+        return vec![CheckLine::pass(
+            "hook silencers",
+            "none of the settings known to silence hooks",
+        )];
+    }
+    found
+        .into_iter()
+        .map(|f| {
+            CheckLine::fail(
+                "hook silencers",
+                format!("{f}: hooks may not fire, and a limit would look healthy"),
+                "remove it; the daemon learns of turns, limits and prompts from the hooks",
+            )
+        })
+        .collect()
 }
 
 /// `tmux -V`: present and answering.
@@ -169,7 +218,19 @@ pub fn check_claude_binary(config: &Config) -> CheckLine {
     }
     match process::run(&mut cmd, None, PROBE_DEADLINE) {
         Ok(f) if f.success() => {
-            CheckLine::pass(subject, format!("{} ({})", f.stdout.trim(), path.display()))
+            let version = f.stdout.split_whitespace().next().unwrap_or("");
+            let untested = if facts::TESTED_VERSIONS.contains(&version) {
+                String::new()
+            } else {
+                format!(
+                    "; warning: the end-to-end suite passed on {} only",
+                    facts::TESTED_VERSIONS.join(", ")
+                )
+            };
+            CheckLine::pass(
+                subject,
+                format!("{} ({}){untested}", f.stdout.trim(), path.display()),
+            )
         }
         Ok(f) => CheckLine::fail(
             subject,
