@@ -1,8 +1,16 @@
 # Shared by the scripts: install what the project needs on a fresh machine.
 # Sourced, not run.
 
-CLAUDE_VERSION=2.1.329
-CLAUDE_CACHE=.cache/claude-code
+# The pinned Claude Code (src/claude/facts.rs PINNED_VERSION says the same).
+# `CLAUDE_VERSION=2.1.332 scripts/test.sh` runs the suite on another one,
+# installed beside it in .cache/claude-code-<version>.
+PINNED_CLAUDE_VERSION=2.1.329
+CLAUDE_VERSION=${CLAUDE_VERSION:-$PINNED_CLAUDE_VERSION}
+if [ "$CLAUDE_VERSION" = "$PINNED_CLAUDE_VERSION" ]; then
+    CLAUDE_CACHE=.cache/claude-code
+else
+    CLAUDE_CACHE=.cache/claude-code-$CLAUDE_VERSION
+fi
 CLAUDE_BIN=$CLAUDE_CACHE/node_modules/@anthropic-ai/claude-code-linux-x64/claude
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

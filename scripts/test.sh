@@ -5,6 +5,7 @@
 #
 #   scripts/test.sh                     # everything
 #   scripts/test.sh --test e2e_claude   # extra arguments go to `cargo test`
+#   CLAUDE_VERSION=2.1.332 scripts/test.sh   # on another Claude Code (drift)
 #
 # `--workspace`: the testkit crate's own tests (the stand-in's, the demo's)
 # run too, and cargo builds every binary, the product's and the demo's,
