@@ -391,6 +391,14 @@ fn a_refusal_with_no_account_left_continues_by_itself_when_the_account_recovers(
     let _pid = w.start_daemon(&[]);
     w.wait_state("ccl-auto-11", "idle", UP);
     let project = w.sb.project_dirs[0].1.clone();
+    // The task's own request is what learns of alpha's refusal: the usage
+    // endpoint says nothing about alpha meanwhile (429), or a poll could see
+    // the 100 % first and swap before the prompt is typed (seen under load:
+    // the task then went back to the inbox, untyped, and this test would not
+    // test a refusal at all).
+    w.api
+        .set_usage_mode("alpha", testkit::standin::UsageMode::RateLimited)
+        .unwrap();
     w.api.exhaust("alpha").unwrap();
     let text = "refused task: say the word recovered";
     enqueue(&project, "refused", text);
@@ -405,8 +413,12 @@ fn a_refusal_with_no_account_left_continues_by_itself_when_the_account_recovers(
     );
     assert!(q(&project, "active").join("refused.md").is_file());
     w.api.reset("alpha").unwrap();
+    w.api
+        .set_usage_mode("alpha", testkit::standin::UsageMode::Normal)
+        .unwrap();
+    // The monitor polls alpha again after the endpoint's Retry-After (60 s).
     assert_eq!(
-        wait_ended(&project, "refused", Duration::from_secs(120)),
+        wait_ended(&project, "refused", Duration::from_secs(180)),
         "done"
     );
     assert_once(&project, "refused", "done");
