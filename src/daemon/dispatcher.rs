@@ -49,6 +49,8 @@ pub struct SessionView {
     pub cwd: PathBuf,
     pub account: Option<String>,
     pub claude_session_id: Option<String>,
+    /// The tool of its last tool call (its checkpoint records it).
+    pub last_tool: Option<String>,
 }
 
 pub enum Command {
@@ -1078,7 +1080,11 @@ impl Desk {
                 cwd: s.cwd.to_string_lossy().into_owned(),
                 task: self.assigned.get(&s.name).and_then(|a| a.task.clone()),
                 state: s.state.as_str().to_string(),
-                last_tool_call: None,
+                // The transcript's tool call replaces it when its tail has one.
+                last_tool_call: s
+                    .last_tool
+                    .clone()
+                    .map(|name| serde_json::json!({"name": name})),
                 last_assistant_message: None,
                 written_at: crate::sys::time::rfc3339(now()),
             };

@@ -348,6 +348,7 @@ impl Daemon {
                 cwd: r.cwd.clone(),
                 account: r.account.clone(),
                 claude_session_id: r.claude_session_id.clone(),
+                last_tool: r.last_tool.clone(),
             })
             .collect();
         let snapshot: Vec<switcher::SessionSnapshot> = self

@@ -94,6 +94,9 @@ pub struct Record {
     /// line is not one): for the silent-hook canary.
     #[serde(default)]
     pub last_hook_ms: Option<u64>,
+    /// The tool its last `PostToolUse` named (for checkpoints).
+    #[serde(default)]
+    pub last_tool: Option<String>,
 }
 
 impl Record {
@@ -454,10 +457,14 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         HookEvent::UserPromptSubmit { .. } => r.set_state(State::Working, at),
         // A tool ran: a permission asked for was given. (Never from idle: a
         // tool call's event may arrive after its turn's Stop.)
-        HookEvent::PostToolUse { .. } if r.state == State::Waiting => {
-            r.set_state(State::Working, at)
+        HookEvent::PostToolUse { tool } => {
+            if !tool.is_empty() {
+                r.last_tool = Some(tool.clone());
+            }
+            if r.state == State::Waiting {
+                r.set_state(State::Working, at)
+            }
         }
-        HookEvent::PostToolUse { .. } => {}
         HookEvent::Stop { .. } => r.set_state(State::Idle, at),
         HookEvent::StopFailure { error, message } => {
             r.last_error = Some(

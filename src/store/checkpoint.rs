@@ -89,7 +89,10 @@ pub fn write(dir: &Path, mut cp: Checkpoint, transcript: Option<PathBuf>) -> std
     if let Some(tail) = transcript.as_deref().and_then(read_tail) {
         let (text, tool) = from_transcript_tail(&tail);
         cp.last_assistant_message = text;
-        cp.last_tool_call = tool;
+        // Else the one the session's last PostToolUse named stays.
+        if tool.is_some() {
+            cp.last_tool_call = tool;
+        }
     }
     std::fs::create_dir_all(dir)?;
     atomic_file::write_json(&dir.join(format!("{}.json", cp.session)), &cp)
