@@ -4,7 +4,7 @@
 # The pinned Claude Code (src/claude/facts.rs PINNED_VERSION says the same).
 # `CLAUDE_VERSION=2.1.332 scripts/test.sh` runs the suite on another one,
 # installed beside it in .cache/claude-code-<version>.
-PINNED_CLAUDE_VERSION=2.1.329
+PINNED_CLAUDE_VERSION=2.1.332
 CLAUDE_VERSION=${CLAUDE_VERSION:-$PINNED_CLAUDE_VERSION}
 if [ "$CLAUDE_VERSION" = "$PINNED_CLAUDE_VERSION" ]; then
     CLAUDE_CACHE=.cache/claude-code

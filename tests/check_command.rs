@@ -276,7 +276,10 @@ fn warns_about_settings_known_to_silence_hooks_and_an_untested_claude_version() 
     assert!(
         text.lines()
             .any(|l| l.starts_with("ok   claude binary: 9.9.9")
-                && l.contains("warning: the end-to-end suite passed on 2.1.329 only")),
+                && l.contains(&format!(
+                    "warning: the end-to-end suite passed on {} only",
+                    claude_failover::claude::facts::TESTED_VERSIONS.join(", ")
+                ))),
         "{text}"
     );
 }

@@ -6,11 +6,19 @@
 //! message, this is the only module to edit.
 
 /// The Claude Code release the tests and these facts are pinned to.
-pub const PINNED_VERSION: &str = "2.1.329";
+pub const PINNED_VERSION: &str = "2.1.332";
 
 /// The Claude Code versions the end-to-end suite passed on; `check` warns
 /// about any other.
-pub const TESTED_VERSIONS: [&str; 1] = [PINNED_VERSION];
+///
+/// From 2.1.329 to 2.1.332 (2026-12-02), the one change the suite saw: a
+/// Stop hook's blocking feedback reaches the model as a user message that
+/// is all `<system-reminder>` (a preamble, then `Stop hook feedback:` and
+/// the hook's words) beside a `system` message naming the hook; before, it
+/// was plain user text. The daemon reads the turn's end from the transcript
+/// (`stop_hook_summary`), which did not change; only the stand-in's prompt
+/// reading had to follow.
+pub const TESTED_VERSIONS: [&str; 2] = ["2.1.329", PINNED_VERSION];
 
 /// Settings reported to silence the hook path, so that a limit fires no
 /// hook and a session looks healthy (claude-code-facts §10): environment

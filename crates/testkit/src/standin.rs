@@ -586,18 +586,33 @@ pub fn extract_prompt(request: &Value) -> String {
     else {
         return String::new();
     };
-    match last_user.get("content") {
-        Some(Value::String(text)) => strip_system_reminders(text),
+    let texts: Vec<&str> = match last_user.get("content") {
+        Some(Value::String(text)) => vec![text.as_str()],
         Some(Value::Array(blocks)) => blocks
             .iter()
             .rev()
             .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
             .filter_map(|b| b.get("text").and_then(Value::as_str))
-            .map(strip_system_reminders)
-            .find(|t| !t.is_empty())
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
+            .collect(),
+        _ => Vec::new(),
+    };
+    texts
+        .iter()
+        .map(|t| strip_system_reminders(t))
+        .find(|t| !t.is_empty())
+        // 2.1.332 sends a Stop hook's feedback inside a reminder of its
+        // own, after a preamble: the feedback is the turn's prompt then.
+        .or_else(|| texts.iter().find_map(|t| stop_hook_feedback(t)))
+        .unwrap_or_default()
+}
+
+/// `Stop hook feedback:` and what follows it, up to the reminder's end.
+fn stop_hook_feedback(text: &str) -> Option<String> {
+    const MARK: &str = "Stop hook feedback:";
+    let from = text.find(MARK)?;
+    let rest = &text[from..];
+    let end = rest.find("</system-reminder>").unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
 }
 
 /// `STANDIN-ANSWER[<account>]: <prompt>`, the text every answer carries.
@@ -1872,6 +1887,16 @@ mod tests {
             "s"
         );
         assert_eq!(extract_prompt(&json!({"messages": 3})), "");
+        // 2.1.332: a Stop hook's feedback comes as a reminder of its own.
+        let fed_back = json!({"messages": [
+            {"role": "user", "content": "the task"},
+            {"role": "assistant", "content": "done"},
+            {"role": "user", "content": "<system-reminder>\nA hook asks this. Stop hook feedback:\nrun the tests first\n</system-reminder>\n"},
+        ]});
+        assert_eq!(
+            extract_prompt(&fed_back),
+            "Stop hook feedback:\nrun the tests first"
+        );
         assert_eq!(extract_prompt(&json!([1, 2])), "");
         assert_eq!(
             extract_prompt(
