@@ -118,13 +118,15 @@ pub fn transcript_is_resumable(path: &std::path::Path) -> bool {
 }
 
 /// Hook events the daemon installs and listens to.
-/// `PostToolUse` fires after every tool call of a turn: a sign that the
+/// `PostToolUse` (or `PostToolUseFailure`, for a call that failed) fires
+/// after every tool call of a turn: a sign that the
 /// session works and that its hooks reach us (see the silent-hook canary);
 /// the `hook` command keeps only its names, not the tool's input or output.
-pub const HOOK_EVENTS: [&str; 7] = [
+pub const HOOK_EVENTS: [&str; 8] = [
     "SessionStart",
     "UserPromptSubmit",
     "PostToolUse",
+    "PostToolUseFailure",
     "Stop",
     "StopFailure",
     "Notification",

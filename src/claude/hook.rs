@@ -145,8 +145,23 @@ fn record(raw: &[u8], kind: &str) -> std::io::Result<PathBuf> {
 /// A `PostToolUse` payload carries the tool's whole input and output, on
 /// every tool call: only what the daemon reads is kept (which hook, which
 /// conversation, which tool).
+/// How much of a payload that is no JSON is kept.
+const SLIM_TEXT: usize = 4096;
+
 fn slim(payload: serde_json::Value) -> serde_json::Value {
-    if payload.get("hook_event_name").and_then(|v| v.as_str()) != Some("PostToolUse") {
+    // A payload cut at MAX_PAYLOAD is no JSON: only its start is worth keeping.
+    if let serde_json::Value::String(text) = &payload {
+        if text.len() > SLIM_TEXT {
+            let mut end = SLIM_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            return serde_json::Value::String(text[..end].to_string());
+        }
+        return payload;
+    }
+    let name = payload.get("hook_event_name").and_then(|v| v.as_str());
+    if !matches!(name, Some("PostToolUse" | "PostToolUseFailure")) {
         return payload;
     }
     let keep = [

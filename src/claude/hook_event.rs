@@ -123,7 +123,7 @@ pub fn parse(kind: &str, payload: &serde_json::Value) -> Hook {
             "UserPromptSubmit" => HookEvent::UserPromptSubmit {
                 prompt: s("prompt").unwrap_or("").to_string(),
             },
-            "PostToolUse" => HookEvent::PostToolUse {
+            "PostToolUse" | "PostToolUseFailure" => HookEvent::PostToolUse {
                 tool: s("tool_name").unwrap_or("").to_string(),
             },
             "Stop" => HookEvent::Stop {

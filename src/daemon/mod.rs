@@ -140,6 +140,9 @@ struct Daemon {
     stop_after_swap: Option<std::time::Instant>,
     /// Sessions whose hooks went silent while they work, and for how long (ms).
     hooks_silent: std::collections::BTreeMap<String, u64>,
+    /// Sessions that looked silent at the last look, with their transcript's
+    /// time then: reported only if it changed again since.
+    hooks_silent_seen: std::collections::BTreeMap<String, u64>,
 }
 
 /// Runs the daemon in the foreground; returns the exit status.

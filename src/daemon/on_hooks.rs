@@ -178,6 +178,7 @@ impl Daemon {
         let now = now_ms();
         let after = self.config.lifecycle.hooks_silent_after.as_millis() as u64;
         let mut silent = std::collections::BTreeMap::new();
+        let mut seen = std::collections::BTreeMap::new();
         for (name, r) in &self.book {
             let changed = self
                 .config
@@ -185,14 +186,30 @@ impl Daemon {
                 .and_then(|p| std::fs::metadata(p).ok()?.modified().ok())
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as u64);
-            if let Some(for_ms) = session::hooks_silent(r, changed, now, after) {
+            let Some(for_ms) = session::hooks_silent(r, changed, now, after) else {
+                continue;
+            };
+            let changed = changed.unwrap_or(0);
+            // Reported once the transcript changed again since the last look
+            // (one slow answer or tool call is not silence), and until a
+            // hook is heard.
+            let again = self
+                .hooks_silent_seen
+                .get(name)
+                .is_some_and(|&before| changed > before);
+            if again || self.hooks_silent.contains_key(name) {
                 silent.insert(name.clone(), for_ms);
             }
+            seen.insert(
+                name.clone(),
+                self.hooks_silent_seen.get(name).copied().unwrap_or(changed),
+            );
         }
+        self.hooks_silent_seen = seen;
         for (name, for_ms) in &silent {
             if !self.hooks_silent.contains_key(name) {
                 let why = format!(
-                    "{name}: no hook for {}s while its transcript shows work; its hooks are removed, disabled or silenced (a limit that fires none looks healthy otherwise)",
+                    "{name}: no hook for {}s while its transcript shows work; its hooks are removed, disabled or silenced (a limit that fires none looks healthy otherwise; after an upgrade, `claude-failover setup` installs the PostToolUse hook)",
                     for_ms / 1000
                 );
                 log::error!("{why}");

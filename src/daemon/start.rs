@@ -194,6 +194,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         counters: counters.clone(),
         stop_after_swap: None,
         hooks_silent: Default::default(),
+        hooks_silent_seen: Default::default(),
         config,
     };
     let roles = Roles {

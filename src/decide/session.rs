@@ -461,7 +461,9 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
             if !tool.is_empty() {
                 r.last_tool = Some(tool.clone());
             }
-            if r.state == State::Waiting {
+            // Only a tool call that ended after the wait began answers it
+            // (hook processes may arrive out of order).
+            if r.state == State::Waiting && at >= r.since_ms {
                 r.set_state(State::Working, at)
             }
         }
@@ -479,7 +481,12 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
             }
         }
         HookEvent::Notification { kind } => match kind {
-            NotificationKind::PermissionPrompt => r.set_state(State::Waiting, at),
+            // A prompt recorded before the state it would replace (a Stop
+            // heard first) is over already.
+            NotificationKind::PermissionPrompt if at >= r.since_ms => {
+                r.set_state(State::Waiting, at)
+            }
+            NotificationKind::PermissionPrompt => return false,
             NotificationKind::IdlePrompt if r.state == State::Waiting => {
                 r.set_state(State::Idle, at)
             }
@@ -494,17 +501,25 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
 }
 
 /// The silent-hook canary: a session whose transcript shows work at least
-/// `after_ms` past the last hook it sent (or its launch) has hooks that do
-/// not reach us (removed, disabled, or a limit that fires none). Claude Code
-/// sends `PostToolUse` after every tool call, so a turn at work is never
-/// silent that long by itself. Returns for how long it has been silent.
+/// `after_ms` past the last hook it sent has hooks that do not reach us
+/// (removed, disabled, or a limit that fires none). Claude Code sends
+/// `PostToolUse` after every tool call, so a turn at work is rarely silent
+/// that long by itself; the daemon reports it only when the transcript
+/// changed again on a later look (one slow answer or tool call is not
+/// enough). Returns for how long it has been silent.
 pub fn hooks_silent(
     r: &Record,
     transcript_changed_ms: Option<u64>,
     now_ms: u64,
     after_ms: u64,
 ) -> Option<u64> {
-    let last = r.last_hook_ms.or(r.launched_at_ms)?;
+    // Judged only at work, and only once a hook was heard from it (a
+    // session whose hooks never fire never starts: the start-up timeout
+    // reports it); a relaunch starts the wait over.
+    if !matches!(r.state, State::Working | State::Waiting) {
+        return None;
+    }
+    let last = r.last_hook_ms?.max(r.launched_at_ms.unwrap_or(0));
     let changed = transcript_changed_ms?;
     (changed >= last.saturating_add(after_ms) && now_ms >= changed)
         .then(|| now_ms.saturating_sub(last))
@@ -944,6 +959,7 @@ mod tests {
     fn hooks_are_silent_when_the_transcript_shows_work_long_after_the_last_hook() {
         let after = 10_000;
         let r = Record {
+            state: State::Working,
             launched_at_ms: Some(1_000),
             last_hook_ms: Some(50_000),
             ..Record::default()
@@ -954,12 +970,24 @@ mod tests {
         assert_eq!(hooks_silent(&r, Some(40_000), 90_000, after), None);
         // Work 10 s past the last hook and still no hook: silent, for as long.
         assert_eq!(hooks_silent(&r, Some(60_000), 61_000, after), Some(11_000));
-        // Never a hook since the launch: measured from the launch.
-        let r = Record {
-            launched_at_ms: Some(1_000),
-            ..Record::default()
+        // An idle session whose transcript was touched is not at work.
+        let idle = Record {
+            state: State::Idle,
+            ..r.clone()
         };
-        assert_eq!(hooks_silent(&r, Some(20_000), 20_000, after), Some(19_000));
+        assert_eq!(hooks_silent(&idle, Some(60_000), 61_000, after), None);
+        // Never a hook heard (a sessions.json from before the canary): not judged.
+        let unheard = Record {
+            last_hook_ms: None,
+            ..r.clone()
+        };
+        assert_eq!(hooks_silent(&unheard, Some(60_000), 61_000, after), None);
+        // A relaunch after the last hook starts the wait over.
+        let relaunched = Record {
+            launched_at_ms: Some(55_000),
+            ..r.clone()
+        };
+        assert_eq!(hooks_silent(&relaunched, Some(60_000), 61_000, after), None);
     }
 
     #[test]
@@ -982,6 +1010,18 @@ mod tests {
         ));
         assert_eq!(book["ccl-0"].state, State::Working);
         assert_eq!(book["ccl-0"].last_hook_ms, Some(5));
+        // A permission prompt recorded before the Stop that ended the turn
+        // does not make the idle session wait.
+        book.get_mut("ccl-0").unwrap().state = State::Idle;
+        book.get_mut("ccl-0").unwrap().since_ms = 10;
+        assert!(!apply_hook(
+            &mut book,
+            &hook(
+                "ccl-0",
+                json!({"hook_event_name": "Notification", "session_id": "new", "notification_type": "permission_prompt"}),
+            )
+        ));
+        assert_eq!(book["ccl-0"].state, State::Idle);
         // A late tool call's event after the turn's Stop leaves it idle.
         book.get_mut("ccl-0").unwrap().state = State::Idle;
         apply_hook(
