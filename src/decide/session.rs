@@ -444,14 +444,19 @@ pub fn apply_hook(book: &mut Book, event: &RecordedEvent) -> bool {
         r.last_hook_ms = Some(r.last_hook_ms.unwrap_or(0).max(at));
     }
     match &event.hook.event {
-        HookEvent::SessionStart { .. } => {
+        HookEvent::SessionStart { source } => {
             if let Some(id) = session_id {
                 r.claude_session_id = Some(id.to_string());
             }
             r.failed_starts = 0;
             r.retry_at_ms = None;
             r.last_error = None;
-            r.set_state(State::Idle, at);
+            // A compaction may happen in the middle of a turn: it goes on.
+            let mid_turn = matches!(source, crate::claude::hook_event::StartSource::Other(s) if s == "compact")
+                && matches!(r.state, State::Working | State::Waiting);
+            if !mid_turn {
+                r.set_state(State::Idle, at);
+            }
         }
         _ if other_conversation => return false,
         HookEvent::UserPromptSubmit { .. } => r.set_state(State::Working, at),
@@ -1029,6 +1034,36 @@ mod tests {
             &hook(
                 "ccl-0",
                 json!({"hook_event_name": "PostToolUse", "session_id": "new"}),
+            ),
+        );
+        assert_eq!(book["ccl-0"].state, State::Idle);
+    }
+
+    #[test]
+    fn a_compaction_in_the_middle_of_a_turn_leaves_the_session_working() {
+        let mut book = Book::new();
+        book.insert(
+            "ccl-0".into(),
+            Record {
+                state: State::Working,
+                claude_session_id: Some("c1".into()),
+                ..Record::default()
+            },
+        );
+        apply_hook(
+            &mut book,
+            &hook(
+                "ccl-0",
+                json!({"hook_event_name": "SessionStart", "session_id": "c1", "source": "compact"}),
+            ),
+        );
+        assert_eq!(book["ccl-0"].state, State::Working);
+        // Any other start is a fresh, idle session.
+        apply_hook(
+            &mut book,
+            &hook(
+                "ccl-0",
+                json!({"hook_event_name": "SessionStart", "session_id": "c2", "source": "clear"}),
             ),
         );
         assert_eq!(book["ccl-0"].state, State::Idle);
