@@ -1287,6 +1287,22 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
     (reply, account)
 }
 
+/// A 200 that streams `events` as server-sent events.
+fn sse_reply(events: Vec<SseEvent>) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
+            ("cache-control".into(), "no-cache".into()),
+        ],
+        body: Body::Events(events),
+        delay: Duration::ZERO,
+    }
+}
+
 /// A tool call: Bash with `command`, streamed as Claude Code expects
 /// (claude-code-facts §9) or as one JSON message; `stop_reason: tool_use`.
 fn tool_use_reply(
@@ -1361,18 +1377,7 @@ fn tool_use_reply(
         ),
         SseEvent::new(now, "message_stop", &json!({"type": "message_stop"})),
     ];
-    Reply {
-        status: 200,
-        headers: vec![
-            (
-                "content-type".into(),
-                "text/event-stream; charset=utf-8".into(),
-            ),
-            ("cache-control".into(), "no-cache".into()),
-        ],
-        body: Body::Events(events),
-        delay: Duration::ZERO,
-    }
+    sse_reply(events)
 }
 
 fn stream_reply(
@@ -1443,18 +1448,7 @@ fn stream_reply(
         "message_stop",
         &json!({"type": "message_stop"}),
     ));
-    Reply {
-        status: 200,
-        headers: vec![
-            (
-                "content-type".into(),
-                "text/event-stream; charset=utf-8".into(),
-            ),
-            ("cache-control".into(), "no-cache".into()),
-        ],
-        body: Body::Events(events),
-        delay: Duration::ZERO,
-    }
+    sse_reply(events)
 }
 
 /// `POST /v1/messages/count_tokens`.
