@@ -5,57 +5,26 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use claude_failover::store::queue;
-use support::{wait_for, World};
+use support::{
+    add_user_hook, assert_task_once, enqueue_task as enqueue, task_result as result, wait_for,
+    wait_task_ended, World,
+};
 
 const UP: Duration = Duration::from_secs(90);
 
-fn q(project: &Path, folder: &str) -> PathBuf {
-    project.join(".agent-queue").join(folder)
-}
-
-fn enqueue(project: &Path, name: &str, text: &str) {
-    queue::enqueue(
-        project,
-        None,
-        text.as_bytes(),
-        Some(name),
-        SystemTime::now(),
-    )
-    .unwrap();
-}
-
 fn wait_done(project: &Path, name: &str, timeout: Duration) {
-    let ended = wait_for(timeout, &format!("task {name} to end"), || {
-        if q(project, "done").join(format!("{name}.md")).is_file() {
-            Some("done")
-        } else if q(project, "failed").join(format!("{name}.md")).is_file() {
-            Some("failed")
-        } else {
-            None
-        }
-    });
+    let ended = wait_task_ended(project, name, timeout);
     assert_eq!(ended, "done", "{name} ended in {ended}/");
-}
-
-fn result(project: &Path, name: &str) -> serde_json::Value {
-    serde_json::from_slice(
-        &std::fs::read(q(project, "done").join(format!("{name}.result.json"))).unwrap(),
-    )
-    .unwrap()
 }
 
 /// Exactly once: in done/ and nowhere else.
 fn assert_done_once(project: &Path, name: &str) {
-    for folder in ["inbox", "active", "done", "failed"] {
-        let here = q(project, folder).join(format!("{name}.md")).exists();
-        assert_eq!(here, folder == "done", "{name} in {folder}/: {here}");
-    }
+    assert_task_once(project, name, "done");
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -243,21 +212,6 @@ fn a_refusal_at_step_3_swaps_and_the_task_finishes_on_the_other_account_with_eve
             .filter(|r| r.status == 200 && r.step == Some(k))
             .count();
         assert_eq!(answered, 1, "step {k} answered once: {mine:#?}");
-    }
-}
-
-/// Adds a hook command of the user's to every account's settings.json,
-/// beside ours, as `setup` keeps them.
-fn add_user_hook(w: &World, event: &str, command: &str) {
-    for account in ["alpha", "beta"] {
-        let path = w.sb.account(account).unwrap().home.join("settings.json");
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        v["hooks"][event]
-            .as_array_mut()
-            .unwrap_or_else(|| panic!("no {event} hooks in settings.json"))
-            .push(serde_json::json!({"hooks": [{"type": "command", "command": command}]}));
-        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     }
 }
 

@@ -8,58 +8,18 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use claude_failover::store::queue;
-use support::{wait_for, World};
+use support::{
+    add_user_hook, assert_task_once as assert_once, edit_settings, enqueue_task as enqueue,
+    queue_dir as q, task_result as result, wait_for, wait_task_ended as wait_ended, World,
+};
 use testkit::standin::RecordedRequest;
 
 const UP: Duration = Duration::from_secs(90);
-
-fn q(project: &Path, folder: &str) -> PathBuf {
-    project.join(".agent-queue").join(folder)
-}
-
-fn enqueue(project: &Path, name: &str, text: &str) {
-    queue::enqueue(
-        project,
-        None,
-        text.as_bytes(),
-        Some(name),
-        SystemTime::now(),
-    )
-    .unwrap();
-}
-
-fn result(project: &Path, name: &str) -> serde_json::Value {
-    serde_json::from_slice(
-        &std::fs::read(q(project, "done").join(format!("{name}.result.json"))).unwrap(),
-    )
-    .unwrap()
-}
-
-/// Waits until `name` is in done/ or failed/; returns which.
-fn wait_ended(project: &Path, name: &str, timeout: Duration) -> &'static str {
-    wait_for(timeout, &format!("task {name} to end"), || {
-        if q(project, "done").join(format!("{name}.md")).is_file() {
-            Some("done")
-        } else if q(project, "failed").join(format!("{name}.md")).is_file() {
-            Some("failed")
-        } else {
-            None
-        }
-    })
-}
-
-/// Exactly once: in its end folder and nowhere else.
-fn assert_once(project: &Path, name: &str, ended: &str) {
-    for folder in ["inbox", "active", "done", "failed"] {
-        let here = q(project, folder).join(format!("{name}.md")).exists();
-        assert_eq!(here, folder == ended, "{name} in {folder}/: {here}");
-    }
-}
 
 /// The requests whose prompt carries `text` (trimmed; a long paste comes
 /// wrapped in `<pasted_content>`).
@@ -78,31 +38,6 @@ fn signal(pid: u32, sig: &str) {
         .status()
         .unwrap()
         .success());
-}
-
-/// Edits every account's settings.json with `edit`.
-fn edit_settings(w: &World, edit: impl Fn(&mut serde_json::Value)) {
-    for account in ["alpha", "beta"] {
-        let Some(a) = w.sb.account(account) else {
-            continue;
-        };
-        let path = a.home.join("settings.json");
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        edit(&mut v);
-        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    }
-}
-
-/// Adds a hook command of the user's to every account's settings.json,
-/// beside ours, as `setup` keeps them.
-fn add_user_hook(w: &World, event: &str, command: &str) {
-    edit_settings(w, |v| {
-        let list = v["hooks"][event]
-            .as_array_mut()
-            .unwrap_or_else(|| panic!("no {event} hooks in settings.json"));
-        list.push(serde_json::json!({"hooks": [{"type": "command", "command": command}]}));
-    });
 }
 
 /// Replaces our own hook command for `event` (in every account) with `command`.

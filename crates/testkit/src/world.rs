@@ -475,3 +475,84 @@ pub fn receiver() -> (String, Received) {
     });
     (addr, got)
 }
+
+// Tasks and settings as the tests handle them.
+
+/// `<project>/.agent-queue/<folder>`.
+pub fn queue_dir(project: &Path, folder: &str) -> PathBuf {
+    project.join(".agent-queue").join(folder)
+}
+
+/// Writes a task into the project's inbox, as `claude-failover enqueue` does.
+pub fn enqueue_task(project: &Path, name: &str, text: &str) {
+    claude_failover::store::queue::enqueue(
+        project,
+        None,
+        text.as_bytes(),
+        Some(name),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+}
+
+/// A done task's `result.json`.
+pub fn task_result(project: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(queue_dir(project, "done").join(format!("{name}.result.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Waits until `name` is in done/ or failed/; returns which.
+pub fn wait_task_ended(project: &Path, name: &str, timeout: Duration) -> &'static str {
+    wait_for(timeout, &format!("task {name} to end"), || {
+        if queue_dir(project, "done")
+            .join(format!("{name}.md"))
+            .is_file()
+        {
+            Some("done")
+        } else if queue_dir(project, "failed")
+            .join(format!("{name}.md"))
+            .is_file()
+        {
+            Some("failed")
+        } else {
+            None
+        }
+    })
+}
+
+/// Exactly once: in its end folder and nowhere else.
+pub fn assert_task_once(project: &Path, name: &str, ended: &str) {
+    for folder in ["inbox", "active", "done", "failed"] {
+        let here = queue_dir(project, folder)
+            .join(format!("{name}.md"))
+            .exists();
+        assert_eq!(here, folder == ended, "{name} in {folder}/: {here}");
+    }
+}
+
+/// Edits every account's settings.json with `edit`.
+pub fn edit_settings(w: &World, edit: impl Fn(&mut serde_json::Value)) {
+    for account in ["alpha", "beta"] {
+        let Some(a) = w.sb.account(account) else {
+            continue;
+        };
+        let path = a.home.join("settings.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+}
+
+/// Adds a hook command of the user's to every account's settings.json,
+/// beside ours, as `setup` keeps them.
+pub fn add_user_hook(w: &World, event: &str, command: &str) {
+    edit_settings(w, |v| {
+        let list = v["hooks"][event]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("no {event} hooks in settings.json"));
+        list.push(serde_json::json!({"hooks": [{"type": "command", "command": command}]}));
+    });
+}
