@@ -89,35 +89,8 @@ fn http_abuse() {
 /// sessions known (the scripted fake agent keeps 20 sessions cheap).
 fn status_throughput() {
     let mut h = support::Harness::new("bench-status");
-    let fake =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude.py");
-    let spec = testkit::sandbox::SandboxSpec {
-        claude_binary: fake.to_string_lossy().into_owned(),
-        tmux_socket: h.socket.clone(),
-        pools: vec![testkit::sandbox::SandboxPool {
-            name: "auto".into(),
-            prefix: "ccl-auto-".into(),
-            start_index: 11,
-            min: 20,
-            max: 20,
-        }],
-        ..Default::default()
-    };
-    let sb = testkit::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
-    sb.install_hooks(support::bin()).unwrap();
-    let config = sb.config_path.to_string_lossy().into_owned();
-    let pid = h.spawn_bin(&["--config", &config, "run"], &[]);
+    let (sb, pid) = support::fake_agent_daemon(&mut h, 20, Duration::from_secs(120));
     let url = format!("http://{}/status", sb.http_listen);
-    support::wait_for(Duration::from_secs(120), "20 idle sessions", || {
-        let v: serde_json::Value = ureq::get(&url).call().ok()?.into_json().ok()?;
-        (v["sessions"]
-            .as_array()?
-            .iter()
-            .filter(|x| x["state"] == "idle")
-            .count()
-            == 20)
-            .then_some(())
-    });
     let window = Duration::from_secs(5);
     let threads: Vec<_> = (0..4)
         .map(|_| {

@@ -78,35 +78,6 @@ fn stop_once_real(run: usize) -> Option<Duration> {
 /// One daemon: three idle sessions, then SIGTERM; the time until it exits.
 fn stop_once(run: usize) -> Duration {
     let mut h = support::Harness::new(&format!("bench-stop-{run}"));
-    let fake =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude.py");
-    let spec = testkit::sandbox::SandboxSpec {
-        claude_binary: fake.to_string_lossy().into_owned(),
-        tmux_socket: h.socket.clone(),
-        pools: vec![testkit::sandbox::SandboxPool {
-            name: "auto".into(),
-            prefix: "ccl-auto-".into(),
-            start_index: 11,
-            min: 3,
-            max: 3,
-        }],
-        ..Default::default()
-    };
-    let sb = testkit::sandbox::Sandbox::create(&h.path().join("sandbox"), &spec).unwrap();
-    sb.install_hooks(support::bin()).unwrap();
-    h.watch_state_dir(sb.state_dir.clone());
-    let config = sb.config_path.to_string_lossy().into_owned();
-    let pid = h.spawn_bin(&["--config", &config, "run"], &[]);
-    let url = format!("http://{}/status", sb.http_listen);
-    support::wait_for(Duration::from_secs(60), "3 idle sessions", || {
-        let v: serde_json::Value = ureq::get(&url).call().ok()?.into_json().ok()?;
-        (v["sessions"]
-            .as_array()?
-            .iter()
-            .filter(|x| x["state"] == "idle")
-            .count()
-            == 3)
-            .then_some(())
-    });
+    let (_sb, pid) = support::fake_agent_daemon(&mut h, 3, Duration::from_secs(60));
     time_the_stop(&mut h, pid)
 }
