@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use testkit::standin::{
-    answer_text, StandIn, StandInAccount, StandInOptions, UsageMode, RATE_LIMIT_MESSAGE,
+    answer_text, StandIn, StandInAccount, StandInOptions, UsageMode, UsageShape, RATE_LIMIT_MESSAGE,
 };
 
 const TOKEN_A: &str = "sk-ant-oat01-test-a";
@@ -433,6 +433,104 @@ fn usage_endpoint_per_account() {
     // Reading usage is not a message: it costs nothing and is not recorded.
     assert_eq!(si.usage("a"), Some((24.0, 50.5)));
     assert!(si.requests().is_empty());
+}
+
+/// The usage answer's three shapes (old keys, `limits[]`, both), as the
+/// daemon's own parser reads them; a full model-scoped limit refuses that
+/// model's requests and no other's.
+#[test]
+fn usage_limits_shapes_and_a_model_scoped_refusal() {
+    use claude_failover::decide::quota::{from_usage, LimitScope};
+    let si = start();
+    si.set_usage("a", 10.0, 20.0).unwrap();
+    si.set_scoped("a", "Opus", Some(100.0)).unwrap();
+    let url = format!("{}/api/oauth/usage", si.base_url());
+    let read = || -> Value { get(&url, Some(TOKEN_A)).1.into_json().unwrap() };
+
+    let both = read();
+    assert!(
+        both.get("five_hour").is_some() && both.get("limits").is_some(),
+        "{both}"
+    );
+    assert_eq!(both["seven_day_opus"]["utilization"], json!(100.0));
+    let (f, w, limits) = from_usage(&both);
+    assert_eq!(
+        (f.unwrap().utilization, w.unwrap().utilization),
+        (10.0, 20.0)
+    );
+    let kinds: Vec<LimitScope> = limits.iter().map(|l| l.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            LimitScope::Session,
+            LimitScope::WeeklyAll,
+            LimitScope::WeeklyScoped
+        ]
+    );
+    let opus = &limits[2];
+    assert_eq!(opus.model.as_deref(), Some("Opus"));
+    assert_eq!(opus.utilization, 100.0);
+    assert_eq!(opus.is_active, Some(true));
+    assert_eq!(opus.severity.as_deref(), Some("critical"));
+
+    si.set_usage_shape("a", UsageShape::Limits).unwrap();
+    let only = read();
+    assert!(only.get("five_hour").is_none(), "{only}");
+    let (f, w, limits) = from_usage(&only);
+    assert_eq!(
+        (f.unwrap().utilization, w.unwrap().utilization),
+        (10.0, 20.0)
+    );
+    assert_eq!(limits.len(), 3);
+
+    si.set_usage_shape("a", UsageShape::Old).unwrap();
+    let old = read();
+    assert!(old.get("limits").is_none(), "{old}");
+    let (f, _, limits) = from_usage(&old);
+    assert_eq!(f.unwrap().utilization, 10.0);
+    assert_eq!(
+        limits.len(),
+        1,
+        "the old shape's seven_day_opus is a scoped limit"
+    );
+    assert_eq!(limits[0].model.as_deref(), Some("Opus"));
+
+    // Opus requests are refused, Sonnet ones answered, on the same account.
+    let mut opus_body = body("hello", false);
+    opus_body["model"] = json!("claude-opus-4-5-20251101");
+    let (status, r) = post(
+        &format!("{}/v1/messages", si.base_url()),
+        Some(TOKEN_A),
+        &opus_body.to_string(),
+    );
+    assert_eq!(status, 429);
+    let v: Value = r.into_json().unwrap();
+    assert_eq!(v["error"]["message"], "Opus weekly limit reached");
+    assert_eq!(messages(&si, TOKEN_A, "hello", false).0, 200);
+    // Lifting it (null) answers Opus again.
+    si.set_scoped("a", "Opus", None).unwrap();
+    let (status, _) = post(
+        &format!("{}/v1/messages", si.base_url()),
+        Some(TOKEN_A),
+        &opus_body.to_string(),
+    );
+    assert_eq!(status, 200);
+    // Over HTTP: a bad scoped value is refused and changes nothing.
+    let control = format!("{}/_standin/accounts/a", si.base_url());
+    assert_eq!(
+        post(&control, None, r#"{"scoped": {"Opus": "lots"}}"#).0,
+        400
+    );
+    assert_eq!(post(&control, None, r#"{"usage_shape": "square"}"#).0, 400);
+    let (status, r) = post(
+        &control,
+        None,
+        r#"{"scoped": {"Sonnet": 97}, "usage_shape": "both"}"#,
+    );
+    assert_eq!(status, 200);
+    let v: Value = r.into_json().unwrap();
+    assert_eq!(v["scoped"], json!({"Sonnet": 97.0}));
+    assert_eq!(v["usage_shape"], "both");
 }
 
 #[test]

@@ -187,6 +187,19 @@ pub const LIMIT_TEXTS: &[(&str, LimitKind)] = &[
     ("credit balance is too low", LimitKind::Billing),
 ];
 
+/// The model families whose weekly caps Claude Code names in its limit
+/// texts ("Opus weekly limit reached").
+pub const MODEL_FAMILIES: &[&str] = &["Opus", "Sonnet", "Haiku"];
+
+/// The model a limit text names, if any (`Opus`).
+pub fn limit_text_model(text: &str) -> Option<&'static str> {
+    let lower = text.to_lowercase();
+    MODEL_FAMILIES
+        .iter()
+        .find(|m| lower.contains(&m.to_lowercase()))
+        .copied()
+}
+
 /// `StopFailure.error` values and what they mean.
 pub fn stop_failure_kind(error: &str) -> Option<LimitKind> {
     match error {

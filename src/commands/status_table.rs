@@ -62,6 +62,14 @@ fn header(out: &mut String, s: &Value) {
             out.push_str(&format!("unhealthy: {p}\n"));
         }
     }
+    if let Some(held) = s.get("held_pools").and_then(Value::as_object) {
+        for (pool, why) in held {
+            out.push_str(&format!(
+                "pool {pool} holds its tasks: {}\n",
+                text(Some(why)).unwrap_or_default()
+            ));
+        }
+    }
     let unmanaged: Vec<String> = list(s.get("unmanaged_sessions"))
         .iter()
         .filter_map(|v| text(Some(v)))
@@ -107,6 +115,44 @@ fn accounts(out: &mut String, s: &Value, now: SystemTime) {
         &[],
         rows,
     );
+    // The model-scoped weekly limits, one row each, with the pools they keep.
+    let scoped: Vec<Vec<String>> = list(s.get("accounts"))
+        .iter()
+        .flat_map(|a| {
+            let name = text(a.get("name")).unwrap_or_else(|| "?".into());
+            let blocked = a.get("blocked_pools").and_then(Value::as_object);
+            list(a.get("limits"))
+                .iter()
+                .filter(|l| text(l.get("kind")).as_deref() == Some("weekly_scoped"))
+                .map(|l| {
+                    let model = text(l.get("model")).unwrap_or_else(|| "?".into());
+                    let pools: Vec<String> = blocked
+                        .map(|b| b.keys().cloned().collect())
+                        .unwrap_or_default();
+                    vec![
+                        name.clone(),
+                        model,
+                        window(Some(l), now),
+                        if pools.is_empty() {
+                            "-".into()
+                        } else {
+                            pools.join(", ")
+                        },
+                    ]
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !scoped.is_empty() {
+        out.push('\n');
+        out.push_str("MODEL LIMITS (weekly, per model)\n");
+        table(
+            out,
+            &["ACCOUNT", "MODEL", "WEEK", "KEEPS POOLS"],
+            &[],
+            scoped,
+        );
+    }
 }
 
 /// `[######----]  62% resets in 2h13m (14:05 UTC)`, or `-` when unknown.

@@ -84,9 +84,16 @@ pub struct AccountConfig {
 pub struct QuotaConfig {
     pub usage_url: String,
     pub poll_interval: Duration,
+    /// An account with fresh passive readings is still polled this often:
+    /// the status line does not carry the model-scoped weekly limits.
+    pub limits_poll_interval: Duration,
     /// Percent, 0..=100.
     pub five_hour_threshold: f64,
     pub seven_day_threshold: f64,
+    /// A model-scoped weekly limit (`weekly_scoped` in the usage answer's
+    /// `limits[]`): at or above, the account takes no new work for the pools
+    /// whose model it covers.
+    pub weekly_scoped_threshold: f64,
     pub hysteresis: f64,
     pub swap_cooldown: Duration,
 }
@@ -101,6 +108,9 @@ pub struct PoolConfig {
     pub cwd: PathBuf,
     pub dispatch: bool,
     pub idle_shrink_after: Duration,
+    /// `pools[].model`: the model this pool's sessions run (launched with
+    /// `--model`); `None` = whatever `claude.args` says (see [`Config::pool_model`]).
+    pub model: Option<String>,
 }
 
 impl PoolConfig {
@@ -198,6 +208,19 @@ pub enum Level {
     Error,
 }
 
+/// The value of `--model X` or `--model=X` in Claude Code's arguments (the last one wins).
+pub fn model_in_args(args: &[String]) -> Option<&str> {
+    let mut found = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--model" {
+            found = args.get(i + 1).map(String::as_str).or(found);
+        } else if let Some(m) = a.strip_prefix("--model=") {
+            found = Some(m);
+        }
+    }
+    found
+}
+
 impl Config {
     /// The account whose `home` is `dir` (a process's or a hook's
     /// `CLAUDE_CONFIG_DIR`): the same path first, then the same folder
@@ -209,6 +232,35 @@ impl Config {
                 .iter()
                 .find(|a| a.home.canonicalize().is_ok_and(|h| h == want))
         })
+    }
+
+    /// The model a pool's sessions run: `pools[].model`, else the `--model`
+    /// in `claude.args`, else `None` (Claude Code's default, which every
+    /// model-scoped limit is taken to cover).
+    pub fn pool_model(&self, pool: &PoolConfig) -> Option<String> {
+        pool.model
+            .clone()
+            .or_else(|| model_in_args(&self.claude.args).map(str::to_string))
+    }
+
+    /// The arguments a session of `pool` is launched with: `claude.args`,
+    /// with the pool's own `model` (when set) instead of any `--model` there.
+    pub fn launch_args(&self, pool: Option<&PoolConfig>) -> Vec<String> {
+        let Some(model) = pool.and_then(|p| p.model.as_deref()) else {
+            return self.claude.args.clone();
+        };
+        let mut out = Vec::with_capacity(self.claude.args.len() + 2);
+        let mut args = self.claude.args.iter();
+        while let Some(a) = args.next() {
+            if a == "--model" {
+                args.next();
+            } else if !a.starts_with("--model=") {
+                out.push(a.clone());
+            }
+        }
+        out.push("--model".into());
+        out.push(model.to_string());
+        out
     }
 
     /// The account named `name`.

@@ -55,8 +55,10 @@ pub(super) struct RawAccount {
 pub(super) struct RawQuota {
     pub(super) usage_url: Option<String>,
     pub(super) poll_interval: Option<String>,
+    pub(super) limits_poll_interval: Option<String>,
     pub(super) five_hour_threshold: Option<f64>,
     pub(super) seven_day_threshold: Option<f64>,
+    pub(super) weekly_scoped_threshold: Option<f64>,
     pub(super) hysteresis: Option<f64>,
     pub(super) swap_cooldown: Option<String>,
 }
@@ -72,6 +74,7 @@ pub(super) struct RawPool {
     pub(super) cwd: Option<String>,
     pub(super) dispatch: Option<bool>,
     pub(super) idle_shrink_after: Option<String>,
+    pub(super) model: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -148,6 +148,23 @@ impl Check<'_> {
         Ok(v)
     }
 
+    /// A model name or alias as `claude --model` takes it (`opus`,
+    /// `claude-sonnet-4-5`, `opus[1m]`).
+    fn model(&self, key: &str, raw: Option<String>) -> Checked<Option<String>> {
+        let Some(m) = raw else { return Ok(None) };
+        if m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-[]".contains(&b))
+        {
+            return Err(self.err(
+                key,
+                format!("`{m}` is not a model name (e.g. `opus`, `sonnet`, `claude-opus-4-5`)"),
+            ));
+        }
+        Ok(Some(m))
+    }
+
     fn percent(&self, key: &str, raw: Option<f64>, default: f64) -> Checked<f64> {
         let v = raw.unwrap_or(default);
         if !(0.0..=100.0).contains(&v) {
@@ -516,14 +533,22 @@ impl Check<'_> {
             .usage_url
             .unwrap_or_else(|| DEFAULT_USAGE_URL.to_string());
         self.http_url("quota.usage_url", &usage_url)?;
+        let poll_interval = self.duration_at_least(
+            "quota.poll_interval",
+            raw.poll_interval.as_deref(),
+            secs(5 * MINUTE),
+            MIN_INTERVAL,
+        )?;
+        let limits_poll_interval = self.duration_at_least(
+            "quota.limits_poll_interval",
+            raw.limits_poll_interval.as_deref(),
+            poll_interval.max(secs(15 * MINUTE)),
+            poll_interval,
+        )?;
         Ok(QuotaConfig {
             usage_url,
-            poll_interval: self.duration_at_least(
-                "quota.poll_interval",
-                raw.poll_interval.as_deref(),
-                secs(5 * MINUTE),
-                MIN_INTERVAL,
-            )?,
+            poll_interval,
+            limits_poll_interval,
             five_hour_threshold: self.percent(
                 "quota.five_hour_threshold",
                 raw.five_hour_threshold,
@@ -532,6 +557,11 @@ impl Check<'_> {
             seven_day_threshold: self.percent(
                 "quota.seven_day_threshold",
                 raw.seven_day_threshold,
+                95.0,
+            )?,
+            weekly_scoped_threshold: self.percent(
+                "quota.weekly_scoped_threshold",
+                raw.weekly_scoped_threshold,
                 95.0,
             )?,
             hysteresis: self.percent("quota.hysteresis", raw.hysteresis, 10.0)?,
@@ -594,6 +624,7 @@ impl Check<'_> {
                 cwd,
                 dispatch: p.dispatch.unwrap_or(true),
                 idle_shrink_after,
+                model: self.model(&k("model"), p.model)?,
             };
             // Two pools must never manage the same tmux session: `ccl-` with
             // index 10 and `ccl-1` with index 0 are both `ccl-10`.

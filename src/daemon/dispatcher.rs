@@ -59,6 +59,9 @@ pub enum Command {
     Hook(PathBuf, Box<RecordedEvent>),
     /// Dispatch paused (a swap, or no account can take work), with why.
     Paused(Option<String>),
+    /// Pools that take no new task (the active account's limit for their
+    /// model is spent), with why; the others go on.
+    Held(BTreeMap<String, String>),
     Reconfigure(Box<Config>),
 }
 
@@ -139,6 +142,8 @@ struct Desk {
     /// Sessions with a `/clear` typed and not yet confirmed, since when.
     clearing: HashMap<String, Instant>,
     paused: Option<String>,
+    /// Pools held by a model-scoped limit: no new task, no growth.
+    held: BTreeMap<String, String>,
     /// When dispatch last resumed after a pause.
     unpaused_at: Option<Instant>,
     /// A swap journal was found at start.
@@ -266,6 +271,7 @@ impl Desk {
             fresh: HashSet::new(),
             clearing: HashMap::new(),
             paused: None,
+            held: BTreeMap::new(),
             unpaused_at: None,
             swap_was_interrupted: false,
             summaries_seen: false,
@@ -322,6 +328,7 @@ impl Desk {
     fn handle(&mut self, input: Command) {
         match input {
             Command::Sessions(s) => self.sessions = s,
+            Command::Held(pools) => self.held = pools,
             Command::Paused(p) => {
                 if p.is_some() && self.paused.is_none() {
                     // Work under way waits for the swap and continues after it.
@@ -878,7 +885,7 @@ impl Desk {
                 .pools
                 .iter()
                 .any(|p| p.name == pool && p.dispatch);
-            if !dispatchable {
+            if !dispatchable || self.held.contains_key(&pool) {
                 continue;
             }
             let mut free = self.free_sessions(&pool);
@@ -1036,7 +1043,7 @@ impl Desk {
                 .filter(|s| s.pool == pool.name)
                 .map(|s| member(s, assigned))
                 .collect();
-            let paused = self.paused.is_some();
+            let paused = self.paused.is_some() || self.held.contains_key(&pool.name);
             match pool_size::resize(pool, waiting, &members, &self.idle_since, paused, at) {
                 Some(Resize::Grow(name)) => {
                     log::info!(

@@ -410,6 +410,37 @@ pub fn render(status: &Status, counters: &Counters) -> String {
     }
 
     out.family(
+        "claude_failover_quota_limit_utilization_percent",
+        "gauge",
+        "Last known utilisation of every limit per account, by kind (session, weekly_all, weekly_scoped) and model (scoped limits), in percent.",
+    );
+    for a in &status.accounts {
+        for l in &a.limits {
+            let (Some(kind), Some(u)) = (
+                l.get("kind").and_then(|k| k.as_str()),
+                l.get("utilization").and_then(|u| u.as_f64()),
+            ) else {
+                continue;
+            };
+            let model = l.get("model").and_then(|m| m.as_str()).unwrap_or("");
+            out.sample(
+                "claude_failover_quota_limit_utilization_percent",
+                &[("account", &a.name), ("kind", kind), ("model", model)],
+                u,
+            );
+        }
+    }
+
+    out.family(
+        "claude_failover_pool_held",
+        "gauge",
+        "1 for a pool that takes no new task: the active account's limit for its model is spent.",
+    );
+    for pool in status.held_pools.keys() {
+        out.sample("claude_failover_pool_held", &[("pool", pool)], 1.0);
+    }
+
+    out.family(
         "claude_failover_account_usable",
         "gauge",
         "1 when the account may take new work.",

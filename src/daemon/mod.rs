@@ -134,6 +134,8 @@ struct Daemon {
     queues: std::collections::BTreeMap<String, crate::daemon::status::QueueCounts>,
     /// No account can take work: why.
     no_account: Option<String>,
+    /// Pools the switcher holds (see `switcher::Report::Held`), with why.
+    held_pools: std::collections::BTreeMap<String, String>,
     notify: crate::daemon::notifier::NotifyHandle,
     counters: Arc<crate::daemon::metrics::Counters>,
     /// SIGTERM came during a swap: stop once it ends, or at this deadline.

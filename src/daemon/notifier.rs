@@ -80,13 +80,16 @@ pub enum Kind {
     SessionWaiting,
     /// A session works while none of its hooks reaches the daemon.
     HooksSilent,
+    /// A pool takes no new task: the active account's limit for its model
+    /// is spent and no account serves it with the rest.
+    PoolHeld,
     TaskFailed,
     ReloadRefused,
     SharedFoldersDiverged,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::SwapStarted,
         Kind::SwapDone,
         Kind::SwapFailed,
@@ -97,6 +100,7 @@ impl Kind {
         Kind::SessionFailedToStart,
         Kind::SessionWaiting,
         Kind::HooksSilent,
+        Kind::PoolHeld,
         Kind::TaskFailed,
         Kind::ReloadRefused,
         Kind::SharedFoldersDiverged,
@@ -106,7 +110,9 @@ impl Kind {
     pub fn default_level(self) -> Level {
         match self {
             Kind::SwapStarted | Kind::SwapDone => Level::Info,
-            Kind::SwapRolledBack | Kind::TaskFailed | Kind::SessionWaiting => Level::Warn,
+            Kind::SwapRolledBack | Kind::TaskFailed | Kind::SessionWaiting | Kind::PoolHeld => {
+                Level::Warn
+            }
             Kind::SwapFailed
             | Kind::SwapPartial
             | Kind::NoAccount
@@ -146,6 +152,7 @@ impl Kind {
             Kind::SessionFailedToStart => "session_failed_to_start",
             Kind::SessionWaiting => "session_waiting",
             Kind::HooksSilent => "hooks_silent",
+            Kind::PoolHeld => "pool_held",
             Kind::TaskFailed => "task_failed",
             Kind::ReloadRefused => "reload_refused",
             Kind::SharedFoldersDiverged => "shared_folders_diverged",

@@ -145,6 +145,7 @@ impl Daemon {
                     home,
                     five_hour,
                     seven_day,
+                    limits: None,
                     source: crate::decide::quota::Source::Statusline,
                 });
             }
@@ -161,11 +162,17 @@ impl Daemon {
                     (facts::LimitKind::FiveHour, Some(text_kind)) => text_kind,
                     (k, _) => k,
                 };
+                let model = ev
+                    .session
+                    .as_deref()
+                    .and_then(|n| crate::decide::session::pool_of(&self.config, n))
+                    .and_then(|p| self.config.pool_model(p));
                 let _ = self.switcher.send(switcher::Command::Refusal {
                     home,
                     kind,
                     message,
                     source: crate::decide::quota::Source::StopFailure,
+                    model,
                 });
             }
         }

@@ -79,6 +79,21 @@ impl Daemon {
                     ));
                 let _ = self.watcher.send(session_watcher::Command::Observe);
             }
+            switcher::Report::Held(pools) => {
+                for (pool, why) in &pools {
+                    if self.held_pools.get(pool) != Some(why) {
+                        self.notify.send(crate::daemon::notifier::Note::new(
+                            crate::daemon::notifier::Kind::PoolHeld,
+                            format!("pool {pool} holds its tasks: {why}"),
+                            serde_json::json!({"pool": pool, "why": why}),
+                        ));
+                    }
+                }
+                self.held_pools = pools.clone();
+                let _ = self
+                    .dispatcher
+                    .send(crate::daemon::dispatcher::Command::Held(pools));
+            }
             switcher::Report::NeedsLogin { account, why } => {
                 self.notify.send(crate::daemon::notifier::Note::new(
                     crate::daemon::notifier::Kind::NeedsLogin,

@@ -268,9 +268,8 @@ impl Daemon {
         resume: Option<String>,
         active: &Active,
     ) -> Job {
-        let pool = session::pool_of(&self.config, name)
-            .map(|p| p.name.clone())
-            .unwrap_or_default();
+        let pool_config = session::pool_of(&self.config, name);
+        let pool = pool_config.map(|p| p.name.clone()).unwrap_or_default();
         let env = vec![
             (
                 facts::ENV_CONFIG_DIR.to_string(),
@@ -283,7 +282,7 @@ impl Daemon {
             ),
         ];
         let mut argv = vec![self.claude_binary.to_string_lossy().into_owned()];
-        argv.extend(self.config.claude.args.iter().cloned());
+        argv.extend(self.config.launch_args(pool_config));
         // The operator's `claude.env` may hold secrets: never on a command
         // line (tmux's `-e` would show them in `ps` to every user). They go
         // into a 0600 file the pane's shell reads before it becomes Claude

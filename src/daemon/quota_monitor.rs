@@ -1,5 +1,7 @@
 //! The quota monitor: polls the usage endpoint for accounts that have no
-//! fresh passive reading, at most every `quota.poll_interval` per account,
+//! fresh passive reading, at most every `quota.poll_interval` per account
+//! (and those with one every `quota.limits_poll_interval`, for the
+//! model-scoped limits the status line does not carry),
 //! honouring 429 and `Retry-After` with back-off. It never refreshes a
 //! token: it reads the credentials file fresh each time, and a 401/403 means
 //! the account needs a login (refresh tokens are single-use and belong to
@@ -37,7 +39,11 @@ const LOOK: Duration = Duration::from_secs(1);
 /// One poll's outcome.
 #[derive(Debug)]
 pub enum Poll {
-    Reading(Option<quota::Window>, Option<quota::Window>),
+    Reading(
+        Option<quota::Window>,
+        Option<quota::Window>,
+        Vec<quota::Limit>,
+    ),
     /// 429: wait this long.
     Throttled(Duration),
     /// 401/403: the account needs a person.
@@ -62,8 +68,11 @@ impl QuotaMonitor {
                     panic!("fail point quota-monitor-panic");
                 }
                 let ticker = tick(LOOK);
-                let mut schedule =
-                    Schedule::new(config.quota.poll_interval, quota::fresh_for(&config.quota));
+                let mut schedule = Schedule::new(
+                    config.quota.poll_interval,
+                    quota::fresh_for(&config.quota),
+                    config.quota.limits_poll_interval,
+                );
                 loop {
                     select! {
                         recv(ticker) -> _ => {}
@@ -87,11 +96,12 @@ impl QuotaMonitor {
                             continue;
                         }
                         let (outcome, failed) = match poll(&config.quota.usage_url, account) {
-                            Poll::Reading(five_hour, seven_day) => {
+                            Poll::Reading(five_hour, seven_day, limits) => {
                                 let _ = switcher.send(Command::Reading {
                                     home: account.home.clone(),
                                     five_hour,
                                     seven_day,
+                                    limits: Some(limits),
                                     source: Source::UsageEndpoint,
                                 });
                                 (Outcome::Reading, None)
@@ -156,8 +166,8 @@ pub fn poll(url: &str, account: &AccountConfig) -> Poll {
     match answer {
         Ok(r) => match r.into_json::<serde_json::Value>() {
             Ok(body) => {
-                let (f, s) = quota::from_usage(&body);
-                Poll::Reading(f, s)
+                let (f, s, l) = quota::from_usage(&body);
+                Poll::Reading(f, s, l)
             }
             Err(e) => Poll::Failed(format!("unreadable answer: {e}")),
         },

@@ -89,6 +89,20 @@ impl Daemon {
                     reason,
                     five_hour: window(v.and_then(|v| v.quota.five_hour)),
                     seven_day: window(v.and_then(|v| v.quota.seven_day)),
+                    limits: v
+                        .map(|v| v.quota.all_limits())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|l| serde_json::json!({
+                            "kind": l.kind,
+                            "model": l.model,
+                            "utilization": l.utilization,
+                            "resets_at": l.resets_at.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t))),
+                            "is_active": l.is_active,
+                            "severity": l.severity,
+                        }))
+                        .collect(),
+                    blocked_pools: v.map(|v| v.blocked_pools.clone()).unwrap_or_default(),
                     auth,
                 }
             })
@@ -126,6 +140,7 @@ impl Daemon {
                 sessions,
                 unmanaged_sessions: unmanaged,
                 config_error: self.config_error.clone(),
+                held_pools: view.held_pools.clone(),
                 health_problems: health,
                 queues: self.queues.clone(),
             },

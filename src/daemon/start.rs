@@ -190,6 +190,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         sent_sessions: Vec::new(),
         queues: Default::default(),
         no_account: None,
+        held_pools: Default::default(),
         notify: notifier.handle(),
         counters: counters.clone(),
         stop_after_swap: None,

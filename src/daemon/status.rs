@@ -22,6 +22,9 @@ pub struct Status {
     pub queues: BTreeMap<String, QueueCounts>,
     pub last_swap: Option<serde_json::Value>,
     pub config_error: Option<String>,
+    /// Pools that take no new task: the active account's model-scoped limit
+    /// covers their model and no account serves every pool. Pool → why.
+    pub held_pools: BTreeMap<String, String>,
     /// Why `/healthz` answers 503; empty when healthy.
     pub health_problems: Vec<String>,
 }
@@ -34,6 +37,12 @@ pub struct AccountStatus {
     pub reason: Option<String>,
     pub five_hour: Option<serde_json::Value>,
     pub seven_day: Option<serde_json::Value>,
+    /// Every limit: `kind` (`session`, `weekly_all`, `weekly_scoped`),
+    /// `model` (scoped only), `utilization`, `resets_at`, `is_active`,
+    /// `severity`.
+    pub limits: Vec<serde_json::Value>,
+    /// Pools this account's model-scoped limits keep from it, with why.
+    pub blocked_pools: BTreeMap<String, String>,
     pub auth: String,
 }
 

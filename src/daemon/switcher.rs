@@ -107,6 +107,8 @@ pub enum Command {
         home: PathBuf,
         five_hour: Option<Window>,
         seven_day: Option<Window>,
+        /// The usage endpoint's limits (`None` from the status line).
+        limits: Option<Vec<quota::Limit>>,
         source: Source,
     },
     /// A refused request (StopFailure, pane text) under the account at `home`.
@@ -115,6 +117,8 @@ pub enum Command {
         kind: LimitKind,
         message: String,
         source: Source,
+        /// The refused session's pool model (a model-scoped refusal binds it).
+        model: Option<String>,
     },
     /// The usage endpoint answered 401/403 for `account`.
     NeedsLogin { account: String, why: String },
@@ -159,6 +163,10 @@ pub enum Report {
     },
     /// An account needs a person (login, billing).
     NeedsLogin { account: String, why: String },
+    /// The pools the active account cannot serve (a model-scoped limit) and
+    /// no other account serves with the rest: they take no new task. Sent
+    /// whenever the set changes (empty: every pool takes tasks).
+    Held(std::collections::BTreeMap<String, String>),
 }
 
 /// The switcher's published view for status and HTTP (read-only for others).
@@ -170,6 +178,8 @@ pub struct AccountsView {
     pub partial_swap: Option<String>,
     pub last_swap: Option<SwapResult>,
     pub dispatch_paused: Option<String>,
+    /// Pools held by a model-scoped limit of the active account, with why.
+    pub held_pools: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -178,6 +188,8 @@ pub struct AccountView {
     pub usable: bool,
     pub reason: Option<String>,
     pub quota: AccountQuota,
+    /// The pools its model-scoped limits keep from it, with why.
+    pub blocked_pools: std::collections::BTreeMap<String, String>,
 }
 
 pub type SharedView = Arc<RwLock<AccountsView>>;
@@ -199,6 +211,8 @@ struct Accounts {
     last_swap: Option<SwapResult>,
     partial: Option<String>,
     no_account: Option<String>,
+    /// Pools the active account cannot serve, as last reported.
+    held: std::collections::BTreeMap<String, String>,
     tmux: Tmux,
     /// The session watcher's requests: it stops the sessions for a swap.
     watcher: Sender<crate::daemon::session_watcher::Command>,
@@ -249,6 +263,7 @@ impl Switcher {
             last_swap: None,
             partial: None,
             no_account: None,
+            held: Default::default(),
             tmux: Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
             watcher,
             out,
@@ -344,6 +359,36 @@ fn load_quota(config: &Config, account: &str) -> AccountQuota {
         }),
         Err(_) => AccountQuota::default(),
     }
+}
+
+/// The model whose weekly limit refused a request, when the refusal is one:
+/// the text names a model's weekly limit, or the refused session's model is
+/// covered by a scoped limit over its threshold while the session and weekly
+/// windows still have room. `None`: the refusal binds the whole account.
+fn scoped_refusal(
+    q: &AccountQuota,
+    config: &crate::config::QuotaConfig,
+    kind: LimitKind,
+    message: &str,
+    model: Option<&str>,
+) -> Option<String> {
+    if kind == LimitKind::ModelWeekly {
+        return crate::claude::facts::limit_text_model(message)
+            .map(str::to_string)
+            .or_else(|| model.map(str::to_string));
+    }
+    let room = |w: Option<Window>| w.is_none_or(|w| w.utilization < 100.0);
+    if kind == LimitKind::FiveHour && room(q.five_hour) && room(q.seven_day) {
+        return q
+            .scoped()
+            .into_iter()
+            .find(|l| {
+                l.utilization >= config.weekly_scoped_threshold
+                    && quota::covers(l.model.as_deref().unwrap_or_default(), model)
+            })
+            .and_then(|l| l.model);
+    }
+    None
 }
 
 /// Whether `CLAUDE_FAILOVER_FAILPOINT` (a comma-separated list, set only by
@@ -491,11 +536,12 @@ impl Accounts {
                 home,
                 five_hour,
                 seven_day,
+                limits,
                 source,
             } => {
                 if let Some(account) = self.account_by_home(&home) {
                     if let Some(q) = self.quota_mut(&account) {
-                        q.read(five_hour, seven_day, source, now);
+                        q.read_limits(five_hour, seven_day, limits, source, now);
                     }
                     self.persist_quota(&account);
                 }
@@ -505,11 +551,25 @@ impl Accounts {
                 kind,
                 message,
                 source,
+                model,
             } => {
                 if let Some(account) = self.account_by_home(&home) {
-                    log::warn!("account {account} refused a request ({kind:?}): {message}");
+                    let q_config = self.config.quota.clone();
                     if let Some(q) = self.quota_mut(&account) {
-                        q.refuse(kind, &message, source, now);
+                        match scoped_refusal(q, &q_config, kind, &message, model.as_deref()) {
+                            Some(m) => {
+                                log::warn!(
+                                    "account {account} refused a {m} request (its {m} weekly limit): {message}"
+                                );
+                                q.refuse_scoped(&m, source, now);
+                            }
+                            None => {
+                                log::warn!(
+                                    "account {account} refused a request ({kind:?}): {message}"
+                                );
+                                q.refuse(kind, &message, source, now);
+                            }
+                        }
                     }
                     self.persist_quota(&account);
                 }
@@ -730,13 +790,33 @@ impl Accounts {
         if self.partial.is_some() {
             return;
         }
+        let pools = self.pool_models();
         let decision = quota::decide(
             &mut self.quotas,
             &self.active.name,
             &self.config.quota,
+            &pools,
             self.last_swap_ms,
             now_ms(),
         );
+        let held = match decision {
+            Decision::Stay => {
+                quota::held_pools(&self.quotas, &self.active.name, &self.config.quota, &pools)
+            }
+            _ => Default::default(),
+        };
+        if held != self.held {
+            for (pool, why) in &held {
+                if self.held.get(pool) != Some(why) {
+                    log::warn!("pool {pool} holds its tasks: {why}; no other account serves it and every other pool");
+                }
+            }
+            for pool in self.held.keys().filter(|p| !held.contains_key(*p)) {
+                log::info!("pool {pool} takes tasks again");
+            }
+            self.held = held.clone();
+            let _ = self.out.send(Report::Held(held));
+        }
         match decision {
             Decision::Stay => {
                 if let Some(was) = self.no_account.take() {
@@ -1086,18 +1166,26 @@ impl Accounts {
     /// The usable account with the lowest load, none of `except` (resets
     /// that passed are applied first); ties in config order.
     fn best_usable(&mut self, except: &[&str]) -> Option<String> {
-        let now = now_ms();
-        self.quotas
-            .iter_mut()
-            .filter(|(n, _)| !except.contains(&n.as_str()))
-            .filter_map(|(n, q)| {
-                q.pass_resets(now);
-                q.evaluate(&self.config.quota)
-                    .ok()
-                    .map(|_| (n.clone(), q.load()))
+        let pools = self.pool_models();
+        quota::best_target(
+            &mut self.quotas,
+            except,
+            &self.config.quota,
+            &pools,
+            now_ms(),
+        )
+    }
+
+    /// Every configured pool with the model it runs.
+    fn pool_models(&self) -> Vec<quota::PoolModel> {
+        self.config
+            .pools
+            .iter()
+            .map(|p| quota::PoolModel {
+                pool: p.name.clone(),
+                model: self.config.pool_model(p),
             })
-            .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
-            .map(|(n, _)| n)
+            .collect()
     }
 
     /// No session started under the swap's target: marks it as needing a
@@ -1372,6 +1460,7 @@ impl Accounts {
 
     fn publish(&mut self) {
         let q = self.config.quota.clone();
+        let pools = self.pool_models();
         let accounts = self
             .quotas
             .iter_mut()
@@ -1381,6 +1470,13 @@ impl Accounts {
                     name: n.clone(),
                     usable: verdict.is_ok(),
                     reason: verdict.err(),
+                    blocked_pools: pools
+                        .iter()
+                        .filter_map(|p| {
+                            a.blocked_for(&q, p.model.as_deref())
+                                .map(|why| (p.pool.clone(), why))
+                        })
+                        .collect(),
                     quota: a.clone(),
                 }
             })
@@ -1391,6 +1487,7 @@ impl Accounts {
         v.partial_swap = self.partial.clone();
         v.last_swap = self.last_swap.clone();
         v.dispatch_paused = self.no_account.clone();
+        v.held_pools = self.held.clone();
     }
 }
 

@@ -6,7 +6,10 @@
 //! fresher than `fresh_for` (polling would only cost quota and risk a 429);
 //! after a 429 not before its `Retry-After` (at least the poll interval, at
 //! most [`MAX_BACKOFF`]); after failures in a row, the poll interval doubled
-//! per failure. It never touches the network, the disk or the clock: the
+//! per failure. A passive reading carries the session and weekly windows
+//! only, not the model-scoped weekly limits: an account with fresh passive
+//! readings is still polled every `limits_every` (`quota.limits_poll_interval`).
+//! It never touches the network, the disk or the clock: the
 //! caller (`quota_monitor`) passes `now` in and runs the polls, so the
 //! tests below step a clock by hand.
 
@@ -65,6 +68,8 @@ struct Slot {
     next: Option<Instant>,
     /// Failed polls in a row.
     failures: u32,
+    /// The last poll that gave a reading.
+    read_at: Option<Instant>,
 }
 
 /// The schedule of every account, by name.
@@ -73,14 +78,17 @@ pub struct Schedule {
     poll_interval: Duration,
     /// How long a passive reading makes polling pointless.
     fresh_for: Duration,
+    /// How long a passive reading may stand in for the endpoint's limits.
+    limits_every: Duration,
     slots: HashMap<String, Slot>,
 }
 
 impl Schedule {
-    pub fn new(poll_interval: Duration, fresh_for: Duration) -> Schedule {
+    pub fn new(poll_interval: Duration, fresh_for: Duration, limits_every: Duration) -> Schedule {
         Schedule {
             poll_interval,
             fresh_for,
+            limits_every,
             slots: HashMap::new(),
         }
     }
@@ -88,8 +96,10 @@ impl Schedule {
     /// Whether `account` is due at `now`, given the newest reading the
     /// switcher holds for it. Only a status-line reading counts as passive:
     /// a usage-endpoint reading is our own poll, already scheduled. A fresh
-    /// passive reading postpones the poll until it goes stale.
+    /// passive reading postpones the poll until it goes stale, or until the
+    /// endpoint's limits are `limits_every` old (at once when it never answered).
     pub fn due(&self, account: &str, now: Now, last: Option<LastReading>) -> Due {
+        let read_at = self.slots.get(account).and_then(|s| s.read_at);
         if let Some(next) = self.slots.get(account).and_then(|s| s.next) {
             if next > now.at {
                 return Due::WaitUntil(next);
@@ -101,11 +111,10 @@ impl Schedule {
         let fresh_ms = u64::try_from(self.fresh_for.as_millis()).unwrap_or(u64::MAX);
         if let Some(at) = passive {
             let age = now.wall_ms.saturating_sub(at);
-            if age < fresh_ms {
-                return Due::WaitUntil(later(
-                    now.at,
-                    Duration::from_millis(fresh_ms.saturating_sub(age)),
-                ));
+            let limits_due = read_at.map(|t| later(t, self.limits_every));
+            if age < fresh_ms && limits_due.is_some_and(|t| t > now.at) {
+                let stale = later(now.at, Duration::from_millis(fresh_ms.saturating_sub(age)));
+                return Due::WaitUntil(limits_due.map_or(stale, |t| t.min(stale)));
             }
         }
         Due::Poll
@@ -118,6 +127,7 @@ impl Schedule {
         let wait = match outcome {
             Outcome::Reading => {
                 slot.failures = 0;
+                slot.read_at = Some(now);
                 self.poll_interval
             }
             Outcome::Throttled(d) => d.max(self.poll_interval).min(MAX_BACKOFF),
@@ -202,7 +212,7 @@ mod tests {
     }
 
     fn schedule() -> Schedule {
-        Schedule::new(MIN, MIN)
+        Schedule::new(MIN, MIN, Duration::MAX)
     }
 
     fn statusline_at(ms: u64) -> Option<LastReading> {
@@ -221,7 +231,10 @@ mod tests {
     #[test]
     fn a_fresh_passive_reading_postpones_the_poll_until_it_goes_stale() {
         let mut c = Clock::new();
-        let s = schedule();
+        let mut s = schedule();
+        // Polled once (the limits are known), and due again by the schedule.
+        s.after("a", Outcome::Reading, c.now().at);
+        c.step(MIN);
         let reading = statusline_at(c.wall_ms());
         c.step(Duration::from_secs(20));
         assert_eq!(
@@ -251,12 +264,31 @@ mod tests {
 
     #[test]
     fn a_passive_reading_from_the_future_postpones_at_most_fresh_for() {
-        let c = Clock::new();
+        let mut c = Clock::new();
+        let mut s = schedule();
+        s.after("a", Outcome::Reading, c.now().at);
+        c.step(MIN);
         let ahead = statusline_at(c.wall_ms() + 3_600_000);
+        assert_eq!(s.due("a", c.now(), ahead), Due::WaitUntil(c.now().at + MIN));
+    }
+
+    /// The status line carries no model-scoped limit: an account the endpoint
+    /// never answered for is polled at once whatever its passive readings,
+    /// and one with fresh passive readings again after `limits_every`.
+    #[test]
+    fn passive_readings_stand_in_for_the_limits_only_until_limits_every() {
+        let mut c = Clock::new();
+        let mut s = Schedule::new(MIN, MIN * 10, MIN * 3);
+        let fresh = |c: &Clock| statusline_at(c.wall_ms());
+        assert_eq!(s.due("a", c.now(), fresh(&c)), Due::Poll);
+        s.after("a", Outcome::Reading, c.now().at);
+        c.step(MIN);
         assert_eq!(
-            schedule().due("a", c.now(), ahead),
-            Due::WaitUntil(c.now().at + MIN)
+            s.due("a", c.now(), fresh(&c)),
+            Due::WaitUntil(c.now().at + MIN * 2)
         );
+        c.step(MIN * 2);
+        assert_eq!(s.due("a", c.now(), fresh(&c)), Due::Poll);
     }
 
     #[test]
@@ -383,7 +415,7 @@ mod tests {
     #[test]
     fn the_schedule_never_overflows() {
         let now = Instant::now();
-        let mut s = Schedule::new(Duration::MAX, Duration::MAX);
+        let mut s = Schedule::new(Duration::MAX, Duration::MAX, Duration::MAX);
         for _ in 0..100 {
             assert_eq!(s.after("a", Outcome::Failed, now), MAX_BACKOFF);
         }
@@ -391,6 +423,7 @@ mod tests {
             s.after("a", Outcome::Throttled(Duration::MAX), now),
             MAX_BACKOFF
         );
+        s.after("b", Outcome::Reading, now);
         let passive = statusline_at(1);
         let far = Now {
             at: now,

@@ -93,6 +93,7 @@ mod tests {
 
     fn pool() -> PoolConfig {
         PoolConfig {
+            model: None,
             name: "auto".into(),
             prefix: "ccl-auto-".into(),
             start_index: 11,

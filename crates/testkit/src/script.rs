@@ -14,7 +14,8 @@
 //! turn resumed on another account (`--resume`, then the continuation
 //! prompt) goes on from the step it reached. `refuse_at=k` refuses the
 //! request for step k with a 429 once per script (the account is exhausted
-//! then, as a real refusal would be); `overload_at=k` answers it 529 once.
+//! then, as a real refusal would be); `overload_at=k` answers it 529 once;
+//! `unauth_at=k` answers it 401 once (a token the server stopped taking).
 //! Only requests that offer the Bash tool follow a script: Claude Code's
 //! side requests (titles, summaries) get plain answers.
 
@@ -34,6 +35,7 @@ pub struct Script {
     pub delay: Duration,
     pub refuse_at: Option<u32>,
     pub overload_at: Option<u32>,
+    pub unauth_at: Option<u32>,
     /// The step whose command needs a person's permission (Claude Code
     /// shows its prompt and fires `Notification` `permission_prompt`).
     pub ask_at: Option<u32>,
@@ -75,6 +77,7 @@ pub fn parse_script(text: &str) -> Option<(Script, String)> {
         delay: Duration::ZERO,
         refuse_at: None,
         overload_at: None,
+        unauth_at: None,
         ask_at: None,
     };
     for word in line[SCRIPT_MARK.len()..].split_whitespace() {
@@ -94,6 +97,7 @@ pub fn parse_script(text: &str) -> Option<(Script, String)> {
             "delay_ms" => script.delay = Duration::from_millis(v.parse().unwrap_or(0)),
             "refuse_at" => script.refuse_at = v.parse().ok(),
             "overload_at" => script.overload_at = v.parse().ok(),
+            "unauth_at" => script.unauth_at = v.parse().ok(),
             "ask_at" => script.ask_at = v.parse().ok(),
             _ => {}
         }

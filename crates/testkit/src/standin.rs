@@ -27,7 +27,10 @@
 //!
 //! - `POST /_standin/accounts/<name>` with any of `reset`, `five_hour`,
 //!   `seven_day`, `five_hour_resets_at`, `seven_day_resets_at`, `exhausted`,
-//!   `five_hour_step`, `seven_day_step`, `usage_mode` (`normal|429|403`);
+//!   `five_hour_step`, `seven_day_step`, `usage_mode` (`normal|429|403`),
+//!   `usage_shape` (`both|old|limits`: the usage answer's keys), `scoped`
+//!   (`{"Opus": 100}`: model-scoped weekly limits in percent, `null` removes;
+//!   a full one refuses that model's requests with a 429);
 //!   answers the account's state. `GET` the same path, or
 //!   `GET /_standin/accounts` for all of them.
 //! - `GET /_standin/requests` (recorded `/v1/messages` requests),
@@ -166,6 +169,37 @@ impl UsageMode {
     }
 }
 
+/// Which shape the usage endpoint's answer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageShape {
+    /// The old keys and the `limits` array (what the endpoint answers now).
+    #[default]
+    Both,
+    /// The old keys only (`five_hour`, `seven_day`, `seven_day_opus`, …).
+    Old,
+    /// The `limits` array only.
+    Limits,
+}
+
+impl UsageShape {
+    pub fn parse(text: &str) -> Option<UsageShape> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "both" => Some(UsageShape::Both),
+            "old" => Some(UsageShape::Old),
+            "limits" => Some(UsageShape::Limits),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageShape::Both => "both",
+            UsageShape::Old => "old",
+            UsageShape::Limits => "limits",
+        }
+    }
+}
+
 /// One `/v1/messages` request as the stand-in saw it (answered or not).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedRequest {
@@ -250,6 +284,9 @@ pub struct AccountState {
     pub five_hour_step: f64,
     pub seven_day_step: f64,
     pub usage_mode: UsageMode,
+    pub usage_shape: UsageShape,
+    /// Model-scoped weekly limits: display name → percent.
+    pub scoped: std::collections::BTreeMap<String, f64>,
     /// Whether `/v1/messages` would be refused with 429 now.
     pub exhausted: bool,
     /// `/v1/messages` requests answered with 200 so far.
@@ -270,6 +307,8 @@ impl AccountState {
             "five_hour_step": self.five_hour_step,
             "seven_day_step": self.seven_day_step,
             "usage_mode": self.usage_mode.as_str(),
+            "usage_shape": self.usage_shape.as_str(),
+            "scoped": self.scoped,
             "exhausted": self.exhausted,
             "answered": self.answered,
             "refused": self.refused,
@@ -332,6 +371,8 @@ impl StandIn {
                 five_hour_step: sane_step(options.five_hour_step),
                 seven_day_step: sane_step(options.seven_day_step),
                 usage_mode: UsageMode::Normal,
+                usage_shape: UsageShape::Both,
+                scoped: Default::default(),
                 answered: 0,
                 refused: 0,
             })
@@ -542,6 +583,29 @@ impl StandIn {
         self.shared.with_account(account, |a| a.usage_mode = mode)
     }
 
+    /// Sets (or with `None` removes) the model-scoped weekly limit of
+    /// `model` (a display name, `Opus`); a full one refuses that model.
+    pub fn set_scoped(
+        &self,
+        account: &str,
+        model: &str,
+        percent: Option<f64>,
+    ) -> Result<(), UnknownAccount> {
+        self.shared.with_account(account, |a| match percent {
+            Some(p) => {
+                a.scoped.insert(model.to_string(), clamp_percent(p));
+            }
+            None => {
+                a.scoped.remove(model);
+            }
+        })
+    }
+
+    /// Which keys the usage endpoint answers with for this account.
+    pub fn set_usage_shape(&self, account: &str, shape: UsageShape) -> Result<(), UnknownAccount> {
+        self.shared.with_account(account, |a| a.usage_shape = shape)
+    }
+
     /// `(five_hour, seven_day)` in percent.
     pub fn usage(&self, account: &str) -> Option<(f64, f64)> {
         self.account(account).map(|s| (s.five_hour, s.seven_day))
@@ -701,11 +765,82 @@ struct Account {
     five_hour_step: f64,
     seven_day_step: f64,
     usage_mode: UsageMode,
+    usage_shape: UsageShape,
+    /// Model-scoped weekly limits: display name (`Opus`) → percent.
+    scoped: std::collections::BTreeMap<String, f64>,
     answered: u64,
     refused: u64,
 }
 
 impl Account {
+    /// The model-scoped limit, full, that covers a request for `model`
+    /// (`claude-opus-4-5` is covered by `Opus`): its display name.
+    /// `GET /api/oauth/usage`'s answer in the account's shape.
+    fn usage_answer(&self) -> Value {
+        let severity = |p: f64| {
+            if p >= 100.0 {
+                "critical"
+            } else if p >= WARNING_PERCENT {
+                "warning"
+            } else {
+                "normal"
+            }
+        };
+        let old_window = |p: f64, reset: u64| json!({"utilization": round_to(p, 2), "resets_at": rfc3339_utc(reset)});
+        let scoped_old = |m: &str| {
+            self.scoped
+                .get(m)
+                .map_or(Value::Null, |p| old_window(*p, self.seven_day_reset))
+        };
+        // The limit that binds now: the fullest.
+        let mut all: Vec<(&str, Option<&str>, f64, u64)> = vec![
+            ("session", None, self.five_hour, self.five_hour_reset),
+            ("weekly_all", None, self.seven_day, self.seven_day_reset),
+        ];
+        for (m, p) in &self.scoped {
+            all.push(("weekly_scoped", Some(m.as_str()), *p, self.seven_day_reset));
+        }
+        let top = all.iter().map(|l| l.2).fold(f64::NEG_INFINITY, f64::max);
+        let limits: Vec<Value> = all
+            .iter()
+            .map(|(kind, model, p, reset)| {
+                let mut l = json!({
+                    "kind": kind,
+                    "percent": round_to(*p, 2),
+                    "severity": severity(*p),
+                    "resets_at": rfc3339_utc(*reset),
+                    "is_active": *p == top && *p > 0.0,
+                });
+                if let Some(m) = model {
+                    l["scope"] = json!({"model": {"display_name": m}});
+                }
+                l
+            })
+            .collect();
+        let mut answer = json!({});
+        if self.usage_shape != UsageShape::Limits {
+            answer = json!({
+                "five_hour": old_window(self.five_hour, self.five_hour_reset),
+                "seven_day": old_window(self.seven_day, self.seven_day_reset),
+                "seven_day_opus": scoped_old("Opus"),
+                "seven_day_sonnet": scoped_old("Sonnet"),
+                "extra_usage": null,
+            });
+        }
+        if self.usage_shape != UsageShape::Old {
+            answer["limits"] = Value::Array(limits);
+        }
+        answer
+    }
+
+    fn scoped_refusing(&self, model: &str) -> Option<String> {
+        let model = model.to_lowercase();
+        self.scoped
+            .iter()
+            .find(|(m, p)| **p >= 100.0 && model.contains(&m.to_lowercase()))
+            .map(|(m, _)| m.clone())
+    }
+
     /// A window whose reset time has passed starts over, as the real one does.
     fn roll(&mut self, now: u64) {
         if now >= self.five_hour_reset {
@@ -714,6 +849,7 @@ impl Account {
         }
         if now >= self.seven_day_reset {
             self.seven_day = 0.0;
+            self.scoped.clear();
             self.seven_day_reset = now + SEVEN_DAYS;
         }
     }
@@ -721,6 +857,7 @@ impl Account {
     fn reset(&mut self, now: u64) {
         self.five_hour = 0.0;
         self.seven_day = 0.0;
+        self.scoped.clear();
         self.five_hour_reset = now + FIVE_HOURS;
         self.seven_day_reset = now + SEVEN_DAYS;
     }
@@ -755,6 +892,8 @@ impl Account {
             five_hour_step: self.five_hour_step,
             seven_day_step: self.seven_day_step,
             usage_mode: self.usage_mode,
+            usage_shape: self.usage_shape,
+            scoped: self.scoped.clone(),
             exhausted: self.exhausted(),
             answered: self.answered,
             refused: self.refused,
@@ -1169,6 +1308,7 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
         script.as_ref().and_then(|p| p.script.overload_at),
         "overload",
     );
+    let unauth_now = once(script.as_ref().and_then(|p| p.script.unauth_at), "unauth");
     let decided = match state.by_token(&rq.token) {
         None => Err((unauthorized(), None)),
         Some(account) => {
@@ -1188,6 +1328,32 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
                     Reply::error(529, "overloaded_error", "Overloaded"),
                     Some(name),
                 ))
+            } else if unauth_now {
+                Err((
+                    Reply::error(
+                        401,
+                        "authentication_error",
+                        "OAuth token has expired. Please obtain a new token or refresh your existing token.",
+                    ),
+                    Some(name),
+                ))
+            } else if let Some(m) = account.scoped_refusing(&model) {
+                account.refused += 1;
+                let mut reply = Reply::error(
+                    429,
+                    "rate_limit_error",
+                    &format!("{m} weekly limit reached"),
+                )
+                .with_header(
+                    "retry-after",
+                    account
+                        .seven_day_reset
+                        .saturating_sub(now)
+                        .max(1)
+                        .to_string(),
+                );
+                reply.headers.extend(account.unified_headers(true));
+                Err((reply, Some(name)))
             } else if refuse_now || account.exhausted() {
                 if refuse_now {
                     // As a real refusal: the window is full from here on.
@@ -1498,22 +1664,7 @@ fn oauth_usage(shared: &Shared, rq: &Incoming) -> (Reply, Option<String>) {
             "permission_error",
             "OAuth token does not meet scope requirement user:profile",
         ),
-        UsageMode::Normal => Reply::json(
-            200,
-            &json!({
-                "five_hour": {
-                    "utilization": round_to(account.five_hour, 2),
-                    "resets_at": rfc3339_utc(account.five_hour_reset),
-                },
-                "seven_day": {
-                    "utilization": round_to(account.seven_day, 2),
-                    "resets_at": rfc3339_utc(account.seven_day_reset),
-                },
-                "seven_day_opus": null,
-                "seven_day_sonnet": null,
-                "extra_usage": null,
-            }),
-        ),
+        UsageMode::Normal => Reply::json(200, &account.usage_answer()),
     };
     (reply, name)
 }
@@ -1591,6 +1742,31 @@ fn control_account(shared: &Shared, name: &str, body: &[u8]) -> Reply {
         },
         Some(_) => return bad_field("usage_mode", "normal, 429 or 403"),
     };
+    let usage_shape = match fields.get("usage_shape") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match UsageShape::parse(s) {
+            Some(m) => Some(m),
+            None => return bad_field("usage_shape", "both, old or limits"),
+        },
+        Some(_) => return bad_field("usage_shape", "both, old or limits"),
+    };
+    // `{"scoped": {"Opus": 100, "Sonnet": null}}`: null removes a limit.
+    let mut scoped: Vec<(String, Option<f64>)> = Vec::new();
+    match fields.get("scoped") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (model, v) in m {
+                match v {
+                    Value::Null => scoped.push((model.clone(), None)),
+                    v => match v.as_f64().filter(|n| n.is_finite()) {
+                        Some(n) => scoped.push((model.clone(), Some(clamp_percent(n)))),
+                        None => return bad_field("scoped", "an object of model → percent or null"),
+                    },
+                }
+            }
+        }
+        Some(_) => return bad_field("scoped", "an object of model → percent or null"),
+    }
 
     let now = now_unix();
     let mut state = shared.state.lock();
@@ -1632,6 +1808,19 @@ fn control_account(shared: &Shared, name: &str, body: &[u8]) -> Reply {
     }
     if let Some(m) = usage_mode {
         a.usage_mode = m;
+    }
+    if let Some(m) = usage_shape {
+        a.usage_shape = m;
+    }
+    for (model, v) in scoped {
+        match v {
+            Some(p) => {
+                a.scoped.insert(model, p);
+            }
+            None => {
+                a.scoped.remove(&model);
+            }
+        }
     }
     a.roll(now);
     Reply::json(200, &a.snapshot().to_json())
