@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn a_directive_is_read_from_its_own_line() {
         let (s, key) = parse_script(
-            "Write the steps.\n\nSTANDIN-SCRIPT steps=8 file=out-a.txt delay_ms=250 refuse_at=3\nthanks",
+            "Write the steps.\n\nSTANDIN-SCRIPT steps=8 file=out-a.txt delay_ms=250 refuse_at=3 unauth_at=5\nthanks",
         )
         .unwrap();
         assert_eq!(
@@ -218,6 +218,7 @@ mod tests {
                 delay: Duration::from_millis(250),
                 refuse_at: Some(3),
                 overload_at: None,
+                unauth_at: Some(5),
                 ask_at: None,
             }
         );
