@@ -75,6 +75,7 @@ fn idle_daemon_with_100k_done() {
             start_index: 11,
             min: 2,
             max: 2,
+            model: None,
         }],
         ..SandboxSpec::default()
     };

@@ -31,6 +31,7 @@ fn sandbox(name: &str) -> (Harness, Sandbox) {
             start_index: 11,
             min: 2,
             max: 2,
+            model: None,
         }],
         ..SandboxSpec::default()
     };

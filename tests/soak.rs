@@ -53,6 +53,7 @@ fn five_hundred_tasks_survive_random_kills_and_two_daemon_crashes() {
             start_index: 11,
             min: 6,
             max: 6,
+            model: None,
         }],
         projects: vec![
             ("p1".into(), "auto".into()),

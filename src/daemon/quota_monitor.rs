@@ -82,6 +82,10 @@ impl QuotaMonitor {
                         at: Instant::now(),
                         wall_ms: quota::now_ms(SystemTime::now()),
                     };
+                    // One message per round: the switcher weighs every
+                    // account read in it together (a target read a moment
+                    // after the active one must not look unread and free).
+                    let mut readings = Vec::new();
                     for account in &config.accounts {
                         let last = view
                             .read()
@@ -97,7 +101,7 @@ impl QuotaMonitor {
                         }
                         let (outcome, failed) = match poll(&config.quota.usage_url, account) {
                             Poll::Reading(five_hour, seven_day, limits) => {
-                                let _ = switcher.send(Command::Reading {
+                                readings.push(Command::Reading {
                                     home: account.home.clone(),
                                     five_hour,
                                     seven_day,
@@ -131,6 +135,9 @@ impl QuotaMonitor {
                                 wait.as_secs()
                             );
                         }
+                    }
+                    if !readings.is_empty() {
+                        let _ = switcher.send(Command::Batch(readings));
                     }
                 }
             })

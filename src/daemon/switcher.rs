@@ -130,6 +130,8 @@ pub enum Command {
     },
     /// The main loop's newest view of its sessions (sent when it changes).
     Sessions(Vec<SessionSnapshot>),
+    /// Several requests handled before one decision (a poll round's readings).
+    Batch(Vec<Command>),
 }
 
 /// A requested swap waiting in the switcher's single-slot queue: its cause.
@@ -597,6 +599,11 @@ impl Accounts {
                 self.run_requested();
             }
             Command::Sessions(sessions) => self.sessions = sessions,
+            Command::Batch(requests) => {
+                for r in requests {
+                    self.handle(r);
+                }
+            }
         }
     }
 

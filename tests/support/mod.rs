@@ -26,6 +26,7 @@ pub fn fake_agent_daemon(
             start_index: 11,
             min: sessions,
             max: sessions,
+            model: None,
         }],
         ..Default::default()
     };

@@ -367,6 +367,7 @@ impl Demo {
                 start_index: 1,
                 min: opts.sessions,
                 max: opts.sessions,
+                model: None,
             }],
             projects: vec![(PROJECT.into(), POOL.into())],
             claude_binary: claude.to_string_lossy().into_owned(),

@@ -31,6 +31,8 @@ pub struct SandboxPool {
     pub start_index: u32,
     pub min: u32,
     pub max: u32,
+    /// `pools[].model` (`None`: not written).
+    pub model: Option<String>,
 }
 
 /// What to build.
@@ -67,6 +69,7 @@ impl Default for SandboxSpec {
                 start_index: 11,
                 min: 2,
                 max: 4,
+                model: None,
             }],
             projects: vec![("demo".into(), "auto".into())],
             claude_binary: "claude".into(),
@@ -219,6 +222,9 @@ impl Sandbox {
                 p.max,
                 q(&dir.to_string_lossy())
             ));
+            if let Some(m) = &p.model {
+                y.push_str(&format!("    model: {}\n", q(m)));
+            }
         }
         if spec.projects.is_empty() {
             y.push_str("projects: []\n");

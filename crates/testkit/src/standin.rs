@@ -214,6 +214,8 @@ pub struct RecordedRequest {
     pub prompt: String,
     /// The request's `messages` array (`null` if absent or unparsable).
     pub messages: Value,
+    /// The `model` it asked for (empty if absent).
+    pub model: String,
     /// The HTTP status answered.
     pub status: u16,
     pub at: SystemTime,
@@ -236,6 +238,7 @@ impl RecordedRequest {
             "stream": self.stream,
             "prompt": self.prompt,
             "messages": self.messages,
+            "model": self.model,
             "status": self.status,
             "at": unix_f64(self.at),
             "step": self.step,
@@ -1444,6 +1447,7 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
         stream,
         prompt,
         messages,
+        model: model.clone(),
         status: reply.status,
         at: SystemTime::now(),
         step: script.as_ref().map(|p| p.next()),
