@@ -533,6 +533,70 @@ fn usage_limits_shapes_and_a_model_scoped_refusal() {
     assert_eq!(v["usage_shape"], "both");
 }
 
+/// A scripted turn's failures at step k, each once per script: 529
+/// (overloaded), 401 (a token the server stopped taking), 429 (refused, and
+/// the account exhausted from there on); the step is then answered.
+#[test]
+fn scripted_failures_at_step_k_come_once_each() {
+    let si = start();
+    let url = format!("{}/v1/messages", si.base_url());
+    let turn = |directive: &str, results: usize| {
+        let mut messages = vec![json!({"role": "user", "content": [
+            {"type": "text", "text": format!("Do it.\n\n{directive}")}]})];
+        for k in 0..results {
+            messages.push(json!({"role": "assistant", "content": [
+                {"type": "tool_use", "id": format!("t{k}"), "name": "Bash", "input": {}}]}));
+            messages.push(json!({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": format!("t{k}"), "content": "ok"}]}));
+        }
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": false,
+               "tools": [{"name": "Bash", "input_schema": {}}], "messages": messages})
+        .to_string()
+    };
+    let d = "STANDIN-SCRIPT steps=3 overload_at=1 unauth_at=2";
+    let (status, r) = post(&url, Some(TOKEN_A), &turn(d, 0));
+    assert_eq!(status, 529);
+    assert_eq!(
+        r.into_json::<Value>().unwrap()["error"]["type"],
+        "overloaded_error"
+    );
+    let (status, r) = post(&url, Some(TOKEN_A), &turn(d, 0));
+    assert_eq!(status, 200, "the retry of step 1 is answered");
+    assert_eq!(r.into_json::<Value>().unwrap()["stop_reason"], "tool_use");
+    let (status, r) = post(&url, Some(TOKEN_A), &turn(d, 1));
+    assert_eq!(status, 401);
+    assert_eq!(
+        r.into_json::<Value>().unwrap()["error"]["type"],
+        "authentication_error"
+    );
+    assert_eq!(post(&url, Some(TOKEN_A), &turn(d, 1)).0, 200);
+    assert_eq!(post(&url, Some(TOKEN_A), &turn(d, 2)).0, 200);
+    // Every step answered: the final text.
+    let (status, r) = post(&url, Some(TOKEN_A), &turn(d, 3));
+    assert_eq!(status, 200);
+    assert_eq!(r.into_json::<Value>().unwrap()["stop_reason"], "end_turn");
+    let steps: Vec<(Option<u32>, u16)> = si.requests().iter().map(|r| (r.step, r.status)).collect();
+    assert_eq!(
+        steps,
+        vec![
+            (Some(1), 529),
+            (Some(1), 200),
+            (Some(2), 401),
+            (Some(2), 200),
+            (Some(3), 200),
+            (Some(4), 200)
+        ]
+    );
+    // refuse_at: a 429, and the account is exhausted from then on.
+    let (status, _) = post(
+        &url,
+        Some(TOKEN_B),
+        &turn("STANDIN-SCRIPT steps=2 refuse_at=1", 0),
+    );
+    assert_eq!(status, 429);
+    assert_eq!(messages(&si, TOKEN_B, "hello", false).0, 429);
+}
+
 #[test]
 fn control_over_http() {
     let si = start();
