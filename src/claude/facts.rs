@@ -47,6 +47,14 @@ pub const ENV_OFFLINE: [(&str, &str); 2] = [
 pub const CREDENTIALS_FILE: &str = ".credentials.json";
 /// Onboarding flags and per-folder trust inside an account home.
 pub const CLAUDE_JSON: &str = ".claude.json";
+/// Claude Code's token-refresh lock in its config dir (claude-code-facts.md
+/// §8): a directory made with mkdir (`proper-lockfile`), its mtime touched
+/// every [`REFRESH_LOCK_TOUCH`] while held, stale after [`REFRESH_LOCK_STALE`],
+/// with an owner file holding the holder's pid.
+pub const REFRESH_LOCK: &str = ".oauth_refresh.lock";
+pub const REFRESH_LOCK_OWNER: &str = ".oauth_refresh.lock.owner";
+pub const REFRESH_LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+pub const REFRESH_LOCK_TOUCH: std::time::Duration = std::time::Duration::from_secs(5);
 /// Hooks and status line inside an account home.
 pub const SETTINGS_JSON: &str = "settings.json";
 

@@ -6,5 +6,6 @@ pub mod account;
 pub mod facts;
 pub mod hook;
 pub mod hook_event;
+pub mod seat;
 pub mod settings;
 pub mod shared_folders;

@@ -155,8 +155,36 @@ pub struct LifecycleConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwapConfig {
+    pub mode: SwapMode,
+    /// Live mode: the one Claude Code config dir of every managed session
+    /// (`None` in restart mode).
+    pub seat: Option<PathBuf>,
+    /// Live mode: a session must show the new account within this after its
+    /// next request, else it is restarted under the seat.
+    pub verify_timeout: Duration,
     pub drain_timeout: Duration,
     pub stop_timeout: Duration,
+}
+
+/// How a swap moves the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapMode {
+    /// Every session runs under the seat; a swap rewrites the seat's
+    /// credentials and the running sessions send their next request as the
+    /// new account (the default).
+    Live,
+    /// Each session runs under its account's home; a swap stops every
+    /// session, flips and relaunches them with `--resume` (wave 1).
+    Restart,
+}
+
+impl SwapMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwapMode::Live => "live",
+            SwapMode::Restart => "restart",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -263,6 +291,23 @@ impl Config {
         out
     }
 
+    /// The seat, in live mode.
+    pub fn live_seat(&self) -> Option<&Path> {
+        match self.swap.mode {
+            SwapMode::Live => self.swap.seat.as_deref(),
+            SwapMode::Restart => None,
+        }
+    }
+
+    /// The Claude Code config dir a session on `account` runs with: the
+    /// seat in live mode, the account's home in restart mode.
+    pub fn config_dir_of(&self, account: &str) -> Option<PathBuf> {
+        match self.live_seat() {
+            Some(seat) => Some(seat.to_path_buf()),
+            None => self.account(account).map(|a| a.home.clone()),
+        }
+    }
+
     /// The account named `name`.
     pub fn account(&self, name: &str) -> Option<&AccountConfig> {
         self.accounts.iter().find(|a| a.name == name)
@@ -276,8 +321,8 @@ impl Config {
         cwd: &Path,
         id: Option<&str>,
     ) -> Option<std::path::PathBuf> {
-        let home = &self.account(account?)?.home;
-        Some(crate::claude::facts::transcript_path(home, cwd, id?))
+        let dir = self.config_dir_of(account?)?;
+        Some(crate::claude::facts::transcript_path(&dir, cwd, id?))
     }
 
     /// Loads and validates the config file at `path`.

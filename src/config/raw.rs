@@ -96,6 +96,9 @@ pub(super) struct RawLifecycle {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSwap {
+    pub(super) mode: Option<String>,
+    pub(super) seat: Option<String>,
+    pub(super) verify_timeout: Option<String>,
     pub(super) drain_timeout: Option<String>,
     pub(super) stop_timeout: Option<String>,
 }

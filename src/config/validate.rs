@@ -35,6 +35,8 @@ pub(super) const fn secs(n: u64) -> Duration {
 pub(super) const MINUTE: u64 = 60;
 /// The shortest interval or timeout accepted for the daemon's loops.
 pub(super) const MIN_INTERVAL: Duration = secs(1);
+/// `swap.seat` when unset (live mode).
+pub const DEFAULT_SEAT: &str = "~/.claude-failover/seat";
 /// `http.token_file` when unset: in the state folder.
 pub const DEFAULT_TOKEN_FILE: &str = "http.token";
 pub(super) const HOUR: u64 = 60 * MINUTE;
@@ -260,6 +262,23 @@ impl Check<'_> {
         let projects = self.projects(raw.projects.unwrap_or_default(), &pools)?;
         let lifecycle = self.lifecycle(raw.lifecycle.unwrap_or_default())?;
         let swap = self.swap(raw.swap.unwrap_or_default())?;
+        if let Some(seat) = &swap.seat {
+            // The seat's credentials are rewritten on every swap: it must
+            // never be (or hold, or sit in) an account's own login.
+            for a in &accounts {
+                if nested(seat, &a.home) {
+                    return Err(self.err(
+                        "swap.seat",
+                        format!(
+                            "{} overlaps the home of account `{}` ({}); each account's home keeps its own login, the seat holds the active one's copy",
+                            seat.display(),
+                            a.name,
+                            a.home.display()
+                        ),
+                    ));
+                }
+            }
+        }
         let checkpoint = self.checkpoint(raw.checkpoint.unwrap_or_default())?;
         let janitor = self.janitor(raw.janitor.unwrap_or_default())?;
         let http = self.http(raw.http.unwrap_or_default(), &state_dir)?;
@@ -726,7 +745,30 @@ impl Check<'_> {
     }
 
     fn swap(&self, raw: RawSwap) -> Checked<SwapConfig> {
+        let mode = match raw.mode.as_deref() {
+            None | Some("live") => SwapMode::Live,
+            Some("restart") => SwapMode::Restart,
+            Some(other) => {
+                return Err(self.err(
+                    "swap.mode",
+                    format!("`{other}` is not a mode: live or restart"),
+                ))
+            }
+        };
+        let seat = match (mode, raw.seat.as_deref()) {
+            (_, Some(s)) => Some(self.path("swap.seat", s)?),
+            (SwapMode::Live, None) => Some(self.path("swap.seat", DEFAULT_SEAT)?),
+            (SwapMode::Restart, None) => None,
+        };
         Ok(SwapConfig {
+            mode,
+            seat,
+            verify_timeout: self.duration_at_least(
+                "swap.verify_timeout",
+                raw.verify_timeout.as_deref(),
+                secs(2 * MINUTE),
+                MIN_INTERVAL,
+            )?,
             drain_timeout: self.duration(
                 "swap.drain_timeout",
                 raw.drain_timeout.as_deref(),
