@@ -381,6 +381,7 @@ impl Demo {
             quota_yaml: format!(
                 "  poll_interval: 2s\n  five_hour_threshold: {THRESHOLD}\n  swap_cooldown: 5s\n"
             ),
+            swap_mode: "restart".into(),
         };
         let sb = Sandbox::create(&root, &spec)
             .map_err(|e| format!("cannot build the sandbox in {}: {e}", root.display()))?;

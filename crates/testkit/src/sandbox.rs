@@ -57,6 +57,9 @@ pub struct SandboxSpec {
     /// Lines added inside the `quota:` section (indented by two spaces),
     /// e.g. `  five_hour_threshold: 50\n`.
     pub quota_yaml: String,
+    /// `swap.mode`: `restart` (the default here, what most tests were
+    /// written for) or `live` (sessions under the sandbox's seat).
+    pub swap_mode: String,
 }
 
 impl Default for SandboxSpec {
@@ -79,6 +82,7 @@ impl Default for SandboxSpec {
             http_listen: "127.0.0.1:0".into(),
             extra_yaml: String::new(),
             quota_yaml: String::new(),
+            swap_mode: "restart".into(),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Sandbox {
     pub config_path: PathBuf,
     pub state_dir: PathBuf,
     pub shared_root: PathBuf,
+    /// `swap.seat` (live mode; created by `setup`).
+    pub seat: PathBuf,
     pub accounts: Vec<SandboxAccount>,
     /// (pool name, folder)
     pub pool_dirs: Vec<(String, PathBuf)>,
@@ -158,12 +164,14 @@ impl Sandbox {
             let port = std::net::TcpListener::bind((host, 0))?.local_addr()?.port();
             spec.http_listen = format!("{host}:{port}");
         }
+        let seat = root.join("seat");
         let sandbox = Sandbox {
             http_listen: spec.http_listen.clone(),
             config_path: root.join("config.yaml"),
             root,
             state_dir,
             shared_root,
+            seat,
             accounts,
             pool_dirs,
             project_dirs,
@@ -243,7 +251,28 @@ impl Sandbox {
         ));
         y.push_str(&spec.quota_yaml);
         y.push_str(&format!("http:\n  listen: {}\n", q(&spec.http_listen)));
-        y.push_str(&spec.extra_yaml);
+        // `swap.mode` and `swap.seat`, inside a `swap:` section the extra
+        // YAML may already open.
+        let swap = format!(
+            "  mode: {}\n  seat: {}\n",
+            spec.swap_mode,
+            q(&self.seat.to_string_lossy())
+        );
+        match spec.extra_yaml.find("swap:\n").filter(|&i| {
+            i == 0 || spec.extra_yaml.as_bytes()[i - 1] == b'\n'
+        }) {
+            Some(i) => {
+                let at = i + "swap:\n".len();
+                y.push_str(&spec.extra_yaml[..at]);
+                y.push_str(&swap);
+                y.push_str(&spec.extra_yaml[at..]);
+            }
+            None => {
+                y.push_str(&spec.extra_yaml);
+                y.push_str("swap:\n");
+                y.push_str(&swap);
+            }
+        }
         y
     }
 
