@@ -226,6 +226,10 @@ pub fn shared_path(config: &Config, entry: &str) -> PathBuf {
 /// each account's links. Empty means every account shares every entry.
 /// Changes nothing.
 pub fn verify(config: &Config) -> Vec<Problem> {
+    // Live mode: one seat, one state tree; nothing is shared by links.
+    if config.live_seat().is_some() {
+        return Vec::new();
+    }
     let mut problems = entry_problems(config);
     if !problems.is_empty() {
         return problems;
@@ -361,6 +365,15 @@ pub fn ensure_for_account(
 /// shares every entry, else one failure per problem with its fix.
 pub fn check_lines(config: &Config) -> Vec<CheckLine> {
     const SUBJECT: &str = "shared folders";
+    if let Some(seat) = config.live_seat() {
+        return vec![CheckLine::pass(
+            SUBJECT,
+            format!(
+                "not used in live mode (every session runs under the seat {})",
+                seat.display()
+            ),
+        )];
+    }
     let problems = verify(config);
     if problems.is_empty() {
         return vec![CheckLine::pass(

@@ -2,7 +2,7 @@
 //! what each account needs to run sessions unattended. One line per check,
 //! with a fix hint on each failure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
@@ -127,7 +127,11 @@ pub fn run_checks(config: &Config, now: SystemTime) -> Vec<CheckLine> {
     let binary = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    lines.extend(crate::commands::setup::hooks_installed(config, &binary));
+    if config.live_seat().is_some() {
+        lines.extend(check_seat(config, &binary));
+    } else {
+        lines.extend(crate::commands::setup::hooks_installed(config, &binary));
+    }
     lines.extend(check_hook_silencers(config));
     lines
 }
@@ -141,8 +145,8 @@ pub fn check_hook_silencers(config: &Config) -> Vec<CheckLine> {
             found.push(format!("claude.env sets {name}"));
         }
     }
-    for account in &config.accounts {
-        let path = account.home.join(facts::SETTINGS_JSON);
+    for (_, dir) in crate::commands::setup::config_dirs(config) {
+        let path = dir.join(facts::SETTINGS_JSON);
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
@@ -250,10 +254,7 @@ pub fn check_claude_binary(config: &Config) -> CheckLine {
 pub fn check_account(config: &Config, account: &AccountConfig, now: SystemTime) -> Vec<CheckLine> {
     let who = format!("account {}", account.name);
     let home = &account.home;
-    let login_hint = format!(
-        "log in with `CLAUDE_CONFIG_DIR={} claude` and run /login",
-        home.display()
-    );
+    let login_hint = format!("log in with `claude-failover login {}`", account.name);
     if !home.is_dir() {
         return vec![CheckLine::fail(
             format!("{who}: home"),
@@ -307,6 +308,18 @@ pub fn check_account(config: &Config, account: &AccountConfig, now: SystemTime) 
         }
     }
 
+    // Live mode: a home holds only its login; the seat holds the rest.
+    if config.live_seat().is_some() {
+        return lines;
+    }
+    lines.extend(check_claude_json(config, &who, home, &login_hint));
+    lines
+}
+
+/// Onboarding done and every folder trusted in the `.claude.json` of a
+/// config dir (an account's home, or the seat).
+fn check_claude_json(config: &Config, who: &str, home: &Path, login_hint: &str) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
     match ClaudeJson::read(home) {
         Err(e) => lines.push(CheckLine::fail(
             format!("{who}: onboarding"),
@@ -349,6 +362,61 @@ pub fn check_account(config: &Config, account: &AccountConfig, now: SystemTime) 
                 }
             }
         }
+    }
+    lines
+}
+
+/// Live mode: the seat exists, holds onboarding, trust and our hooks, and a
+/// login that is the active account's (the daemon keeps them equal).
+pub fn check_seat(config: &Config, binary: &str) -> Vec<CheckLine> {
+    let Some(seat) = config.live_seat() else {
+        return Vec::new();
+    };
+    let who = "seat";
+    let hint = "run `claude-failover setup`";
+    if !seat.is_dir() {
+        return vec![CheckLine::fail(
+            format!("{who}: folder"),
+            format!("{} does not exist", seat.display()),
+            hint,
+        )];
+    }
+    let mut lines = vec![CheckLine::pass(
+        format!("{who}: folder"),
+        seat.display().to_string(),
+    )];
+    lines.extend(crate::commands::setup::hooks_installed(config, binary));
+    lines.extend(check_claude_json(config, who, seat, hint));
+    let active = crate::daemon::switcher::load_active_name(config);
+    let subject = format!("{who}: credentials");
+    let home = config.account(&active).map(|a| a.home.clone());
+    match (
+        crate::claude::seat::read(seat),
+        home.as_deref().map(crate::claude::seat::read),
+    ) {
+        (Ok(Some(s)), Some(Ok(Some(h)))) if s.same(&h) => lines.push(CheckLine::pass(
+            subject,
+            format!("the active account {active}'s login"),
+        )),
+        (Ok(Some(s)), Some(Ok(Some(h)))) => lines.push(CheckLine::fail(
+            subject,
+            format!(
+                "the seat's login is not {active}'s ({}); the running daemon syncs them within seconds (the newer wins)",
+                if s.expires_at >= h.expires_at { "the seat's is newer" } else { "the home's is newer" }
+            ),
+            "start the daemon, or run setup with the daemon stopped",
+        )),
+        (Ok(None), _) => lines.push(CheckLine::fail(
+            subject,
+            format!("no login in {}", seat.display()),
+            hint,
+        )),
+        (Err(e), _) => lines.push(CheckLine::fail(subject, e.to_string(), hint)),
+        (_, _) => lines.push(CheckLine::fail(
+            subject,
+            format!("the active account {active} has no login to compare with"),
+            format!("claude-failover login {active}"),
+        )),
     }
     lines
 }

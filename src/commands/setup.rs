@@ -177,6 +177,18 @@ pub fn setup(
             .map_err(o)?;
         }
     }
+    if actions.is_empty() && config.live_seat().is_some() {
+        writeln!(
+            out,
+            "nothing to do: the seat {} holds the hooks, the status line, the trust and the active account's login",
+            config.live_seat().unwrap_or(Path::new("")).display()
+        )
+        .map_err(o)?;
+        return Ok(SetupReport {
+            actions: lines,
+            dry_run,
+        });
+    }
     if actions.is_empty() {
         writeln!(
             out,
@@ -232,15 +244,28 @@ pub fn setup(
     })
 }
 
+/// The Claude Code config dirs sessions run with, named for the operator:
+/// in live mode the seat alone, in restart mode every account's home.
+pub fn config_dirs(config: &Config) -> Vec<(String, PathBuf)> {
+    match config.live_seat() {
+        Some(seat) => vec![("seat".to_string(), seat.to_path_buf())],
+        None => config
+            .accounts
+            .iter()
+            .map(|a| (format!("account {}", a.name), a.home.clone()))
+            .collect(),
+    }
+}
+
 /// `check`'s lines for the hooks: per account, `ok` when our hook command
 /// (`'<binary>' hook`) is on every event Claude Code fires and no other
 /// install of ours is left there.
 pub fn hooks_installed(config: &Config, binary: &str) -> Vec<CheckLine> {
     let command = settings::hook_command(binary);
     let mut lines = Vec::new();
-    for account in &config.accounts {
-        let subject = format!("account {}: hooks", account.name);
-        let path = account.home.join(facts::SETTINGS_JSON);
+    for (who, dir) in config_dirs(config) {
+        let subject = format!("{who}: hooks");
+        let path = dir.join(facts::SETTINGS_JSON);
         let file = match JsonFile::read(&path) {
             Ok(f) => f,
             Err(why) => {
@@ -403,107 +428,55 @@ impl fmt::Display for Action {
 /// Everything setup would do, or every reason it must not do anything.
 fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
     let refuse = |p: &Problem| format!("{p} (fix: {})", p.hint());
-    let entries = shared_folders::entry_problems(config);
-    if !entries.is_empty() {
-        return Err(entries.iter().map(refuse).collect());
-    }
-    // With a home missing or two paths that are really one folder, nothing
-    // below can be planned safely.
-    let mut layout = shared_folders::home_problems(config);
-    layout.extend(shared_folders::overlap_problems(config, None));
-    if !layout.is_empty() {
-        return Err(layout.iter().map(refuse).collect());
+    // Live mode: one seat, nothing shared by links.
+    let live = config.live_seat().map(Path::to_path_buf);
+    if live.is_none() {
+        let entries = shared_folders::entry_problems(config);
+        if !entries.is_empty() {
+            return Err(entries.iter().map(refuse).collect());
+        }
+        // With a home missing or two paths that are really one folder, nothing
+        // below can be planned safely.
+        let mut layout = shared_folders::home_problems(config);
+        layout.extend(shared_folders::overlap_problems(config, None));
+        if !layout.is_empty() {
+            return Err(layout.iter().map(refuse).collect());
+        }
     }
 
     let mut refusals = Vec::new();
     let mut actions = Vec::new();
     let first_owner = config.accounts.first().and_then(|a| owner_of(&a.home));
 
-    // The shared folders.
-    let root = &config.shared_root;
-    match shared_folders::inspect_shared_folder(root) {
-        None => {}
-        Some(Found::Missing) => actions.push(Action::CreateFolder {
-            path: root.clone(),
-            owner: first_owner,
-        }),
-        Some(found) => refusals.push(format!(
-            "shared root: expected a folder at {}, found {found}; setup never replaces it",
-            root.display()
-        )),
+    if let Some(seat) = &live {
+        plan_seat(config, seat, first_owner, &mut actions, &mut refusals);
     }
-    for entry in &config.shared {
-        let path = shared_folders::shared_path(config, entry);
-        match shared_folders::inspect_shared_folder(&path) {
+    // The shared folders.
+    if live.is_none() {
+        let root = &config.shared_root;
+        match shared_folders::inspect_shared_folder(root) {
             None => {}
             Some(Found::Missing) => actions.push(Action::CreateFolder {
-                path,
+                path: root.clone(),
                 owner: first_owner,
             }),
-            Some(found) => {
-                let p = Problem::SharedFolder {
-                    entry: entry.clone(),
-                    path,
-                    found,
-                };
-                refusals.push(format!(
-                    "{p}; setup never replaces it: move it aside yourself"
-                ));
-            }
+            Some(found) => refusals.push(format!(
+                "shared root: expected a folder at {}, found {found}; setup never replaces it",
+                root.display()
+            )),
         }
-    }
-
-    // Each account's links, merging real folders.
-    let mut overlays: BTreeMap<&str, Overlay> = BTreeMap::new();
-    for account in &config.accounts {
-        let owner = owner_of(&account.home);
         for entry in &config.shared {
-            let link = account.home.join(entry);
-            let target = shared_folders::shared_path(config, entry);
-            match shared_folders::inspect_link(&link, &target) {
+            let path = shared_folders::shared_path(config, entry);
+            match shared_folders::inspect_shared_folder(&path) {
                 None => {}
-                Some(Found::Missing) => actions.push(Action::Link {
-                    link,
-                    target,
-                    replaces: None,
-                    owner,
+                Some(Found::Missing) => actions.push(Action::CreateFolder {
+                    path,
+                    owner: first_owner,
                 }),
-                Some(Found::RelativeTarget(old)) => actions.push(Action::Link {
-                    link,
-                    target,
-                    replaces: Some(old),
-                    owner,
-                }),
-                Some(Found::RealFolder) => {
-                    let overlay = overlays.entry(entry.as_str()).or_default();
-                    let mut merge = Merge {
-                        from: link.clone(),
-                        into: target.clone(),
-                        moves: Vec::new(),
-                        identical: Vec::new(),
-                        folders: Vec::new(),
-                    };
-                    plan_merge(
-                        &link,
-                        Path::new(""),
-                        &target,
-                        overlay,
-                        &mut merge,
-                        &mut refusals,
-                    );
-                    actions.push(Action::Merge(merge));
-                    actions.push(Action::Link {
-                        link,
-                        target,
-                        replaces: None,
-                        owner,
-                    });
-                }
                 Some(found) => {
-                    let p = Problem::Link {
-                        account: account.name.clone(),
+                    let p = Problem::SharedFolder {
                         entry: entry.clone(),
-                        expected: target,
+                        path,
                         found,
                     };
                     refusals.push(format!(
@@ -512,17 +485,78 @@ fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
                 }
             }
         }
+
+        // Each account's links, merging real folders.
+        let mut overlays: BTreeMap<&str, Overlay> = BTreeMap::new();
+        for account in &config.accounts {
+            let owner = owner_of(&account.home);
+            for entry in &config.shared {
+                let link = account.home.join(entry);
+                let target = shared_folders::shared_path(config, entry);
+                match shared_folders::inspect_link(&link, &target) {
+                    None => {}
+                    Some(Found::Missing) => actions.push(Action::Link {
+                        link,
+                        target,
+                        replaces: None,
+                        owner,
+                    }),
+                    Some(Found::RelativeTarget(old)) => actions.push(Action::Link {
+                        link,
+                        target,
+                        replaces: Some(old),
+                        owner,
+                    }),
+                    Some(Found::RealFolder) => {
+                        let overlay = overlays.entry(entry.as_str()).or_default();
+                        let mut merge = Merge {
+                            from: link.clone(),
+                            into: target.clone(),
+                            moves: Vec::new(),
+                            identical: Vec::new(),
+                            folders: Vec::new(),
+                        };
+                        plan_merge(
+                            &link,
+                            Path::new(""),
+                            &target,
+                            overlay,
+                            &mut merge,
+                            &mut refusals,
+                        );
+                        actions.push(Action::Merge(merge));
+                        actions.push(Action::Link {
+                            link,
+                            target,
+                            replaces: None,
+                            owner,
+                        });
+                    }
+                    Some(found) => {
+                        let p = Problem::Link {
+                            account: account.name.clone(),
+                            entry: entry.clone(),
+                            expected: target,
+                            found,
+                        };
+                        refusals.push(format!(
+                            "{p}; setup never replaces it: move it aside yourself"
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     // Hooks and the status line (passive quota readings).
     let command = settings::hook_command(binary);
     let statusline = settings::statusline_command(binary);
-    for account in &config.accounts {
-        let path = account.home.join(facts::SETTINGS_JSON);
+    for (who, dir) in config_dirs(config) {
+        let path = dir.join(facts::SETTINGS_JSON);
         let file = match JsonFile::read(&path) {
             Ok(f) => f,
             Err(why) => {
-                refusals.push(format!("account {}: {why}", account.name));
+                refusals.push(format!("{who}: {why}"));
                 continue;
             }
         };
@@ -535,17 +569,15 @@ fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
             Ok((_, false)) => {}
             Ok((next, true)) => actions.push(file.write_action(
                 format!(
-                    "install the hooks (`{command}`) and status line for account {} in {}",
-                    account.name,
+                    "install the hooks (`{command}`) and status line for {who} in {}",
                     path.display()
                 ),
                 &next,
                 0o644,
-                owner_of(&account.home),
+                owner_of(&dir).or(first_owner),
             )),
             Err(why) => refusals.push(format!(
-                "account {}: {}: {why}; setup never overwrites it",
-                account.name,
+                "{who}: {}: {why}; setup never overwrites it",
                 path.display()
             )),
         }
@@ -553,34 +585,54 @@ fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
 
     // Trust.
     let folders = folders_to_trust(config);
-    for account in &config.accounts {
-        let path = account.home.join(facts::CLAUDE_JSON);
-        let file = match JsonFile::read(&path) {
+    for (who, dir) in config_dirs(config) {
+        let path = dir.join(facts::CLAUDE_JSON);
+        let mut file = match JsonFile::read(&path) {
             Ok(f) => f,
             Err(why) => {
-                refusals.push(format!("account {}: {why}", account.name));
+                refusals.push(format!("{who}: {why}"));
                 continue;
             }
         };
+        // A new seat starts from the active account's `.claude.json`
+        // (onboarding done, its account profile), then gets the trust.
+        let seeded = live.is_some() && !file.existed;
+        if seeded {
+            let active = crate::daemon::switcher::load_active_name(config);
+            if let Some(home) = config.account(&active).map(|a| a.home.clone()) {
+                match JsonFile::read(&home.join(facts::CLAUDE_JSON)) {
+                    Ok(base) if base.existed => file.value = base.value,
+                    Ok(_) => {}
+                    Err(why) => refusals.push(format!("account {active}: {why}")),
+                }
+            }
+        }
         match with_trust(&file.value, &folders) {
-            Ok((_, added)) if added.is_empty() => {}
+            Ok((_, added)) if added.is_empty() && !seeded => {}
             Ok((next, added)) => {
                 let list: Vec<String> = added.iter().map(|p| p.display().to_string()).collect();
                 actions.push(file.write_action(
                     format!(
-                        "trust {} for account {} in {}",
-                        list.join(", "),
-                        account.name,
+                        "{}trust {} for {who} in {}",
+                        if seeded {
+                            "start from the active account's settings, "
+                        } else {
+                            ""
+                        },
+                        if list.is_empty() {
+                            "nothing new".to_string()
+                        } else {
+                            list.join(", ")
+                        },
                         path.display()
                     ),
                     &next,
                     0o600,
-                    owner_of(&account.home),
+                    owner_of(&dir).or(first_owner),
                 ));
             }
             Err(why) => refusals.push(format!(
-                "account {}: {}: {why}; setup never overwrites it",
-                account.name,
+                "{who}: {}: {why}; setup never overwrites it",
                 path.display()
             )),
         }
@@ -590,6 +642,51 @@ fn plan(config: &Config, binary: &str) -> Result<Vec<Action>, Vec<String>> {
         Ok(actions)
     } else {
         Err(refusals)
+    }
+}
+
+/// Live mode: the seat's folder (0700) and, when it holds no login, the
+/// active account's copied in (0600). Its settings and trust are planned
+/// with the other config dirs.
+fn plan_seat(
+    config: &Config,
+    seat: &Path,
+    owner: Option<Owner>,
+    actions: &mut Vec<Action>,
+    refusals: &mut Vec<String>,
+) {
+    if !seat.is_dir() {
+        actions.push(Action::CreateFolder {
+            path: seat.to_path_buf(),
+            owner,
+        });
+    }
+    match crate::claude::seat::read(seat) {
+        Ok(Some(l)) if l.present() => {}
+        Ok(_) => {
+            let active = crate::daemon::switcher::load_active_name(config);
+            let Some(home) = config.account(&active).map(|a| a.home.clone()) else {
+                return;
+            };
+            match crate::claude::seat::read(&home) {
+                Ok(Some(login)) if login.present() => actions.push(Action::WriteJson {
+                    summary: format!(
+                        "seat account {active}: copy its login into {} (mode 0600)",
+                        crate::claude::seat::credentials_path(seat).display()
+                    ),
+                    path: crate::claude::seat::credentials_path(seat),
+                    bytes: login.bytes,
+                    mode: 0o600,
+                    owner,
+                }),
+                Ok(_) => refusals.push(format!(
+                    "account {active} (the active one) has no login in {}: run `claude-failover login {active}` first",
+                    home.display()
+                )),
+                Err(e) => refusals.push(format!("account {active}: cannot read its login: {e}")),
+            }
+        }
+        Err(e) => refusals.push(format!("seat: cannot read its login: {e}")),
     }
 }
 

@@ -296,6 +296,7 @@ impl Daemon {
             Event::Tick => {
                 self.check_shared_folders();
                 self.check_hooks_heard();
+                self.restart_unconfirmed();
                 let _ = self.watcher.send(session_watcher::Command::Observe);
             }
             Event::Watchdog => self.sd.watchdog(),

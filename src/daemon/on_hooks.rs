@@ -28,7 +28,8 @@ impl Daemon {
                 continue;
             }
             exits |= ev.hook.event == HookEvent::SessionEnd;
-            self.forward_quota_signal(&ev);
+            let credit = self.live_credit(&ev);
+            self.forward_quota_signal(&ev, credit);
             let name = ev.session.clone().unwrap_or_default();
             let was = self.book.get(&name).map(|r| r.state);
             if session::apply_hook(&mut self.book, &ev) {
@@ -134,8 +135,12 @@ impl Daemon {
 
     /// Passes quota signals in hook and status-line events to the switcher,
     /// which owns every account's readings.
-    pub(super) fn forward_quota_signal(&self, ev: &crate::claude::hook::RecordedEvent) {
-        let Some(home) = ev.config_dir.as_ref().map(PathBuf::from) else {
+    pub(super) fn forward_quota_signal(
+        &self,
+        ev: &crate::claude::hook::RecordedEvent,
+        credit: Option<PathBuf>,
+    ) {
+        let Some(home) = credit.or_else(|| ev.config_dir.as_ref().map(PathBuf::from)) else {
             return;
         };
         if ev.hook.event == HookEvent::Statusline {
@@ -175,6 +180,100 @@ impl Daemon {
                     model,
                 });
             }
+        }
+    }
+
+    /// Live mode: every session shares the seat, so a quota signal is
+    /// credited by its session: to the account the session was last shown
+    /// on, or, after a swap, to the target once its own reading carries the
+    /// target's windows (which confirms it). A sign of a request after the
+    /// swap starts its verify timeout. Returns the home to credit (`None`:
+    /// not live, or not the seat).
+    pub(super) fn live_credit(
+        &mut self,
+        ev: &crate::claude::hook::RecordedEvent,
+    ) -> Option<PathBuf> {
+        let seat = self.config.live_seat()?.to_path_buf();
+        if ev.config_dir.as_deref().map(Path::new) != Some(seat.as_path()) {
+            return None;
+        }
+        let name = ev.session.as_deref()?;
+        let now = now_ms();
+        let windows = |account: &str| -> Option<session::Fingerprint> {
+            let view = self.view.read();
+            let q = &view.accounts.iter().find(|a| a.name == account)?.quota;
+            Some((
+                q.five_hour.and_then(|w| w.resets_at),
+                q.seven_day.and_then(|w| w.resets_at),
+            ))
+        };
+        let pending = self.book.get(name)?.verify.clone();
+        let (from_w, to_w) = match &pending {
+            Some(v) => (windows(&v.from), windows(&v.to)),
+            None => (None, None),
+        };
+        let r = self.book.get_mut(name)?;
+        let account = match &ev.hook.event {
+            HookEvent::Statusline => {
+                let reading = crate::decide::quota::from_statusline(&ev.payload)?;
+                let fp = (
+                    reading.0.and_then(|w| w.resets_at),
+                    reading.1.and_then(|w| w.resets_at),
+                );
+                let credited = session::live_reading(r, fp, from_w, to_w, now)?;
+                if let Some(v) = pending.filter(|_| r.verify.is_none()) {
+                    log::info!("{name}: confirmed on {} after swap {}", v.to, v.swap_id);
+                }
+                credited
+            }
+            event => {
+                let request_sign = matches!(
+                    event,
+                    HookEvent::UserPromptSubmit { .. }
+                        | HookEvent::PostToolUse { .. }
+                        | HookEvent::Stop { .. }
+                        | HookEvent::StopFailure { .. }
+                );
+                if let Some(v) = r.verify.as_mut() {
+                    if request_sign && v.active_ms.is_none() && ev.recorded_at_ms >= v.since_ms {
+                        v.active_ms = Some(ev.recorded_at_ms);
+                    }
+                }
+                r.account.clone()?
+            }
+        };
+        self.config.account(&account).map(|a| a.home.clone())
+    }
+
+    /// Live mode, every tick: a session whose verify timeout ran out (its
+    /// next request after a swap still showed the outgoing account) is
+    /// restarted under the seat, and the swap's result names it.
+    pub(super) fn restart_unconfirmed(&mut self) {
+        if self.config.live_seat().is_none() {
+            return;
+        }
+        for (name, v) in session::unconfirmed(&self.book, self.config.swap.verify_timeout, now_ms())
+        {
+            log::error!(
+                "{name}: still on {} {:?} after its first request since swap {} (to {}): restarting it under the seat",
+                v.from,
+                self.config.swap.verify_timeout,
+                v.swap_id,
+                v.to
+            );
+            if let Some(r) = self.book.get_mut(&name) {
+                r.verify = None;
+                r.account = Some(v.to.clone());
+                r.last_error = Some(format!(
+                    "did not follow swap {} to {}: restarted under the seat",
+                    v.swap_id, v.to
+                ));
+            }
+            let _ = self.restart(&name);
+            let _ = self.switcher.send(switcher::Command::Restarted {
+                swap_id: v.swap_id.clone(),
+                session: name.clone(),
+            });
         }
     }
 

@@ -45,6 +45,31 @@ impl Daemon {
                 self.in_flight.clear();
                 let _ = self.watcher.send(session_watcher::Command::Observe);
             }
+            switcher::Report::LiveSwapped {
+                id,
+                from,
+                to,
+                at_ms,
+            } => {
+                // Every running session is to show `to` by its next request.
+                let mut pending = 0;
+                for r in self.book.values_mut() {
+                    if matches!(r.state, State::Dead | State::Failed | State::Backoff) {
+                        continue;
+                    }
+                    r.verify = Some(session::Verify {
+                        swap_id: id.clone(),
+                        from: r.account.clone().unwrap_or_else(|| from.clone()),
+                        to: to.clone(),
+                        since_ms: at_ms,
+                        active_ms: None,
+                    });
+                    pending += 1;
+                }
+                log::info!(
+                    "swap {id}: the seat holds {to}; {pending} running session(s) to show it by their next request"
+                );
+            }
             switcher::Report::SwapEnded(result) => {
                 log::info!("swap {} ended: {}", result.id, result.result);
                 use crate::daemon::notifier::Kind;

@@ -28,6 +28,8 @@ use crate::decide::quota::{self, AccountQuota, Decision, Source, Window};
 use crate::store::atomic_file;
 use crate::sys::tmux::Tmux;
 
+mod live;
+
 /// `<state_dir>/active.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveFile {
@@ -75,6 +77,9 @@ pub struct Journal {
     pub sessions: Vec<SessionCheckpoint>,
     /// Set when the rollback failed: why.
     pub partial: Option<String>,
+    /// `live` for a live swap (absent: a restart-mode swap of wave 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// How a swap ended.
@@ -93,6 +98,11 @@ pub struct SwapResult {
     pub detail: Option<String>,
     /// Sessions whose conversation id changed on resume: (session, old, new).
     pub changed_ids: Vec<(String, String, String)>,
+    /// `live` or `restart`.
+    pub mode: &'static str,
+    /// Live mode: sessions that did not show the new account in time after
+    /// their next request and were restarted under the seat.
+    pub restarted: Vec<String>,
 }
 
 /// A session whose conversation id changed on resume: (session, old, new).
@@ -132,6 +142,11 @@ pub enum Command {
     Sessions(Vec<SessionSnapshot>),
     /// Several requests handled before one decision (a poll round's readings).
     Batch(Vec<Command>),
+    /// Live mode: the seat's credentials file changed (inotify).
+    SeatChanged,
+    /// Live mode: a session did not show the new account after the swap
+    /// `swap_id` and was restarted under the seat.
+    Restarted { swap_id: String, session: String },
 }
 
 /// A requested swap waiting in the switcher's single-slot queue: its cause.
@@ -155,6 +170,14 @@ pub enum Report {
     },
     /// Relaunch every stopped session with `--resume` under `active`.
     Relaunch { active: Active, resume_tasks: bool },
+    /// Live mode: the seat holds `to`'s login since `at_ms`; every running
+    /// session is to show it by its next request (verified from its traffic).
+    LiveSwapped {
+        id: String,
+        from: String,
+        to: String,
+        at_ms: u64,
+    },
     /// The swap ended.
     SwapEnded(SwapResult),
     /// No account can take the work (or one can again): pause or resume dispatch.
@@ -237,6 +260,10 @@ struct Accounts {
     /// swap request up behind one fsync each.
     unsaved: std::collections::BTreeSet<String>,
     last_saved: std::time::Instant,
+    /// Live mode: the seat's credentials changed (or may have): sync them
+    /// with the active home at the next turn.
+    seat_dirty: bool,
+    last_seat_sync: std::time::Instant,
 }
 
 impl Switcher {
@@ -278,8 +305,14 @@ impl Switcher {
             active_path,
             unsaved: Default::default(),
             last_saved: std::time::Instant::now(),
+            seat_dirty: true,
+            last_seat_sync: std::time::Instant::now(),
         };
         state.recover();
+        state.sync_seat();
+        if let Some(seat) = config.live_seat() {
+            live::watch_seat(seat, requests.clone());
+        }
         let _ = state.out.send(Report::Active(state.active.clone()));
         state.publish();
         let thread = std::thread::Builder::new()
@@ -302,12 +335,7 @@ pub fn load_or_rebuild(path: &Path, config: &Config) -> Active {
         .map(|b| serde_json::from_slice::<ActiveFile>(&b));
     match read {
         Some(Ok(f)) => match config.accounts.iter().find(|a| a.name == f.account) {
-            Some(a) => {
-                return Active {
-                    name: a.name.clone(),
-                    home: a.home.clone(),
-                }
-            }
+            Some(a) => return active_of(config, a),
             None => log::warn!(
                 "{} names account {:?}, which is not configured; using {:?}",
                 path.display(),
@@ -326,9 +354,30 @@ pub fn load_or_rebuild(path: &Path, config: &Config) -> Active {
     if let Err(e) = write_active(path, &first.name, None) {
         log::error!("cannot write {}: {e}", path.display());
     }
+    active_of(config, first)
+}
+
+/// The active account's name as `active.json` records it, without writing
+/// anything (for `check`, `setup` and `login`): the first account when the
+/// file is missing, corrupt or names an account no longer configured.
+pub fn load_active_name(config: &Config) -> String {
+    std::fs::read(config.state_dir.join("active.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ActiveFile>(&b).ok())
+        .map(|f| f.account)
+        .filter(|a| config.account(a).is_some())
+        .unwrap_or_else(|| config.accounts[0].name.clone())
+}
+
+/// The active account as sessions launch under it: its home, or in live
+/// mode the seat.
+pub fn active_of(config: &Config, a: &crate::config::AccountConfig) -> Active {
     Active {
-        name: first.name.clone(),
-        home: first.home.clone(),
+        name: a.name.clone(),
+        home: config
+            .live_seat()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| a.home.clone()),
     }
 }
 
@@ -456,6 +505,9 @@ impl Accounts {
             if self.last_saved.elapsed() >= Duration::from_secs(1) {
                 self.save_quotas();
             }
+            if self.seat_dirty || self.last_seat_sync.elapsed() >= live::SEAT_SYNC_EVERY {
+                self.sync_seat();
+            }
             // Swap requests queued behind a running swap: ten become one more
             // run at most (each later one is answered by the state it finds).
             self.decide();
@@ -531,7 +583,7 @@ impl Accounts {
                     .iter()
                     .find(|a| a.name == self.active.name)
                 {
-                    self.active.home = a.home.clone();
+                    self.active = active_of(&self.config, a);
                 }
             }
             Command::Reading {
@@ -602,6 +654,14 @@ impl Accounts {
             Command::Batch(requests) => {
                 for r in requests {
                     self.handle(r);
+                }
+            }
+            Command::SeatChanged => self.seat_dirty = true,
+            Command::Restarted { swap_id, session } => {
+                if let Some(last) = self.last_swap.as_mut().filter(|l| l.id == swap_id) {
+                    if !last.restarted.contains(&session) {
+                        last.restarted.push(session);
+                    }
                 }
             }
         }
@@ -723,6 +783,8 @@ impl Accounts {
             refusal: Some(refusal),
             detail: Some(why),
             changed_ids: Vec::new(),
+            mode: self.config.swap.mode.as_str(),
+            restarted: Vec::new(),
         }
     }
 
@@ -888,6 +950,9 @@ impl Accounts {
     /// performs each step it returns. Blocking, except that drain and verify
     /// keep reading requests (see [`Self::during_swap`]).
     fn swap(&mut self, to: &str, reason: &str, urgent: bool) -> SwapResult {
+        if self.config.live_seat().is_some() {
+            return self.live_swap(to, reason);
+        }
         let started = Instant::now();
         let from = self.active.clone();
         let Some(target) = self.config.account(to).cloned() else {
@@ -928,6 +993,7 @@ impl Accounts {
             started_at: crate::sys::time::rfc3339(started_at),
             sessions: self.checkpoint(),
             partial: None,
+            mode: None,
         };
         let started_ms = quota::now_ms(started_at);
         // Publish what led here (the reading that crossed the threshold)
@@ -981,10 +1047,7 @@ impl Accounts {
                     };
                     match self.flip(&t.name, Some(&id)) {
                         Ok(()) => {
-                            self.active = Active {
-                                name: t.name.clone(),
-                                home: t.home.clone(),
-                            };
+                            self.active = active_of(&self.config, &t);
                             let _ = self.out.send(Report::Active(self.active.clone()));
                             plan.next(Happened::Flipped { ok: true })
                         }
@@ -1146,7 +1209,16 @@ impl Accounts {
             refusal: None,
             detail,
             changed_ids,
+            mode: self.config.swap.mode.as_str(),
+            restarted: Vec::new(),
         };
+        self.end_swap(outcome)
+    }
+
+    /// A swap's end, whatever its mode: logged, recorded as the last swap,
+    /// published before anyone hears of it, and reported.
+    fn end_swap(&mut self, outcome: SwapResult) -> SwapResult {
+        let to = outcome.to.clone();
         match outcome.result {
             SwapOutcome::Done => log::warn!(
                 "swap {}: done in {} ms, every session on {to}",
@@ -1387,6 +1459,13 @@ impl Accounts {
                 target_exists: self.config.account(&j.to).is_some(),
             },
         };
+        if let Ok(j) = &read {
+            if j.mode.as_deref() == Some("live") {
+                let j = j.clone();
+                self.recover_live(j);
+                return;
+            }
+        }
         let j = match read {
             Ok(j) => j,
             Err(e) => {
@@ -1436,10 +1515,7 @@ impl Accounts {
                 return;
             }
         }
-        self.active = Active {
-            name: a.name.clone(),
-            home: a.home.clone(),
-        };
+        self.active = active_of(&self.config, &a);
         log::warn!(
             "swap {} ({} → {}) was interrupted at {}: {}; every session runs on {}",
             j.id,
@@ -1461,6 +1537,8 @@ impl Accounts {
             refusal: None,
             detail: Some(format!("interrupted at {}", j.phase.as_str())),
             changed_ids: Vec::new(),
+            mode: "restart",
+            restarted: Vec::new(),
         });
         self.last_swap_ms = Some(now_ms());
     }

@@ -97,6 +97,89 @@ pub struct Record {
     /// The tool its last `PostToolUse` named (for checkpoints).
     #[serde(default)]
     pub last_tool: Option<String>,
+    /// Live mode: a swap it has yet to show it followed.
+    #[serde(default)]
+    pub verify: Option<Verify>,
+    /// Live mode: when its own traffic last showed its account (Unix ms).
+    #[serde(default)]
+    pub account_confirmed_ms: Option<u64>,
+}
+
+/// Live mode: after a swap, a session is confirmed on the target by its own
+/// traffic (a status-line reading that carries the target's windows, not the
+/// outgoing account's). One not confirmed within `swap.verify_timeout` after
+/// its next request is restarted under the seat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verify {
+    pub swap_id: String,
+    /// The account it was on before the swap.
+    pub from: String,
+    pub to: String,
+    /// When the seat was rewritten (Unix ms).
+    pub since_ms: u64,
+    /// Its first sign of a request after the swap (a prompt submitted, a
+    /// tool call, a turn's end): the verify timeout runs from here. `None`:
+    /// idle since the swap, confirmed lazily at its next request.
+    pub active_ms: Option<u64>,
+}
+
+/// The two reset times that tell one account's readings from another's
+/// (Unix seconds): the 5-hour and the 7-day window's.
+pub type Fingerprint = (Option<u64>, Option<u64>);
+
+/// Whether a reading's fingerprint is an account's: every reset time both
+/// know is the same (within a few seconds), and at least one is known.
+pub fn same_windows(reading: Fingerprint, account: Fingerprint) -> bool {
+    let close = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.abs_diff(b) <= 2),
+        _ => None,
+    };
+    let checks: Vec<bool> = [close(reading.0, account.0), close(reading.1, account.1)]
+        .into_iter()
+        .flatten()
+        .collect();
+    !checks.is_empty() && checks.iter().all(|&c| c)
+}
+
+/// Live mode: the account a session's status-line reading is credited to,
+/// confirming a pending swap when the reading is no longer the outgoing
+/// account's. `from_windows`/`to_windows`: the accounts' known fingerprints.
+pub fn live_reading(
+    r: &mut Record,
+    reading: Fingerprint,
+    from_windows: Option<Fingerprint>,
+    to_windows: Option<Fingerprint>,
+    now_ms: u64,
+) -> Option<String> {
+    let Some(v) = r.verify.clone() else {
+        return r.account.clone();
+    };
+    if reading.0.is_none() && reading.1.is_none() {
+        return None;
+    }
+    let is_from = from_windows.is_some_and(|f| same_windows(reading, f));
+    let is_to = to_windows.is_some_and(|t| same_windows(reading, t));
+    if is_from && !is_to {
+        return Some(v.from);
+    }
+    r.account = Some(v.to.clone());
+    r.account_confirmed_ms = Some(now_ms);
+    r.verify = None;
+    Some(v.to)
+}
+
+/// Live mode: the sessions whose verify timeout ran out (their first
+/// request after the swap was `timeout` ago and they still show the
+/// outgoing account).
+pub fn unconfirmed(book: &Book, timeout: Duration, now_ms: u64) -> Vec<(String, Verify)> {
+    let t = timeout.as_millis() as u64;
+    book.iter()
+        .filter_map(|(n, r)| {
+            let v = r.verify.as_ref()?;
+            let active = v.active_ms?;
+            (now_ms.saturating_sub(active) >= t).then(|| (n.clone(), v.clone()))
+        })
+        .collect()
 }
 
 impl Record {
@@ -206,13 +289,16 @@ pub fn reconcile(
                             actions.push(Action::Revive { name: name.clone() });
                             continue;
                         }
+                        // Live mode: every session runs under the seat, and one
+                        // that lags behind a swap is found by its traffic
+                        // (`Verify`), not by its record.
+                        let restart_mode = config.live_seat().is_none();
                         match &r.account {
-                            Some(a) if a != active && between_turns => {
-                                actions.push(Action::Replace {
+                            Some(a) if a != active && between_turns && restart_mode => actions
+                                .push(Action::Replace {
                                     name: name.clone(),
                                     running_under: a.clone(),
-                                })
-                            }
+                                }),
                             _ => {}
                         }
                     }

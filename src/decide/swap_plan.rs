@@ -27,6 +27,12 @@ pub enum Phase {
     Relaunch,
     /// The rollback failed: sticky until an operator resolves it.
     Partial,
+    /// Live mode: Claude Code's refresh lock in the seat is taken.
+    Lock,
+    /// Live mode: the seat's login (maybe refreshed) is kept in the outgoing home.
+    Keep,
+    /// Live mode: the target's login is written into the seat.
+    Seat,
 }
 
 impl Phase {
@@ -39,6 +45,15 @@ impl Phase {
         Phase::Relaunch,
     ];
 
+    /// A live swap's phases, in order.
+    pub const LIVE_ORDER: [Phase; 5] = [
+        Phase::Checkpoint,
+        Phase::Lock,
+        Phase::Keep,
+        Phase::Seat,
+        Phase::Flip,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Checkpoint => "checkpoint",
@@ -48,6 +63,9 @@ impl Phase {
             Phase::Ensure => "ensure",
             Phase::Relaunch => "relaunch",
             Phase::Partial => "partial",
+            Phase::Lock => "lock",
+            Phase::Keep => "keep",
+            Phase::Seat => "seat",
         }
     }
 }
@@ -165,6 +183,49 @@ pub fn recovery(found: JournalFound) -> Recovery {
             ..
         } if phase >= Phase::Flip => Recovery::FinishForward,
         JournalFound::Read { .. } => Recovery::RollBack,
+    }
+}
+
+/// A live swap's journal found at start: what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveRecovery {
+    /// A rollback failed before the restart: every swap stays refused.
+    StayPartial,
+    /// The target's login is in the seat: record it as active.
+    FinishForward,
+    /// The seat still holds the outgoing login: the outgoing account stays.
+    RollBack,
+}
+
+/// What the seat holds when a live swap's journal is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeatHolds {
+    /// The same login as the target's home.
+    Target,
+    /// The same login as the outgoing account's home.
+    Outgoing,
+    /// Neither (refreshed since, or unreadable).
+    Neither,
+}
+
+/// The recovery of a live swap interrupted at `phase`. Up to `keep` the
+/// seat was not written; at `flip` it was (the lock was held from before the
+/// write to after the flip, so nothing refreshed it in between); at `seat`
+/// the atomic write is either done or not, and what the seat holds says
+/// which. A seat at `seat` that matches neither home cannot be told apart
+/// safely: partial, for a person.
+pub fn live_recovery(
+    phase: Phase,
+    partial: bool,
+    target_exists: bool,
+    seat: SeatHolds,
+) -> LiveRecovery {
+    match phase {
+        _ if partial || phase == Phase::Partial => LiveRecovery::StayPartial,
+        Phase::Flip if target_exists => LiveRecovery::FinishForward,
+        Phase::Seat if target_exists && seat == SeatHolds::Target => LiveRecovery::FinishForward,
+        Phase::Seat if seat == SeatHolds::Neither => LiveRecovery::StayPartial,
+        _ => LiveRecovery::RollBack,
     }
 }
 

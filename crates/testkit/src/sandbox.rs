@@ -258,9 +258,11 @@ impl Sandbox {
             spec.swap_mode,
             q(&self.seat.to_string_lossy())
         );
-        match spec.extra_yaml.find("swap:\n").filter(|&i| {
-            i == 0 || spec.extra_yaml.as_bytes()[i - 1] == b'\n'
-        }) {
+        match spec
+            .extra_yaml
+            .find("swap:\n")
+            .filter(|&i| i == 0 || spec.extra_yaml.as_bytes()[i - 1] == b'\n')
+        {
             Some(i) => {
                 let at = i + "swap:\n".len();
                 y.push_str(&spec.extra_yaml[..at]);
