@@ -62,6 +62,8 @@ pub enum Command {
     /// Pools that take no new task (the active account's limit for their
     /// model is spent), with why; the others go on.
     Held(BTreeMap<String, String>),
+    /// Live mode: the account the seat holds.
+    Seated(Option<String>),
     Reconfigure(Box<Config>),
 }
 
@@ -144,6 +146,8 @@ struct Desk {
     paused: Option<String>,
     /// Pools held by a model-scoped limit: no new task, no growth.
     held: BTreeMap<String, String>,
+    /// Live mode: the account the seat holds.
+    seated: Option<String>,
     /// When dispatch last resumed after a pause.
     unpaused_at: Option<Instant>,
     /// A swap journal was found at start.
@@ -272,6 +276,7 @@ impl Desk {
             clearing: HashMap::new(),
             paused: None,
             held: BTreeMap::new(),
+            seated: None,
             unpaused_at: None,
             swap_was_interrupted: false,
             summaries_seen: false,
@@ -329,6 +334,7 @@ impl Desk {
         match input {
             Command::Sessions(s) => self.sessions = s,
             Command::Held(pools) => self.held = pools,
+            Command::Seated(account) => self.seated = account,
             Command::Paused(p) => {
                 if p.is_some() && self.paused.is_none() {
                     // Work under way waits for the swap and continues after it.
@@ -805,6 +811,7 @@ impl Desk {
             stale_after: self.config.janitor.stale_task_after,
             stale_while_waiting: self.config.janitor.stale_while_waiting,
             unpaused_at: self.unpaused_at,
+            seated: self.seated.clone(),
         };
         let names: Vec<String> = self.assigned.keys().cloned().collect();
         for name in names {
@@ -835,7 +842,7 @@ impl Desk {
             let Some(a) = self.assigned.get_mut(&name) else {
                 continue;
             };
-            let effects = assignment::on_deadline(a, &seen, rules, ctx);
+            let effects = assignment::on_deadline(a, &seen, &rules, ctx);
             self.apply(&name, effects);
         }
     }

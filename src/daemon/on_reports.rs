@@ -9,6 +9,10 @@ impl Daemon {
         match notice {
             switcher::Report::Active(active) => {
                 log::info!("active account: {}", active.name);
+                let seated = self.config.live_seat().map(|_| active.name.clone());
+                let _ = self
+                    .dispatcher
+                    .send(crate::daemon::dispatcher::Command::Seated(seated));
                 self.active = Some(active);
                 let _ = self.watcher.send(session_watcher::Command::Observe);
             }

@@ -123,6 +123,9 @@ impl Daemon {
                 last_error: r.last_error.clone(),
                 pane_pid: r.pane_pid,
                 hooks_silent: self.hooks_silent.contains_key(name),
+                account_confirmed_at: r
+                    .account_confirmed_ms
+                    .map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_millis(t))),
             })
             .collect();
         status::publish(

@@ -63,6 +63,8 @@ pub struct SessionStatus {
     /// The silent-hook canary: its transcript shows work while none of its
     /// hooks reached the daemon for `lifecycle.hooks_silent_after`.
     pub hooks_silent: bool,
+    /// Live mode: when its own traffic last showed its account (RFC 3339).
+    pub account_confirmed_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]

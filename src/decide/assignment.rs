@@ -48,6 +48,10 @@ pub const RELOCATE_DEADLINE: Duration = Duration::from_secs(90);
 pub const CONTINUE_PROMPT: &str = "This session was moved to another account and resumed. Continue the task you were working on from where you stopped, and finish it.";
 /// What a session refused by its account is told once the account (or
 /// another) can take work again without a swap.
+/// Live mode: typed (after Escape) into a session a refusal stopped, once the
+/// seat holds another account.
+pub const CONTINUE_LIVE_PROMPT: &str = "This session now runs on another account. Continue the task you were working on from where you stopped, and finish it.";
+
 pub const CONTINUE_AFTER_LIMIT_PROMPT: &str = "The usage limit that stopped you has passed. Continue the task you were working on from where you stopped, and finish it.";
 
 /// How long the prompt may take to be confirmed before one more Enter.
@@ -420,7 +424,7 @@ pub struct SessionSeen {
 }
 
 /// The rules a deadline check needs from the config and the dispatcher.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Rules {
     /// `janitor.stale_task_after`.
     pub stale_after: Duration,
@@ -429,6 +433,9 @@ pub struct Rules {
     pub stale_while_waiting: bool,
     /// When dispatch last resumed after a pause.
     pub unpaused_at: Option<Instant>,
+    /// Live mode: the account the seat holds (every running session's
+    /// next request goes out as it).
+    pub seated: Option<String>,
 }
 
 /// Whether [`on_deadline`] wants the typed prompt looked for in the
@@ -451,7 +458,7 @@ pub fn wants_transcript_look(a: &Assignment, ctx: Ctx) -> bool {
 }
 
 /// Deadlines, and a session that died under its task.
-pub fn on_deadline(a: &mut Assignment, seen: &SessionSeen, rules: Rules, ctx: Ctx) -> Vec<Effect> {
+pub fn on_deadline(a: &mut Assignment, seen: &SessionSeen, rules: &Rules, ctx: Ctx) -> Vec<Effect> {
     let name = ctx.session;
     let now = ctx.now;
     let state = seen.state;
@@ -474,6 +481,32 @@ pub fn on_deadline(a: &mut Assignment, seen: &SessionSeen, rules: Rules, ctx: Ct
         {
             log::warn!("{name}: did not come back after the swap; its task goes back to the inbox");
             vec![Effect::Release(Release::Requeue)]
+        }
+        // Live mode: refused, and the seat now holds another account. The
+        // session waits on the limit screen: Escape, then go on (its next
+        // request goes out as the seated account).
+        Phase::Interrupted {
+            account,
+            retype,
+            since,
+        } if !ctx.paused
+            && age(*since) >= RESUME_SETTLE
+            && matches!(state, Some(State::Limited | State::Idle))
+            && rules
+                .seated
+                .as_ref()
+                .is_some_and(|s| account.as_ref() != Some(s)) =>
+        {
+            let to = rules.seated.clone().unwrap_or_default();
+            log::info!("{name}: the seat holds {to} now; continuing its task there");
+            let text = retype
+                .clone()
+                .unwrap_or_else(|| CONTINUE_LIVE_PROMPT.to_string());
+            vec![
+                Effect::MarkAccount(to),
+                Effect::Escape,
+                type_text(a, text, false, now),
+            ]
         }
         // Refused, and dispatch resumed without moving the session (its
         // account, or the whole fleet's, can take work again): it is still

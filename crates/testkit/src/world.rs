@@ -250,7 +250,21 @@ impl World {
         .expect("start the API stand-in");
         spec.api_base_url = api.base_url();
         let sb = Sandbox::create(&h.path().join("sandbox"), &spec).expect("build the sandbox");
-        sb.install_hooks(bin()).expect("install hooks");
+        if spec.swap_mode == "live" {
+            // The seat is what `setup` makes of it, as an operator's would be.
+            let out = std::process::Command::new(bin())
+                .args(["--config", &sb.config_path.to_string_lossy(), "setup"])
+                .output()
+                .expect("run setup");
+            assert!(
+                out.status.success(),
+                "setup failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            sb.install_hooks(bin()).expect("install hooks");
+        }
         h.watch_state_dir(sb.state_dir.clone());
         Some(World { h, sb, api, claude })
     }

@@ -129,6 +129,7 @@ fn said(effects: &[Effect]) -> Vec<String> {
             Effect::Type(t) if t == CONTINUE_AFTER_LIMIT_PROMPT => {
                 "type continue-after-limit".to_string()
             }
+            Effect::Type(t) if t == CONTINUE_LIVE_PROMPT => "type continue-live".to_string(),
             Effect::Type(t) => format!("type {t:?}"),
             Effect::Clear => "clear".into(),
             Effect::Escape => "escape".into(),
@@ -508,6 +509,7 @@ fn rules() -> Rules {
         stale_after: secs(600),
         stale_while_waiting: false,
         unpaused_at: None,
+        seated: None,
     }
 }
 
@@ -525,18 +527,18 @@ fn an_unconfirmed_prompt_gets_one_more_enter_then_the_transcript_then_gives_up()
     let t0 = Instant::now();
     let mut a = task(typing(t0, false), t0);
     let working = alive(State::Working);
-    assert!(on_deadline(&mut a, &working, rules(), ctx(t0 + secs(10))).is_empty());
-    let effects = on_deadline(&mut a, &working, rules(), ctx(t0 + secs(11)));
+    assert!(on_deadline(&mut a, &working, &rules(), ctx(t0 + secs(10))).is_empty());
+    let effects = on_deadline(&mut a, &working, &rules(), ctx(t0 + secs(11)));
     assert_eq!(said(&effects), ["enter"]);
     assert!(!wants_transcript_look(&a, ctx(t0 + secs(10))));
     assert!(wants_transcript_look(&a, ctx(t0 + secs(12))));
     // Not in the transcript: looked at, and not again for a while.
-    assert!(on_deadline(&mut a, &working, rules(), ctx(t0 + secs(12))).is_empty());
+    assert!(on_deadline(&mut a, &working, &rules(), ctx(t0 + secs(12))).is_empty());
     assert!(!wants_transcript_look(&a, ctx(t0 + secs(13))));
     assert!(wants_transcript_look(&a, ctx(t0 + secs(14))));
     // Given up only after the whole grace, never typed again.
-    assert!(on_deadline(&mut a, &working, rules(), ctx(t0 + secs(130))).is_empty());
-    let effects = on_deadline(&mut a, &working, rules(), ctx(t0 + secs(133)));
+    assert!(on_deadline(&mut a, &working, &rules(), ctx(t0 + secs(130))).is_empty());
+    let effects = on_deadline(&mut a, &working, &rules(), ctx(t0 + secs(133)));
     assert_eq!(
         said(&effects),
         [format!(
@@ -551,7 +553,7 @@ fn an_unconfirmed_prompt_found_in_the_transcript_is_taken_as_submitted() {
     let mut a = task(typing(t0, true), t0);
     let mut found = alive(State::Working);
     found.prompt_in_transcript = Some(("/t/c1.jsonl".into(), 4096));
-    let effects = on_deadline(&mut a, &found, rules(), ctx(t0 + secs(11)));
+    let effects = on_deadline(&mut a, &found, &rules(), ctx(t0 + secs(11)));
     assert_eq!(
         effects,
         [Effect::Confirm {
@@ -578,12 +580,12 @@ fn a_big_paste_is_given_more_time_before_its_enter() {
         },
         t0,
     );
-    assert!(on_deadline(&mut a, &alive(State::Working), rules(), ctx(t0 + secs(60))).is_empty());
+    assert!(on_deadline(&mut a, &alive(State::Working), &rules(), ctx(t0 + secs(60))).is_empty());
     assert_eq!(
         said(&on_deadline(
             &mut a,
             &alive(State::Working),
-            rules(),
+            &rules(),
             ctx(t0 + secs(71))
         )),
         ["enter"]
@@ -596,8 +598,8 @@ fn a_swap_under_way_owns_the_sessions_no_enter_no_give_up_no_attempt() {
     let late = t0 + secs(3600);
     for phase in [typing(t0, false), typing(t0, true), Phase::Running] {
         let mut a = task(phase.clone(), t0);
-        assert!(on_deadline(&mut a, &alive(State::Working), rules(), paused(late)).is_empty());
-        assert!(on_deadline(&mut a, &alive(State::Dead), rules(), paused(late)).is_empty());
+        assert!(on_deadline(&mut a, &alive(State::Working), &rules(), paused(late)).is_empty());
+        assert!(on_deadline(&mut a, &alive(State::Dead), &rules(), paused(late)).is_empty());
         assert!(!wants_transcript_look(&a, paused(late)));
         assert_eq!(a.phase, phase);
     }
@@ -624,13 +626,13 @@ fn a_session_that_dies_under_its_task_costs_an_attempt_unless_its_answer_is_in()
         ] {
             let mut a = task(phase, t0);
             assert_eq!(
-                said(&on_deadline(&mut a, &gone, rules(), ctx(t0 + secs(1)))),
+                said(&on_deadline(&mut a, &gone, &rules(), ctx(t0 + secs(1)))),
                 std::slice::from_ref(&ended)
             );
         }
         let mut a = task(finishing(t0, 1), t0);
         assert_eq!(
-            said(&on_deadline(&mut a, &gone, rules(), ctx(t0 + secs(1)))),
+            said(&on_deadline(&mut a, &gone, &rules(), ctx(t0 + secs(1)))),
             ["finish clear=true"]
         );
     }
@@ -644,7 +646,7 @@ fn a_session_a_reload_released_is_not_dead() {
         ..ctx(t0 + secs(1))
     };
     let mut a = task(Phase::Running, t0);
-    assert!(on_deadline(&mut a, &SessionSeen::default(), rules(), released).is_empty());
+    assert!(on_deadline(&mut a, &SessionSeen::default(), &rules(), released).is_empty());
 }
 
 #[test]
@@ -657,10 +659,10 @@ fn a_running_task_with_no_sign_of_life_is_relaunched_and_the_attempt_counts() {
     // Its transcript or its events kept it alive until now.
     let mut lively = quiet.clone();
     lively.events_quiet = Some(secs(5));
-    assert!(on_deadline(&mut a, &lively, rules(), ctx(t0 + secs(700))).is_empty());
-    assert!(on_deadline(&mut a, &quiet, rules(), ctx(t0 + secs(599))).is_empty());
+    assert!(on_deadline(&mut a, &lively, &rules(), ctx(t0 + secs(700))).is_empty());
+    assert!(on_deadline(&mut a, &quiet, &rules(), ctx(t0 + secs(599))).is_empty());
     assert_eq!(
-        said(&on_deadline(&mut a, &quiet, rules(), ctx(t0 + secs(700)))),
+        said(&on_deadline(&mut a, &quiet, &rules(), ctx(t0 + secs(700)))),
         [format!(
             "relaunch: session {S} showed no sign of life for 650s"
         )]
@@ -672,18 +674,24 @@ fn clear_and_relocation_deadlines() {
     let t0 = Instant::now();
     let idle = alive(State::Idle);
     let mut a = task(Phase::Clearing { since: t0 }, t0);
-    assert!(on_deadline(&mut a, &idle, rules(), ctx(t0 + secs(15))).is_empty());
+    assert!(on_deadline(&mut a, &idle, &rules(), ctx(t0 + secs(15))).is_empty());
     assert_eq!(
-        said(&on_deadline(&mut a, &idle, rules(), ctx(t0 + secs(16)))),
+        said(&on_deadline(&mut a, &idle, &rules(), ctx(t0 + secs(16)))),
         ["requeue"]
     );
     let mut a = task(Phase::Relocating { since: t0 }, t0);
-    assert!(on_deadline(&mut a, &SessionSeen::default(), rules(), ctx(t0 + secs(90))).is_empty());
+    assert!(on_deadline(
+        &mut a,
+        &SessionSeen::default(),
+        &rules(),
+        ctx(t0 + secs(90))
+    )
+    .is_empty());
     assert_eq!(
         said(&on_deadline(
             &mut a,
             &SessionSeen::default(),
-            rules(),
+            &rules(),
             ctx(t0 + secs(91))
         )),
         [format!(
@@ -702,15 +710,15 @@ fn a_refused_task_continues_when_its_account_can_take_work_again() {
     let limited = alive(State::Limited);
     let mut a = task(interrupted(t0, None), t0);
     // Not before dispatch resumed and settled.
-    assert!(on_deadline(&mut a, &limited, rules(), ctx(t0 + secs(200))).is_empty());
-    assert!(on_deadline(&mut a, &limited, back, ctx(t0 + secs(102))).is_empty());
+    assert!(on_deadline(&mut a, &limited, &rules(), ctx(t0 + secs(200))).is_empty());
+    assert!(on_deadline(&mut a, &limited, &back, ctx(t0 + secs(102))).is_empty());
     // Not when the session moved to another account (the swap continues it).
     let mut elsewhere = limited.clone();
     elsewhere.account = Some("beta".into());
-    assert!(on_deadline(&mut a, &elsewhere, back, ctx(t0 + secs(104))).is_empty());
-    assert!(on_deadline(&mut a, &alive(State::Working), back, ctx(t0 + secs(104))).is_empty());
+    assert!(on_deadline(&mut a, &elsewhere, &back, ctx(t0 + secs(104))).is_empty());
+    assert!(on_deadline(&mut a, &alive(State::Working), &back, ctx(t0 + secs(104))).is_empty());
     assert_eq!(
-        said(&on_deadline(&mut a, &limited, back, ctx(t0 + secs(104)))),
+        said(&on_deadline(&mut a, &limited, &back, ctx(t0 + secs(104)))),
         ["escape", "type continue-after-limit"]
     );
     assert_eq!(kind(&a.phase), "typing");
@@ -720,11 +728,47 @@ fn a_refused_task_continues_when_its_account_can_take_work_again() {
         said(&on_deadline(
             &mut a,
             &alive(State::Idle),
-            back,
+            &back,
             ctx(t0 + secs(104))
         )),
         ["escape", "type prompt"]
     );
+}
+
+/// Live mode: a refused session waits on the limit screen; once the seat
+/// holds another account (whether the swap came before or after the
+/// refusal was heard) it is given Escape and told to go on, as that account.
+#[test]
+fn live_a_refused_task_goes_on_once_the_seat_holds_another_account() {
+    let t0 = Instant::now();
+    let limited = alive(State::Limited);
+    let seated = |a: &str| Rules {
+        seated: Some(a.into()),
+        ..rules()
+    };
+    let mut a = task(interrupted(t0, None), t0);
+    // The seat still holds the refusing account: nothing.
+    assert!(on_deadline(&mut a, &limited, &seated("alpha"), ctx(t0 + secs(10))).is_empty());
+    // Too soon after the refusal (the limit screen settles first).
+    assert!(on_deadline(&mut a, &limited, &seated("beta"), ctx(t0 + secs(1))).is_empty());
+    // Working: not typed into.
+    assert!(on_deadline(
+        &mut a,
+        &alive(State::Working),
+        &seated("beta"),
+        ctx(t0 + secs(4))
+    )
+    .is_empty());
+    assert_eq!(
+        said(&on_deadline(
+            &mut a,
+            &limited,
+            &seated("beta"),
+            ctx(t0 + secs(4))
+        )),
+        ["mark beta", "escape", "type continue-live"]
+    );
+    assert_eq!(kind(&a.phase), "typing");
 }
 
 #[test]
@@ -732,9 +776,9 @@ fn an_interrupted_task_whose_session_fails_to_come_back_goes_back_to_the_inbox()
     let t0 = Instant::now();
     for state in [State::Failed, State::Backoff] {
         let mut a = task(interrupted(t0, None), t0);
-        assert!(on_deadline(&mut a, &alive(state), rules(), paused(t0)).is_empty());
+        assert!(on_deadline(&mut a, &alive(state), &rules(), paused(t0)).is_empty());
         assert_eq!(
-            said(&on_deadline(&mut a, &alive(state), rules(), ctx(t0))),
+            said(&on_deadline(&mut a, &alive(state), &rules(), ctx(t0))),
             ["requeue"]
         );
     }
@@ -846,18 +890,18 @@ fn a_restart_between_enter_and_user_prompt_submit_neither_loses_nor_repeats_the_
     );
     // Its event was lost with the crash: the transcript shows the prompt.
     let mut a = task(phase.clone(), t0);
-    assert!(on_deadline(&mut a, &alive(State::Working), rules(), ctx(t0 + secs(5))).is_empty());
+    assert!(on_deadline(&mut a, &alive(State::Working), &rules(), ctx(t0 + secs(5))).is_empty());
     assert!(wants_transcript_look(&a, ctx(t0 + secs(11))));
     let mut found = alive(State::Working);
     found.prompt_in_transcript = Some(("/t/c1.jsonl".into(), 10));
     assert_eq!(
-        said(&on_deadline(&mut a, &found, rules(), ctx(t0 + secs(11)))),
+        said(&on_deadline(&mut a, &found, &rules(), ctx(t0 + secs(11)))),
         ["confirm"]
     );
     // It never arrived: the attempt counts after the grace, with no retype.
     let mut a = task(phase, t0);
     for s in (11..=130).step_by(2) {
-        let effects = on_deadline(&mut a, &alive(State::Idle), rules(), ctx(t0 + secs(s)));
+        let effects = on_deadline(&mut a, &alive(State::Idle), &rules(), ctx(t0 + secs(s)));
         assert!(
             effects
                 .iter()
@@ -869,7 +913,7 @@ fn a_restart_between_enter_and_user_prompt_submit_neither_loses_nor_repeats_the_
         said(&on_deadline(
             &mut a,
             &alive(State::Idle),
-            rules(),
+            &rules(),
             ctx(t0 + secs(131))
         )),
         [format!(
@@ -901,13 +945,18 @@ fn a_session_waiting_for_a_person_is_not_stale_unless_the_operator_says_so() {
     waiting.transcript_quiet = Some(secs(3600));
     waiting.events_quiet = Some(secs(3600));
     let mut a = task(Phase::Running, t0);
-    assert!(on_deadline(&mut a, &waiting, rules(), ctx(t0 + secs(3600))).is_empty());
+    assert!(on_deadline(&mut a, &waiting, &rules(), ctx(t0 + secs(3600))).is_empty());
     let strict = Rules {
         stale_while_waiting: true,
         ..rules()
     };
     assert_eq!(
-        said(&on_deadline(&mut a, &waiting, strict, ctx(t0 + secs(3600)))),
+        said(&on_deadline(
+            &mut a,
+            &waiting,
+            &strict,
+            ctx(t0 + secs(3600))
+        )),
         [format!(
             "relaunch: session {S} showed no sign of life for 3600s"
         )]
@@ -920,7 +969,7 @@ fn a_session_waiting_for_a_person_is_never_pressed_enter() {
     for retried in [false, true] {
         let mut a = task(typing(t0, retried), t0);
         let late = ctx(t0 + secs(3600));
-        assert!(on_deadline(&mut a, &alive(State::Waiting), rules(), late).is_empty());
+        assert!(on_deadline(&mut a, &alive(State::Waiting), &rules(), late).is_empty());
         assert_eq!(a.phase, typing(t0, retried));
     }
 }

@@ -1,0 +1,257 @@
+//! Live swap (`swap.mode: live`), end to end: real Claude Code in real tmux
+//! under the seat, the stand-in as the API. A swap rewrites the seat's
+//! credentials and the running Claude Code processes send their next
+//! request as the new account: nothing is stopped.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::{assert_task_once, enqueue_task, task_result, wait_for, wait_task_ended, World};
+
+const UP: Duration = Duration::from_secs(90);
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn steps(n: u32) -> Vec<String> {
+    (1..=n).map(|k| format!("step-{k}")).collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A live world: `setup` made the seat; beta's windows reset at other times
+/// than alpha's, so each account's readings can be told apart.
+fn live_world(name: &str, sessions: u32) -> Option<World> {
+    let w = World::new(name, |spec| {
+        spec.swap_mode = "live".into();
+        spec.pools[0].min = sessions;
+        spec.pools[0].max = sessions;
+        spec.quota_yaml = "  poll_interval: 2s\n  swap_cooldown: 0s\n".into();
+        spec.extra_yaml = "swap:\n  verify_timeout: 20s\n".into();
+    })?;
+    w.api
+        .set_resets("beta", now() + 3 * 3600, now() + 5 * 86400)
+        .unwrap();
+    Some(w)
+}
+
+fn session_names(n: u32) -> Vec<String> {
+    (11..11 + n).map(|i| format!("ccl-auto-{i}")).collect()
+}
+
+/// Must-show 1: six sessions, three of them in agentic tasks of eight steps.
+/// Alpha crosses its threshold once a task reached step 3; the live swap
+/// follows. The later steps of every running turn reach the stand-in with
+/// beta's token, no Claude Code was restarted (pane pids unchanged), no
+/// turn was interrupted (no refusal, no continuation prompt), every
+/// `out.txt` is complete and every task done once.
+#[test]
+fn six_sessions_move_live_while_three_agentic_turns_run_on() {
+    let Some(mut w) = live_world("live-six", 6) else {
+        return;
+    };
+    let project = w.sb.project_dirs[0].1.clone();
+    w.start_daemon(&[]);
+    let names = session_names(6);
+    for n in &names {
+        w.wait_state(n, "idle", UP);
+    }
+    let tasks = ["live-a", "live-b", "live-c"];
+    for (i, t) in tasks.iter().enumerate() {
+        enqueue_task(
+            &project,
+            t,
+            &format!(
+                "Task {t}: record each step of the work in its file.\n\nSTANDIN-SCRIPT steps=8 file=out-{i}.txt delay_ms=400\n"
+            ),
+        );
+    }
+    // Every turn under way (a task starts in a fresh session in the
+    // project's folder: its relaunch is before this), and one at step 3:
+    // then alpha's 5-hour window reads 95 %.
+    wait_for(
+        Duration::from_secs(120),
+        "every turn under way, one at step 3",
+        || {
+            let r = w.api.requests_for("alpha");
+            let started = (0..3).all(|i| {
+                r.iter().any(|x| {
+                    x.step == Some(2)
+                        && x.script
+                            .as_deref()
+                            .is_some_and(|s| s.contains(&format!("out-{i}.txt")))
+                })
+            });
+            (started && r.iter().any(|x| x.step == Some(3))).then_some(())
+        },
+    );
+    let pids_before: Vec<Option<u32>> = names.iter().map(|n| w.pane_pid(n)).collect();
+    assert!(pids_before.iter().all(Option::is_some), "{pids_before:?}");
+    // Over the threshold, not exhausted: it stays at 95 % (a refusal would
+    // be another test).
+    w.api.set_steps("alpha", 0.0, 0.0).unwrap();
+    w.api.set_usage("alpha", 95.0, 10.0).unwrap();
+    for t in &tasks {
+        assert_eq!(
+            wait_task_ended(&project, t, Duration::from_secs(300)),
+            "done",
+            "{t}"
+        );
+    }
+    let status = w.status().unwrap();
+    let swap = &status["last_swap"];
+    assert_eq!(swap["mode"], "live", "{swap}");
+    assert_eq!(swap["result"], "done", "{swap}");
+    assert_eq!(
+        (swap["from"].as_str(), swap["to"].as_str()),
+        (Some("alpha"), Some("beta"))
+    );
+    assert!(
+        swap["restarted"].as_array().is_some_and(|r| r.is_empty()),
+        "{swap}"
+    );
+    eprintln!("live swap took {} ms", swap["duration_ms"]);
+    let pids_after: Vec<Option<u32>> = names.iter().map(|n| w.pane_pid(n)).collect();
+    assert_eq!(
+        pids_before, pids_after,
+        "a Claude Code process was restarted"
+    );
+    let requests = w.api.requests();
+    for (i, t) in tasks.iter().enumerate() {
+        let file = format!("out-{i}.txt");
+        assert_eq!(lines(&project.join(&file)), steps(8), "{t}: {file}");
+        assert_task_once(&project, t, "done");
+        let mine: Vec<_> = requests
+            .iter()
+            .filter(|r| r.script.as_deref().is_some_and(|s| s.contains(&file)))
+            .collect();
+        let refused: Vec<_> = mine
+            .iter()
+            .filter(|r| r.status != 200)
+            .map(|r| (r.step, r.status, r.account.clone()))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{t}: requests not answered: {refused:?}"
+        );
+        // One turn: every request of it carries the one directive prompt,
+        // no continuation was typed.
+        assert!(
+            mine.iter().all(|r| !r.prompt.contains("Continue the task")),
+            "{t}: a continuation prompt was typed"
+        );
+        let answer = mine
+            .iter()
+            .find(|r| r.step == Some(9))
+            .expect("the final answer");
+        assert_eq!(
+            answer.account.as_deref(),
+            Some("beta"),
+            "{t}: its end on beta"
+        );
+        // One turn moved mid-way: its first steps went out as alpha, the
+        // later ones as beta, and never back.
+        let mut by_time = mine.clone();
+        by_time.sort_by_key(|r| r.at);
+        let accounts: Vec<&str> = by_time
+            .iter()
+            .map(|r| r.account.as_deref().unwrap_or("?"))
+            .collect();
+        let first_beta = accounts.iter().position(|a| *a == "beta").unwrap();
+        assert!(first_beta > 0, "{t}: began on alpha: {accounts:?}");
+        assert!(
+            accounts[first_beta..].iter().all(|a| *a == "beta"),
+            "{t}: {accounts:?}"
+        );
+        eprintln!(
+            "{t}: steps on alpha {first_beta}, on beta {}",
+            accounts.len() - first_beta
+        );
+        let r = task_result(&project, t);
+        assert!(
+            r["last_assistant_message"]
+                .as_str()
+                .is_some_and(|a| a.contains(&format!("script done: 8 steps into {file}"))),
+            "{r}"
+        );
+    }
+    // The sessions that made requests since are confirmed on beta by their
+    // own readings; the idle ones are confirmed lazily, at their next one.
+    let on_beta = status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["account"] == "beta" && s["account_confirmed_at"].is_string())
+        .count();
+    assert!(on_beta >= 3, "{status}");
+    // The seat holds beta's login, alpha's home its own.
+    let seat = std::fs::read(w.sb.seat.join(".credentials.json")).unwrap();
+    let beta = std::fs::read(w.sb.account("beta").unwrap().home.join(".credentials.json")).unwrap();
+    assert_eq!(seat, beta);
+}
+
+/// Must-show 2: a refusal mid-turn. The session waits on the limit screen;
+/// the live swap follows, the session gets Escape and the continuation
+/// prompt, and the task finishes on beta with every step.
+#[test]
+fn a_refusal_mid_turn_swaps_live_and_the_task_goes_on_on_beta() {
+    let Some(mut w) = live_world("live-refuse", 1) else {
+        return;
+    };
+    let project = w.sb.project_dirs[0].1.clone();
+    w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    enqueue_task(
+        &project,
+        "refused-live",
+        "Record each step.\n\nSTANDIN-SCRIPT steps=8 file=out-r.txt delay_ms=100 refuse_at=3\n",
+    );
+    // Its turn under way (after the relaunch into the project's folder).
+    wait_for(Duration::from_secs(120), "step 1", || {
+        w.api
+            .requests()
+            .iter()
+            .any(|r| r.step == Some(1))
+            .then_some(())
+    });
+    let pid = w.pane_pid("ccl-auto-11");
+    assert_eq!(
+        wait_task_ended(&project, "refused-live", Duration::from_secs(300)),
+        "done"
+    );
+    assert_eq!(lines(&project.join("out-r.txt")), steps(8));
+    assert_task_once(&project, "refused-live", "done");
+    let r = task_result(&project, "refused-live");
+    assert_eq!(r["account"], "beta", "{r}");
+    assert_eq!(w.pane_pid("ccl-auto-11"), pid, "the session was restarted");
+    let mine: Vec<_> = w
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.script.as_deref().is_some_and(|s| s.contains("out-r.txt")))
+        .collect();
+    let refused: Vec<_> = mine.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(refused.len(), 1, "{mine:#?}");
+    assert_eq!(refused[0].account.as_deref(), Some("alpha"));
+    assert!(
+        mine.iter()
+            .filter(|r| r.at > refused[0].at)
+            .all(|r| r.account.as_deref() == Some("beta")),
+        "after the refusal every request went out as beta"
+    );
+    let status = w.status().unwrap();
+    assert_eq!(status["last_swap"]["mode"], "live");
+    assert_eq!(status["active_account"], "beta");
+}
