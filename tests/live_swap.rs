@@ -255,3 +255,196 @@ fn a_refusal_mid_turn_swaps_live_and_the_task_goes_on_on_beta() {
     assert_eq!(status["last_swap"]["mode"], "live");
     assert_eq!(status["active_account"], "beta");
 }
+
+/// What the refresher helper issued: per account, every refresh token in
+/// order (the last one is the only valid one), and what went wrong.
+#[derive(Default)]
+struct Ledger {
+    issued: std::collections::BTreeMap<String, Vec<String>>,
+    refreshes: usize,
+    /// The seat's file changed while the helper held the lock: someone
+    /// wrote without it.
+    unlocked_writes: Vec<String>,
+    /// The seat held a refresh token that was not its account's newest
+    /// (a used one: the account would be logged out at its next refresh).
+    stale_tokens: Vec<String>,
+}
+
+fn refresh_token_of(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v["claudeAiOauth"]["refreshToken"]
+        .as_str()
+        .map(String::from)
+}
+
+/// One refresh as Claude Code's refresher does it: take the refresh lock in
+/// the seat (mkdir, owner file), read the file, rewrite it with a new access
+/// and refresh token for the account it holds, release.
+fn refresh_once(seat: &Path, ledger: &std::sync::Mutex<Ledger>, n: usize) {
+    let lock = seat.join(".oauth_refresh.lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::create_dir(&lock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh lock was never free"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let owner = seat.join(".oauth_refresh.lock.owner");
+    std::fs::write(&owner, format!("{} helper\n", std::process::id())).unwrap();
+    let path = seat.join(".credentials.json");
+    let before = std::fs::read(&path).unwrap();
+    let mut l = ledger.lock().unwrap();
+    let current = refresh_token_of(&before).unwrap();
+    let account = l
+        .issued
+        .iter()
+        .find(|(_, list)| list.contains(&current))
+        .map(|(a, _)| a.clone());
+    match account {
+        None => l.stale_tokens.push(format!("unknown token {current}")),
+        Some(account) => {
+            if l.issued[&account].last() != Some(&current) {
+                l.stale_tokens
+                    .push(format!("{account}: a used refresh token in the seat"));
+            }
+            let refresh = format!("sk-ant-ort01-{account}-r{n}");
+            let body = serde_json::json!({"claudeAiOauth": {
+                "accessToken": format!("sk-ant-oat01-sandbox-{account}"),
+                "refreshToken": refresh,
+                "expiresAt": 4_102_444_800_000u64 + n as u64,
+                "scopes": ["user:inference", "user:profile"],
+                "subscriptionType": "max"}});
+            l.issued.get_mut(&account).unwrap().push(refresh);
+            l.refreshes += 1;
+            drop(l);
+            // Hold the lock a moment, as a refresh round trip does: nothing
+            // else may write the file meanwhile.
+            std::thread::sleep(Duration::from_millis(3));
+            if std::fs::read(&path).unwrap() != before {
+                ledger
+                    .lock()
+                    .unwrap()
+                    .unlocked_writes
+                    .push(format!("during refresh {n}"));
+            }
+            let tmp = seat.join(format!(".credentials.json.tmp-helper-{n}"));
+            std::fs::write(&tmp, serde_json::to_vec(&body).unwrap()).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+    }
+    let _ = std::fs::remove_file(&owner);
+    std::fs::remove_dir(&lock).unwrap();
+}
+
+/// Must-show 3: the refresh race. A helper that behaves like Claude Code's
+/// refresher (the lock, then a new access and refresh token for the account
+/// the seat holds) runs against 200 live swaps back and forth. Afterwards
+/// each account's home holds its own newest refresh token (by the helper's
+/// ledger), the seat holds the active account's, no used token was ever in
+/// the seat, and nothing wrote the seat while the helper held the lock.
+#[test]
+fn two_hundred_live_swaps_race_a_refresher_and_no_refresh_token_is_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let Some(mut w) = World::new("live-race", |spec| {
+        spec.swap_mode = "live".into();
+        spec.pools[0].min = 0;
+        spec.quota_yaml = "  poll_interval: 1h\n  swap_cooldown: 1h\n".into();
+    }) else {
+        return;
+    };
+    let seat = w.sb.seat.clone();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for a in ["alpha", "beta"] {
+        let bytes = std::fs::read(w.sb.account(a).unwrap().home.join(".credentials.json")).unwrap();
+        ledger
+            .lock()
+            .unwrap()
+            .issued
+            .insert(a.into(), vec![refresh_token_of(&bytes).unwrap()]);
+    }
+    w.start_daemon(&[]);
+    wait_for(UP, "the daemon", || w.status());
+    let token = w.token();
+    let stop = Arc::new(AtomicBool::new(false));
+    let helper = {
+        let (seat, ledger, stop) = (seat.clone(), ledger.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                refresh_once(&seat, &ledger, n);
+                std::thread::sleep(Duration::from_millis(1 + (n % 7) as u64));
+            }
+        })
+    };
+    let url = |to: &str| format!("http://{}/swap?to={to}&reason=race", w.sb.http_listen);
+    let mut done = 0;
+    for i in 0..200 {
+        let to = if i % 2 == 0 { "beta" } else { "alpha" };
+        let answer = ureq::post(&url(to))
+            .set("Authorization", &format!("Bearer {token}"))
+            .timeout(Duration::from_secs(30))
+            .call();
+        match answer {
+            Ok(r) => {
+                let v: serde_json::Value = r.into_json().unwrap();
+                assert_eq!(v["result"], "done", "swap {i}: {v}");
+                done += 1;
+            }
+            Err(e) => panic!("swap {i} to {to}: {e}"),
+        }
+    }
+    // The last refreshes reach the homes (within a second of each).
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    helper.join().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let l = ledger.lock().unwrap();
+    assert_eq!(done, 200);
+    assert!(
+        l.refreshes >= 200,
+        "only {} refreshes raced the swaps",
+        l.refreshes
+    );
+    assert!(l.unlocked_writes.is_empty(), "{:?}", l.unlocked_writes);
+    assert!(l.stale_tokens.is_empty(), "{:?}", l.stale_tokens);
+    let active = w.status().unwrap()["active_account"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(active, "alpha", "200 swaps from alpha end on alpha");
+    for a in ["alpha", "beta"] {
+        let home = std::fs::read(w.sb.account(a).unwrap().home.join(".credentials.json")).unwrap();
+        let newest = l.issued[a].last().unwrap();
+        assert_eq!(
+            refresh_token_of(&home).as_ref(),
+            Some(newest),
+            "{a}'s home lost its newest refresh token ({} issued)",
+            l.issued[a].len()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(w.sb.account(a).unwrap().home.join(".credentials.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{a}");
+    }
+    let in_seat = std::fs::read(seat.join(".credentials.json")).unwrap();
+    assert_eq!(
+        refresh_token_of(&in_seat).as_ref(),
+        l.issued[&active].last()
+    );
+    eprintln!(
+        "200 live swaps, {} refreshes (alpha {}, beta {})",
+        l.refreshes,
+        l.issued["alpha"].len() - 1,
+        l.issued["beta"].len() - 1
+    );
+    // Nothing credential-bearing in the log.
+    let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
+    assert!(!log.contains("sk-ant-ort01"), "a refresh token in the log");
+}
