@@ -448,3 +448,119 @@ fn two_hundred_live_swaps_race_a_refresher_and_no_refresh_token_is_lost() {
     let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
     assert!(!log.contains("sk-ant-ort01"), "a refresh token in the log");
 }
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Must-show 4: `kill -9` of the daemon (a fail point that aborts it) at
+/// each live-swap phase, with a token refreshed in the seat just before.
+/// After the restart: no journal, every session on the one active account,
+/// the seat holding the active account's login, and each account's home its
+/// newest refresh token (by the ledger). Before the seat is written the swap
+/// rolls back; once it is, it finishes.
+#[test]
+fn a_kill_at_each_live_swap_phase_converges_with_no_login_lost() {
+    use std::sync::Mutex;
+    let Some(mut w) = live_world("live-kill", 1) else {
+        return;
+    };
+    let seat = w.sb.seat.clone();
+    let ledger = Mutex::new(Ledger::default());
+    for a in ["alpha", "beta"] {
+        let bytes = std::fs::read(w.sb.account(a).unwrap().home.join(".credentials.json")).unwrap();
+        ledger
+            .lock()
+            .unwrap()
+            .issued
+            .insert(a.into(), vec![refresh_token_of(&bytes).unwrap()]);
+    }
+    let mut pid = w.start_daemon(&[]);
+    w.wait_state("ccl-auto-11", "idle", UP);
+    let session_pid = w.pane_pid("ccl-auto-11");
+    let mut on = "alpha".to_string();
+    let mut n = 0;
+    for phase in ["checkpoint", "lock", "keep", "seat", "seat-written", "flip"] {
+        signal(pid, "-TERM");
+        wait_for(Duration::from_secs(10), "daemon stopped", || {
+            w.h.try_exit_status(pid)
+        });
+        let fp = format!("swap-{phase}");
+        pid = w.start_daemon(&[("CLAUDE_FAILOVER_FAILPOINT", fp.as_str())]);
+        wait_for(UP, "the daemon answering", || w.status());
+        // Claude Code refreshed the active account's token in the seat just now.
+        n += 1;
+        refresh_once(&seat, &ledger, n);
+        signal(pid, "-USR1");
+        let code = wait_for(UP, &format!("the daemon to crash at {fp}"), || {
+            w.h.try_exit_status(pid)
+        });
+        assert_ne!(code, Some(0), "{fp}: the fail point should have crashed it");
+        let journal = w.sb.state_dir.join("swap.journal");
+        assert!(journal.exists(), "{fp}: the crash left its journal");
+        pid = w.start_daemon(&[]);
+        let s = wait_for(UP, &format!("{fp}: the restarted daemon"), || {
+            w.status().filter(|s| {
+                s["last_swap"]["result"]
+                    .as_str()
+                    .is_some_and(|r| r.ends_with("after_restart"))
+            })
+        });
+        let active = s["active_account"].as_str().unwrap().to_string();
+        let other = if on == "alpha" { "beta" } else { "alpha" };
+        // Until the seat is written (`seat` is the phase's start) it rolls back;
+        // once it is (`seat-written`: only its content tells), it finishes.
+        let forward = ["seat-written", "flip"].contains(&phase);
+        let expect = if forward {
+            other.to_string()
+        } else {
+            on.clone()
+        };
+        assert_eq!(active, expect, "{fp}: {s}");
+        assert_eq!(
+            s["last_swap"]["result"],
+            if forward {
+                "finished_after_restart"
+            } else {
+                "rolled_back_after_restart"
+            },
+            "{fp}"
+        );
+        assert!(!journal.exists(), "{fp}: journal left behind");
+        assert!(
+            !seat.join(".oauth_refresh.lock").exists(),
+            "{fp}: the dead daemon's lock is still there"
+        );
+        // Within a second the seat and the active home agree; every home
+        // holds its newest refresh token.
+        wait_for(
+            Duration::from_secs(5),
+            &format!("{fp}: seat and homes settled"),
+            || {
+                let l = ledger.lock().unwrap();
+                let seat_token =
+                    refresh_token_of(&std::fs::read(seat.join(".credentials.json")).ok()?);
+                let homes_ok = ["alpha", "beta"].iter().all(|a| {
+                    let home =
+                        std::fs::read(w.sb.account(a).unwrap().home.join(".credentials.json")).ok();
+                    home.and_then(|h| refresh_token_of(&h)).as_ref() == l.issued[*a].last()
+                });
+                (homes_ok && seat_token.as_ref() == l.issued[&active].last()).then_some(())
+            },
+        );
+        let l = ledger.lock().unwrap();
+        assert!(l.stale_tokens.is_empty(), "{fp}: {:?}", l.stale_tokens);
+        drop(l);
+        assert_eq!(
+            w.pane_pid("ccl-auto-11"),
+            session_pid,
+            "{fp}: the session was restarted"
+        );
+        eprintln!("{fp}: {} → {active}", on);
+        on = active;
+    }
+}

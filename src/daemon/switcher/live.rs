@@ -286,6 +286,12 @@ impl Accounts {
                 )),
             );
         }
+        // Test-only: a crash right after the write, before the flip is
+        // journalled (the one spot where only the seat's content tells).
+        if failpoint_set("swap-seat-written") {
+            log::error!("fail point swap-seat-written reached: aborting");
+            std::process::abort();
+        }
         self.enter(j, Phase::Flip);
         let to = j.to.clone();
         match self.flip(&to, Some(&j.id)) {
