@@ -569,7 +569,7 @@ mod tests {
 
     fn config(dir: &Path, extra: &str) -> Config {
         let text = format!(
-            "state_dir: {d}/state\nshared_root: {d}/shared\n{extra}accounts:\n  - name: main\n    home: {d}/main\n  - name: backup\n    home: {d}/backup\n",
+            "state_dir: {d}/state\nshared_root: {d}/shared\nswap:\n  mode: restart\n{extra}accounts:\n  - name: main\n    home: {d}/main\n  - name: backup\n    home: {d}/backup\n",
             d = dir.display()
         );
         Config::parse(&text, &dir.join("config.yaml")).expect("valid config")

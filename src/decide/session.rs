@@ -623,7 +623,7 @@ mod tests {
     use serde_json::json;
 
     fn config() -> Config {
-        let yaml = "accounts:\n  - name: a\n    home: /h/a\npools:\n  - name: auto\n    prefix: ccl-auto-\n    start_index: 11\n    min: 2\n    max: 4\n    cwd: /srv\nlifecycle:\n  restart_backoff: [1s, 5s, 30s]\n";
+        let yaml = "accounts:\n  - name: a\n    home: /h/a\npools:\n  - name: auto\n    prefix: ccl-auto-\n    start_index: 11\n    min: 2\n    max: 4\n    cwd: /srv\nlifecycle:\n  restart_backoff: [1s, 5s, 30s]\nswap:\n  mode: restart\n";
         Config::parse(yaml, std::path::Path::new("/etc/cf/config.yaml")).unwrap()
     }
 
