@@ -37,6 +37,8 @@ fn world() -> World {
         "\
 state_dir: {r}/state
 shared_root: {r}/shared
+swap:
+  mode: restart
 accounts:
   - name: main
     home: {r}/homes/main

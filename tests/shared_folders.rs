@@ -36,7 +36,7 @@ fn world(extra_yaml: &str) -> World {
         .unwrap();
     let root = dir.path().canonicalize().unwrap();
     let text = format!(
-        "state_dir: {r}/state\nshared_root: {r}/shared\n{extra_yaml}accounts:\n  - name: main\n    home: {r}/homes/main\n  - name: backup\n    home: {r}/homes/backup\n",
+        "state_dir: {r}/state\nshared_root: {r}/shared\nswap:\n  mode: restart\n{extra_yaml}accounts:\n  - name: main\n    home: {r}/homes/main\n  - name: backup\n    home: {r}/homes/backup\n",
         r = root.display()
     );
     let path = root.join("config.yaml");
