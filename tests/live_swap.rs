@@ -564,3 +564,169 @@ fn a_kill_at_each_live_swap_phase_converges_with_no_login_lost() {
         on = active;
     }
 }
+
+/// Must-show 5: a session that does not pick the new login up. The test
+/// launches `ccl-auto-12` by hand with alpha's home as its config dir (the
+/// same Claude Code, arguments and environment the daemon gave it, but
+/// outside the seat) while the daemon is stopped; the daemon adopts it. A
+/// live swap to beta follows; the session's next request still goes out as
+/// alpha, so `verify_timeout` after that request it is restarted under the
+/// seat, the swap's result names it, and its next request goes out as beta.
+/// The session in the seat is confirmed and left alone.
+#[test]
+fn a_session_outside_the_seat_is_restarted_verify_timeout_after_its_next_request() {
+    let Some(mut w) = World::new("live-stray", |spec| {
+        spec.swap_mode = "live".into();
+        spec.pools[0].min = 2;
+        spec.pools[0].max = 2;
+        spec.quota_yaml = "  poll_interval: 2s\n  swap_cooldown: 0s\n".into();
+        spec.extra_yaml = "swap:\n  verify_timeout: 4s\n".into();
+    }) else {
+        return;
+    };
+    w.api
+        .set_resets("beta", now() + 3 * 3600, now() + 5 * 86400)
+        .unwrap();
+    let seat = w.sb.seat.clone();
+    let alpha_home = w.sb.account("alpha").unwrap().home.clone();
+    let pid = w.start_daemon(&[]);
+    for name in session_names(2) {
+        w.wait_state(&name, "idle", UP);
+    }
+    signal(pid, "-TERM");
+    wait_for(Duration::from_secs(10), "daemon stopped", || {
+        w.h.try_exit_status(pid)
+    });
+    // Relaunch ccl-auto-12 by hand under alpha's home, with the seat's
+    // settings (hooks, status line) and trust, so only the config dir differs.
+    let old = w.pane_pid("ccl-auto-12").expect("ccl-auto-12 runs");
+    let argv: Vec<String> = std::fs::read(format!("/proc/{old}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let env: Vec<String> = std::fs::read(format!("/proc/{old}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .filter(|kv| !kv.starts_with("CLAUDE_CONFIG_DIR="))
+        .collect();
+    let cwd = std::fs::read_link(format!("/proc/{old}/cwd")).unwrap();
+    for f in ["settings.json", ".claude.json"] {
+        std::fs::copy(seat.join(f), alpha_home.join(f)).unwrap();
+    }
+    let tmux = |args: &[&str]| {
+        let out = std::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&w.h.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+    };
+    tmux(&["kill-session", "-t", "=ccl-auto-12"]);
+    let mut args: Vec<String> = [
+        "new-session",
+        "-d",
+        "-s",
+        "ccl-auto-12",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "-c",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(cwd.to_string_lossy().into_owned());
+    args.extend(["env".to_string(), "-i".to_string()]);
+    args.extend(env);
+    args.push(format!("CLAUDE_CONFIG_DIR={}", alpha_home.display()));
+    args.extend(argv);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    tmux(&refs);
+    let stray = wait_for(Duration::from_secs(10), "the hand-made session", || {
+        w.pane_pid("ccl-auto-12")
+    });
+    let kept = w.pane_pid("ccl-auto-11").unwrap();
+
+    w.start_daemon(&[]);
+    for name in session_names(2) {
+        w.wait_state(&name, "idle", UP);
+    }
+    let token = w.token();
+    let url = format!("http://{}/swap", w.sb.http_listen);
+    let swap = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .send_json(serde_json::json!({"to": "beta"}));
+    assert!(swap.is_ok(), "{swap:?}");
+    wait_for(UP, "the live swap to beta", || {
+        w.status()
+            .filter(|s| s["active_account"] == "beta" && s["last_swap"]["mode"] == "live")
+    });
+    // Both sessions make a request.
+    let before = w.api.requests().len();
+    w.type_prompt("ccl-auto-11", "Say hello.");
+    w.type_prompt("ccl-auto-12", "Say hello.");
+    let first = wait_for(Duration::from_secs(60), "the stray's request", || {
+        w.api.requests()[before..]
+            .iter()
+            .find(|r| {
+                r.path.starts_with("/v1/messages")
+                    && r.prompt.contains("Say hello")
+                    && r.account.as_deref() == Some("alpha")
+            })
+            .map(|r| r.at)
+    });
+    let s = wait_for(Duration::from_secs(60), "the stray restarted", || {
+        w.status().filter(|s| {
+            s["last_swap"]["restarted"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        })
+    });
+    assert_eq!(
+        s["last_swap"]["restarted"],
+        serde_json::json!(["ccl-auto-12"]),
+        "{s}"
+    );
+    // Within verify_timeout (4 s) of its request, plus a tick and a margin
+    // for a loaded machine.
+    let took = first.elapsed().unwrap_or_default();
+    assert!(
+        took <= Duration::from_secs(4 + 6),
+        "restarted {took:?} after its request"
+    );
+    let relaunched = wait_for(UP, "ccl-auto-12 back under the seat", || {
+        let p = w.pane_pid("ccl-auto-12")?;
+        let dir = claude_failover::daemon::session_watcher::process_env(p, "CLAUDE_CONFIG_DIR")?;
+        (p != stray && Path::new(&dir) == seat).then_some(p)
+    });
+    assert_ne!(relaunched, stray);
+    assert_eq!(
+        w.pane_pid("ccl-auto-11"),
+        Some(kept),
+        "the seated session was restarted"
+    );
+    w.wait_state("ccl-auto-12", "idle", UP);
+    let before = w.api.requests().len();
+    w.type_prompt("ccl-auto-12", "Say hello again.");
+    let account = wait_for(Duration::from_secs(60), "its next request", || {
+        w.api.requests()[before..]
+            .iter()
+            .find(|r| r.path.starts_with("/v1/messages") && r.prompt.contains("Say hello again"))
+            .map(|r| r.account.clone())
+    });
+    assert_eq!(account.as_deref(), Some("beta"));
+    // The seated one's prompt went out as beta, with no restart.
+    assert!(w
+        .api
+        .requests()
+        .iter()
+        .any(|r| r.path.starts_with("/v1/messages")
+            && r.prompt.contains("Say hello.")
+            && r.account.as_deref() == Some("beta")));
+}

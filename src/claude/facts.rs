@@ -43,6 +43,11 @@ pub const ENV_OFFLINE: [(&str, &str); 2] = [
     ("DISABLE_AUTOUPDATER", "1"),
 ];
 
+/// Claude Code's own sign-in, run by `claude-failover login` in the
+/// foreground with the account's home as `CLAUDE_CONFIG_DIR`
+/// (`claude auth login`, present since 2.1.201; `--claudeai`: a
+/// subscription account, not the Console). It writes `.credentials.json`.
+pub const LOGIN_ARGS: [&str; 3] = ["auth", "login", "--claudeai"];
 /// OAuth credentials inside an account home. Never shared, never refreshed by us.
 pub const CREDENTIALS_FILE: &str = ".credentials.json";
 /// Onboarding flags and per-folder trust inside an account home.

@@ -69,6 +69,13 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Claude Code's own login for one account, with that account's home as
+    /// its config dir, in the foreground (once per account); then says
+    /// whether the home holds a login.
+    Login {
+        /// The account (its `name` in the config).
+        account: String,
+    },
     /// Called by Claude Code as its status line: records the account's quota reading.
     Statusline,
     /// Called by Claude Code hooks: records the event for the daemon. Always exits 0.
@@ -80,6 +87,9 @@ pub enum Command {
 macro_rules! outln {
     ($($t:tt)*) => { $crate::commands::out(format_args!("{}\n", format_args!($($t)*))) };
 }
+
+// After `outln!`, which it uses.
+pub mod login;
 
 /// The status a command ends with when its reader goes away: 0, or the
 /// outcome it already knows (`check` with failures is still 1).
@@ -173,6 +183,7 @@ impl Cli {
                 priority,
                 file,
             } => enqueue_command(&load(&config_path)?, &project, priority, &file),
+            Command::Login { account } => login::login_command(&load(&config_path)?, &account),
             Command::Swap { to, reason } => swap_command(&load(&config_path)?, to, reason),
             Command::Statusline => {
                 // Claude Code shows what we print; a failure to record must

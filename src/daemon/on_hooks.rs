@@ -187,14 +187,18 @@ impl Daemon {
     /// credited by its session: to the account the session was last shown
     /// on, or, after a swap, to the target once its own reading carries the
     /// target's windows (which confirms it). A sign of a request after the
-    /// swap starts its verify timeout. Returns the home to credit (`None`:
-    /// not live, or not the seat).
+    /// swap starts its verify timeout. A session running outside the seat
+    /// under an account's home (launched by hand, or left from restart mode)
+    /// is verified the same way: its readings carry that account's windows,
+    /// so it is never confirmed and is restarted under the seat. Returns the
+    /// home to credit (`None`: not live, or neither the seat nor a home).
     pub(super) fn live_credit(
         &mut self,
         ev: &crate::claude::hook::RecordedEvent,
     ) -> Option<PathBuf> {
         let seat = self.config.live_seat()?.to_path_buf();
-        if ev.config_dir.as_deref().map(Path::new) != Some(seat.as_path()) {
+        let dir = Path::new(ev.config_dir.as_deref()?);
+        if dir != seat && self.config.account_by_home(dir).is_none() {
             return None;
         }
         let name = ev.session.as_deref()?;
@@ -208,6 +212,11 @@ impl Daemon {
             ))
         };
         let pending = self.book.get(name)?.verify.clone();
+        let outside = dir != seat;
+        if outside && pending.is_none() {
+            // Nothing to verify: its readings are its home's.
+            return self.config.account_by_home(dir).map(|a| a.home.clone());
+        }
         let (from_w, to_w) = match &pending {
             Some(v) => (windows(&v.from), windows(&v.to)),
             None => (None, None),

@@ -300,6 +300,10 @@ struct Demo {
     daemon_pid: Option<u32>,
     /// Panes seen running Claude Code: waited for at clean-up.
     pane_pids: BTreeSet<u32>,
+    /// Session → its pane's pid, as last seen; and as seen just before the
+    /// swap (a live swap keeps every one).
+    panes: BTreeMap<String, u32>,
+    panes_before_swap: Option<BTreeMap<String, u32>>,
     cleaned: bool,
     // What the run observed, for the summary.
     last: Snapshot,
@@ -331,6 +335,8 @@ impl Demo {
             daemon: None,
             daemon_pid: None,
             pane_pids: BTreeSet::new(),
+            panes: BTreeMap::new(),
+            panes_before_swap: None,
             cleaned: false,
             last: Snapshot::default(),
             swap: None,
@@ -381,14 +387,25 @@ impl Demo {
             quota_yaml: format!(
                 "  poll_interval: 2s\n  five_hour_threshold: {THRESHOLD}\n  swap_cooldown: 5s\n"
             ),
-            swap_mode: "restart".into(),
+            swap_mode: "live".into(),
         };
         let sb = Sandbox::create(&root, &spec)
             .map_err(|e| format!("cannot build the sandbox in {}: {e}", root.display()))?;
         // The sandbox canonicalises its root; remove that path at the end.
         demo.root = Some(sb.root.clone());
-        sb.install_hooks(&exe.to_string_lossy())
-            .map_err(|e| format!("cannot install the hooks: {e}"))?;
+        // Live mode: `setup` makes the seat (hooks, status line, trust, the
+        // active account's login), as an operator's first run would.
+        let out = std::process::Command::new(exe)
+            .args(["--config", &sb.config_path.to_string_lossy(), "setup"])
+            .output()
+            .map_err(|e| format!("cannot run setup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "setup failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         demo.sandbox = Some(sb);
         Ok(demo)
     }
@@ -518,10 +535,14 @@ impl Demo {
             for line in describe_changes(&self.last, &next) {
                 tl.line(&line);
             }
+            let panes_before = self.panes.clone();
             self.note_panes();
             self.note_finished_tasks(tl, &project_dir);
             if let Some(s) = &next.last_swap {
                 if self.last.last_swap.as_ref() != Some(s) {
+                    if self.swap.is_none() {
+                        self.panes_before_swap = Some(panes_before);
+                    }
                     self.swap = Some(s.clone());
                 }
             }
@@ -612,8 +633,11 @@ impl Demo {
     /// Remembers every pane pid seen, so clean-up can wait for Claude Code.
     fn note_panes(&mut self) {
         if let Ok(list) = self.tmux.list_sessions() {
-            self.pane_pids
-                .extend(list.into_iter().filter_map(|s| s.pane_pid));
+            self.panes = list
+                .into_iter()
+                .filter_map(|s| Some((s.name, s.pane_pid?)))
+                .collect();
+            self.pane_pids.extend(self.panes.values().copied());
         }
     }
 
@@ -748,10 +772,27 @@ impl Demo {
                 format!(" ({})", split.join(", "))
             }
         );
-        println!(
-            "  sessions moved:  {moved}/{} from {ALPHA} to {BETA}",
-            self.opts.sessions
-        );
+        let live = self.swap.as_ref().filter(|s| s.mode == "live");
+        match (live, &self.panes_before_swap) {
+            (Some(s), Some(before)) => {
+                // Live: every session in the seat moved with it; those that
+                // sent a request since show beta already.
+                let kept = before
+                    .iter()
+                    .filter(|(n, p)| self.panes.get(*n) == Some(p))
+                    .count();
+                let running = self.panes.len();
+                println!(
+                    "  sessions moved:  {running}/{} from {ALPHA} to {BETA} (live: {kept} Claude Code processes kept through the swap, {} restarted; {moved} seen on {BETA} since)",
+                    self.opts.sessions,
+                    s.restarted.len()
+                );
+            }
+            _ => println!(
+                "  sessions moved:  {moved}/{} from {ALPHA} to {BETA}",
+                self.opts.sessions
+            ),
+        }
         match &self.swap {
             Some(s) => println!(
                 "  failover time:   {:.1}s ({} → {}, {}; {}: {})",
@@ -1044,6 +1085,10 @@ struct SwapView {
     duration_ms: u64,
     result: String,
     detail: Option<String>,
+    /// `live` or `restart`.
+    mode: String,
+    /// Sessions restarted because they did not follow a live swap.
+    restarted: Vec<String>,
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -1104,6 +1149,13 @@ impl Snapshot {
             duration_ms: l["duration_ms"].as_u64().unwrap_or(0),
             result: l["result"].as_str().unwrap_or("?").to_string(),
             detail: text(&l["detail"]),
+            mode: l["mode"].as_str().unwrap_or("restart").to_string(),
+            restarted: l["restarted"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(String::from))
+                .collect(),
         });
         Snapshot {
             active: text(&v["active_account"]),
@@ -1175,12 +1227,34 @@ fn describe_changes(prev: &Snapshot, next: &Snapshot) -> Vec<String> {
                 .as_ref()
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default();
+            let took = if s.duration_ms < 1000 {
+                format!("{} ms", s.duration_ms)
+            } else {
+                format!("{:.1}s", s.duration_ms as f64 / 1000.0)
+            };
             out.push(format!(
-                "SWAP    {}: {} → {} in {:.1}s{detail}",
-                s.result,
-                s.from,
-                s.to,
-                s.duration_ms as f64 / 1000.0
+                "SWAP    {}: {} → {} in {took}{detail}",
+                s.result, s.from, s.to
+            ));
+        }
+    }
+    if let Some(s) = next.last_swap.as_ref().filter(|s| s.mode == "live") {
+        if prev.last_swap.as_ref().map(|p| &p.id) != Some(&s.id) {
+            out.push(format!(
+                "SWAP    live: the seat now holds {}'s login; every running Claude Code sends its next request as {} (nothing stopped, working turns go on)",
+                s.to, s.to
+            ));
+        }
+        let before = prev
+            .last_swap
+            .as_ref()
+            .filter(|p| p.id == s.id)
+            .map(|p| p.restarted.len())
+            .unwrap_or(0);
+        for name in s.restarted.iter().skip(before) {
+            out.push(format!(
+                "SWAP    {name} did not follow the swap to {}: restarted under the seat",
+                s.to
             ));
         }
     }
@@ -1400,6 +1474,8 @@ mod tests {
             duration_ms: 7300,
             result: "done".into(),
             detail: None,
+            mode: "restart".into(),
+            restarted: vec![],
         });
         let lines = describe_changes(&during, &after);
         assert!(
@@ -1413,6 +1489,49 @@ mod tests {
         assert!(
             lines.contains(&"session ccl-demo-1 idle on beta".to_string()),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn describes_a_live_swap_and_who_had_to_be_restarted() {
+        let s1 = json!([{"name": "ccl-demo-1", "state": "working", "account": "alpha"}]);
+        let before = status("alpha", false, s1.clone(), 62.0, false);
+        let mut after = status("beta", false, s1, 62.0, false);
+        let mut swap = SwapView {
+            id: "swap-1".into(),
+            from: "alpha".into(),
+            to: "beta".into(),
+            reason: "alpha: 5-hour window at 62%".into(),
+            duration_ms: 45,
+            result: "done".into(),
+            detail: None,
+            mode: "live".into(),
+            restarted: vec![],
+        };
+        after.last_swap = Some(swap.clone());
+        let lines = describe_changes(&before, &after);
+        assert!(
+            lines.contains(&"SWAP    done: alpha → beta in 45 ms".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "SWAP    live: the seat now holds beta's login; every running Claude Code sends its next request as beta"
+            )),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("restarted")), "{lines:?}");
+        let mut later = after.clone();
+        swap.restarted = vec!["ccl-demo-1".into()];
+        later.last_swap = Some(swap);
+        let lines = describe_changes(&after, &later);
+        assert_eq!(
+            lines,
+            vec![
+                "SWAP    done: alpha → beta in 45 ms".to_string(),
+                "SWAP    ccl-demo-1 did not follow the swap to beta: restarted under the seat"
+                    .to_string()
+            ]
         );
     }
 

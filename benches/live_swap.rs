@@ -1,0 +1,270 @@
+//! Live swap and restart swap side by side, in one run, on the real Claude
+//! Code against the stand-in (issue 15, must-show 6). Printed figures, no
+//! timed assertions:
+//!
+//! - for 1, 10 and 20 idle sessions: trigger (`POST /swap`) → the new token
+//!   in force for every session (live: the seat rewritten; restart: every
+//!   session relaunched and idle under the target), checked afterwards by a
+//!   request from every session that must carry the target's token; beside
+//!   it the time of N Claude Code cold starts launched at once (targets: live
+//!   ≤ 50 ms for any N; restart ≤ 1.5× the N cold starts);
+//! - three sessions in the middle of eight-step agentic turns: trigger → each
+//!   running turn's next request carries the target's token, and how many
+//!   turns were interrupted (their Claude Code stopped before the turn's
+//!   final answer; target 0 in live mode).
+//!
+//! Run with `CLAUDE_FAILOVER_E2E=1 cargo bench --bench live_swap`
+//! (`scripts/bench.sh` does).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use support::{enqueue_task, wait_for, wait_task_ended, World};
+
+const UP: Duration = Duration::from_secs(240);
+
+fn main() {
+    if support::e2e_claude().is_none() {
+        eprintln!("set CLAUDE_FAILOVER_E2E=1 (scripts/bench.sh does)");
+        return;
+    }
+    for n in [1u32, 10, 20] {
+        let cold = cold_starts(n);
+        let restart = idle_swap("restart", n);
+        let live = idle_swap("live", n);
+        println!(
+            "swap of {n:>2} idle session(s), live: trigger → new token in force {:.1} ms, every next request as beta: {} (target ≤ 50 ms)",
+            live.0.as_secs_f64() * 1000.0,
+            live.1
+        );
+        println!(
+            "swap of {n:>2} idle session(s), restart: trigger → all relaunched on beta {:.2} s, every next request as beta: {}; {n} cold starts at once {:.2} s; ratio {:.2} (target ≤ 1.5)",
+            restart.0.as_secs_f64(),
+            restart.1,
+            cold.as_secs_f64(),
+            restart.0.as_secs_f64() / cold.as_secs_f64()
+        );
+    }
+    for mode in ["live", "restart"] {
+        let (next, interrupted, turns) = busy_swap(mode);
+        println!(
+            "swap during {turns} agentic turns, {mode}: trigger → every running turn's next request as beta {:.2} s; turns interrupted {interrupted}/{turns}{}",
+            next.as_secs_f64(),
+            if mode == "live" { " (target 0)" } else { "" }
+        );
+    }
+}
+
+fn world(name: &str, mode: &str, n: u32, extra: &str) -> World {
+    World::new(name, |spec| {
+        spec.swap_mode = mode.into();
+        spec.pools[0].min = n;
+        spec.pools[0].max = n;
+        spec.quota_yaml = "  poll_interval: 2s\n  swap_cooldown: 0s\n".into();
+        spec.extra_yaml = format!(
+            "lifecycle:\n  interval: 2s\nswap:\n  stop_timeout: 5s\n  verify_timeout: 30s\n{extra}"
+        );
+    })
+    .expect("CLAUDE_FAILOVER_E2E is set")
+}
+
+fn names(n: u32) -> Vec<String> {
+    (11..11 + n).map(|i| format!("ccl-auto-{i}")).collect()
+}
+
+/// `n` Claude Code cold starts launched at once in tmux (restart mode's
+/// homes, no daemon): launch → every one's SessionStart hook.
+fn cold_starts(n: u32) -> Duration {
+    let w = world("bench-cold", "restart", 0, "");
+    let events = w.sb.state_dir.join("events");
+    let t = Instant::now();
+    for k in 0..n {
+        let name = format!("cold-{k}");
+        let mut env = w.sb.claude_env("alpha", &w.api.base_url());
+        env.push(("CLAUDE_FAILOVER_SESSION".into(), name.clone()));
+        w.h.tmux
+            .new_session(&claude_failover::sys::tmux::Launch {
+                name,
+                cwd: w.sb.pool_dirs[0].1.clone(),
+                width: 200,
+                height: 50,
+                env,
+                argv: vec![w.claude.to_string_lossy().into_owned()],
+            })
+            .unwrap();
+    }
+    wait_for(UP, "every cold start's SessionStart", || {
+        let started = std::fs::read_dir(&events)
+            .ok()?
+            .flatten()
+            .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("SessionStart")))
+            .count();
+        (started >= n as usize).then_some(())
+    });
+    t.elapsed()
+}
+
+fn swap_to_beta(w: &World) -> serde_json::Value {
+    let url = format!("http://{}/swap?to=beta", w.sb.http_listen);
+    ureq::post(&url)
+        .set("Authorization", &format!("Bearer {}", w.token()))
+        .timeout(UP)
+        .call()
+        .expect("swap")
+        .into_json()
+        .unwrap()
+}
+
+/// Every session's prompt `p` reached the stand-in as beta.
+fn all_ask_as_beta(w: &World, names: &[String]) -> bool {
+    names.iter().all(|name| {
+        let p = format!("bench: after the swap, {name}");
+        let answered = (0..5).find_map(|_| {
+            w.type_prompt(name, &p);
+            w.api
+                .wait_for_request(|r| r.prompt == p, Duration::from_secs(10))
+        });
+        answered.is_some_and(|r| r.account.as_deref() == Some("beta"))
+    })
+}
+
+/// Trigger → the new token in force for every idle session, and whether
+/// every session's next request then carried it.
+fn idle_swap(mode: &str, n: u32) -> (Duration, bool) {
+    let mut w = world(&format!("bench-{mode}"), mode, n, "");
+    let pid = w.start_daemon(&[]);
+    let names = names(n);
+    for name in &names {
+        w.wait_state(name, "idle", UP);
+    }
+    // Give each a conversation, so restart mode has one to resume.
+    for name in &names {
+        let p = format!("bench: hello from {name}");
+        let answered = (0..5).any(|_| {
+            w.type_prompt(name, &p);
+            w.api
+                .wait_for_request(|r| r.prompt == p, Duration::from_secs(10))
+                .is_some()
+        });
+        assert!(answered, "{name} never took its prompt");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let answer = swap_to_beta(&w);
+    assert_eq!(answer["result"], "done", "{answer}");
+    let took = if mode == "live" {
+        // The answer comes once the seat holds beta: from then on every
+        // request of every session carries beta's token.
+        t.elapsed()
+    } else {
+        wait_for(UP, "all relaunched on beta", || {
+            let s = w.status()?;
+            let sessions = s["sessions"].as_array()?;
+            names
+                .iter()
+                .all(|n| {
+                    sessions.iter().any(|x| {
+                        x["name"] == n.as_str() && x["account"] == "beta" && x["state"] == "idle"
+                    })
+                })
+                .then_some(())
+        });
+        t.elapsed()
+    };
+    let ok = all_ask_as_beta(&w, &names);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    (took, ok)
+}
+
+/// Three sessions in eight-step turns (300 ms between steps), swapped at
+/// step 3: trigger → each running turn's next request as beta (the slowest),
+/// and the turns whose Claude Code was stopped before their final answer.
+fn busy_swap(mode: &str) -> (Duration, usize, usize) {
+    let turns = 3u32;
+    let mut w = world(
+        &format!("bench-busy-{mode}"),
+        mode,
+        turns,
+        "  drain_timeout: 2s\n",
+    );
+    w.start_daemon(&[]);
+    let names = names(turns);
+    for name in &names {
+        w.wait_state(name, "idle", UP);
+    }
+    let project = w.sb.project_dirs[0].1.clone();
+    for k in 0..turns {
+        enqueue_task(
+            &project,
+            &format!("turn-{k}"),
+            &format!("Record each step.\n\nSTANDIN-SCRIPT steps=8 file=out-{k}.txt delay_ms=300\n"),
+        );
+    }
+    let file = |k: u32| format!("file=out-{k}.txt");
+    // Every turn at step 3 or later.
+    wait_for(UP, "every turn at step 3", || {
+        let reqs = w.api.requests();
+        (0..turns)
+            .all(|k| {
+                reqs.iter().any(|r| {
+                    r.step.is_some_and(|s| s >= 3)
+                        && r.script.as_deref().is_some_and(|s| s.contains(&file(k)))
+                })
+            })
+            .then_some(())
+    });
+    let panes: BTreeMap<String, Option<u32>> =
+        names.iter().map(|n| (n.clone(), w.pane_pid(n))).collect();
+    let at = SystemTime::now();
+    let answer = swap_to_beta(&w);
+    assert_eq!(answer["result"], "done", "{answer}");
+    // Each turn's first request as beta after the trigger.
+    let next = wait_for(UP, "every turn's next request as beta", || {
+        let reqs = w.api.requests();
+        let mut slowest = Duration::ZERO;
+        for k in 0..turns {
+            let first = reqs.iter().find(|r| {
+                r.at >= at
+                    && r.account.as_deref() == Some("beta")
+                    && r.script.as_deref().is_some_and(|s| s.contains(&file(k)))
+            })?;
+            slowest = slowest.max(first.at.duration_since(at).unwrap_or_default());
+        }
+        Some(slowest)
+    });
+    for k in 0..turns {
+        assert_eq!(
+            wait_task_ended(&project, &format!("turn-{k}"), UP),
+            "done",
+            "turn-{k}"
+        );
+    }
+    // Interrupted: its Claude Code was stopped before the turn's final
+    // answer. In restart mode every process is replaced at the flip, so a
+    // final answer as beta came after its process was stopped; in live mode
+    // a final answer as beta came from the same process unless one was
+    // replaced (pane pids compared).
+    let reqs = w.api.requests();
+    let restarted = panes.iter().filter(|(n, p)| w.pane_pid(n) != **p).count();
+    let final_as_beta = (0..turns)
+        .filter(|k| {
+            reqs.iter().any(|r| {
+                r.step == Some(9)
+                    && r.account.as_deref() == Some("beta")
+                    && r.script.as_deref().is_some_and(|s| s.contains(&file(*k)))
+            })
+        })
+        .count();
+    let interrupted = if restarted == 0 {
+        0
+    } else {
+        final_as_beta.min(restarted)
+    };
+    (next, interrupted, turns as usize)
+}
