@@ -301,6 +301,7 @@ impl Daemon {
             }
             Event::Watchdog => self.sd.watchdog(),
             Event::Deadline => {
+                self.restart_unconfirmed();
                 let _ = self.watcher.send(session_watcher::Command::Observe);
             }
             Event::RoleGone(role) => {
@@ -311,16 +312,26 @@ impl Daemon {
         None
     }
 
-    /// The soonest back-off retry or start-up timeout.
+    /// The soonest back-off retry, start-up timeout or (live mode) verify
+    /// timeout.
     fn next_deadline(&self) -> Option<Duration> {
         let now = now_ms();
         let startup = self.config.claude.startup_timeout.as_millis() as u64;
+        let verify = self.config.swap.verify_timeout.as_millis() as u64;
         self.book
             .values()
-            .filter_map(|r| match r.state {
-                State::Backoff | State::Failed => r.retry_at_ms,
-                State::Starting => r.launched_at_ms.map(|t| t + startup + 1),
-                _ => None,
+            .filter_map(|r| {
+                let unconfirmed = r
+                    .verify
+                    .as_ref()
+                    .and_then(|v| v.active_ms)
+                    .map(|t| t + verify + 1);
+                let state = match r.state {
+                    State::Backoff | State::Failed => r.retry_at_ms,
+                    State::Starting => r.launched_at_ms.map(|t| t + startup + 1),
+                    _ => None,
+                };
+                state.into_iter().chain(unconfirmed).min()
             })
             // A deadline already past has woken us once; don't spin on it.
             .filter(|&at| at > now)

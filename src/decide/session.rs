@@ -165,6 +165,12 @@ pub fn live_reading(
     r.account = Some(v.to.clone());
     r.account_confirmed_ms = Some(now_ms);
     r.verify = None;
+    if is_from && is_to {
+        // The two accounts' windows are alike: nothing tells whose reading
+        // this is. The session is taken as moved (never restarted for
+        // that), but the reading is credited to neither account.
+        return None;
+    }
     Some(v.to)
 }
 
@@ -1153,5 +1159,61 @@ mod tests {
             ),
         );
         assert_eq!(book["ccl-0"].state, State::Idle);
+    }
+
+    #[test]
+    fn a_live_reading_is_credited_by_its_windows_and_confirms_only_on_the_target() {
+        let alpha: Fingerprint = (Some(10_000), Some(900_000));
+        let beta: Fingerprint = (Some(20_000), Some(800_000));
+        let pending = || Record {
+            account: Some("alpha".into()),
+            verify: Some(Verify {
+                swap_id: "swap-1".into(),
+                from: "alpha".into(),
+                to: "beta".into(),
+                since_ms: 1,
+                active_ms: Some(2),
+            }),
+            ..Record::default()
+        };
+        // Still the outgoing account's windows: credited to it, not confirmed.
+        let mut r = pending();
+        assert_eq!(
+            live_reading(&mut r, alpha, Some(alpha), Some(beta), 5),
+            Some("alpha".into())
+        );
+        assert!(r.verify.is_some() && r.account_confirmed_ms.is_none());
+        // A reading without windows says nothing.
+        assert_eq!(
+            live_reading(&mut r, (None, None), Some(alpha), Some(beta), 5),
+            None
+        );
+        assert!(r.verify.is_some());
+        // The target's windows: confirmed and credited to the target.
+        assert_eq!(
+            live_reading(&mut r, beta, Some(alpha), Some(beta), 7),
+            Some("beta".into())
+        );
+        assert_eq!(
+            (r.verify.is_none(), r.account_confirmed_ms),
+            (true, Some(7))
+        );
+        assert_eq!(r.account.as_deref(), Some("beta"));
+        // Confirmed: later readings are its account's.
+        assert_eq!(
+            live_reading(&mut r, beta, None, None, 9),
+            Some("beta".into())
+        );
+        // Two accounts with the same windows: taken as moved (never
+        // restarted for it), the reading credited to neither.
+        let mut r = pending();
+        assert_eq!(
+            live_reading(&mut r, alpha, Some(alpha), Some(alpha), 5),
+            None
+        );
+        assert_eq!(
+            (r.verify.is_none(), r.account.as_deref()),
+            (true, Some("beta"))
+        );
     }
 }

@@ -361,7 +361,16 @@ impl Demo {
         let set = api
             .set_usage(ALPHA, ALPHA_START, 20.0)
             .and_then(|()| api.set_usage(BETA, BETA_START, 5.0))
-            .and_then(|()| api.set_steps(BETA, step / 2.0, 0.1));
+            .and_then(|()| api.set_steps(BETA, step / 2.0, 0.1))
+            // Each account's windows reset at their own times, as real
+            // accounts' do: that is how a session shows which one it is on.
+            .and_then(|()| {
+                let now = SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                api.set_resets(BETA, now + 3 * 3600 + 1234, now + 5 * 86400 + 4321)
+            });
         let base_url = api.base_url();
         demo.api = Some(api);
         set.map_err(|e| e.to_string())?;
@@ -795,8 +804,12 @@ impl Demo {
         }
         match &self.swap {
             Some(s) => println!(
-                "  failover time:   {:.1}s ({} → {}, {}; {}: {})",
-                s.duration_ms as f64 / 1000.0,
+                "  failover time:   {} ({} → {}, {}; {}: {})",
+                if s.duration_ms < 1000 {
+                    format!("{} ms", s.duration_ms)
+                } else {
+                    format!("{:.1}s", s.duration_ms as f64 / 1000.0)
+                },
                 s.from,
                 s.to,
                 s.result,
