@@ -69,6 +69,19 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The daemon's events, one line each (`GET /events`): what it keeps, or
+    /// with --follow everything from now on, like `journalctl -f`.
+    Events {
+        /// Keep printing events as they happen.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Each event as one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only events from this long ago on (e.g. 10m, 2h).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+    },
     /// Claude Code's own login for one account, with that account's home as
     /// its config dir, in the foreground (once per account); then says
     /// whether the home holds a login.
@@ -88,7 +101,8 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::commands::out(format_args!("{}\n", format_args!($($t)*))) };
 }
 
-// After `outln!`, which it uses.
+// After `outln!`, which they use.
+pub mod events;
 pub mod login;
 
 /// The status a command ends with when its reader goes away: 0, or the
@@ -183,6 +197,11 @@ impl Cli {
                 priority,
                 file,
             } => enqueue_command(&load(&config_path)?, &project, priority, &file),
+            Command::Events {
+                follow,
+                json,
+                since,
+            } => events::events_command(&load(&config_path)?, follow, json, since.as_deref()),
             Command::Login { account } => login::login_command(&load(&config_path)?, &account),
             Command::Swap { to, reason } => swap_command(&load(&config_path)?, to, reason),
             Command::Statusline => {

@@ -11,7 +11,7 @@
 //! checks, the defaults of SPEC.md, and the paths), `errors` (the one-line
 //! messages), `durations` (`90s`, `1h30m`), `yaml_lines` (where a key is).
 
-mod durations;
+pub mod durations;
 mod errors;
 mod raw;
 mod validate;

@@ -158,6 +158,8 @@ struct Desk {
     /// When each session last showed a sign of life (any hook or status-line event).
     last_life: HashMap<String, Instant>,
     out: Sender<Report>,
+    /// The fleet's event stream: tasks claimed and done.
+    feed: crate::daemon::event_stream::Events,
     /// Names inotify reported complete, per project.
     complete: HashMap<String, HashSet<String>>,
     idle_since: HashMap<String, Instant>,
@@ -178,6 +180,7 @@ impl Dispatcher {
         out: Sender<Report>,
         keys: Sender<session_watcher::Command>,
         swap_was_interrupted: bool,
+        feed: crate::daemon::event_stream::Events,
     ) -> Dispatcher {
         let (input, rx) = crossbeam_channel::unbounded();
         let config = config.clone();
@@ -186,6 +189,7 @@ impl Dispatcher {
             .spawn(move || {
                 let wake = watch_inboxes(&config);
                 let mut desk = Desk::new(config, out, keys);
+                desk.feed = feed;
                 desk.swap_was_interrupted = swap_was_interrupted;
                 desk.serve(rx, wake);
             })
@@ -279,6 +283,7 @@ impl Desk {
             seated: None,
             unpaused_at: None,
             swap_was_interrupted: false,
+            feed: Default::default(),
             summaries_seen: false,
             last_life: HashMap::new(),
             out,
@@ -552,6 +557,14 @@ impl Desk {
         ) {
             Ok(Completion::Done { name }) => {
                 log::info!("{session}: task {}/{name} done", a.project);
+                let first_line = message
+                    .as_deref()
+                    .and_then(|m| m.lines().map(str::trim).find(|l| !l.is_empty()))
+                    .map(|l| l.chars().take(200).collect::<String>());
+                self.feed.publish(
+                    crate::daemon::event_stream::Kind::TaskDone,
+                    serde_json::json!({"project": a.project, "task": name, "session": session, "account": account, "answer": first_line}),
+                );
                 let _ = self.out.send(Report::Outcome {
                     outcome: TaskOutcome::Done,
                     dispatch_latency: None,
@@ -966,6 +979,10 @@ impl Desk {
                     q.project(),
                     claimed.name,
                     claimed.marker.attempt
+                );
+                self.feed.publish(
+                    crate::daemon::event_stream::Kind::TaskClaimed,
+                    serde_json::json!({"project": q.project(), "task": claimed.name, "session": s.name, "account": account, "attempt": claimed.marker.attempt}),
                 );
                 // Task text is typed as data, never as keystrokes.
                 let typed = match crate::claude::facts::typed_form(

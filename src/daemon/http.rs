@@ -69,6 +69,11 @@ pub struct ControlPlane {
     pub swap_wait: Duration,
     pub counters: Arc<crate::daemon::metrics::Counters>,
     pub notify: crate::daemon::notifier::NotifyHandle,
+    /// The event stream (`GET /events`): its backlog, and the door of its thread.
+    pub feed: crate::daemon::event_stream::Events,
+    pub stream: Sender<crate::daemon::event_stream::NewClient>,
+    /// For `GET /sessions/NAME/screen` (capture-pane: a read, bounded).
+    pub tmux: crate::sys::tmux::Tmux,
 }
 
 /// The server's bounds. [`Limits::default`] is what the daemon uses.
@@ -615,6 +620,28 @@ fn work(
         }));
         match run {
             Ok(Reply::Now(a)) => respond(peer_stream, &a),
+            Ok(Reply::Events {
+                last_id,
+                since_ms,
+                once,
+            }) => {
+                let client = crate::daemon::event_stream::NewClient {
+                    stream: peer_stream,
+                    last_id,
+                    since_ms,
+                    once,
+                };
+                if let Err(e) = wiring.stream.try_send(client) {
+                    let c = e.into_inner();
+                    respond(
+                        c.stream,
+                        &json(
+                            503,
+                            &serde_json::json!({"error": "the event stream is busy; try again"}),
+                        ),
+                    );
+                }
+            }
             Ok(Reply::Swap(query)) => {
                 // The swap can take a while: answer it from its own thread so
                 // /status and /healthz keep answering meanwhile; one at a time.
@@ -653,7 +680,7 @@ pub struct Answer {
 impl Answer {
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Report: no-store\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n{}\r\n",
             self.code,
             reason(self.code),
             self.content_type,
@@ -893,10 +920,25 @@ fn gate(req: &Request, site: &Site, token: &str) -> Option<Answer> {
     }
     let needs_token = req.method != "GET" || !site.loopback;
     if needs_token && !authorised(req, token) {
-        let mut a = json(
-            401,
-            &serde_json::json!({"error": "missing or wrong bearer token (see http.token_file)"}),
-        );
+        let wants_page = req.path() == "/"
+            && req
+                .header("accept")
+                .is_some_and(|a| a.contains("text/html"));
+        let mut a = if wants_page {
+            // A browser: the page that asks for the token once and loads the
+            // dashboard with it (in a header, never in the URL).
+            Answer {
+                code: 401,
+                content_type: "text/html; charset=utf-8",
+                body: crate::daemon::dashboard::TOKEN_PAGE.as_bytes().to_vec(),
+                challenge: false,
+            }
+        } else {
+            json(
+                401,
+                &serde_json::json!({"error": "missing or wrong bearer token (see http.token_file)"}),
+            )
+        };
         a.challenge = true;
         return Some(a);
     }
@@ -946,6 +988,12 @@ fn authorised(req: &Request, token: &str) -> bool {
 
 enum Reply {
     Now(Answer),
+    /// `GET /events`: the connection goes to the event stream's thread.
+    Events {
+        last_id: Option<u64>,
+        since_ms: Option<u64>,
+        once: bool,
+    },
     /// `POST /swap` with this query: answered from its own thread.
     Swap(String),
 }
@@ -957,11 +1005,39 @@ fn answer(req: &Request, published: &Published, wiring: &ControlPlane, site: &Si
     let path = req.path();
     let method = req.method.as_str();
     let a = match (method, path) {
+        ("GET", "/") => Answer {
+            code: 200,
+            content_type: "text/html; charset=utf-8",
+            body: crate::daemon::dashboard::PAGE.as_bytes().to_vec(),
+            challenge: false,
+        },
+        ("GET", "/events") => {
+            let q = req.query();
+            return Reply::Events {
+                last_id: req
+                    .header("last-event-id")
+                    .map(str::to_string)
+                    .or_else(|| query_param(q, "last_event_id"))
+                    .and_then(|v| v.trim().parse().ok()),
+                since_ms: query_param(q, "since_ms").and_then(|v| v.parse().ok()),
+                once: query_param(q, "once").is_some_and(|v| v == "1"),
+            };
+        }
+        ("GET", p) if p.starts_with("/sessions/") && p.ends_with("/screen") => {
+            let name = percent_decode(
+                p.trim_start_matches("/sessions/")
+                    .trim_end_matches("/screen"),
+            );
+            screen(&name, published, wiring)
+        }
         ("GET", "/status") => json(200, &current(published, wiring)),
         ("GET", "/metrics") => {
             wiring
                 .counters
                 .set_notifications_dropped(wiring.notify.stats().dropped);
+            wiring
+                .counters
+                .set_event_clients(wiring.feed.clients() as u64, wiring.feed.dropped());
             let body =
                 crate::daemon::metrics::render(&current(published, wiring), &wiring.counters);
             Answer {
@@ -1012,6 +1088,27 @@ fn answer(req: &Request, published: &Published, wiring: &ControlPlane, site: &Si
     Reply::Now(a)
 }
 
+/// `GET /sessions/NAME/screen`: a managed session's visible screen as text.
+fn screen(name: &str, published: &Published, wiring: &ControlPlane) -> Answer {
+    let managed = status::latest(published)
+        .sessions
+        .iter()
+        .any(|s| s.name == name);
+    if !managed {
+        return json(
+            404,
+            &serde_json::json!({"error": format!("no managed session named {name:?}")}),
+        );
+    }
+    match wiring.tmux.capture_pane(name, 0) {
+        Ok(screen) => text(200, &format!("{}\n", screen.trim_end())),
+        Err(e) => json(
+            503,
+            &serde_json::json!({"error": format!("cannot read {name}'s screen: {e}")}),
+        ),
+    }
+}
+
 /// The main loop's snapshot with the switcher's own fields taken fresh from
 /// its view, so an answer never lags behind a swap that just ended.
 fn current(published: &Published, wiring: &ControlPlane) -> status::Status {
@@ -1026,6 +1123,37 @@ fn current(published: &Published, wiring: &ControlPlane) -> status::Status {
         .last_swap
         .as_ref()
         .and_then(|l| serde_json::to_value(l).ok());
+    s.swap_history = v
+        .swap_history
+        .iter()
+        .filter_map(|l| serde_json::to_value(l).ok())
+        .collect();
+    use crate::daemon::event_stream::Kind;
+    let recent = |kind: Kind, n: usize| -> Vec<serde_json::Value> {
+        wiring
+            .feed
+            .recent(&[kind], n)
+            .iter()
+            .map(|e| {
+                let mut d = e.data.clone();
+                if let Some(o) = d.as_object_mut() {
+                    o.insert(
+                        "at".into(),
+                        crate::sys::time::rfc3339(
+                            std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms),
+                        )
+                        .into(),
+                    );
+                }
+                d
+            })
+            .collect()
+    };
+    s.recent = serde_json::json!({
+        "notifications": recent(Kind::Notification, 20),
+        "tasks_done": recent(Kind::TaskDone, 20),
+        "tasks_failed": recent(Kind::TaskFailed, 20),
+    });
     if let Some(p) = &v.partial_swap {
         let problem = format!("partial swap: {p}");
         if !s.health_problems.contains(&problem) {
@@ -1431,6 +1559,9 @@ mod tests {
             swap_wait: Duration::from_secs(1),
             counters: Default::default(),
             notify: crate::daemon::notifier::NotifyHandle::log_only(),
+            feed: Default::default(),
+            stream: crossbeam_channel::bounded(1).0,
+            tmux: crate::sys::tmux::Tmux::new(None, Duration::from_secs(1)),
         };
         (w, vec![Box::new(s_rx), Box::new(m_rx)])
     }

@@ -118,6 +118,9 @@ struct Inner {
 pub struct Counters {
     inner: Mutex<Inner>,
     notifications_dropped: AtomicU64,
+    /// The event stream's connected clients, and those dropped for not reading.
+    event_clients: AtomicU64,
+    event_clients_dropped: AtomicU64,
 }
 
 impl Default for Counters {
@@ -130,6 +133,8 @@ impl Default for Counters {
                 failover_duration_seconds: Histogram::new(&FAILOVER_BUCKETS),
             }),
             notifications_dropped: AtomicU64::new(0),
+            event_clients: AtomicU64::new(0),
+            event_clients_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -169,6 +174,13 @@ impl Counters {
     /// The notifier's own running total of notifications it had to drop.
     pub fn set_notifications_dropped(&self, total: u64) {
         self.notifications_dropped.store(total, Ordering::Relaxed);
+    }
+
+    /// The event stream's figures, as its thread counts them.
+    pub fn set_event_clients(&self, connected: u64, dropped_total: u64) {
+        self.event_clients.store(connected, Ordering::Relaxed);
+        self.event_clients_dropped
+            .store(dropped_total, Ordering::Relaxed);
     }
 
     pub fn swaps(&self, result: &str) -> u64 {
@@ -519,6 +531,27 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         "claude_failover_notifications_dropped_total",
         &[],
         counters.notifications_dropped() as f64,
+    );
+
+    out.family(
+        "claude_failover_event_clients",
+        "gauge",
+        "Clients connected to GET /events.",
+    );
+    out.sample(
+        "claude_failover_event_clients",
+        &[],
+        counters.event_clients.load(Ordering::Relaxed) as f64,
+    );
+    out.family(
+        "claude_failover_event_clients_dropped_total",
+        "counter",
+        "Event-stream clients dropped because they did not read fast enough.",
+    );
+    out.sample(
+        "claude_failover_event_clients_dropped_total",
+        &[],
+        counters.event_clients_dropped.load(Ordering::Relaxed) as f64,
     );
 
     out.histogram(

@@ -30,8 +30,10 @@ mod roles;
 mod snapshot;
 mod start;
 
+pub mod dashboard;
 pub mod dispatcher;
 pub mod event_socket;
+pub mod event_stream;
 pub mod event_watcher;
 pub mod http;
 pub mod metrics;
@@ -145,6 +147,9 @@ struct Daemon {
     /// Sessions that looked silent at the last look, with their transcript's
     /// time then: reported only if it changed again since.
     hooks_silent_seen: std::collections::BTreeMap<String, u64>,
+    /// The fleet's event stream, and each session as last published there.
+    feed: crate::daemon::event_stream::Events,
+    published_sessions: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Runs the daemon in the foreground; returns the exit status.
@@ -339,6 +344,38 @@ impl Daemon {
             .map(|at| Duration::from_millis(at - now))
     }
 
+    /// A `session` event on the stream for each session whose state,
+    /// account, task, restarts or last error changed (and one when it goes).
+    fn publish_session_changes(&mut self) {
+        let mut now = std::collections::BTreeMap::new();
+        for (name, r) in &self.book {
+            let v = serde_json::json!({
+                "name": name,
+                "pool": r.pool,
+                "state": r.state.as_str(),
+                "account": r.account,
+                "task": r.task,
+                "restarts": r.restarts,
+                "last_error": r.last_error,
+                "since": crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_millis(r.since_ms)),
+            });
+            if self.published_sessions.get(name) != Some(&v) {
+                self.feed
+                    .publish(crate::daemon::event_stream::Kind::Session, v.clone());
+            }
+            now.insert(name.clone(), v);
+        }
+        for name in self.published_sessions.keys() {
+            if !now.contains_key(name) {
+                self.feed.publish(
+                    crate::daemon::event_stream::Kind::Session,
+                    serde_json::json!({"name": name, "state": "gone"}),
+                );
+            }
+        }
+        self.published_sessions = now;
+    }
+
     /// Persist what changed, drop consumed event files, publish, tell systemd.
     fn after_turn(&mut self) {
         self.persist();
@@ -393,6 +430,7 @@ impl Daemon {
                 .send(crate::daemon::dispatcher::Command::Sessions(view.clone()));
             self.sent_sessions = view;
         }
+        self.publish_session_changes();
         self.publish();
         if !self.ready && self.observed.is_some() && self.active.is_some() {
             self.ready = true;

@@ -323,6 +323,8 @@ struct Shared {
     rate_limit: Duration,
     /// Last accepted note per rate key.
     recent: Mutex<HashMap<(Kind, Option<String>), Instant>>,
+    /// The fleet's event stream: every note is on it (`notification`).
+    feed: Mutex<Option<crate::daemon::event_stream::Events>>,
 }
 
 impl Shared {
@@ -334,6 +336,7 @@ impl Shared {
             counters: Counters::default(),
             rate_limit,
             recent: Mutex::new(HashMap::new()),
+            feed: Mutex::new(None),
         };
         shared.set_config(config.clone());
         shared
@@ -385,6 +388,11 @@ impl NotifyHandle {
         }
     }
 
+    /// Every note from now on is also an event on `feed`.
+    pub fn set_feed(&self, feed: crate::daemon::event_stream::Events) {
+        *self.shared.feed.lock() = Some(feed);
+    }
+
     /// Hands the note over; never blocks. See the module docs for what may
     /// happen to it instead.
     pub fn send(&self, note: Note) {
@@ -399,6 +407,16 @@ impl NotifyHandle {
             note.text,
             note.fields
         );
+        if let Some(feed) = shared.feed.lock().as_ref() {
+            feed.publish(
+                crate::daemon::event_stream::Kind::Notification,
+                serde_json::json!({
+                    "kind": note.kind.to_string(),
+                    "level": format!("{:?}", note.level).to_lowercase(),
+                    "text": note.text,
+                }),
+            );
+        }
         if !shared.has_targets.load(Ordering::Relaxed) {
             return;
         }

@@ -241,6 +241,10 @@ impl Daemon {
                 task,
                 reason,
             } => {
+                self.feed.publish(
+                    crate::daemon::event_stream::Kind::TaskFailed,
+                    serde_json::json!({"project": project, "task": task, "reason": reason}),
+                );
                 self.notify.send(crate::daemon::notifier::Note::new(
                     crate::daemon::notifier::Kind::TaskFailed,
                     format!("task {project}/{task} failed: {reason}"),

@@ -45,6 +45,14 @@ impl Daemon {
     }
 
     pub(super) fn reload_config(&mut self) {
+        self.apply_reload();
+        self.feed.publish(
+            crate::daemon::event_stream::Kind::ConfigReloaded,
+            serde_json::json!({"ok": self.config_error.is_none(), "error": self.config_error}),
+        );
+    }
+
+    fn apply_reload(&mut self) {
         match Config::load(&self.config_path) {
             Err(e) => {
                 log::error!("reload refused, the running config stays: {e}");

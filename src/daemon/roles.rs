@@ -10,7 +10,9 @@ pub(super) const JOIN_GRACE: Duration = Duration::from_millis(1500);
 /// Relative order of fields below is significant: a role stops only once
 /// every sender to its channel is gone, so whoever sends to a role stops
 /// before it. HTTP holds senders to the switcher and the main loop (and
-/// only reads snapshots otherwise), so it stops first; the dispatcher takes
+/// only reads snapshots otherwise), so it stops first; the event stream
+/// (fed by HTTP with clients, published to by everyone without waiting)
+/// next, closing every client; the dispatcher takes
 /// no new work once the main loop (already gone) sends none; the quota
 /// monitor sends readings to the switcher, so it stops before it; with
 /// HTTP, the monitor and the main loop gone, the switcher's channel closes
@@ -23,6 +25,7 @@ pub(super) const JOIN_GRACE: Duration = Duration::from_millis(1500);
 #[allow(dead_code)]
 pub(super) struct Roles {
     pub(super) http: Role,
+    pub(super) event_stream: Role,
     pub(super) dispatcher: Role,
     pub(super) monitor: Role,
     pub(super) switcher: Role,

@@ -146,6 +146,9 @@ impl Daemon {
                 held_pools: view.held_pools.clone(),
                 health_problems: health,
                 queues: self.queues.clone(),
+                // Filled by HTTP from the switcher's view and the event stream.
+                swap_history: Vec::new(),
+                recent: serde_json::Value::Null,
             },
         );
     }

@@ -107,7 +107,19 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
         report_tx,
     );
-    let switcher = Switcher::start(&config, active_tx, watcher.requests.clone());
+    // The fleet's event stream (`GET /events`), published to by the roles.
+    let feed = crate::daemon::event_stream::Events::new();
+    let (stream_stop, stream_stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let stream = match crate::daemon::event_stream::start(feed.clone(), stream_stop_rx) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(Failed::new(
+                exit::FAILURE,
+                format!("claude-failover: cannot start the event stream: {e}"),
+            ))
+        }
+    };
+    let switcher = Switcher::start(&config, active_tx, watcher.requests.clone(), feed.clone());
     // Told to stop, it flushes what is queued for at most JOIN_GRACE.
     let notifier = crate::daemon::notifier::Notifier::start_with(
         &config.notify,
@@ -116,6 +128,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
             ..Default::default()
         },
     );
+    notifier.handle().set_feed(feed.clone());
     let counters = Arc::new(crate::daemon::metrics::Counters::default());
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
     let control_plane = crate::daemon::http::ControlPlane {
@@ -125,6 +138,9 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         token,
         counters: counters.clone(),
         notify: notifier.handle(),
+        feed: feed.clone(),
+        stream: stream.clients.clone(),
+        tmux: Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
         swap_wait: config.swap.drain_timeout
             + config.swap.stop_timeout
             + config.claude.startup_timeout
@@ -148,6 +164,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         dispatch_tx,
         watcher.requests.clone(),
         swap_was_interrupted,
+        feed.clone(),
     );
     // Bounded: a flood of events waits in its senders, not in memory here.
     let (events_tx, events_rx) = crossbeam_channel::bounded(256);
@@ -196,6 +213,8 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         stop_after_swap: None,
         hooks_silent: Default::default(),
         hooks_silent_seen: Default::default(),
+        feed,
+        published_sessions: Default::default(),
         config,
     };
     let roles = Roles {
@@ -203,6 +222,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
             let (stop, thread) = http.into_parts();
             Role::new("http", stop, thread)
         },
+        event_stream: Role::new("event stream", (stream_stop, stream.clients), stream.thread),
         dispatcher: Role::new("dispatcher", dispatcher.input, dispatcher.thread),
         monitor: Role::new("quota monitor", monitor.stop, monitor.thread),
         switcher: Role::new("switcher", switcher.requests, switcher.thread),

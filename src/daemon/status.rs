@@ -21,6 +21,11 @@ pub struct Status {
     pub unmanaged_sessions: Vec<String>,
     pub queues: BTreeMap<String, QueueCounts>,
     pub last_swap: Option<serde_json::Value>,
+    /// The last 50 swaps, newest last, each with its phases' durations.
+    pub swap_history: Vec<serde_json::Value>,
+    /// Since the daemon started: the newest notifications, tasks done (with
+    /// the first line of the answer) and tasks failed (with the reason).
+    pub recent: serde_json::Value,
     pub config_error: Option<String>,
     /// Pools that take no new task: the active account's model-scoped limit
     /// covers their model and no account serves every pool. Pool → why.

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::claude::facts::LimitKind;
 use crate::config::Config;
+use crate::daemon::event_stream::{Events, Kind as EventKind};
 use crate::decide::quota::{self, AccountQuota, Decision, Source, Window};
 use crate::store::atomic_file;
 use crate::sys::tmux::Tmux;
@@ -103,7 +104,19 @@ pub struct SwapResult {
     /// Live mode: sessions that did not show the new account in time after
     /// their next request and were restarted under the seat.
     pub restarted: Vec<String>,
+    /// Each phase it went through, in order, with how long it took.
+    pub phases: Vec<PhaseTime>,
 }
+
+/// One phase of a swap and its duration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseTime {
+    pub phase: &'static str,
+    pub ms: u64,
+}
+
+/// Swaps kept for `/status.swap_history` and the dashboard.
+pub const SWAP_HISTORY: usize = 50;
 
 /// A session whose conversation id changed on resume: (session, old, new).
 pub type ChangedId = (String, String, String);
@@ -202,6 +215,8 @@ pub struct AccountsView {
     pub swap_in_progress: Option<String>,
     pub partial_swap: Option<String>,
     pub last_swap: Option<SwapResult>,
+    /// The last [`SWAP_HISTORY`] swaps, newest last.
+    pub swap_history: Vec<SwapResult>,
     pub dispatch_paused: Option<String>,
     /// Pools held by a model-scoped limit of the active account, with why.
     pub held_pools: std::collections::BTreeMap<String, String>,
@@ -234,6 +249,13 @@ struct Accounts {
     quotas: Vec<(String, AccountQuota)>,
     last_swap_ms: Option<u64>,
     last_swap: Option<SwapResult>,
+    history: std::collections::VecDeque<SwapResult>,
+    /// The swap under way: the phase entered last and when, and the ones before.
+    phase_clock: Option<(Phase, Instant)>,
+    phase_times: Vec<PhaseTime>,
+    /// The fleet's event stream, and each account's quota as last published there.
+    feed: Events,
+    quota_published: std::collections::HashMap<String, String>,
     partial: Option<String>,
     no_account: Option<String>,
     /// Pools the active account cannot serve, as last reported.
@@ -274,6 +296,7 @@ impl Switcher {
         config: &Config,
         out: Sender<Report>,
         watcher: Sender<crate::daemon::session_watcher::Command>,
+        feed: Events,
     ) -> Switcher {
         let active_path = config.state_dir.join("active.json");
         let journal_path = config.state_dir.join(JOURNAL_FILE);
@@ -290,6 +313,11 @@ impl Switcher {
             active,
             last_swap_ms: None,
             last_swap: None,
+            history: Default::default(),
+            phase_clock: None,
+            phase_times: Vec::new(),
+            feed,
+            quota_published: Default::default(),
             partial: None,
             no_account: None,
             held: Default::default(),
@@ -785,6 +813,7 @@ impl Accounts {
             changed_ids: Vec::new(),
             mode: self.config.swap.mode.as_str(),
             restarted: Vec::new(),
+            phases: Vec::new(),
         }
     }
 
@@ -939,11 +968,44 @@ impl Accounts {
         }
     }
 
-    fn enter(&self, j: &mut Journal, phase: Phase) {
+    fn enter(&mut self, j: &mut Journal, phase: Phase) {
         j.phase = phase;
         self.write_journal(j);
         log::info!("swap {}: {}", j.id, phase.as_str());
+        self.close_phase();
+        self.phase_clock = Some((phase, Instant::now()));
+        self.feed.publish(
+            EventKind::SwapPhase,
+            serde_json::json!({"swap_id": j.id, "from": j.from, "to": j.to, "phase": phase.as_str()}),
+        );
         failpoint(phase);
+    }
+
+    /// Reports a swap's start, and says so on the event stream.
+    fn started(&self, r: Report) {
+        if let Report::SwapStarted {
+            id,
+            from,
+            to,
+            reason,
+        } = &r
+        {
+            self.feed.publish(
+                EventKind::SwapStarted,
+                serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason, "mode": if self.config.live_seat().is_some() { "live" } else { "restart" }}),
+            );
+        }
+        let _ = self.out.send(r);
+    }
+
+    /// The phase under way ends: its time is recorded.
+    fn close_phase(&mut self) {
+        if let Some((p, at)) = self.phase_clock.take() {
+            self.phase_times.push(PhaseTime {
+                phase: p.as_str(),
+                ms: at.elapsed().as_millis() as u64,
+            });
+        }
     }
 
     /// One swap, start to end. The decisions are [`Plan::next`]'s; this
@@ -1000,7 +1062,7 @@ impl Accounts {
         // before the swap occupies this thread. The view says a swap is
         // under way before anyone hears it started: it is the one answer.
         self.publish();
-        let _ = self.out.send(Report::SwapStarted {
+        self.started(Report::SwapStarted {
             id: id.clone(),
             from: from.name.clone(),
             to: to.to_string(),
@@ -1152,7 +1214,7 @@ impl Accounts {
                     let (next_account, back) = self.mark_and_pick(&mut j, &from, &leg_why);
                     leg = format!("no session started under {failed_target}");
                     plan.move_on(back);
-                    let _ = self.out.send(Report::SwapStarted {
+                    self.started(Report::SwapStarted {
                         id: j.id.clone(),
                         from: failed_target.clone(),
                         to: next_account.clone(),
@@ -1211,13 +1273,16 @@ impl Accounts {
             changed_ids,
             mode: self.config.swap.mode.as_str(),
             restarted: Vec::new(),
+            phases: Vec::new(),
         };
         self.end_swap(outcome)
     }
 
     /// A swap's end, whatever its mode: logged, recorded as the last swap,
     /// published before anyone hears of it, and reported.
-    fn end_swap(&mut self, outcome: SwapResult) -> SwapResult {
+    fn end_swap(&mut self, mut outcome: SwapResult) -> SwapResult {
+        self.close_phase();
+        outcome.phases = std::mem::take(&mut self.phase_times);
         let to = outcome.to.clone();
         match outcome.result {
             SwapOutcome::Done => log::warn!(
@@ -1233,6 +1298,14 @@ impl Accounts {
         }
         self.last_swap_ms = Some(now_ms());
         self.last_swap = Some(outcome.clone());
+        if self.history.len() == SWAP_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(outcome.clone());
+        self.feed.publish(
+            EventKind::SwapEnded,
+            serde_json::to_value(&outcome).unwrap_or_default(),
+        );
         // A request that came while it ran is answered by its end, not lost.
         self.take_waiting();
         // The view is current before anyone hears that the swap ended.
@@ -1539,6 +1612,7 @@ impl Accounts {
             changed_ids: Vec::new(),
             mode: "restart",
             restarted: Vec::new(),
+            phases: Vec::new(),
         });
         self.last_swap_ms = Some(now_ms());
     }
@@ -1546,7 +1620,7 @@ impl Accounts {
     fn publish(&mut self) {
         let q = self.config.quota.clone();
         let pools = self.pool_models();
-        let accounts = self
+        let accounts: Vec<AccountView> = self
             .quotas
             .iter_mut()
             .map(|(n, a)| {
@@ -1566,11 +1640,30 @@ impl Accounts {
                 }
             })
             .collect();
+        // A quota event for each account whose numbers or verdict changed.
+        for a in &accounts {
+            let key = format!(
+                "{:?}|{:?}|{}|{:?}|{}",
+                a.quota.five_hour.map(|w| (w.utilization * 10.0).round()),
+                a.quota.seven_day.map(|w| (w.utilization * 10.0).round()),
+                a.usable,
+                a.reason,
+                a.quota.limits.len()
+            );
+            if self.quota_published.get(&a.name) != Some(&key) {
+                self.quota_published.insert(a.name.clone(), key);
+                self.feed.publish(
+                    EventKind::Quota,
+                    serde_json::to_value(a).unwrap_or_default(),
+                );
+            }
+        }
         let mut v = self.view.write();
         v.active = self.active.name.clone();
         v.accounts = accounts;
         v.partial_swap = self.partial.clone();
         v.last_swap = self.last_swap.clone();
+        v.swap_history = self.history.iter().cloned().collect();
         v.dispatch_paused = self.no_account.clone();
         v.held_pools = self.held.clone();
     }

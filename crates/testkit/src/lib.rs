@@ -15,5 +15,6 @@ pub mod demo;
 pub mod product;
 pub mod sandbox;
 pub mod script;
+pub mod sse;
 pub mod standin;
 pub mod world;

@@ -174,7 +174,7 @@ impl Accounts {
             mode: Some("live".into()),
         };
         self.publish();
-        let _ = self.out.send(Report::SwapStarted {
+        self.started(Report::SwapStarted {
             id: id.clone(),
             from: from.name.clone(),
             to: to.to_string(),
@@ -206,6 +206,7 @@ impl Accounts {
             changed_ids: Vec::new(),
             mode: "live",
             restarted: Vec::new(),
+            phases: Vec::new(),
         };
         self.end_swap(result)
     }
@@ -442,6 +443,7 @@ impl Accounts {
             changed_ids: Vec::new(),
             mode: "live",
             restarted: Vec::new(),
+            phases: Vec::new(),
         });
         self.last_swap_ms = Some(super::now_ms());
     }

@@ -1,0 +1,429 @@
+//! The fleet's event stream (`GET /events`, `claude-failover events`): one
+//! event per change (a session's state, a task claimed, done or failed, a
+//! quota reading, a swap's start, phases and end, a notification, a config
+//! reload), each with an id, kept in a bounded backlog so a client that
+//! reconnects with `Last-Event-ID` gets exactly what it missed.
+//!
+//! Two halves:
+//! - [`Events`], the handle every role publishes through: a mutex held for a
+//!   push, never blocking, never waiting on a client.
+//! - the `event-stream` thread, which owns every connected client. A client
+//!   is written without blocking from its own bounded buffer; one that reads
+//!   too slowly (its buffer over [`CLIENT_BUFFER`]) or not at all is
+//!   dropped and counted (`claude_failover_event_clients_dropped_total`),
+//!   so no client can hold up the daemon or grow its memory. A comment ping
+//!   every [`PING_EVERY`] keeps idle connections (and proxies) alive and
+//!   finds dead ones.
+//!
+//! Nothing credential-bearing is ever published: events carry what
+//! `/status` shows.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Events kept for replay.
+pub const BACKLOG: usize = 1000;
+/// Unsent bytes a client may have before it is dropped.
+pub const CLIENT_BUFFER: usize = 256 * 1024;
+/// Clients connected at once; one more is answered 503.
+pub const MAX_CLIENTS: usize = 64;
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// What a browser waits before reconnecting (the stream's `retry:`).
+const RETRY_MS: u64 = 2000;
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Session,
+    TaskClaimed,
+    TaskDone,
+    TaskFailed,
+    Quota,
+    SwapStarted,
+    SwapPhase,
+    SwapEnded,
+    Notification,
+    ConfigReloaded,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Session => "session",
+            Kind::TaskClaimed => "task_claimed",
+            Kind::TaskDone => "task_done",
+            Kind::TaskFailed => "task_failed",
+            Kind::Quota => "quota",
+            Kind::SwapStarted => "swap_started",
+            Kind::SwapPhase => "swap_phase",
+            Kind::SwapEnded => "swap_ended",
+            Kind::Notification => "notification",
+            Kind::ConfigReloaded => "config_reloaded",
+        }
+    }
+}
+
+/// One event as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: u64,
+    pub kind: Kind,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub data: Value,
+}
+
+impl Event {
+    /// Its text on the stream: `id`, `event`, one `data` line (JSON has no
+    /// raw newline), a blank line.
+    pub fn to_sse(&self) -> String {
+        let data = serde_json::json!({"id": self.id, "kind": self.kind, "at_ms": self.at_ms, "data": self.data});
+        format!(
+            "id: {}\nevent: {}\ndata: {}\n\n",
+            self.id,
+            self.kind.as_str(),
+            data
+        )
+    }
+}
+
+struct Shared {
+    backlog: Mutex<VecDeque<Arc<Event>>>,
+    next_id: AtomicU64,
+    /// The stream thread's wake-up (one pending is enough).
+    wake: Sender<()>,
+    wake_rx: Receiver<()>,
+    pub clients: AtomicUsize,
+    pub dropped: AtomicU64,
+}
+
+/// The publishing handle, cloned into every role.
+#[derive(Clone)]
+pub struct Events {
+    shared: Arc<Shared>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}
+
+impl Events {
+    pub fn new() -> Events {
+        let (wake, wake_rx) = bounded(1);
+        Events {
+            shared: Arc::new(Shared {
+                backlog: Mutex::new(VecDeque::with_capacity(BACKLOG)),
+                // Ids start at the time of the start, in ms: a client that
+                // reconnects to a restarted daemon with an old id gets the
+                // whole backlog instead of nothing.
+                next_id: AtomicU64::new(crate::sys::time::unix_secs(SystemTime::now()) * 1000),
+                wake,
+                wake_rx,
+                clients: AtomicUsize::new(0),
+                dropped: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Records one event and wakes the stream. Never blocks on a client.
+    pub fn publish(&self, kind: Kind, data: Value) {
+        let at_ms = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        {
+            let mut b = self.shared.backlog.lock();
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            if b.len() == BACKLOG {
+                b.pop_front();
+            }
+            b.push_back(Arc::new(Event {
+                id,
+                kind,
+                at_ms,
+                data,
+            }));
+        }
+        let _ = self.shared.wake.try_send(());
+    }
+
+    /// The events after `id` still in the backlog (all of them for `None`
+    /// or an id the backlog does not know).
+    pub fn after(&self, id: Option<u64>) -> Vec<Arc<Event>> {
+        let b = self.shared.backlog.lock();
+        match id {
+            Some(id) if b.front().is_some_and(|f| f.id <= id + 1) => {
+                b.iter().filter(|e| e.id > id).cloned().collect()
+            }
+            _ => b.iter().cloned().collect(),
+        }
+    }
+
+    /// The newest `n` events of `kinds` (all kinds for an empty slice), oldest first.
+    pub fn recent(&self, kinds: &[Kind], n: usize) -> Vec<Arc<Event>> {
+        let b = self.shared.backlog.lock();
+        let mut out: Vec<Arc<Event>> = b
+            .iter()
+            .rev()
+            .filter(|e| kinds.is_empty() || kinds.contains(&e.kind))
+            .take(n)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    pub fn clients(&self) -> usize {
+        self.shared.clients.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection handed over by an HTTP worker, its response head not yet written.
+pub struct NewClient {
+    pub stream: TcpStream,
+    /// `Last-Event-ID`: replay what came after it.
+    pub last_id: Option<u64>,
+    /// Replay the backlog's events from this time on (Unix ms).
+    pub since_ms: Option<u64>,
+    /// The replay only, then close (`claude-failover events` without `--follow`).
+    pub once: bool,
+}
+
+/// The `event-stream` thread and its door.
+pub struct Stream {
+    pub clients: Sender<NewClient>,
+    pub thread: JoinHandle<()>,
+}
+
+struct Client {
+    stream: TcpStream,
+    /// The last event id queued for it.
+    cursor: u64,
+    pending: Vec<u8>,
+    last_write: Instant,
+    /// Close once `pending` is written.
+    once: bool,
+    /// Unsent bytes it may have: [`CLIENT_BUFFER`], plus its replay until
+    /// that is written.
+    allowance: usize,
+}
+
+impl Client {
+    /// Writes what it can without blocking. `false`: gone, or too slow.
+    fn flush(&mut self) -> bool {
+        while !self.pending.is_empty() {
+            match (&self.stream).write(&self.pending) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.last_write = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if self.pending.len() <= CLIENT_BUFFER {
+            self.allowance = CLIENT_BUFFER;
+        }
+        self.pending.len() <= self.allowance
+    }
+}
+
+/// Starts the thread; it ends when `stop` is dropped or sent to.
+pub fn start(events: Events, stop: Receiver<()>) -> std::io::Result<Stream> {
+    let (tx, rx) = bounded::<NewClient>(16);
+    let thread = std::thread::Builder::new()
+        .name("event-stream".into())
+        .spawn(move || run(events, rx, stop))?;
+    Ok(Stream {
+        clients: tx,
+        thread,
+    })
+}
+
+fn run(events: Events, new: Receiver<NewClient>, stop: Receiver<()>) {
+    let mut clients: Vec<Client> = Vec::new();
+    let wake = events.shared.wake_rx.clone();
+    let tick = crossbeam_channel::tick(Duration::from_millis(500));
+    loop {
+        select! {
+            recv(stop) -> _ => break,
+            recv(new) -> c => match c {
+                Ok(c) => {
+                    if let Some(client) = open(&events, c, clients.len()) {
+                        clients.push(client);
+                    }
+                }
+                Err(_) => break,
+            },
+            recv(wake) -> _ => {}
+            recv(tick) -> _ => {}
+        }
+        let now = Instant::now();
+        clients.retain_mut(|c| {
+            if c.once {
+                let keep = c.flush() && !c.pending.is_empty();
+                if !keep {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                }
+                return keep;
+            }
+            for e in events.after(Some(c.cursor)) {
+                c.pending.extend_from_slice(e.to_sse().as_bytes());
+                c.cursor = e.id;
+            }
+            if c.pending.is_empty() && now.duration_since(c.last_write) >= PING_EVERY {
+                c.pending.extend_from_slice(b": ping\n\n");
+            }
+            let keep = c.flush();
+            if !keep {
+                if c.pending.len() > c.allowance {
+                    events.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "events: dropped a client that does not read ({} bytes unsent)",
+                        c.pending.len()
+                    );
+                }
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            }
+            keep
+        });
+        events
+            .shared
+            .clients
+            .store(clients.len(), Ordering::Relaxed);
+    }
+    events.shared.clients.store(0, Ordering::Relaxed);
+}
+
+/// Writes the response head and the replay; `None` when refused or gone.
+fn open(events: &Events, c: NewClient, connected: usize) -> Option<Client> {
+    let NewClient {
+        stream,
+        last_id,
+        since_ms,
+        once,
+    } = c;
+    if connected >= MAX_CLIENTS {
+        let body = r#"{"error":"too many event clients"}"#;
+        let _ = (&stream).write_all(
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        return None;
+    }
+    stream.set_nonblocking(true).ok()?;
+    let mut client = Client {
+        stream,
+        cursor: 0,
+        pending: format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\nretry: {RETRY_MS}\n\n"
+        )
+        .into_bytes(),
+        last_write: Instant::now(),
+        once,
+        allowance: CLIENT_BUFFER,
+    };
+    let replay = events.after(last_id);
+    // A fresh client starts with the newest event's id; replay only for
+    // a client that says where it was, or since when.
+    match (last_id, since_ms) {
+        (None, Some(since)) => {
+            for e in replay.iter().filter(|e| e.at_ms >= since) {
+                client.pending.extend_from_slice(e.to_sse().as_bytes());
+            }
+            client.cursor = replay.last().map(|e| e.id).unwrap_or(0);
+        }
+        (Some(_), _) => {
+            for e in &replay {
+                client.pending.extend_from_slice(e.to_sse().as_bytes());
+                client.cursor = e.id;
+            }
+            if replay.is_empty() {
+                client.cursor = last_id.unwrap_or(0);
+            }
+        }
+        (None, None) => client.cursor = replay.last().map(|e| e.id).unwrap_or(0),
+    }
+    client.allowance = client.pending.len() + CLIENT_BUFFER;
+    client.flush().then_some(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn after_an_id_gives_exactly_the_later_events_and_an_unknown_one_everything() {
+        let ev = Events::new();
+        for k in 0..5 {
+            ev.publish(Kind::Session, json!({"k": k}));
+        }
+        let all = ev.after(None);
+        assert_eq!(all.len(), 5);
+        let mid = all[1].id;
+        let later: Vec<u64> = ev.after(Some(mid)).iter().map(|e| e.id).collect();
+        assert_eq!(later, vec![all[2].id, all[3].id, all[4].id]);
+        assert!(ev.after(Some(all[4].id)).is_empty());
+        // An id from before the backlog (another run): everything kept.
+        assert_eq!(ev.after(Some(1)).len(), 5);
+    }
+
+    #[test]
+    fn the_backlog_is_bounded_and_ids_keep_rising() {
+        let ev = Events::new();
+        for k in 0..BACKLOG + 10 {
+            ev.publish(Kind::Quota, json!({"k": k}));
+        }
+        let all = ev.after(None);
+        assert_eq!(all.len(), BACKLOG);
+        assert!(all.windows(2).all(|w| w[1].id == w[0].id + 1));
+        assert_eq!(all[0].data["k"], 10);
+        let recent = ev.recent(&[Kind::Quota], 3);
+        assert_eq!(recent.len(), 3);
+        assert_eq!(recent[2].data["k"], BACKLOG + 9);
+        assert!(ev.recent(&[Kind::SwapEnded], 3).is_empty());
+    }
+
+    #[test]
+    fn an_event_is_one_sse_record_with_its_id_and_kind() {
+        let ev = Events::new();
+        ev.publish(
+            Kind::SwapPhase,
+            json!({"phase": "seat", "text": "two\nlines"}),
+        );
+        let e = &ev.after(None)[0];
+        let sse = e.to_sse();
+        let lines: Vec<&str> = sse.lines().collect();
+        assert_eq!(lines[0], format!("id: {}", e.id));
+        assert_eq!(lines[1], "event: swap_phase");
+        assert!(lines[2].starts_with("data: {"));
+        let v: Value = serde_json::from_str(&lines[2]["data: ".len()..]).unwrap();
+        assert_eq!(v["data"]["text"], "two\nlines");
+        assert_eq!(v["kind"], "swap_phase");
+        assert_eq!(lines[3], "");
+        assert_eq!(lines.len(), 4);
+    }
+}
