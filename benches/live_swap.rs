@@ -36,8 +36,9 @@ fn main() {
         let restart = idle_swap("restart", n);
         let live = idle_swap("live", n);
         println!(
-            "swap of {n:>2} idle session(s), live: trigger → new token in force {:.1} ms, every next request as beta: {} (target ≤ 50 ms)",
+            "swap of {n:>2} idle session(s), live: trigger → new token in force {:.1} ms (switcher {} ms), every next request as beta: {} (target ≤ 50 ms)",
             live.0.as_secs_f64() * 1000.0,
+            live.2,
             live.1
         );
         println!(
@@ -133,7 +134,7 @@ fn all_ask_as_beta(w: &World, names: &[String]) -> bool {
 
 /// Trigger → the new token in force for every idle session, and whether
 /// every session's next request then carried it.
-fn idle_swap(mode: &str, n: u32) -> (Duration, bool) {
+fn idle_swap(mode: &str, n: u32) -> (Duration, bool, u64) {
     let mut w = world(&format!("bench-{mode}"), mode, n, "");
     let pid = w.start_daemon(&[]);
     let names = names(n);
@@ -175,11 +176,12 @@ fn idle_swap(mode: &str, n: u32) -> (Duration, bool) {
         t.elapsed()
     };
     let ok = all_ask_as_beta(&w, &names);
+    let switcher_ms = answer["duration_ms"].as_u64().unwrap_or(0);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     std::thread::sleep(Duration::from_millis(500));
-    (took, ok)
+    (took, ok, switcher_ms)
 }
 
 /// Three sessions in eight-step turns (300 ms between steps), swapped at

@@ -4,16 +4,14 @@
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    claude_failover::sys::logging::init();
     let cli = claude_failover::commands::Cli::parse();
     let code = match cli.run() {
         Ok(code) => code,
         // Every failure is printed here, once.
         Err(failed) => {
             for line in &failed.lines {
-                eprintln!("{line}");
+                claude_failover::sys::logging::last_words(line);
             }
             failed.code
         }

@@ -53,6 +53,24 @@ pub struct Config {
     pub janitor: JanitorConfig,
     pub http: HttpConfig,
     pub notify: NotifyConfig,
+    pub log: LogConfig,
+}
+
+/// `log`: how the daemon writes its log (stderr; journald under systemd).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG`, when set, wins.
+    pub level: log::LevelFilter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`, one line each (the default).
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`, and when
+    /// known `session`, `account`, `swap_id`, `task`, `project`.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]

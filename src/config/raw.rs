@@ -24,6 +24,14 @@ pub(super) struct RawConfig {
     pub(super) janitor: Option<RawJanitor>,
     pub(super) http: Option<RawHttp>,
     pub(super) notify: Option<RawNotify>,
+    pub(super) log: Option<RawLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) format: Option<String>,
+    pub(super) level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

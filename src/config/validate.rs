@@ -283,7 +283,9 @@ impl Check<'_> {
         let janitor = self.janitor(raw.janitor.unwrap_or_default())?;
         let http = self.http(raw.http.unwrap_or_default(), &state_dir)?;
         let notify = self.notify(raw.notify.unwrap_or_default())?;
+        let log = self.log(raw.log.unwrap_or_default())?;
         Ok(Config {
+            log,
             source,
             state_dir,
             claude,
@@ -781,6 +783,29 @@ impl Check<'_> {
                 MIN_INTERVAL,
             )?,
         })
+    }
+
+    fn log(&self, raw: RawLog) -> Checked<LogConfig> {
+        let format = match raw.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(self.err(
+                    "log.format",
+                    format!("`{other}` is not a log format: text or json"),
+                ))
+            }
+        };
+        let level = match raw.level.as_deref() {
+            None => log::LevelFilter::Info,
+            Some(l) => l.parse().map_err(|_| {
+                self.err(
+                    "log.level",
+                    format!("`{l}` is not a level: error, warn, info, debug or trace"),
+                )
+            })?,
+        };
+        Ok(LogConfig { format, level })
     }
 
     fn checkpoint(&self, raw: RawCheckpoint) -> Checked<CheckpointConfig> {

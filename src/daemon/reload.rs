@@ -91,6 +91,7 @@ impl Daemon {
                 // any more: forget them (they stay running, listed as unmanaged).
                 self.book
                     .retain(|n, _| session::pool_of(&next, n).is_some());
+                crate::sys::logging::configure(&next);
                 self.config = next;
                 let _ = self.watcher.send(session_watcher::Command::Observe);
             }

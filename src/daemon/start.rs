@@ -37,6 +37,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
             ));
         }
     };
+    crate::sys::logging::configure(&config);
     // One daemon per state folder, before any recovery or file write there;
     // held until `run` returns.
     let state_lock = match crate::store::state_lock::acquire(&config.state_dir) {

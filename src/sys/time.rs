@@ -19,6 +19,16 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// As [`rfc3339`] with milliseconds (`2026-12-02T10:00:00.123Z`), for log lines.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_millis())
+        .unwrap_or(0);
+    let s = rfc3339(t);
+    format!("{}.{ms:03}Z", s.trim_end_matches('Z'))
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` as the usage endpoint
 /// writes it.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {

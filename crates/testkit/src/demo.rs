@@ -397,6 +397,8 @@ impl Demo {
                 "  poll_interval: 2s\n  five_hour_threshold: {THRESHOLD}\n  swap_cooldown: 5s\n"
             ),
             swap_mode: "live".into(),
+            // The demo shows its log's tail to a person.
+            log_format: "text".into(),
         };
         let sb = Sandbox::create(&root, &spec)
             .map_err(|e| format!("cannot build the sandbox in {}: {e}", root.display()))?;

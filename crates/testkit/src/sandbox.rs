@@ -60,6 +60,9 @@ pub struct SandboxSpec {
     /// `swap.mode`: `restart` (the default here, what most tests were
     /// written for) or `live` (sessions under the sandbox's seat).
     pub swap_mode: String,
+    /// `log.format`: `json` here (every line of every sandboxed daemon's
+    /// log is checked to parse, see `world::Harness`), `text` when asked.
+    pub log_format: String,
 }
 
 impl Default for SandboxSpec {
@@ -83,6 +86,7 @@ impl Default for SandboxSpec {
             extra_yaml: String::new(),
             quota_yaml: String::new(),
             swap_mode: "restart".into(),
+            log_format: "json".into(),
         }
     }
 }
@@ -251,6 +255,7 @@ impl Sandbox {
         ));
         y.push_str(&spec.quota_yaml);
         y.push_str(&format!("http:\n  listen: {}\n", q(&spec.http_listen)));
+        y.push_str(&format!("log:\n  format: {}\n", spec.log_format));
         // `swap.mode` and `swap.seat`, inside a `swap:` section the extra
         // YAML may already open.
         let swap = format!(

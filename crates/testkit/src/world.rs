@@ -85,6 +85,8 @@ pub struct Harness {
     logs: Vec<PathBuf>,
     state_dirs: Vec<PathBuf>,
     children: Vec<Child>,
+    /// The daemons run with `log.format: json`: their logs are checked at teardown.
+    pub json_logs: bool,
 }
 
 impl Harness {
@@ -106,6 +108,7 @@ impl Harness {
             logs: Vec::new(),
             state_dirs: Vec::new(),
             children: Vec::new(),
+            json_logs: false,
         }
     }
 
@@ -215,6 +218,32 @@ impl Drop for Harness {
         // may bring the server back a moment later: kill it again.
         std::thread::sleep(Duration::from_millis(300));
         let _ = self.tmux.kill_server();
+        // Checked once everything is down (a panic here must leave nothing running).
+        if !std::thread::panicking() && self.json_logs {
+            // `log.format: json`: every line every daemon wrote is one
+            // JSON object with the four fields (issue 16).
+            for log in self.logs.iter().filter(|l| {
+                l.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("daemon-"))
+            }) {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let v: Result<serde_json::Value, _> = serde_json::from_str(line);
+                    let ok = v.as_ref().is_ok_and(|v| {
+                        ["ts", "level", "target", "msg"]
+                            .iter()
+                            .all(|k| v[*k].is_string())
+                    });
+                    if !ok {
+                        self.dump();
+                        panic!(
+                            "{}: a line that is not a JSON log record: {line:?}",
+                            log.display()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -266,6 +295,7 @@ impl World {
             sb.install_hooks(bin()).expect("install hooks");
         }
         h.watch_state_dir(sb.state_dir.clone());
+        h.json_logs = spec.log_format == "json";
         Some(World { h, sb, api, claude })
     }
 
