@@ -23,6 +23,9 @@ apt_install() {
 
 ensure_tmux() { command -v tmux >/dev/null || apt_install tmux; }
 
+# Debian's Chromium, for the dashboard's test (headless, DevTools protocol).
+ensure_chromium() { command -v chromium >/dev/null || apt_install chromium; }
+
 # Installs the pinned Claude Code into .cache/ unless it is already there.
 ensure_claude() {
     command -v npm >/dev/null || apt_install nodejs npm
@@ -39,5 +42,6 @@ ensure_claude() {
 # The environment that turns the end-to-end suite on, with the pinned binary.
 export_e2e() {
     export CLAUDE_FAILOVER_E2E=1
+    export CLAUDE_FAILOVER_CHROMIUM="${CLAUDE_FAILOVER_CHROMIUM:-$(command -v chromium || true)}"
     export CLAUDE_FAILOVER_CLAUDE_BIN="$PWD/$CLAUDE_BIN"
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, the end-to-end tests on the real Claude Code
 # included. On a fresh machine it first installs what the suite needs:
-# tmux (apt) and the pinned Claude Code (npm, into .cache/, reused after).
+# tmux and Chromium (apt) and the pinned Claude Code (npm, into .cache/,
+# reused after).
 #
 #   scripts/test.sh                     # everything
 #   scripts/test.sh --test e2e_claude   # extra arguments go to `cargo test`
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 
 ensure_tmux
 ensure_claude
+ensure_chromium
 
 export_e2e
 # Two test threads: the machine (and CI) has two cores, and every

@@ -710,7 +710,7 @@ fn a_target_whose_sessions_never_start_is_marked_and_the_swap_moves_on() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(notes("needs_login"), 1, "{:?}", got.lock().unwrap());
-    let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
+    let log = support::daemon_log(&w.h, 0);
     assert!(
         log.contains("no session started under beta, which needs a person; moving on to gamma"),
         "{log}"

@@ -70,7 +70,7 @@ impl Bare {
 
     /// The daemon's combined output so far.
     fn log(&self, n: usize) -> String {
-        std::fs::read_to_string(self.h.path().join(format!("daemon-{n}.log"))).unwrap_or_default()
+        support::daemon_log(&self.h, n)
     }
 
     fn wait_exit(&mut self, pid: u32, within: Duration) -> Option<i32> {

@@ -129,7 +129,7 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.h.path().join("daemon-0.log")).unwrap_or_default()
+        support::daemon_log(&self.h, 0)
     }
 
     /// The daemon's CPU time (user + system) so far, from /proc.

@@ -445,7 +445,7 @@ fn two_hundred_live_swaps_race_a_refresher_and_no_refresh_token_is_lost() {
         l.issued["beta"].len() - 1
     );
     // Nothing credential-bearing in the log.
-    let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
+    let log = support::daemon_log(&w.h, 0);
     assert!(!log.contains("sk-ant-ort01"), "a refresh token in the log");
 }
 

@@ -596,7 +596,7 @@ fn forged_stop_and_stop_failure_from_inside_a_session_change_nothing_and_a_real_
             .exists()
             .then_some(())
     });
-    let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
+    let log = support::daemon_log(&w.h, 0);
     for line in [
         "claiming session \"",
         "that its transcript does not bear out",

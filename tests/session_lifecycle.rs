@@ -24,7 +24,7 @@ fn cmdline(pid: u32) -> Vec<String> {
 }
 
 fn log_of(w: &World) -> String {
-    std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default()
+    support::daemon_log(&w.h, 0)
 }
 
 #[test]
@@ -391,7 +391,7 @@ fn after_a_kill_in_the_relaunch_phase_records_follow_the_real_account() {
     for (name, pid) in &relaunched {
         assert_eq!(w.pane_pid(name), Some(*pid), "{name} was restarted");
     }
-    let log = std::fs::read_to_string(w.h.path().join("daemon-1.log")).unwrap_or_default();
+    let log = support::daemon_log(&w.h, 1);
     assert!(!log.contains("while beta is active"), "{log}");
 }
 
@@ -436,7 +436,7 @@ fn a_session_left_on_another_account_is_relaunched_under_the_active_one() {
         })
     });
     assert_eq!(s["claude_session_id"].as_str(), Some(id.as_str()), "{s}");
-    let log = std::fs::read_to_string(w.h.path().join("daemon-1.log")).unwrap_or_default();
+    let log = support::daemon_log(&w.h, 1);
     assert!(
         log.contains("runs under alpha while beta is active"),
         "{log}"

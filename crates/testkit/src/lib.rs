@@ -11,6 +11,7 @@
 //! - [`product`]: where the `claude-failover` binary under test or under
 //!   demonstration is.
 
+pub mod browser;
 pub mod demo;
 pub mod product;
 pub mod sandbox;

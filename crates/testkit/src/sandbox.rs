@@ -63,6 +63,9 @@ pub struct SandboxSpec {
     /// `log.format`: `json` here (every line of every sandboxed daemon's
     /// log is checked to parse, see `world::Harness`), `text` when asked.
     pub log_format: String,
+    /// Lines added inside the `http:` section (indented by two spaces),
+    /// e.g. `  token_file: /x\n`.
+    pub http_yaml: String,
 }
 
 impl Default for SandboxSpec {
@@ -87,6 +90,7 @@ impl Default for SandboxSpec {
             quota_yaml: String::new(),
             swap_mode: "restart".into(),
             log_format: "json".into(),
+            http_yaml: String::new(),
         }
     }
 }
@@ -255,6 +259,7 @@ impl Sandbox {
         ));
         y.push_str(&spec.quota_yaml);
         y.push_str(&format!("http:\n  listen: {}\n", q(&spec.http_listen)));
+        y.push_str(&spec.http_yaml);
         y.push_str(&format!("log:\n  format: {}\n", spec.log_format));
         // `swap.mode` and `swap.seat`, inside a `swap:` section the extra
         // YAML may already open.

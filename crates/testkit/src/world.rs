@@ -247,6 +247,26 @@ impl Drop for Harness {
     }
 }
 
+/// The `n`th daemon's log as text, one message per line: a JSON log
+/// (`log.format: json`) is read back to its messages (`[LEVEL target] msg`),
+/// so tests look for what was said, not for how it was escaped.
+pub fn daemon_log(h: &Harness, n: usize) -> String {
+    let text =
+        std::fs::read_to_string(h.path().join(format!("daemon-{n}.log"))).unwrap_or_default();
+    text.lines()
+        .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(v) if v["msg"].is_string() => format!(
+                "[{} {}] {}",
+                v["level"].as_str().unwrap_or(""),
+                v["target"].as_str().unwrap_or(""),
+                v["msg"].as_str().unwrap_or("")
+            ),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A sandbox with the real Claude Code, the API stand-in and our hooks
 /// installed: everything a daemon test needs.
 pub struct World {
