@@ -13,6 +13,7 @@ trap 'rm -f "$out"' EXIT
 cargo bench --bench daemon 2>/dev/null | tee "$out"
 cargo bench --bench stop 2>/dev/null | tee -a "$out"
 cargo bench --bench live_swap 2>/dev/null | tee -a "$out"
+cargo bench --bench events 2>/dev/null | tee -a "$out"
 {
     echo "# Benchmarks"
     echo
@@ -24,7 +25,7 @@ cargo bench --bench live_swap 2>/dev/null | tee -a "$out"
     echo
     echo "| figure | measured | target |"
     echo "| --- | --- | --- |"
-    grep -E '^(hook wall time|GET /status|HTTP abuse|dispatch latency|swap of|swap during|idle daemon|tmux processes|stop with)' "$out" | while IFS= read -r line; do
+    grep -E '^(hook wall time|GET /status|HTTP abuse|dispatch latency|swap of|swap during|GET /status while events|idle daemon|tmux processes|stop with)' "$out" | while IFS= read -r line; do
         target=$(printf '%s' "$line" | sed -n 's/.*(target \(.*\))$/\1/p')
         figure=$(printf '%s' "$line" | sed 's/ *(target .*)$//')
         echo "| ${figure%%:*} | ${figure#*: } | ${target:-—} |"

@@ -186,6 +186,11 @@ impl Events {
         out
     }
 
+    /// The oldest id still kept.
+    pub fn oldest(&self) -> Option<u64> {
+        self.shared.backlog.lock().front().map(|e| e.id)
+    }
+
     pub fn clients(&self) -> usize {
         self.shared.clients.load(Ordering::Relaxed)
     }
@@ -285,6 +290,14 @@ fn run(events: Events, new: Receiver<NewClient>, stop: Receiver<()>) {
                     let _ = c.stream.shutdown(std::net::Shutdown::Both);
                 }
                 return keep;
+            }
+            if events.oldest().is_some_and(|o| o > c.cursor + 1) && c.cursor > 0 {
+                // It fell behind the backlog: events it never got are gone.
+                // Closed (and counted), it reconnects and reads /status afresh.
+                events.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                log::warn!("events: dropped a client that fell behind the backlog");
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                return false;
             }
             for e in events.after(Some(c.cursor)) {
                 c.pending.extend_from_slice(e.to_sse().as_bytes());
@@ -425,5 +438,81 @@ mod tests {
         assert_eq!(v["kind"], "swap_phase");
         assert_eq!(lines[3], "");
         assert_eq!(lines.len(), 4);
+    }
+
+    /// A client that never reads is dropped (and counted) once its buffer
+    /// is full, while one that reads gets every event in order; publishing
+    /// never waits for either. Real sockets on loopback.
+    fn until(cond: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !cond() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_client_that_never_reads_is_dropped_and_a_reader_gets_everything() {
+        use std::io::{BufRead, BufReader};
+        use std::net::TcpListener;
+        let events = Events::new();
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let stream = start(events.clone(), stop_rx).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hand_over = |last_id| {
+            let (server, _) = listener.accept().unwrap();
+            stream
+                .clients
+                .send(NewClient {
+                    stream: server,
+                    last_id,
+                    since_ms: None,
+                    once: false,
+                })
+                .unwrap();
+        };
+        let sleeper = TcpStream::connect(addr).unwrap();
+        hand_over(None);
+        let reader_sock = TcpStream::connect(addr).unwrap();
+        hand_over(None);
+        until(|| events.clients() == 2);
+        let total = 4000u64;
+        let reader = std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            for line in BufReader::new(reader_sock).lines() {
+                let Ok(line) = line else { break };
+                if let Some(id) = line.strip_prefix("id: ") {
+                    ids.push(id.parse::<u64>().unwrap());
+                    if ids.len() as u64 == total {
+                        break;
+                    }
+                }
+            }
+            ids
+        });
+        let filler = "x".repeat(2000);
+        for k in 0..total {
+            events.publish(Kind::Quota, serde_json::json!({"k": k, "pad": filler}));
+            if k % 500 == 0 {
+                // Let the stream thread keep up with the backlog's bound.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let ids = reader.join().unwrap();
+        assert_eq!(ids.len() as u64, total);
+        assert!(
+            ids.windows(2).all(|w| w[1] == w[0] + 1),
+            "in order, none missed"
+        );
+        until(|| events.dropped() == 1);
+        assert_eq!(
+            events.dropped(),
+            1,
+            "the client that never reads was dropped"
+        );
+        assert_eq!(events.clients(), 1);
+        drop(sleeper);
+        drop(stop_tx);
+        stream.thread.join().unwrap();
     }
 }
