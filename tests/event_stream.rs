@@ -125,6 +125,41 @@ fn a_swap_streams_in_order_and_a_reconnect_gets_exactly_what_it_missed() {
         .next(Duration::from_millis(500))
         .is_none_or(|e| e.id.unwrap() > y));
 
+    // An id this run never issued (a client from before a restart): told
+    // to read /status again, then everything kept.
+    let stale = SseClient::connect(&addr, Some(1), None).unwrap();
+    let first = stale.next(SOON).unwrap();
+    assert_eq!(first.kind, "reset", "{first:?}");
+    let second = stale.next(SOON).unwrap();
+    assert!(
+        second.id.unwrap() < x,
+        "the backlog from its start: {second:?}"
+    );
+
+    // A session's screen needs the token, even on loopback.
+    let screen = format!("http://{addr}/sessions/ccl-auto-11/screen");
+    match ureq::get(&screen).call() {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("a screen without the token: {other:?}"),
+    }
+    let text = ureq::get(&screen)
+        .set("Authorization", &format!("Bearer {}", w.token()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        text.contains(claude_failover::claude::facts::PROMPT_READY_MARK),
+        "{text}"
+    );
+    match ureq::get(&format!("http://{addr}/sessions/not-ours/screen"))
+        .set("Authorization", &format!("Bearer {}", w.token()))
+        .call()
+    {
+        Err(ureq::Error::Status(404, _)) => {}
+        other => panic!("an unmanaged name: {other:?}"),
+    }
+
     // The swap history in /status, newest last, with the phases.
     let s = w.status().unwrap();
     let hist = s["swap_history"].as_array().unwrap();
@@ -136,7 +171,7 @@ fn a_swap_streams_in_order_and_a_reconnect_gets_exactly_what_it_missed() {
         .unwrap()
         .into_string()
         .unwrap();
-    assert!(m.contains("claude_failover_event_clients 2"), "{m}");
+    assert!(m.contains("claude_failover_event_clients 3"), "{m}");
 }
 
 #[test]

@@ -57,9 +57,13 @@ pub fn events_command(config: &Config, follow: bool, json: bool, since: Option<&
     if let Err(e) = (&stream).write_all(req.as_bytes()) {
         return fail(format!("cannot ask {addr}: {e}"));
     }
-    // No read timeout while following: pings come every 15 s; a daemon that
-    // goes away closes the connection. Without --follow the answer is quick.
-    let _ = stream.set_read_timeout((!follow).then_some(Duration::from_secs(30)));
+    // Following, a ping comes every 15 s: three missed say the daemon (or
+    // the way to it) is gone. Without --follow the answer is quick.
+    let _ = stream.set_read_timeout(Some(if follow {
+        crate::daemon::event_stream::PING_EVERY * 3
+    } else {
+        Duration::from_secs(30)
+    }));
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
     if reader.read_line(&mut status).is_err() || !status.starts_with("HTTP/1.1 200") {
@@ -89,7 +93,21 @@ pub fn events_command(config: &Config, follow: bool, json: bool, since: Option<&
         match reader.read_line(&mut line) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return fail(format!(
+                    "{addr} sent nothing, not even a ping, for {}s",
+                    if follow {
+                        crate::daemon::event_stream::PING_EVERY.as_secs() * 3
+                    } else {
+                        30
+                    }
+                ));
+            }
             Err(e) => return fail(format!("reading from {addr}: {e}")),
         }
         let Some(data) = line.trim_end().strip_prefix("data: ") else {
@@ -195,5 +213,26 @@ pub fn render(v: &serde_json::Value) -> String {
         },
         _ => d.to_string(),
     };
+    // What Claude Code answered, or an error's text, may hold escape
+    // sequences: none reaches the terminal.
+    let what: String = what
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     format!("{when} {kind:<15} {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_line_carries_no_control_character() {
+        let v = serde_json::json!({"at_ms": 0, "kind": "task_done", "data": {
+            "project": "p", "task": "t", "session": "s", "answer": "ok\u{1b}]52;c;ZXZpbA==\u{7}\nnext"}});
+        let line = super::render(&v);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("p/t done by s: ok ]52;c;ZXZpbA==  next"),
+            "{line}"
+        );
+    }
 }

@@ -38,6 +38,11 @@ pub const CLIENT_BUFFER: usize = 256 * 1024;
 /// Clients connected at once; one more is answered 503.
 pub const MAX_CLIENTS: usize = 64;
 pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// A client that took nothing of what waits for it this long is dropped
+/// (a reader that stopped, a peer that vanished): it cannot hold a slot.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+/// A `once` client (the replay, then close) gets this long in all.
+pub const ONCE_WITHIN: Duration = Duration::from_secs(30);
 /// What a browser waits before reconnecting (the stream's `retry:`).
 const RETRY_MS: u64 = 2000;
 
@@ -101,6 +106,8 @@ impl Event {
 struct Shared {
     backlog: Mutex<VecDeque<Arc<Event>>>,
     next_id: AtomicU64,
+    /// The id before this run's first: any id below it is another run's.
+    base: u64,
     /// The stream thread's wake-up (one pending is enough).
     wake: Sender<()>,
     wake_rx: Receiver<()>,
@@ -123,13 +130,20 @@ impl Default for Events {
 impl Events {
     pub fn new() -> Events {
         let (wake, wake_rx) = bounded(1);
+        // In microseconds: a restart a second later starts well above any
+        // id of the run before.
+        let base = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
         Events {
             shared: Arc::new(Shared {
                 backlog: Mutex::new(VecDeque::with_capacity(BACKLOG)),
                 // Ids start at the time of the start, in ms: a client that
                 // reconnects to a restarted daemon with an old id gets the
                 // whole backlog instead of nothing.
-                next_id: AtomicU64::new(crate::sys::time::unix_secs(SystemTime::now()) * 1000),
+                next_id: AtomicU64::new(base),
+                base,
                 wake,
                 wake_rx,
                 clients: AtomicUsize::new(0),
@@ -163,12 +177,29 @@ impl Events {
     /// The events after `id` still in the backlog (all of them for `None`
     /// or an id the backlog does not know).
     pub fn after(&self, id: Option<u64>) -> Vec<Arc<Event>> {
+        self.replay(id).events
+    }
+
+    /// What a client that last saw `last_id` gets: the events after it, or
+    /// every event kept when its id is not this run's or older than the
+    /// backlog (`lost`: it missed events that are gone); and the newest id
+    /// issued, where it goes on from.
+    pub fn replay(&self, last_id: Option<u64>) -> Replay {
         let b = self.shared.backlog.lock();
-        match id {
-            Some(id) if b.front().is_some_and(|f| f.id <= id + 1) => {
-                b.iter().filter(|e| e.id > id).cloned().collect()
-            }
-            _ => b.iter().cloned().collect(),
+        let newest = self.shared.next_id.load(Ordering::Relaxed);
+        let all = || b.iter().cloned().collect::<Vec<_>>();
+        let (events, lost) = match last_id {
+            None => (all(), false),
+            Some(id) if id == newest => (Vec::new(), false),
+            // Not an id of this run (one from before a restart, or made up).
+            Some(id) if id > newest || id < self.shared.base => (all(), true),
+            Some(id) if b.front().is_some_and(|f| id.saturating_add(1) < f.id) => (all(), true),
+            Some(id) => (b.iter().filter(|e| e.id > id).cloned().collect(), false),
+        };
+        Replay {
+            events,
+            lost,
+            newest,
         }
     }
 
@@ -200,6 +231,13 @@ impl Events {
     }
 }
 
+/// See [`Events::replay`].
+pub struct Replay {
+    pub events: Vec<Arc<Event>>,
+    pub lost: bool,
+    pub newest: u64,
+}
+
 /// A connection handed over by an HTTP worker, its response head not yet written.
 pub struct NewClient {
     pub stream: TcpStream,
@@ -223,6 +261,10 @@ struct Client {
     cursor: u64,
     pending: Vec<u8>,
     last_write: Instant,
+    /// When it last took bytes, or had none waiting: a client with bytes
+    /// waiting and no progress for [`STALLED_AFTER`] is dropped.
+    progress: Instant,
+    opened: Instant,
     /// Close once `pending` is written.
     once: bool,
     /// Unsent bytes it may have: [`CLIENT_BUFFER`], plus its replay until
@@ -239,11 +281,15 @@ impl Client {
                 Ok(n) => {
                     self.pending.drain(..n);
                     self.last_write = Instant::now();
+                    self.progress = self.last_write;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
+        }
+        if self.pending.is_empty() {
+            self.progress = Instant::now();
         }
         if self.pending.len() <= CLIENT_BUFFER {
             self.allowance = CLIENT_BUFFER;
@@ -285,13 +331,28 @@ fn run(events: Events, new: Receiver<NewClient>, stop: Receiver<()>) {
         let now = Instant::now();
         clients.retain_mut(|c| {
             if c.once {
-                let keep = c.flush() && !c.pending.is_empty();
+                let keep = c.flush()
+                    && !c.pending.is_empty()
+                    && now.duration_since(c.opened) < ONCE_WITHIN;
                 if !keep {
                     let _ = c.stream.shutdown(std::net::Shutdown::Both);
                 }
                 return keep;
             }
-            if events.oldest().is_some_and(|o| o > c.cursor + 1) && c.cursor > 0 {
+            if !c.pending.is_empty() && now.duration_since(c.progress) >= STALLED_AFTER {
+                events.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "events: dropped a client that took nothing for {}s ({} bytes unsent)",
+                    STALLED_AFTER.as_secs(),
+                    c.pending.len()
+                );
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                return false;
+            }
+            if events
+                .oldest()
+                .is_some_and(|o| o > c.cursor.saturating_add(1))
+            {
                 // It fell behind the backlog: events it never got are gone.
                 // Closed (and counted), it reconnects and reads /status afresh.
                 events.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -327,6 +388,23 @@ fn run(events: Events, new: Receiver<NewClient>, stop: Receiver<()>) {
     events.shared.clients.store(0, Ordering::Relaxed);
 }
 
+/// The kernel's send buffer for a client, bounded too (it would grow to
+/// megabytes for a client that does not read).
+fn limit_send_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: a valid socket descriptor and a c_int option value of its size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Writes the response head and the replay; `None` when refused or gone.
 fn open(events: &Events, c: NewClient, connected: usize) -> Option<Client> {
     let NewClient {
@@ -347,6 +425,8 @@ fn open(events: &Events, c: NewClient, connected: usize) -> Option<Client> {
         return None;
     }
     stream.set_nonblocking(true).ok()?;
+    limit_send_buffer(&stream);
+    let now = Instant::now();
     let mut client = Client {
         stream,
         cursor: 0,
@@ -354,30 +434,41 @@ fn open(events: &Events, c: NewClient, connected: usize) -> Option<Client> {
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\nretry: {RETRY_MS}\n\n"
         )
         .into_bytes(),
-        last_write: Instant::now(),
+        last_write: now,
+        progress: now,
+        opened: now,
         once,
         allowance: CLIENT_BUFFER,
     };
-    let replay = events.after(last_id);
-    // A fresh client starts with the newest event's id; replay only for
-    // a client that says where it was, or since when.
+    let replay = events.replay(last_id);
+    // It goes on from the newest id issued, whatever it is replayed: a
+    // fresh client nothing, one that says where it was what came after,
+    // one that says since when what the backlog holds from then.
+    client.cursor = replay.newest;
     match (last_id, since_ms) {
-        (None, Some(since)) => {
-            for e in replay.iter().filter(|e| e.at_ms >= since) {
-                client.pending.extend_from_slice(e.to_sse().as_bytes());
-            }
-            client.cursor = replay.last().map(|e| e.id).unwrap_or(0);
-        }
         (Some(_), _) => {
-            for e in &replay {
-                client.pending.extend_from_slice(e.to_sse().as_bytes());
-                client.cursor = e.id;
+            if replay.lost {
+                // Some of what it missed is gone: it should read /status again.
+                let reset = serde_json::json!({
+                    "id": replay.newest,
+                    "kind": "reset",
+                    "at_ms": SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+                    "data": {"reason": "events were missed (a restart, or more than the backlog keeps); read /status again"},
+                });
+                client
+                    .pending
+                    .extend_from_slice(format!("event: reset\ndata: {reset}\n\n").as_bytes());
             }
-            if replay.is_empty() {
-                client.cursor = last_id.unwrap_or(0);
+            for e in &replay.events {
+                client.pending.extend_from_slice(e.to_sse().as_bytes());
             }
         }
-        (None, None) => client.cursor = replay.last().map(|e| e.id).unwrap_or(0),
+        (None, Some(since)) => {
+            for e in replay.events.iter().filter(|e| e.at_ms >= since) {
+                client.pending.extend_from_slice(e.to_sse().as_bytes());
+            }
+        }
+        (None, None) => {}
     }
     client.allowance = client.pending.len() + CLIENT_BUFFER;
     client.flush().then_some(client)
@@ -402,6 +493,35 @@ mod tests {
         assert!(ev.after(Some(all[4].id)).is_empty());
         // An id from before the backlog (another run): everything kept.
         assert_eq!(ev.after(Some(1)).len(), 5);
+        assert!(ev.replay(Some(1)).lost);
+    }
+
+    #[test]
+    fn a_replay_says_when_events_were_lost_and_where_to_go_on_from() {
+        let ev = Events::new();
+        let empty = ev.replay(Some(5));
+        assert!(
+            empty.events.is_empty() && empty.lost,
+            "an id from another run"
+        );
+        for k in 0..BACKLOG + 5 {
+            ev.publish(Kind::Session, json!({"k": k}));
+        }
+        let all = ev.after(None);
+        let newest = all.last().unwrap().id;
+        // Up to date: nothing, nothing lost.
+        let r = ev.replay(Some(newest));
+        assert!(r.events.is_empty() && !r.lost && r.newest == newest);
+        // Newer than anything issued (a restart's ids, a clock step): unknown.
+        let r = ev.replay(Some(newest + 10));
+        assert!(r.lost && r.events.len() == BACKLOG);
+        assert!(ev.replay(Some(u64::MAX)).lost, "no overflow");
+        // Older than the backlog: everything kept, and it says so.
+        let r = ev.replay(Some(all[0].id - 3));
+        assert!(r.lost && r.events.len() == BACKLOG);
+        // Just before the oldest kept: nothing was lost.
+        let r = ev.replay(Some(all[0].id - 1));
+        assert!(!r.lost && r.events.len() == BACKLOG);
     }
 
     #[test]
@@ -490,12 +610,13 @@ mod tests {
             }
             ids
         });
-        let filler = "x".repeat(2000);
+        let filler = "x".repeat(600);
         for k in 0..total {
             events.publish(Kind::Quota, serde_json::json!({"k": k, "pad": filler}));
-            if k % 500 == 0 {
-                // Let the stream thread keep up with the backlog's bound.
-                std::thread::sleep(Duration::from_millis(50));
+            if k % 100 == 0 {
+                // Bursts a reader keeps up with (a client gets its buffer's
+                // worth, not the backlog's, at once).
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         let ids = reader.join().unwrap();

@@ -918,7 +918,10 @@ fn gate(req: &Request, site: &Site, token: &str) -> Option<Answer> {
             ));
         }
     }
-    let needs_token = req.method != "GET" || !site.loopback;
+    // A session's screen may show what should not leave it (a key typed,
+    // a file shown): it needs the token even on loopback.
+    let screen = req.path().starts_with("/sessions/") && req.path().ends_with("/screen");
+    let needs_token = req.method != "GET" || !site.loopback || screen;
     if needs_token && !authorised(req, token) {
         let wants_page = req.path() == "/"
             && req
