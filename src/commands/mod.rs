@@ -82,6 +82,9 @@ pub enum Command {
         #[arg(long, value_name = "DURATION")]
         since: Option<String>,
     },
+    /// An MCP server on stdio for Claude Code (or any MCP client): the
+    /// fleet's status, swap, enqueue, task results, restart a session.
+    Mcp,
     /// Claude Code's own login for one account, with that account's home as
     /// its config dir, in the foreground (once per account); then says
     /// whether the home holds a login.
@@ -104,6 +107,7 @@ macro_rules! outln {
 // After `outln!`, which they use.
 pub mod events;
 pub mod login;
+pub mod mcp;
 
 /// The status a command ends with when its reader goes away: 0, or the
 /// outcome it already knows (`check` with failures is still 1).
@@ -202,6 +206,7 @@ impl Cli {
                 json,
                 since,
             } => events::events_command(&load(&config_path)?, follow, json, since.as_deref()),
+            Command::Mcp => mcp::mcp_command(&load(&config_path)?),
             Command::Login { account } => login::login_command(&load(&config_path)?, &account),
             Command::Swap { to, reason } => swap_command(&load(&config_path)?, to, reason),
             Command::Statusline => {

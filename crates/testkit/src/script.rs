@@ -18,6 +18,10 @@
 //! `unauth_at=k` answers it 401 once (a token the server stopped taking).
 //! Only requests that offer the Bash tool follow a script: Claude Code's
 //! side requests (titles, summaries) get plain answers.
+//!
+//! `tools=A,B` makes step k a call of tool k (e.g. an MCP tool,
+//! `mcp__cf__fleet_status`) instead of Bash, with `inputK=key:value,…`
+//! (`+` for a space) as its input; `steps` is then the number of tools.
 
 use serde_json::Value;
 use std::time::Duration;
@@ -39,6 +43,9 @@ pub struct Script {
     /// The step whose command needs a person's permission (Claude Code
     /// shows its prompt and fires `Notification` `permission_prompt`).
     pub ask_at: Option<u32>,
+    /// `tools=`: step k calls `tools[k-1]` with `inputs[k]` (an object).
+    pub tools: Vec<String>,
+    pub inputs: std::collections::BTreeMap<u32, Value>,
 }
 
 /// Where a request stands in its script.
@@ -79,6 +86,8 @@ pub fn parse_script(text: &str) -> Option<(Script, String)> {
         overload_at: None,
         unauth_at: None,
         ask_at: None,
+        tools: Vec::new(),
+        inputs: Default::default(),
     };
     for word in line[SCRIPT_MARK.len()..].split_whitespace() {
         let Some((k, v)) = word.split_once('=') else {
@@ -99,6 +108,25 @@ pub fn parse_script(text: &str) -> Option<(Script, String)> {
             "overload_at" => script.overload_at = v.parse().ok(),
             "unauth_at" => script.unauth_at = v.parse().ok(),
             "ask_at" => script.ask_at = v.parse().ok(),
+            "tools" => {
+                script.tools = v
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(String::from)
+                    .collect();
+                script.steps = script.tools.len() as u32;
+            }
+            k if k.starts_with("input") => {
+                if let Ok(n) = k["input".len()..].parse::<u32>() {
+                    let mut o = serde_json::Map::new();
+                    for pair in v.split(',') {
+                        if let Some((key, val)) = pair.split_once(':') {
+                            o.insert(key.into(), Value::String(val.replace('+', " ")));
+                        }
+                    }
+                    script.inputs.insert(n, Value::Object(o));
+                }
+            }
             _ => {}
         }
     }
@@ -220,9 +248,22 @@ mod tests {
                 overload_at: None,
                 unauth_at: Some(5),
                 ask_at: None,
+                tools: vec![],
+                inputs: Default::default(),
             }
         );
         assert!(key.starts_with(SCRIPT_MARK));
+        // Tool calls other than Bash, with their inputs.
+        let (s, _) = parse_script(
+            "STANDIN-SCRIPT tools=mcp__cf__fleet_status,mcp__cf__enqueue_task input2=project:demo,prompt:Say+hi",
+        )
+        .unwrap();
+        assert_eq!(s.steps, 2);
+        assert_eq!(s.tools, ["mcp__cf__fleet_status", "mcp__cf__enqueue_task"]);
+        assert_eq!(
+            s.inputs[&2],
+            serde_json::json!({"project": "demo", "prompt": "Say hi"})
+        );
         assert_eq!(parse_script("no directive here"), None);
         // A file name that is not a plain name is ignored, not run.
         let (s, _) = parse_script("STANDIN-SCRIPT file=a;rm").unwrap();

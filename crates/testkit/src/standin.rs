@@ -1386,7 +1386,17 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
         Err((reply, account)) => (reply, account),
         Ok((name, unified)) if script.as_ref().is_some_and(|p| !p.finished()) => {
             let p = script.as_ref().expect("a script");
-            let command = crate::script::step_command(&p.script, p.next());
+            let k = p.next();
+            let (tool, input) = match p.script.tools.get(k as usize - 1) {
+                Some(t) => (
+                    t.clone(),
+                    p.script.inputs.get(&k).cloned().unwrap_or(json!({})),
+                ),
+                None => (
+                    "Bash".to_string(),
+                    json!({"command": crate::script::step_command(&p.script, k), "description": "scripted step"}),
+                ),
+            };
             let msg_id = format!("msg_standin_{id:08}");
             let tool_id = format!("toolu_standin_{id:08}");
             let mut reply = tool_use_reply(
@@ -1394,7 +1404,8 @@ fn messages(shared: &Shared, rq: &Incoming, body: &[u8]) -> (Reply, Option<Strin
                 &msg_id,
                 &model,
                 &tool_id,
-                &command,
+                &tool,
+                &input,
                 rough_tokens(body.len()),
             );
             reply.headers.extend(unified);
@@ -1480,10 +1491,10 @@ fn tool_use_reply(
     msg_id: &str,
     model: &str,
     tool_id: &str,
-    command: &str,
+    tool: &str,
+    input: &Value,
     usage_in: u64,
 ) -> Reply {
-    let input = json!({"command": command, "description": "scripted step"});
     if !stream {
         return Reply::json(
             200,
@@ -1492,7 +1503,7 @@ fn tool_use_reply(
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "tool_use", "id": tool_id, "name": "Bash", "input": input}],
+                "content": [{"type": "tool_use", "id": tool_id, "name": tool, "input": input}],
                 "stop_reason": "tool_use",
                 "stop_sequence": null,
                 "usage": {"input_tokens": usage_in, "output_tokens": 20},
@@ -1519,7 +1530,7 @@ fn tool_use_reply(
             &json!({
                 "type": "content_block_start",
                 "index": 0,
-                "content_block": {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}},
+                "content_block": {"type": "tool_use", "id": tool_id, "name": tool, "input": {}},
             }),
         ),
         SseEvent::new(

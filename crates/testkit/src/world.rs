@@ -146,6 +146,14 @@ impl Harness {
         pid
     }
 
+    /// Kills every process it spawned (the daemon goes away at once).
+    pub fn kill_children(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// `Some(exit code)` once the spawned child `pid` has exited.
     pub fn try_exit_status(&mut self, pid: u32) -> Option<Option<i32>> {
         let child = self.children.iter_mut().find(|c| c.id() == pid)?;
