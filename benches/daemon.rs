@@ -272,17 +272,7 @@ fn swap_timing() {
             w.wait_state(name, "idle", Duration::from_secs(120));
         }
         // Give each a conversation so the swap has something to resume.
-        for name in &names {
-            let p = format!("bench: hello from {name}");
-            // A TUI that has just started may not take input yet: retry.
-            let answered = (0..5).any(|_| {
-                w.type_prompt(name, &p);
-                w.api
-                    .wait_for_request(|r| r.prompt == p, Duration::from_secs(5))
-                    .is_some()
-            });
-            assert!(answered, "{name} never took its prompt");
-        }
+        w.give_each_a_conversation(&names, "bench");
         std::thread::sleep(Duration::from_secs(2));
         let t = Instant::now();
         let url = format!("http://{}/swap?to=beta", w.sb.http_listen);

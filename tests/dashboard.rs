@@ -26,19 +26,6 @@ fn browser_binary() -> Option<std::path::PathBuf> {
     ))
 }
 
-fn swap(w: &World, to: &str) -> serde_json::Value {
-    ureq::post(&format!(
-        "http://{}/swap?to={to}&reason=dashboard+test",
-        w.sb.http_listen
-    ))
-    .set("Authorization", &format!("Bearer {}", w.token()))
-    .timeout(UP)
-    .call()
-    .expect("swap")
-    .into_json()
-    .unwrap()
-}
-
 #[test]
 fn the_page_shows_accounts_sessions_queues_and_a_swap_without_a_reload() {
     let Some(chromium) = browser_binary() else {
@@ -127,7 +114,7 @@ fn the_page_shows_accounts_sessions_queues_and_a_swap_without_a_reload() {
 
     // A swap, triggered from outside; the page follows without a reload.
     b.eval("window.__no_reload = 42");
-    let swapped = swap(&w, "beta");
+    let swapped = w.swap_to("beta", "dashboard test");
     assert_eq!(swapped["result"], "done", "{swapped}");
     let id = swapped["id"].as_str().unwrap().to_string();
     b.wait_for(

@@ -25,14 +25,8 @@ fn live_world(name: &str) -> Option<World> {
 }
 
 fn swap(w: &World, to: &str) {
-    let r = ureq::post(&format!(
-        "http://{}/swap?to={to}&reason=test",
-        w.sb.http_listen
-    ))
-    .set("Authorization", &format!("Bearer {}", w.token()))
-    .timeout(UP)
-    .call();
-    assert!(r.is_ok(), "{r:?}");
+    let r = w.swap_to(to, "test");
+    assert_eq!(r["result"], "done", "{r}");
 }
 
 fn is_end(e: &SseEvent) -> bool {

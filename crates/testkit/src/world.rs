@@ -417,6 +417,41 @@ impl World {
             .collect()
     }
 
+    /// `POST /swap?to=TO&reason=REASON` with the token, waited for: the
+    /// swap's result (its JSON), whatever its status.
+    pub fn swap_to(&self, to: &str, reason: &str) -> serde_json::Value {
+        let url = format!(
+            "http://{}/swap?to={to}&reason={}",
+            self.sb.http_listen,
+            reason.replace(' ', "+")
+        );
+        match ureq::post(&url)
+            .set("Authorization", &format!("Bearer {}", self.token()))
+            .timeout(Duration::from_secs(240))
+            .call()
+        {
+            Ok(r) => r.into_json().expect("a JSON answer"),
+            Err(ureq::Error::Status(_, r)) => r.into_json().expect("a JSON answer"),
+            Err(e) => panic!("POST /swap: {e}"),
+        }
+    }
+
+    /// Types a prompt into each of `names` until the stand-in sees it (a
+    /// TUI that has just started may not take input yet): each then has a
+    /// conversation to resume.
+    pub fn give_each_a_conversation(&self, names: &[String], tag: &str) {
+        for name in names {
+            let p = format!("{tag}: hello from {name}");
+            let answered = (0..5).any(|_| {
+                self.type_prompt(name, &p);
+                self.api
+                    .wait_for_request(|r| r.prompt == p, Duration::from_secs(10))
+                    .is_some()
+            });
+            assert!(answered, "{name} never took its prompt");
+        }
+    }
+
     pub fn pane_pid(&self, name: &str) -> Option<u32> {
         self.h
             .tmux
