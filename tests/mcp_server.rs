@@ -172,7 +172,7 @@ fn the_protocol_over_a_pipe_every_tool_good_and_bad_and_a_daemon_that_is_down() 
     let project = sb.project_dirs[0].1.clone();
     let e = m.call(
         "enqueue_task",
-        json!({"project": "demo", "prompt": "A task\n\nin two paragraphs.", "priority": 3, "name": "from-mcp"}),
+        json!({"project": "demo", "prompt": "A task for the fake agent.", "priority": 3, "name": "from-mcp"}),
     );
     assert_eq!(e["isError"], false, "{e}");
     let task = e["structuredContent"]["task"].as_str().unwrap().to_string();
@@ -185,6 +185,27 @@ fn the_protocol_over_a_pipe_every_tool_good_and_bad_and_a_daemon_that_is_down() 
     );
     let l = m.call("list_tasks", json!({"project": "demo"}));
     assert!(text(&l).contains(&task), "{l}");
+    // The pool does it (the scripted fake agent here): done, with its answer.
+    let done = wait_for(Duration::from_secs(60), "the task done", || {
+        let r = m.call("task_result", json!({"project": "demo", "name": task}));
+        std::thread::sleep(Duration::from_millis(300));
+        (r["structuredContent"]["state"] == "done").then_some(r)
+    });
+    assert!(
+        text(&done).starts_with(&format!("demo/{task}: done on alpha by ccl-auto-1")),
+        "{done}"
+    );
+    for n in ["ccl-auto-11", "ccl-auto-12"] {
+        wait_for(Duration::from_secs(60), "both sessions idle again", || {
+            let s = m.call("fleet_status", json!({}));
+            s["structuredContent"]["sessions"]
+                .as_array()?
+                .iter()
+                .any(|x| x["name"] == n && x["state"] == "idle")
+                .then_some(())
+        });
+    }
+
     // A task done (as the daemon leaves one: done/NAME.md and its
     // result): its answer; a failed one: its reason.
     let done = queue_dir(&project, "done");
@@ -219,7 +240,7 @@ fn the_protocol_over_a_pipe_every_tool_good_and_bad_and_a_daemon_that_is_down() 
     let l = m.call("list_tasks", json!({"project": "demo", "state": "done"}));
     assert_eq!(
         l["structuredContent"]["done"]["names"],
-        json!(["answered"]),
+        json!(["answered", task]),
         "{l}"
     );
 

@@ -167,6 +167,17 @@ pub fn render(v: &serde_json::Value) -> String {
                 .unwrap_or_default()
         ),
         "task_failed" => format!("{}/{} failed: {}", s("project"), s("task"), s("reason")),
+        "queue" => {
+            let c = &d["counts"];
+            format!(
+                "{}: {} waiting, {} active, {} done, {} failed",
+                s("project"),
+                c["inbox"],
+                c["active"],
+                c["done"],
+                c["failed"]
+            )
+        }
         "quota" => {
             let pct = |w: &serde_json::Value| {
                 w["utilization"]

@@ -54,6 +54,8 @@ pub enum Kind {
     TaskClaimed,
     TaskDone,
     TaskFailed,
+    /// A project's queue counts changed (inbox, active, done, failed).
+    Queue,
     Quota,
     SwapStarted,
     SwapPhase,
@@ -69,6 +71,7 @@ impl Kind {
             Kind::TaskClaimed => "task_claimed",
             Kind::TaskDone => "task_done",
             Kind::TaskFailed => "task_failed",
+            Kind::Queue => "queue",
             Kind::Quota => "quota",
             Kind::SwapStarted => "swap_started",
             Kind::SwapPhase => "swap_phase",

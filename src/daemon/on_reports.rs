@@ -225,7 +225,21 @@ impl Daemon {
                         .send(session_watcher::Command::Execute(vec![Job::Kill { name }]));
                 }
             }
-            Asked::Counts(c) => self.queues = c,
+            Asked::Counts(c) => {
+                for (project, counts) in &c {
+                    let before = self
+                        .queues
+                        .get(project)
+                        .map(|q| (q.inbox, q.active, q.done, q.failed));
+                    if before != Some((counts.inbox, counts.active, counts.done, counts.failed)) {
+                        self.feed.publish(
+                            crate::daemon::event_stream::Kind::Queue,
+                            serde_json::json!({"project": project, "counts": counts}),
+                        );
+                    }
+                }
+                self.queues = c;
+            }
             Asked::Outcome {
                 outcome,
                 dispatch_latency,
