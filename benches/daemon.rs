@@ -230,19 +230,8 @@ fn dispatch_latency() {
 fn cold_start(w: &World) -> Duration {
     let events = w.sb.state_dir.join("events");
     let _ = std::fs::remove_dir_all(&events);
-    let mut env = w.sb.claude_env("alpha", &w.api.base_url());
-    env.push(("CLAUDE_FAILOVER_SESSION".into(), "cold".into()));
     let t = Instant::now();
-    w.h.tmux
-        .new_session(&claude_failover::sys::tmux::Launch {
-            name: "cold".into(),
-            cwd: w.sb.pool_dirs[0].1.clone(),
-            width: 200,
-            height: 50,
-            env,
-            argv: vec![w.claude.to_string_lossy().into_owned()],
-        })
-        .unwrap();
+    support::launch_by_hand(&w.h, &w.sb, &w.api.base_url(), &w.claude, "cold", "alpha");
     support::wait_for(Duration::from_secs(60), "cold start SessionStart", || {
         std::fs::read_dir(&events)
             .ok()?
@@ -282,18 +271,7 @@ fn swap_timing() {
             .expect("swap")
             .into_json()
             .unwrap();
-        support::wait_for(Duration::from_secs(120), "all resumed on beta", || {
-            let s = w.status()?;
-            let sessions = s["sessions"].as_array()?;
-            names
-                .iter()
-                .all(|n| {
-                    sessions.iter().any(|x| {
-                        x["name"] == n.as_str() && x["account"] == "beta" && x["state"] == "idle"
-                    })
-                })
-                .then_some(())
-        });
+        w.wait_all(&names, "beta", "idle", Duration::from_secs(120));
         let total = t.elapsed();
         println!(
             "swap of {n:>2} session(s): trigger → all resumed {:.2} s (switcher {} ms); one cold start of Claude Code {:.2} s; ratio {:.2} (target ≤ 2 for 10)",

@@ -94,19 +94,14 @@ fn cold_starts(n: u32) -> Duration {
     let events = w.sb.state_dir.join("events");
     let t = Instant::now();
     for k in 0..n {
-        let name = format!("cold-{k}");
-        let mut env = w.sb.claude_env("alpha", &w.api.base_url());
-        env.push(("CLAUDE_FAILOVER_SESSION".into(), name.clone()));
-        w.h.tmux
-            .new_session(&claude_failover::sys::tmux::Launch {
-                name,
-                cwd: w.sb.pool_dirs[0].1.clone(),
-                width: 200,
-                height: 50,
-                env,
-                argv: vec![w.claude.to_string_lossy().into_owned()],
-            })
-            .unwrap();
+        support::launch_by_hand(
+            &w.h,
+            &w.sb,
+            &w.api.base_url(),
+            &w.claude,
+            &format!("cold-{k}"),
+            "alpha",
+        );
     }
     wait_for(UP, "every cold start's SessionStart", || {
         let started = std::fs::read_dir(&events)
@@ -152,18 +147,7 @@ fn idle_swap(mode: &str, n: u32) -> (Duration, bool, u64, u64) {
         // request of every session carries beta's token.
         t.elapsed()
     } else {
-        wait_for(UP, "all relaunched on beta", || {
-            let s = w.status()?;
-            let sessions = s["sessions"].as_array()?;
-            names
-                .iter()
-                .all(|n| {
-                    sessions.iter().any(|x| {
-                        x["name"] == n.as_str() && x["account"] == "beta" && x["state"] == "idle"
-                    })
-                })
-                .then_some(())
-        });
+        w.wait_all(&names, "beta", "idle", UP);
         t.elapsed()
     };
     let ok = all_ask_as_beta(&w, &names);

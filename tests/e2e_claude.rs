@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use claude_failover::claude::facts;
 use claude_failover::claude::hook::{RecordedEvent, EVENTS_DIR};
-use claude_failover::sys::tmux::Launch;
 use support::{wait_for, Harness};
 use testkit::sandbox::{Sandbox, SandboxSpec};
 use testkit::standin::{StandIn, StandInAccount, StandInOptions};
@@ -89,18 +88,7 @@ fn type_prompt(w: &World, session: &str, text: &str) {
 }
 
 fn launch(w: &World, session: &str, account: &str) {
-    let mut env: Vec<(String, String)> = w.sb.claude_env(account, &w.api.base_url());
-    env.push((facts::ENV_SESSION.into(), session.into()));
-    w.h.tmux
-        .new_session(&Launch {
-            name: session.into(),
-            cwd: w.sb.pool_dirs[0].1.clone(),
-            width: 200,
-            height: 50,
-            env,
-            argv: vec![w.claude.to_string_lossy().into_owned()],
-        })
-        .unwrap();
+    support::launch_by_hand(&w.h, &w.sb, &w.api.base_url(), &w.claude, session, account);
 }
 
 #[test]

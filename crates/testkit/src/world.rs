@@ -255,6 +255,34 @@ impl Drop for Harness {
     }
 }
 
+/// Starts Claude Code by hand (not the daemon's launch) in tmux session
+/// `name` of `h`'s server, under `account`'s home, against the stand-in at
+/// `api_url`, in the sandbox's first pool folder.
+pub fn launch_by_hand(
+    h: &Harness,
+    sb: &Sandbox,
+    api_url: &str,
+    claude: &Path,
+    name: &str,
+    account: &str,
+) {
+    let mut env = sb.claude_env(account, api_url);
+    env.push((
+        claude_failover::claude::facts::ENV_SESSION.into(),
+        name.into(),
+    ));
+    h.tmux
+        .new_session(&claude_failover::sys::tmux::Launch {
+            name: name.into(),
+            cwd: sb.pool_dirs[0].1.clone(),
+            width: 200,
+            height: 50,
+            env,
+            argv: vec![claude.to_string_lossy().into_owned()],
+        })
+        .expect("start Claude Code in tmux");
+}
+
 /// The `n`th daemon's log as text, one message per line: a JSON log
 /// (`log.format: json`) is read back to its messages (`[LEVEL target] msg`),
 /// so tests look for what was said, not for how it was escaped.
@@ -415,6 +443,22 @@ impl World {
                 (name, s["account"].as_str().map(String::from), real)
             })
             .collect()
+    }
+
+    /// Waits until each of `names` is `state` on `account` in `/status`.
+    pub fn wait_all(&self, names: &[String], account: &str, state: &str, timeout: Duration) {
+        wait_for(timeout, &format!("all {state} on {account}"), || {
+            let s = self.status()?;
+            let sessions = s["sessions"].as_array()?;
+            names
+                .iter()
+                .all(|n| {
+                    sessions.iter().any(|x| {
+                        x["name"] == n.as_str() && x["account"] == account && x["state"] == state
+                    })
+                })
+                .then_some(())
+        });
     }
 
     /// `POST /swap?to=TO&reason=REASON` with the token, waited for: the
