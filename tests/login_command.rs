@@ -135,6 +135,24 @@ fn a_login_left_unfinished_fails_in_one_line_and_keeps_what_was_there() {
 }
 
 #[test]
+fn a_login_that_fails_and_leaves_the_old_one_says_so() {
+    let w = world("exit 3");
+    let home = w.root.join("homes/alpha");
+    std::fs::create_dir_all(&home).unwrap();
+    let old = r#"{"claudeAiOauth":{"accessToken":"old","refreshToken":"old-r"}}"#;
+    std::fs::write(home.join(".credentials.json"), old).unwrap();
+    let (code, _, err) = login(&w, "alpha");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.trim()
+            .starts_with("claude-failover login: Claude Code's login ended with exit status: 3")
+            && err.contains("is the one from before"),
+        "{err}"
+    );
+    assert_eq!(read(&home.join(".credentials.json")), old, "kept");
+}
+
+#[test]
 fn an_unknown_account_or_a_missing_claude_is_one_clear_line() {
     let w = world("exit 0");
     let (code, _, err) = login(&w, "gamma");

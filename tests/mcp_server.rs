@@ -240,7 +240,7 @@ fn the_protocol_over_a_pipe_every_tool_good_and_bad_and_a_daemon_that_is_down() 
     let l = m.call("list_tasks", json!({"project": "demo", "state": "done"}));
     assert_eq!(
         l["structuredContent"]["done"]["names"],
-        json!(["answered", task]),
+        json!([task, "answered"]),
         "{l}"
     );
 
@@ -305,6 +305,31 @@ fn the_protocol_over_a_pipe_every_tool_good_and_bad_and_a_daemon_that_is_down() 
     assert_eq!(r["error"]["code"], -32601, "{r}");
     m.send_raw("{not json");
     assert_eq!(m.reply()["error"]["code"], -32700);
+    // A line that is not UTF-8, a message that is not an object, a request
+    // without a method: each answered, and the server goes on.
+    {
+        use std::io::Write as _;
+        m.stdin.write_all(b"\xff\xfe{\n").unwrap();
+        m.stdin.flush().unwrap();
+    }
+    assert_eq!(m.reply()["error"]["code"], -32700);
+    m.send_raw("5");
+    assert_eq!(m.reply()["error"]["code"], -32600);
+    m.send_raw(r#"{"jsonrpc":"2.0","id":77,"params":{}}"#);
+    let r = m.reply();
+    assert_eq!(
+        (r["id"].clone(), r["error"]["code"].clone()),
+        (json!(77), json!(-32600)),
+        "{r}"
+    );
+    let r = m.request(
+        "tools/call",
+        json!({"name": "list_tasks", "arguments": null}),
+    );
+    assert_eq!(
+        r["result"]["isError"], true,
+        "null arguments are no arguments: {r}"
+    );
     // A notification gets no answer: the next answer is the ping's.
     m.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}"#);
     assert_eq!(m.request("ping", json!({}))["result"], json!({}));

@@ -57,6 +57,10 @@ pub fn login_command(config: &Config, account: &str) -> Outcome {
         Err(e) => return fail(format!("cannot read the login in {}: {e}", home.display())),
     };
     match after.filter(seat::Login::present) {
+        Some(login) if !status.success() && before.as_ref().is_some_and(|b| b.same(&login)) => fail(format!(
+            "Claude Code's login ended with {status} and the login in {} is the one from before: run it again and finish the login",
+            home.display()
+        )),
         Some(login) => {
             let new = !before.is_some_and(|b| b.same(&login));
             outln!(

@@ -40,9 +40,18 @@ pub fn mcp_command(config: &Config) -> Outcome {
     let trace = std::env::var_os("CLAUDE_FAILOVER_MCP_TRACE").map(std::path::PathBuf::from);
     let server = Server { config };
     let stdin = std::io::stdin();
+    let mut input = stdin.lock();
     let mut out = std::io::stdout().lock();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Bytes, not a String: a line that is not UTF-8 is answered as a
+        // parse error, not the end of the server.
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
         if line.trim().is_empty() {
             continue;
         }
@@ -98,11 +107,21 @@ impl Server<'_> {
         if msg.is_array() {
             return Some(rpc_error(Value::Null, -32600, "batches are not supported"));
         }
+        if !msg.is_object() {
+            return Some(rpc_error(Value::Null, -32600, "a message is a JSON object"));
+        }
         let method = msg["method"].as_str();
         let id = msg.get("id").cloned();
+        let is_response = msg.get("result").is_some() || msg.get("error").is_some();
         match (method, id) {
-            // A response or a notification: nothing to answer.
-            (None, _) | (Some(_), None) => None,
+            // A notification, or a response to us: nothing to answer.
+            (Some(_), None) => None,
+            (None, _) if is_response => None,
+            (None, id) => Some(rpc_error(
+                id.unwrap_or(Value::Null),
+                -32600,
+                "a request needs a string `method`",
+            )),
             (Some(m), Some(id)) => Some(self.request(m, id, &msg["params"])),
         }
     }
@@ -129,7 +148,10 @@ impl Server<'_> {
             "tools/list" => rpc_result(id, json!({"tools": tools()})),
             "tools/call" => {
                 let name = params["name"].as_str().unwrap_or("");
-                let args = params.get("arguments").cloned().unwrap_or(json!({}));
+                let args = match params.get("arguments") {
+                    None | Some(Value::Null) => json!({}),
+                    Some(a) => a.clone(),
+                };
                 if !args.is_object() {
                     return rpc_error(id, -32602, "arguments must be an object");
                 }
@@ -415,10 +437,14 @@ impl Server<'_> {
             Ok(q) => q,
             Err(e) => return e,
         };
-        let name = name.trim_end_matches(".md");
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return tool_err(format!("{name:?} is not a task name"));
         }
+        // The name as listed, or with its `.md`: one suffix off, no more.
+        let name = match q.locate(name) {
+            Some(_) => name,
+            None => name.strip_suffix(".md").unwrap_or(name),
+        };
         let Some(folder) = q.locate(name) else {
             return tool_err(format!("no task {name:?} in project {project}"));
         };
@@ -494,7 +520,10 @@ impl Server<'_> {
                         .collect()
                 })
                 .unwrap_or_default();
+            // Newest first (generated names start with the time): a busy
+            // done/ shows what just finished.
             names.sort();
+            names.reverse();
             let total = names.len();
             names.truncate(MAX);
             text.push_str(&format!(
@@ -553,7 +582,7 @@ pub fn tools() -> Value {
         },
         {
             "name": "list_tasks",
-            "description": "The tasks of a project by state (inbox, active, done, failed, archive; default all but archive), at most 100 names each.",
+            "description": "The tasks of a project by state (inbox, active, done, failed, archive; default all but archive), at most the 100 newest names each, newest first.",
             "inputSchema": {"type": "object", "properties": {
                 "project": {"type": "string"},
                 "state": {"type": "string", "enum": ["inbox", "active", "done", "failed", "archive", "all"]}
