@@ -39,6 +39,15 @@ ensure_claude() {
     "$CLAUDE_BIN" --version >&2
 }
 
+# Everything the end-to-end suite needs, installed when missing, and its
+# environment: what scripts/test.sh and scripts/screenshot.sh run first.
+prepare_e2e() {
+    ensure_tmux
+    ensure_claude
+    ensure_chromium
+    export_e2e
+}
+
 # The environment that turns the end-to-end suite on, with the pinned binary.
 export_e2e() {
     export CLAUDE_FAILOVER_E2E=1

@@ -5,10 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_tmux
-ensure_claude
-ensure_chromium
-export_e2e
+prepare_e2e
 CLAUDE_FAILOVER_SCREENSHOT="$PWD/docs/dashboard.png" \
     cargo test --test dashboard the_page_shows -- --test-threads=1
 echo "wrote docs/dashboard.png" >&2

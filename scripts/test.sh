@@ -15,11 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ensure_tmux
-ensure_claude
-ensure_chromium
-
-export_e2e
+prepare_e2e
 # Two test threads: the machine (and CI) has two cores, and every
 # end-to-end test runs real Claude Code processes.
 exec cargo test --workspace "$@" -- --test-threads=2

@@ -29,10 +29,10 @@ pub fn events_command(config: &Config, follow: bool, json: bool, since: Option<&
         ),
         Some(Err(e)) => return fail(format!("--since: {e}")),
     };
-    let token = super::token(config);
-    if token.is_err() && !config.http.listen.ip().is_loopback() {
-        return fail(token.err().unwrap_or_default());
-    }
+    let token = match super::read_token(config) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     let addr = config.http.listen;
     let stream = match TcpStream::connect_timeout(&addr, crate::daemon::http::CLIENT_TIMEOUT) {
         Ok(s) => s,
@@ -50,7 +50,7 @@ pub fn events_command(config: &Config, follow: bool, json: bool, since: Option<&
         "GET /events?{} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n",
         query.join("&")
     );
-    if let Ok(t) = &token {
+    if let Some(t) = &token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     req.push_str("\r\n");

@@ -214,19 +214,17 @@ impl Server<'_> {
         format!("http://{}{path}", self.config.http.listen)
     }
 
-    fn token(&self) -> Result<String, String> {
-        crate::daemon::http::read_token(&self.config.http.token_file)
-    }
-
     /// A daemon request: (status, JSON body), or why it could not be made.
     fn ask(&self, method: &str, path: &str, timeout: Duration) -> Result<(u16, Value), String> {
         let mut req = ureq::request(method, &self.url(path)).timeout(timeout);
-        match self.token() {
-            Ok(t) => req = req.set("Authorization", &format!("Bearer {t}")),
-            Err(e) if method != "GET" || !self.config.http.listen.ip().is_loopback() => {
-                return Err(format!("no token: {e}"))
-            }
-            Err(_) => {}
+        let token = match method {
+            "GET" => super::read_token(self.config),
+            _ => super::token(self.config).map(Some),
+        };
+        match token {
+            Ok(Some(t)) => req = req.set("Authorization", &format!("Bearer {t}")),
+            Ok(None) => {}
+            Err(e) => return Err(format!("no token: {e}")),
         }
         let (code, body) = match req.call() {
             Ok(r) => (r.status(), r.into_string().unwrap_or_default()),

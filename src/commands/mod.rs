@@ -288,6 +288,17 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// The token for a read (a GET): a loopback listen answers reads without
+/// it, so there `None` stands for a token this user cannot read; any other
+/// listen needs it.
+fn read_token(config: &Config) -> Result<Option<String>, String> {
+    match token(config) {
+        Ok(t) => Ok(Some(t)),
+        Err(_) if config.http.listen.ip().is_loopback() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `swap [--to NAME] [--reason TEXT]` through `POST /swap`.
 fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> Outcome {
     let token = match token(config) {
@@ -364,16 +375,15 @@ fn swap_command(config: &Config, to: Option<String>, reason: Option<String>) -> 
 fn status_command(config: &Config, json: bool) -> Outcome {
     let url = format!("http://{}/status", config.http.listen);
     let mut req = ureq::get(&url).timeout(crate::daemon::http::CLIENT_TIMEOUT);
-    // A loopback listen answers reads without the token; any other needs it.
-    match token(config) {
-        Ok(t) => req = req.set("Authorization", &format!("Bearer {t}")),
-        Err(e) if !config.http.listen.ip().is_loopback() => {
+    match read_token(config) {
+        Ok(Some(t)) => req = req.set("Authorization", &format!("Bearer {t}")),
+        Ok(None) => {}
+        Err(e) => {
             return Err(Failed::new(
                 exit::FAILURE,
                 format!("claude-failover status: {e}"),
             ));
         }
-        Err(_) => {}
     }
     let body: serde_json::Value = match req.call().map(|r| r.into_json()) {
         Ok(Ok(v)) => v,

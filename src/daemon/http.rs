@@ -920,7 +920,7 @@ fn gate(req: &Request, site: &Site, token: &str) -> Option<Answer> {
     }
     // A session's screen may show what should not leave it (a key typed,
     // a file shown): it needs the token even on loopback.
-    let screen = req.path().starts_with("/sessions/") && req.path().ends_with("/screen");
+    let screen = screen_of(req.path()).is_some();
     let needs_token = req.method != "GET" || !site.loopback || screen;
     if needs_token && !authorised(req, token) {
         let wants_page = req.path() == "/"
@@ -1026,11 +1026,8 @@ fn answer(req: &Request, published: &Published, wiring: &ControlPlane, site: &Si
                 once: query_param(q, "once").is_some_and(|v| v == "1"),
             };
         }
-        ("GET", p) if p.starts_with("/sessions/") && p.ends_with("/screen") => {
-            let name = percent_decode(
-                p.trim_start_matches("/sessions/")
-                    .trim_end_matches("/screen"),
-            );
+        ("GET", p) if screen_of(p).is_some() => {
+            let name = percent_decode(screen_of(p).unwrap_or_default());
             screen(&name, published, wiring)
         }
         ("GET", "/status") => json(200, &current(published, wiring)),
@@ -1089,6 +1086,11 @@ fn answer(req: &Request, published: &Published, wiring: &ControlPlane, site: &Si
         ),
     };
     Reply::Now(a)
+}
+
+/// The NAME of a `/sessions/NAME/screen` path (still percent-encoded).
+fn screen_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/sessions/")?.strip_suffix("/screen")
 }
 
 /// `GET /sessions/NAME/screen`: a managed session's visible screen as text.

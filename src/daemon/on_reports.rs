@@ -227,11 +227,7 @@ impl Daemon {
             }
             Asked::Counts(c) => {
                 for (project, counts) in &c {
-                    let before = self
-                        .queues
-                        .get(project)
-                        .map(|q| (q.inbox, q.active, q.done, q.failed));
-                    if before != Some((counts.inbox, counts.active, counts.done, counts.failed)) {
+                    if self.queues.get(project) != Some(counts) {
                         self.feed.publish(
                             crate::daemon::event_stream::Kind::Queue,
                             serde_json::json!({"project": project, "counts": counts}),

@@ -72,7 +72,7 @@ pub struct SessionStatus {
     pub account_confirmed_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
 pub struct QueueCounts {
     pub inbox: usize,
     pub active: usize,

@@ -108,6 +108,27 @@ pub struct SwapResult {
     pub phases: Vec<PhaseTime>,
 }
 
+impl SwapResult {
+    /// A swap found interrupted in its journal at start, and ended then.
+    fn after_restart(j: &Journal, result: SwapOutcome, mode: &'static str) -> SwapResult {
+        SwapResult {
+            id: j.id.clone(),
+            from: j.from.clone(),
+            to: j.to.clone(),
+            reason: j.reason.clone(),
+            started_at: j.started_at.clone(),
+            duration_ms: 0,
+            result,
+            refusal: None,
+            detail: Some(format!("interrupted at {}", j.phase.as_str())),
+            changed_ids: Vec::new(),
+            mode,
+            restarted: Vec::new(),
+            phases: Vec::new(),
+        }
+    }
+}
+
 /// One phase of a swap and its duration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PhaseTime {
@@ -992,10 +1013,25 @@ impl Accounts {
         {
             self.feed.publish(
                 EventKind::SwapStarted,
-                serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason, "mode": if self.config.live_seat().is_some() { "live" } else { "restart" }}),
+                serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason, "mode": self.config.swap.mode.as_str()}),
             );
         }
         let _ = self.out.send(r);
+    }
+
+    /// A swap that ended (or was ended after a restart): the last swap, in
+    /// the history, on the event stream.
+    fn record(&mut self, outcome: SwapResult) {
+        self.last_swap_ms = Some(now_ms());
+        if self.history.len() == SWAP_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(outcome.clone());
+        self.feed.publish(
+            EventKind::SwapEnded,
+            serde_json::to_value(&outcome).unwrap_or_default(),
+        );
+        self.last_swap = Some(outcome);
     }
 
     /// The phase under way ends: its time is recorded.
@@ -1296,16 +1332,7 @@ impl Accounts {
                 outcome.detail.as_deref().unwrap_or("")
             ),
         }
-        self.last_swap_ms = Some(now_ms());
-        self.last_swap = Some(outcome.clone());
-        if self.history.len() == SWAP_HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(outcome.clone());
-        self.feed.publish(
-            EventKind::SwapEnded,
-            serde_json::to_value(&outcome).unwrap_or_default(),
-        );
+        self.record(outcome.clone());
         // A request that came while it ran is answered by its end, not lost.
         self.take_waiting();
         // The view is current before anyone hears that the swap ended.
@@ -1599,22 +1626,7 @@ impl Accounts {
             a.name
         );
         let _ = std::fs::remove_file(&self.journal_path);
-        self.last_swap = Some(SwapResult {
-            id: j.id.clone(),
-            from: j.from.clone(),
-            to: j.to.clone(),
-            reason: j.reason.clone(),
-            started_at: j.started_at.clone(),
-            duration_ms: 0,
-            result,
-            refusal: None,
-            detail: Some(format!("interrupted at {}", j.phase.as_str())),
-            changed_ids: Vec::new(),
-            mode: "restart",
-            restarted: Vec::new(),
-            phases: Vec::new(),
-        });
-        self.last_swap_ms = Some(now_ms());
+        self.record(SwapResult::after_restart(&j, result, "restart"));
     }
 
     fn publish(&mut self) {

@@ -430,21 +430,6 @@ impl Accounts {
                 at_ms: super::now_ms(),
             });
         }
-        self.last_swap = Some(SwapResult {
-            id: j.id.clone(),
-            from: j.from.clone(),
-            to: j.to.clone(),
-            reason: j.reason.clone(),
-            started_at: j.started_at.clone(),
-            duration_ms: 0,
-            result,
-            refusal: None,
-            detail: Some(format!("interrupted at {}", j.phase.as_str())),
-            changed_ids: Vec::new(),
-            mode: "live",
-            restarted: Vec::new(),
-            phases: Vec::new(),
-        });
-        self.last_swap_ms = Some(super::now_ms());
+        self.record(SwapResult::after_restart(&j, result, "live"));
     }
 }
