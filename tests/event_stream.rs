@@ -136,16 +136,22 @@ fn a_swap_streams_in_order_and_a_reconnect_gets_exactly_what_it_missed() {
         Err(ureq::Error::Status(401, _)) => {}
         other => panic!("a screen without the token: {other:?}"),
     }
-    let text = ureq::get(&screen)
-        .set("Authorization", &format!("Bearer {}", w.token()))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    assert!(
-        text.contains(claude_failover::claude::facts::PROMPT_READY_MARK),
-        "{text}"
-    );
+    // A capture is one moment of the screen (Claude Code may be redrawing
+    // it): the prompt shows within a few looks.
+    support::wait_for(SOON, "the session's prompt on its screen", || {
+        let text = ureq::get(&screen)
+            .set("Authorization", &format!("Bearer {}", w.token()))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        text.contains(claude_failover::claude::facts::PROMPT_READY_MARK)
+            .then_some(())
+            .or_else(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                None
+            })
+    });
     match ureq::get(&format!("http://{addr}/sessions/not-ours/screen"))
         .set("Authorization", &format!("Bearer {}", w.token()))
         .call()
