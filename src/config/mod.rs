@@ -54,6 +54,21 @@ pub struct Config {
     pub http: HttpConfig,
     pub notify: NotifyConfig,
     pub log: LogConfig,
+    pub fleet: FleetConfig,
+}
+
+/// `fleet`: daemons on several machines sharing readings, usage polls and
+/// who runs on which account through Redis (docs/fleet.md). Off when
+/// `redis` is `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`); `None`: this machine alone.
+    pub redis: Option<String>,
+    /// This machine's name in the fleet (default: the hostname).
+    pub machine: String,
+    /// How long a machine's lease (its account, its sessions) outlives its
+    /// last renewal; renewed every third of it.
+    pub lease_ttl: Duration,
 }
 
 /// `log`: how the daemon writes its log (stderr; journald under systemd).

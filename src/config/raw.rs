@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) http: Option<RawHttp>,
     pub(super) notify: Option<RawNotify>,
     pub(super) log: Option<RawLog>,
+    pub(super) fleet: Option<RawFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +33,14 @@ pub(super) struct RawConfig {
 pub(super) struct RawLog {
     pub(super) format: Option<String>,
     pub(super) level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) redis: Option<String>,
+    pub(super) machine: Option<String>,
+    pub(super) lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

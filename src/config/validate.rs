@@ -284,8 +284,10 @@ impl Check<'_> {
         let http = self.http(raw.http.unwrap_or_default(), &state_dir)?;
         let notify = self.notify(raw.notify.unwrap_or_default())?;
         let log = self.log(raw.log.unwrap_or_default())?;
+        let fleet = self.fleet(raw.fleet.unwrap_or_default())?;
         Ok(Config {
             log,
+            fleet,
             source,
             state_dir,
             claude,
@@ -806,6 +808,44 @@ impl Check<'_> {
             })?,
         };
         Ok(LogConfig { format, level })
+    }
+
+    fn fleet(&self, raw: RawFleet) -> Checked<FleetConfig> {
+        let redis = raw.redis.filter(|r| !r.trim().is_empty());
+        if let Some(url) = &redis {
+            let schemes = ["redis://", "rediss://", "redis+unix://", "unix://", "valkey://", "valkeys://"];
+            if !schemes.iter().any(|s| url.starts_with(s)) {
+                return Err(self.err(
+                    "fleet.redis",
+                    "must be a Redis URL such as redis://10.0.0.5:6379/0 (or rediss://, redis+unix://)",
+                ));
+            }
+        }
+        let machine = match raw.machine.filter(|m| !m.trim().is_empty()) {
+            Some(m) => m,
+            None => crate::sys::process::hostname(),
+        };
+        if machine.len() > 64
+            || !machine
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(self.err(
+                "fleet.machine",
+                format!("`{machine}` is not a valid machine name: use only letters, digits, `.`, `_` and `-`, at most 64"),
+            ));
+        }
+        let lease_ttl = self.duration_at_least(
+            "fleet.lease_ttl",
+            raw.lease_ttl.as_deref(),
+            secs(15),
+            secs(3),
+        )?;
+        Ok(FleetConfig {
+            redis,
+            machine,
+            lease_ttl,
+        })
     }
 
     fn checkpoint(&self, raw: RawCheckpoint) -> Checked<CheckpointConfig> {

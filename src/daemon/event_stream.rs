@@ -62,6 +62,8 @@ pub enum Kind {
     SwapEnded,
     Notification,
     ConfigReloaded,
+    /// A swap on another machine of the fleet (`fleet.redis`).
+    Fleet,
 }
 
 impl Kind {
@@ -78,6 +80,7 @@ impl Kind {
             Kind::SwapEnded => "swap_ended",
             Kind::Notification => "notification",
             Kind::ConfigReloaded => "config_reloaded",
+            Kind::Fleet => "fleet",
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct ControlPlane {
     pub stream: Sender<crate::daemon::event_stream::NewClient>,
     /// For `GET /sessions/NAME/screen` (capture-pane: a read, bounded).
     pub tmux: crate::sys::tmux::Tmux,
+    /// `/status.fleet`: the other machines as the fleet link last read them.
+    pub fleet: crate::daemon::fleet::FleetHandle,
 }
 
 /// The server's bounds. [`Limits::default`] is what the daemon uses.
@@ -1159,6 +1161,7 @@ fn current(published: &Published, wiring: &ControlPlane) -> status::Status {
         "tasks_done": recent(Kind::TaskDone, 20),
         "tasks_failed": recent(Kind::TaskFailed, 20),
     });
+    s.fleet = crate::daemon::fleet::status(&wiring.fleet);
     if let Some(p) = &v.partial_swap {
         let problem = format!("partial swap: {p}");
         if !s.health_problems.contains(&problem) {
@@ -1567,6 +1570,7 @@ mod tests {
             feed: Default::default(),
             stream: crossbeam_channel::bounded(1).0,
             tmux: crate::sys::tmux::Tmux::new(None, Duration::from_secs(1)),
+            fleet: crate::daemon::fleet::FleetHandle::off(),
         };
         (w, vec![Box::new(s_rx), Box::new(m_rx)])
     }

@@ -35,6 +35,7 @@ pub mod dispatcher;
 pub mod event_socket;
 pub mod event_stream;
 pub mod event_watcher;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod notifier;

@@ -86,10 +86,14 @@ pub enum Kind {
     TaskFailed,
     ReloadRefused,
     SharedFoldersDiverged,
+    /// The fleet's Redis is unreachable: this machine goes on alone.
+    FleetDisconnected,
+    /// The fleet's Redis is back.
+    FleetRejoined,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 16] = [
         Kind::SwapStarted,
         Kind::SwapDone,
         Kind::SwapFailed,
@@ -104,13 +108,19 @@ impl Kind {
         Kind::TaskFailed,
         Kind::ReloadRefused,
         Kind::SharedFoldersDiverged,
+        Kind::FleetDisconnected,
+        Kind::FleetRejoined,
     ];
 
     /// The level a note of this kind has unless told otherwise.
     pub fn default_level(self) -> Level {
         match self {
-            Kind::SwapStarted | Kind::SwapDone => Level::Info,
-            Kind::SwapRolledBack | Kind::TaskFailed | Kind::SessionWaiting | Kind::PoolHeld => {
+            Kind::SwapStarted | Kind::SwapDone | Kind::FleetRejoined => Level::Info,
+            Kind::SwapRolledBack
+            | Kind::TaskFailed
+            | Kind::SessionWaiting
+            | Kind::PoolHeld
+            | Kind::FleetDisconnected => {
                 Level::Warn
             }
             Kind::SwapFailed
@@ -156,6 +166,8 @@ impl Kind {
             Kind::TaskFailed => "task_failed",
             Kind::ReloadRefused => "reload_refused",
             Kind::SharedFoldersDiverged => "shared_folders_diverged",
+            Kind::FleetDisconnected => "fleet_disconnected",
+            Kind::FleetRejoined => "fleet_rejoined",
         }
     }
 }

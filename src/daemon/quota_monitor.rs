@@ -23,6 +23,7 @@ use crate::daemon::switcher::{Command, SharedView};
 pub use crate::decide::poll_schedule::{failure_backoff, retry_after, MAX_BACKOFF};
 use crate::decide::poll_schedule::{Due, LastReading, Now, Outcome, Schedule};
 use crate::decide::quota::{self, Source};
+use crate::store::fleet::PollLease;
 
 pub struct QuotaMonitor {
     /// Dropping it ends the thread.
@@ -53,7 +54,12 @@ pub enum Poll {
 }
 
 impl QuotaMonitor {
-    pub fn start(config: &Config, view: SharedView, switcher: Sender<Command>) -> QuotaMonitor {
+    pub fn start(
+        config: &Config,
+        view: SharedView,
+        switcher: Sender<Command>,
+        fleet: crate::daemon::fleet::FleetHandle,
+    ) -> QuotaMonitor {
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (alive, gone) = crossbeam_channel::bounded::<()>(0);
         let config = config.clone();
@@ -97,6 +103,14 @@ impl QuotaMonitor {
                                 observed_at_ms: a.quota.observed_at_ms,
                             });
                         if let Due::WaitUntil(_) = schedule.due(&account.name, now, last) {
+                            continue;
+                        }
+                        // One machine of the fleet polls each account per
+                        // interval and shares the answer; Redis away: alone.
+                        let lease = config.quota.poll_interval + crate::store::fleet::POLL_SLACK;
+                        if let Some(PollLease::Held { by, for_ms }) = fleet.poll_lease(&account.name, lease) {
+                            log::debug!("usage endpoint for account {}: machine {by} polls it this interval", account.name);
+                            schedule.after(&account.name, Outcome::PolledElsewhere(Duration::from_millis(for_ms)), now.at);
                             continue;
                         }
                         let (outcome, failed) = match poll(&config.quota.usage_url, account) {

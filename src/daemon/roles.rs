@@ -13,7 +13,9 @@ pub(super) const JOIN_GRACE: Duration = Duration::from_millis(1500);
 /// only reads snapshots otherwise), so it stops first; the event stream
 /// (fed by HTTP with clients, published to by everyone without waiting)
 /// next, closing every client; the dispatcher takes
-/// no new work once the main loop (already gone) sends none; the quota
+/// no new work once the main loop (already gone) sends none; the fleet
+/// link sends other machines' readings to the switcher (its stop is its own
+/// channel: the switcher and the monitor still hold its handle); the quota
 /// monitor sends readings to the switcher, so it stops before it; with
 /// HTTP, the monitor and the main loop gone, the switcher's channel closes
 /// and it returns (finishing what it persists); the session watcher is
@@ -27,6 +29,8 @@ pub(super) struct Roles {
     pub(super) http: Role,
     pub(super) event_stream: Role,
     pub(super) dispatcher: Role,
+    /// `fleet.redis` set: it sends other machines' readings to the switcher.
+    pub(super) fleet: Option<Role>,
     pub(super) monitor: Role,
     pub(super) switcher: Role,
     pub(super) watcher: Role,

@@ -76,6 +76,7 @@ impl Daemon {
                         "utilization": w.utilization,
                         "resets_at": w.resets_at.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t))),
                         "source": q.source,
+                        "machine": q.machine,
                         "observed_at": q.observed_at_ms.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_millis(t))),
                     }))
                 };
@@ -149,6 +150,7 @@ impl Daemon {
                 // Filled by HTTP from the switcher's view and the event stream.
                 swap_history: Vec::new(),
                 recent: serde_json::Value::Null,
+                fleet: None,
             },
         );
     }

@@ -120,7 +120,14 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
             ))
         }
     };
-    let switcher = Switcher::start(&config, active_tx, watcher.requests.clone(), feed.clone());
+    let (fleet_handle, fleet_inbox) = crate::daemon::fleet::channel(&config);
+    let switcher = Switcher::start(
+        &config,
+        active_tx,
+        watcher.requests.clone(),
+        feed.clone(),
+        fleet_handle.clone(),
+    );
     // Told to stop, it flushes what is queued for at most JOIN_GRACE.
     let notifier = crate::daemon::notifier::Notifier::start_with(
         &config.notify,
@@ -130,6 +137,33 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         },
     );
     notifier.handle().set_feed(feed.clone());
+    let fleet = match fleet_inbox {
+        None => None,
+        Some(inbox) => match crate::daemon::fleet::Fleet::start(
+            &config,
+            inbox,
+            &fleet_handle,
+            switcher.view.clone(),
+            switcher.requests.clone(),
+            feed.clone(),
+            notifier.handle(),
+        ) {
+            Ok(f) => {
+                log::info!(
+                    "fleet: machine {} shares readings, polls and leases through {}",
+                    config.fleet.machine,
+                    crate::daemon::fleet::redacted(config.fleet.redis.as_deref().unwrap_or(""))
+                );
+                Some(f)
+            }
+            Err(e) => {
+                return Err(Failed::new(
+                    exit::BAD_CONFIG,
+                    format!("claude-failover: cannot start the fleet link: {e}"),
+                ))
+            }
+        },
+    };
     let counters = Arc::new(crate::daemon::metrics::Counters::default());
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
     let control_plane = crate::daemon::http::ControlPlane {
@@ -142,6 +176,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         feed: feed.clone(),
         stream: stream.clients.clone(),
         tmux: Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
+        fleet: fleet_handle.clone(),
         swap_wait: config.swap.drain_timeout
             + config.swap.stop_timeout
             + config.claude.startup_timeout
@@ -158,6 +193,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         &config,
         switcher.view.clone(),
         switcher.requests.clone(),
+        fleet_handle.clone(),
     );
     let (dispatch_tx, dispatch_rx) = crossbeam_channel::unbounded();
     let dispatcher = crate::daemon::dispatcher::Dispatcher::start(
@@ -225,6 +261,7 @@ pub(super) fn start(config_path: &Path) -> Result<Started, Failed> {
         },
         event_stream: Role::new("event stream", (stream_stop, stream.clients), stream.thread),
         dispatcher: Role::new("dispatcher", dispatcher.input, dispatcher.thread),
+        fleet: fleet.map(|f| Role::new("fleet", f.stop, f.thread)),
         monitor: Role::new("quota monitor", monitor.stop, monitor.thread),
         switcher: Role::new("switcher", switcher.requests, switcher.thread),
         watcher: Role::new("session watcher", watcher.requests, watcher.thread),

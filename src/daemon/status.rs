@@ -32,6 +32,10 @@ pub struct Status {
     pub held_pools: BTreeMap<String, String>,
     /// Why `/healthz` answers 503; empty when healthy.
     pub health_problems: Vec<String>,
+    /// `fleet.redis` set: `{machine, connected, since, error, machines,
+    /// claims}` (docs/fleet.md); `null` on a machine alone. Redis away is
+    /// no health problem: this machine goes on alone.
+    pub fleet: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]

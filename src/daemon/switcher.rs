@@ -178,6 +178,8 @@ pub enum Command {
     Batch(Vec<Command>),
     /// Live mode: the seat's credentials file changed (inotify).
     SeatChanged,
+    /// A reading another machine of the fleet shared (kept when newer).
+    FleetReading(crate::store::fleet::SharedReading),
     /// Live mode: a session did not show the new account after the swap
     /// `swap_id` and was restarted under the seat.
     Restarted { swap_id: String, session: String },
@@ -241,6 +243,9 @@ pub struct AccountsView {
     pub dispatch_paused: Option<String>,
     /// Pools held by a model-scoped limit of the active account, with why.
     pub held_pools: std::collections::BTreeMap<String, String>,
+    /// The managed sessions in the main loop's newest snapshot (the fleet
+    /// lease says how many this machine runs).
+    pub sessions: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -282,6 +287,8 @@ struct Accounts {
     /// Pools the active account cannot serve, as last reported.
     held: std::collections::BTreeMap<String, String>,
     tmux: Tmux,
+    /// The other machines (`fleet.redis`): shared readings, claims, swap events.
+    fleet: crate::daemon::fleet::FleetHandle,
     /// The session watcher's requests: it stops the sessions for a swap.
     watcher: Sender<crate::daemon::session_watcher::Command>,
     out: Sender<Report>,
@@ -318,6 +325,7 @@ impl Switcher {
         out: Sender<Report>,
         watcher: Sender<crate::daemon::session_watcher::Command>,
         feed: Events,
+        fleet: crate::daemon::fleet::FleetHandle,
     ) -> Switcher {
         let active_path = config.state_dir.join("active.json");
         let journal_path = config.state_dir.join(JOURNAL_FILE);
@@ -343,6 +351,7 @@ impl Switcher {
             no_account: None,
             held: Default::default(),
             tmux: Tmux::new(config.tmux.socket.clone(), TMUX_DEADLINE),
+            fleet,
             watcher,
             out,
             sessions: Vec::new(),
@@ -644,10 +653,36 @@ impl Accounts {
             } => {
                 if let Some(account) = self.account_by_home(&home) {
                     if let Some(q) = self.quota_mut(&account) {
-                        q.read_limits(five_hour, seven_day, limits, source, now);
+                        q.read_limits(five_hour, seven_day, limits.clone(), source, now);
                     }
                     self.persist_quota(&account);
+                    self.fleet.share_reading(crate::store::fleet::SharedReading {
+                        machine: self.fleet.machine().to_string(),
+                        account,
+                        source,
+                        observed_at_ms: now,
+                        five_hour,
+                        seven_day,
+                        limits,
+                    });
                 }
+            }
+            Command::FleetReading(r) => {
+                let Some(q) = self.quota_mut(&r.account) else {
+                    return;
+                };
+                if !crate::decide::fleet::newer(r.observed_at_ms, q.observed_at_ms) {
+                    return;
+                }
+                q.read_shared(
+                    r.five_hour,
+                    r.seven_day,
+                    r.limits,
+                    r.source,
+                    &r.machine,
+                    r.observed_at_ms,
+                );
+                self.persist_quota(&r.account);
             }
             Command::Refusal {
                 home,
@@ -699,7 +734,10 @@ impl Accounts {
                 self.requested.request_op(SwapCause { to, reason, reply });
                 self.run_requested();
             }
-            Command::Sessions(sessions) => self.sessions = sessions,
+            Command::Sessions(sessions) => {
+                self.view.write().sessions = sessions.len() as u32;
+                self.sessions = sessions;
+            }
             Command::Batch(requests) => {
                 for r in requests {
                     self.handle(r);
@@ -735,7 +773,10 @@ impl Accounts {
     /// (SIGUSR1) is queued for one more run; the rest wait until it ends.
     fn during_swap(&mut self, req: Command) {
         match req {
-            Command::Sessions(sessions) => self.sessions = sessions,
+            Command::Sessions(sessions) => {
+                self.view.write().sessions = sessions.len() as u32;
+                self.sessions = sessions;
+            }
             Command::SwapNow {
                 to,
                 reason,
@@ -887,7 +928,7 @@ impl Accounts {
             None => {
                 let active = self.active.name.clone();
                 match self.best_usable(&[&active]) {
-                    Some(n) => n,
+                    Some(n) => self.fleet_target(n),
                     None => {
                         return self.refused(
                             "",
@@ -948,6 +989,7 @@ impl Accounts {
                 }
             }
             Decision::Swap { to, reason, urgent } => {
+                let to = self.fleet_target(to);
                 if self.no_account.take().is_some() {
                     let _ = self.out.send(Report::NoAccount {
                         paused: false,
@@ -1011,10 +1053,9 @@ impl Accounts {
             reason,
         } = &r
         {
-            self.feed.publish(
-                EventKind::SwapStarted,
-                serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason, "mode": self.config.swap.mode.as_str()}),
-            );
+            let data = serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason, "mode": self.config.swap.mode.as_str()});
+            self.fleet.swap_event("swap_started", data.clone());
+            self.feed.publish(EventKind::SwapStarted, data);
         }
         let _ = self.out.send(r);
     }
@@ -1027,10 +1068,9 @@ impl Accounts {
             self.history.pop_front();
         }
         self.history.push_back(outcome.clone());
-        self.feed.publish(
-            EventKind::SwapEnded,
-            serde_json::to_value(&outcome).unwrap_or_default(),
-        );
+        let data = serde_json::to_value(&outcome).unwrap_or_default();
+        self.fleet.swap_event("swap_ended", data.clone());
+        self.feed.publish(EventKind::SwapEnded, data);
         self.last_swap = Some(outcome);
     }
 
@@ -1353,6 +1393,45 @@ impl Accounts {
             &pools,
             now_ms(),
         )
+    }
+
+    /// The fleet's say in a swap target `to` chosen by today's rules: among
+    /// the accounts as good as it (no more blocked pools), the one the
+    /// fewest other machines run on or are moving to, claimed with a
+    /// compare-and-set so two machines swapping at once spread out. With no
+    /// fleet, Redis away or slow (at most `fleet::ASK_DEADLINE`), or every
+    /// candidate claimed: the least crowded as this machine sees it.
+    fn fleet_target(&mut self, to: String) -> String {
+        if !self.fleet.view().enabled {
+            return to;
+        }
+        let pools = self.pool_models();
+        let active = self.active.name.clone();
+        let ranked =
+            quota::ranked_targets(&mut self.quotas, &[&active], &self.config.quota, &pools, now_ms());
+        let bound = ranked.iter().find(|(n, _)| *n == to).map(|(_, b)| *b);
+        let ranked: Vec<String> = ranked
+            .into_iter()
+            .filter(|(_, b)| bound.is_none_or(|bound| *b <= bound))
+            .map(|(n, _)| n)
+            .collect();
+        let crowd = self.fleet.view().crowd(self.fleet.machine(), now_ms());
+        let ordered = crate::decide::fleet::prefer_least_crowded(&ranked, &crowd);
+        let chosen = match self.fleet.claim(&ordered) {
+            crate::daemon::fleet::Claimed::Account(a) => a,
+            crate::daemon::fleet::Claimed::AllTaken | crate::daemon::fleet::Claimed::Alone => {
+                ordered.first().cloned().unwrap_or_else(|| to.clone())
+            }
+        };
+        if chosen != to {
+            let on = |a: &str| crowd.get(a).map_or(0, |m| m.len());
+            log::info!(
+                "fleet: swapping to {chosen} rather than {to}: {} other machine(s) run on or move to {to}, {} on {chosen}",
+                on(&to),
+                on(&chosen)
+            );
+        }
+        chosen
     }
 
     /// Every configured pool with the model it runs.

@@ -3,6 +3,7 @@
 //! roles in `daemon` are their shells.
 
 pub mod assignment;
+pub mod fleet;
 pub mod poll_schedule;
 pub mod pool_size;
 pub mod quota;

@@ -59,6 +59,9 @@ pub enum Outcome {
     NeedsLogin,
     /// Anything else: try again later, backing off.
     Failed,
+    /// Another machine of the fleet holds this account's poll lease for
+    /// this long: it polls and shares the answer; look again when it lapses.
+    PolledElsewhere(Duration),
 }
 
 /// One account's place in the schedule.
@@ -132,6 +135,7 @@ impl Schedule {
             }
             Outcome::Throttled(d) => d.max(self.poll_interval).min(MAX_BACKOFF),
             Outcome::NeedsLogin => self.poll_interval,
+            Outcome::PolledElsewhere(d) => d.max(Duration::from_millis(100)),
             Outcome::Failed => {
                 slot.failures = slot.failures.saturating_add(1);
                 failure_backoff(self.poll_interval, slot.failures)
@@ -430,5 +434,16 @@ mod tests {
             wall_ms: u64::MAX,
         };
         assert!(matches!(s.due("b", far, passive), Due::WaitUntil(_)));
+    }
+
+    #[test]
+    fn a_poll_lease_held_elsewhere_waits_until_it_lapses_and_counts_no_failure() {
+        let clock = Clock::new();
+        let mut s = Schedule::new(MIN, MIN, MIN * 10);
+        s.after("a", Outcome::Failed, clock.now().at);
+        let wait = s.after("a", Outcome::PolledElsewhere(Duration::from_secs(7)), clock.now().at);
+        assert_eq!(wait, Duration::from_secs(7));
+        assert_eq!(s.failures("a"), 1, "another machine polling is no failure, nor a success");
+        assert!(matches!(s.due("a", clock.now(), None), Due::WaitUntil(_)));
     }
 }

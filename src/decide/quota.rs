@@ -148,6 +148,9 @@ pub struct AccountQuota {
     /// Hysteresis memory of the model-scoped limits: the families over.
     #[serde(default)]
     pub scoped_over: BTreeSet<String>,
+    /// The fleet machine the newest reading came from; `None`: this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +194,7 @@ impl AccountQuota {
         }
         self.source = Some(source);
         self.observed_at_ms = Some(now_ms);
+        self.machine = None;
         if source == Source::UsageEndpoint {
             // The endpoint answered with this account's token: it is logged in.
             self.needs_person = None;
@@ -209,6 +213,25 @@ impl AccountQuota {
                 self.refused = None;
             }
         }
+    }
+
+    /// A reading another machine of the fleet took at `observed_ms` (Unix
+    /// ms): recorded as that machine's, with its age. Its usage-endpoint
+    /// answer came with that machine's own token, so it says nothing about
+    /// this machine's login (`needs_person` stays).
+    pub fn read_shared(
+        &mut self,
+        five_hour: Option<Window>,
+        seven_day: Option<Window>,
+        limits: Option<Vec<Limit>>,
+        source: Source,
+        machine: &str,
+        observed_ms: u64,
+    ) {
+        let needs_person = self.needs_person.take();
+        self.read_limits(five_hour, seven_day, limits, source, observed_ms);
+        self.needs_person = needs_person;
+        self.machine = Some(machine.to_string());
     }
 
     /// A refusal by the weekly limit of one model (`model`, a display name
@@ -653,6 +676,36 @@ fn best(verdicts: &[Verdict], except: &[&str], bound: usize) -> Option<String> {
             )
         })
         .map(|v| v.name.clone())
+}
+
+/// Every usable account but those in `except` that serves at least one
+/// pool, best first by today's rules (fewest blocked pools, lowest load,
+/// config order), each with how many pools it blocks: the candidates the
+/// fleet re-sorts by how many machines run on each.
+pub fn ranked_targets(
+    accounts: &mut [(String, AccountQuota)],
+    except: &[&str],
+    q: &QuotaConfig,
+    pools: &[PoolModel],
+    now_ms: u64,
+) -> Vec<(String, usize)> {
+    for (_, a) in accounts.iter_mut() {
+        a.pass_resets(now_ms);
+    }
+    let bound = pools.len().max(1);
+    let mut v: Vec<Verdict> = verdicts(accounts, q, pools)
+        .into_iter()
+        .filter(|v| !except.contains(&v.name.as_str()) && v.usable.is_ok() && v.blocked.len() < bound)
+        .collect();
+    // A stable sort keeps config order among equals, as `best` does.
+    v.sort_by(|a, b| {
+        a.blocked.len().cmp(&b.blocked.len()).then(
+            a.load
+                .partial_cmp(&b.load)
+                .unwrap_or(std::cmp::Ordering::Equal),
+        )
+    });
+    v.into_iter().map(|v| (v.name, v.blocked.len())).collect()
 }
 
 /// The best target for a swap asked for without one (SIGUSR1, `POST /swap`):

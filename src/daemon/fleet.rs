@@ -1,0 +1,602 @@
+//! The fleet role: this machine's link to the other daemons through Redis
+//! (`fleet.redis`; docs/fleet.md). Two threads:
+//!
+//! - `fleet`: owns the command connection. Every second it renews this
+//!   machine's lease (which account it runs on, how many sessions) when due
+//!   or changed, reads every machine's lease and the claims into the shared
+//!   [`FleetView`], and every [`CATCH_UP`] (and at once on a rejoin) reads
+//!   every shared reading; it shares this machine's own readings and swap
+//!   events, and answers the switcher's claims and the quota monitor's poll
+//!   leases. Redis down: one warning, one notification, a retry every
+//!   second; back: one line and one notification.
+//! - `fleet-subscriber`: its own connection `SUBSCRIBE`d to the readings and
+//!   events channels: other machines' readings go to the switcher (which
+//!   keeps only what is newer than its own), their swap events to this
+//!   machine's event stream.
+//!
+//! Nothing here blocks a caller longer than its own deadline: the switcher
+//! and the quota monitor wait at most [`ASK_DEADLINE`] for an answer and
+//! otherwise go on alone; shares are `try_send`s on a bounded queue.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, select, tick, Receiver, Sender};
+use parking_lot::RwLock;
+
+use crate::config::Config;
+use crate::daemon::event_stream::{Events, Kind as EventKind};
+use crate::daemon::notifier::{Kind as NoteKind, Note, NotifyHandle};
+use crate::daemon::switcher::{self, SharedView};
+use crate::decide::fleet::{FleetView, MachineLease};
+use crate::decide::quota;
+use crate::store::fleet::{FleetEvent, FleetStore, PollLease, SharedReading, EVENTS_CHANNEL, READINGS_CHANNEL};
+
+/// How long the switcher or the quota monitor waits for the fleet thread.
+pub const ASK_DEADLINE: Duration = Duration::from_millis(400);
+/// How often every shared reading is read again (the channel carries them
+/// as they come; this catches what a reconnect missed).
+const CATCH_UP: Duration = Duration::from_secs(10);
+/// How often the fleet's leases and claims are read.
+const LOOK: Duration = Duration::from_secs(1);
+
+pub type SharedFleet = Arc<RwLock<FleetView>>;
+
+enum Command {
+    Share(SharedReading),
+    Event(FleetEvent),
+    /// Renew the lease now (the active account changed).
+    Renew,
+    Claim {
+        candidates: Vec<String>,
+        reply: Sender<Result<Option<String>, String>>,
+    },
+    PollLease {
+        account: String,
+        ttl: Duration,
+        reply: Sender<Result<PollLease, String>>,
+    },
+}
+
+/// What a claim on swap targets came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// This machine holds the claim on it.
+    Account(String),
+    /// Every candidate is claimed by another machine.
+    AllTaken,
+    /// No fleet, Redis unreachable or slow: decide alone.
+    Alone,
+}
+
+/// The roles' way to the fleet; cheap to clone. With `fleet.redis` unset
+/// every call is a no-op and the answers say "alone".
+#[derive(Clone)]
+pub struct FleetHandle {
+    tx: Option<Sender<Command>>,
+    view: SharedFleet,
+    machine: String,
+}
+
+/// The fleet thread's end of the handle's channel, until [`Fleet::start`].
+pub struct Inbox {
+    rx: Receiver<Command>,
+}
+
+/// A handle and its inbox; `None` inbox when the fleet is off.
+pub fn channel(config: &Config) -> (FleetHandle, Option<Inbox>) {
+    let view = Arc::new(RwLock::new(FleetView {
+        enabled: config.fleet.redis.is_some(),
+        ..FleetView::default()
+    }));
+    if config.fleet.redis.is_none() {
+        return (
+            FleetHandle {
+                tx: None,
+                view,
+                machine: config.fleet.machine.clone(),
+            },
+            None,
+        );
+    }
+    let (tx, rx) = bounded(256);
+    (
+        FleetHandle {
+            tx: Some(tx),
+            view,
+            machine: config.fleet.machine.clone(),
+        },
+        Some(Inbox { rx }),
+    )
+}
+
+impl FleetHandle {
+    /// A handle with no fleet (tests, commands).
+    pub fn off() -> FleetHandle {
+        FleetHandle {
+            tx: None,
+            view: Default::default(),
+            machine: String::new(),
+        }
+    }
+
+    pub fn machine(&self) -> &str {
+        &self.machine
+    }
+
+    pub fn view(&self) -> FleetView {
+        self.view.read().clone()
+    }
+
+    fn connected_tx(&self) -> Option<&Sender<Command>> {
+        self.tx.as_ref().filter(|_| self.view.read().connected)
+    }
+
+    /// Shares one of this machine's own readings (never blocks).
+    pub fn share_reading(&self, r: SharedReading) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Command::Share(r));
+        }
+    }
+
+    /// Shares a swap event of this machine (never blocks).
+    pub fn swap_event(&self, kind: &str, data: serde_json::Value) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Command::Event(FleetEvent {
+                machine: self.machine.clone(),
+                kind: kind.into(),
+                data,
+            }));
+            let _ = tx.try_send(Command::Renew);
+        }
+    }
+
+    /// Claims the first of `candidates` no other machine is moving to.
+    pub fn claim(&self, candidates: &[String]) -> Claimed {
+        let Some(tx) = self.connected_tx() else {
+            return Claimed::Alone;
+        };
+        let (reply, answer) = bounded(1);
+        let asked = tx.try_send(Command::Claim {
+            candidates: candidates.to_vec(),
+            reply,
+        });
+        if asked.is_err() {
+            return Claimed::Alone;
+        }
+        match answer.recv_timeout(ASK_DEADLINE) {
+            Ok(Ok(Some(a))) => Claimed::Account(a),
+            Ok(Ok(None)) => Claimed::AllTaken,
+            Ok(Err(e)) => {
+                log::warn!("fleet: cannot claim a swap target ({e}); deciding alone");
+                Claimed::Alone
+            }
+            Err(_) => {
+                log::warn!(
+                    "fleet: no answer to a claim within {} ms; deciding alone",
+                    ASK_DEADLINE.as_millis()
+                );
+                Claimed::Alone
+            }
+        }
+    }
+
+    /// Whether this machine polls `account`'s usage endpoint now: `None`
+    /// means on its own (no fleet, or Redis did not answer in time).
+    pub fn poll_lease(&self, account: &str, ttl: Duration) -> Option<PollLease> {
+        let tx = self.connected_tx()?;
+        let (reply, answer) = bounded(1);
+        tx.try_send(Command::PollLease {
+            account: account.into(),
+            ttl,
+            reply,
+        })
+        .ok()?;
+        answer.recv_timeout(ASK_DEADLINE).ok()?.ok()
+    }
+}
+
+/// The two fleet threads.
+pub struct Fleet {
+    pub stop: Sender<()>,
+    pub thread: JoinHandle<()>,
+}
+
+impl Fleet {
+    /// Starts the threads (only with `fleet.redis` set, i.e. an inbox).
+    pub fn start(
+        config: &Config,
+        inbox: Inbox,
+        handle: &FleetHandle,
+        accounts_view: SharedView,
+        switcher: Sender<switcher::Command>,
+        feed: Events,
+        notify: NotifyHandle,
+    ) -> Result<Fleet, String> {
+        let url = config.fleet.redis.clone().unwrap_or_default();
+        let store = FleetStore::open(&url)?;
+        let subscriber_store = FleetStore::open(&url)?;
+        let (stop, stop_rx) = bounded::<()>(0);
+        let machine = config.fleet.machine.clone();
+        let accounts: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
+        {
+            let machine = machine.clone();
+            let switcher = switcher.clone();
+            let feed = feed.clone();
+            let stop_rx = stop_rx.clone();
+            std::thread::Builder::new()
+                .name("fleet-subscriber".into())
+                .spawn(move || subscribe(subscriber_store, &machine, &switcher, &feed, &stop_rx))
+                .map_err(|e| e.to_string())?;
+        }
+        let mut link = Link {
+            store,
+            machine,
+            accounts,
+            lease_ttl: config.fleet.lease_ttl,
+            view: handle.view.clone(),
+            accounts_view,
+            switcher,
+            notify,
+            feed,
+            lease: None,
+            renewed_at: None,
+            read_all_at: None,
+            retry_at: None,
+            warned: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("fleet".into())
+            .spawn(move || {
+                let ticker = tick(LOOK);
+                link.look();
+                loop {
+                    select! {
+                        recv(inbox.rx) -> c => match c {
+                            Ok(c) => link.handle(c),
+                            Err(_) => break,
+                        },
+                        recv(ticker) -> _ => link.look(),
+                        recv(stop_rx) -> _ => break,
+                    }
+                }
+                link.leave();
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Fleet { stop, thread })
+    }
+}
+
+/// `url` with any password replaced, for the log and `/status`.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `/status.fleet`: `None` on a machine alone.
+pub fn status(fleet: &FleetHandle) -> Option<serde_json::Value> {
+    let v = fleet.view();
+    if !v.enabled {
+        return None;
+    }
+    let now = now_ms();
+    let at = |ms: u64| crate::sys::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    let machines: Vec<serde_json::Value> = v
+        .live_machines(now)
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "machine": m.machine,
+                "account": m.account,
+                "sessions": m.sessions,
+                "since": at(m.since_ms),
+                "renewed": at(m.renewed_ms),
+                "expires_in_ms": m.expires_ms.saturating_sub(now),
+                "version": m.version,
+                "this": m.machine == fleet.machine,
+            })
+        })
+        .collect();
+    let claims: Vec<serde_json::Value> = v
+        .claims
+        .iter()
+        .filter(|c| c.expires_ms > now)
+        .map(|c| serde_json::json!({"account": c.account, "machine": c.machine, "expires_in_ms": c.expires_ms - now}))
+        .collect();
+    Some(serde_json::json!({
+        "machine": fleet.machine,
+        "connected": v.connected,
+        "since": v.since_ms.map(at),
+        "error": v.error,
+        "machines": machines,
+        "claims": claims,
+    }))
+}
+
+fn now_ms() -> u64 {
+    quota::now_ms(SystemTime::now())
+}
+
+/// The fleet thread's state.
+struct Link {
+    store: FleetStore,
+    machine: String,
+    accounts: Vec<String>,
+    lease_ttl: Duration,
+    view: SharedFleet,
+    accounts_view: SharedView,
+    switcher: Sender<switcher::Command>,
+    notify: NotifyHandle,
+    feed: Events,
+    /// The lease as last written: (account, since_ms, sessions).
+    lease: Option<(String, u64, u32)>,
+    renewed_at: Option<Instant>,
+    read_all_at: Option<Instant>,
+    /// Disconnected: not before this.
+    retry_at: Option<Instant>,
+    /// The loss of Redis was said (once per outage).
+    warned: bool,
+}
+
+impl Link {
+    fn handle(&mut self, c: Command) {
+        match c {
+            Command::Share(r) => {
+                if self.usable() {
+                    let answer = self.store.put_reading(&r);
+                    self.outcome(answer);
+                }
+            }
+            Command::Event(e) => {
+                if self.usable() {
+                    let answer = self.store.publish_event(&e);
+                    self.outcome(answer);
+                }
+            }
+            Command::Renew => {
+                self.renewed_at = None;
+                self.look();
+            }
+            Command::Claim { candidates, reply } => {
+                let answer = if self.usable() {
+                    let a = self.store.claim(&candidates, &self.machine, now_ms());
+                    self.outcome(a.clone());
+                    a
+                } else {
+                    Err("Redis unreachable".into())
+                };
+                if let Ok(Some(account)) = &answer {
+                    log::info!("fleet: claimed account {account} as this machine's swap target");
+                }
+                let _ = reply.send(answer);
+            }
+            Command::PollLease {
+                account,
+                ttl,
+                reply,
+            } => {
+                let answer = if self.usable() {
+                    let a = self.store.poll_lease(&account, &self.machine, ttl);
+                    self.outcome(a.clone());
+                    a
+                } else {
+                    Err("Redis unreachable".into())
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Connected, or due to try again.
+    fn usable(&self) -> bool {
+        self.retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Notes a call's outcome: a failure disconnects (once said), a success
+    /// after one rejoins.
+    fn outcome<T>(&mut self, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.connected();
+                Some(v)
+            }
+            Err(e) => {
+                self.disconnected(e);
+                None
+            }
+        }
+    }
+
+    fn connected(&mut self) {
+        self.retry_at = None;
+        let was = self.view.read().connected;
+        if !was {
+            {
+                let mut v = self.view.write();
+                v.connected = true;
+                v.since_ms = Some(now_ms());
+                v.error = None;
+            }
+            if self.warned {
+                log::info!("fleet: Redis is back; this machine ({}) rejoined the fleet", self.machine);
+                self.notify.send(Note::new(
+                    NoteKind::FleetRejoined,
+                    format!("fleet: Redis is back; machine {} rejoined", self.machine),
+                    serde_json::json!({"machine": self.machine}),
+                ));
+                self.warned = false;
+            } else {
+                log::info!("fleet: machine {} joined the fleet", self.machine);
+            }
+            // Everything shared while away, and our lease, at once.
+            self.read_all_at = None;
+            self.renewed_at = None;
+        }
+    }
+
+    fn disconnected(&mut self, why: String) {
+        self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+        let was = self.view.read().connected;
+        {
+            let mut v = self.view.write();
+            if was || v.since_ms.is_none() {
+                v.since_ms = Some(now_ms());
+            }
+            v.connected = false;
+            v.error = Some(why.clone());
+        }
+        if !self.warned {
+            self.warned = true;
+            log::warn!("fleet: Redis unreachable ({why}); this machine goes on alone with its own readings and polls, retrying every second");
+            self.notify.send(Note::new(
+                NoteKind::FleetDisconnected,
+                format!("fleet: Redis unreachable ({why}); machine {} goes on alone", self.machine),
+                serde_json::json!({"machine": self.machine, "error": why}),
+            ));
+        }
+    }
+
+    /// The tick: renew the lease when due, read the fleet, catch up.
+    fn look(&mut self) {
+        if !self.usable() {
+            return;
+        }
+        let (account, sessions) = {
+            let v = self.accounts_view.read();
+            (v.active.clone(), v.sessions)
+        };
+        let now = now_ms();
+        if !account.is_empty() {
+            let since = match &self.lease {
+                Some((a, since, _)) if *a == account => *since,
+                _ => now,
+            };
+            let changed = self
+                .lease
+                .as_ref()
+                .is_none_or(|(a, _, s)| *a != account || *s != sessions);
+            let due = self
+                .renewed_at
+                .is_none_or(|t| t.elapsed() >= self.lease_ttl / 3);
+            if changed || due {
+                let lease = MachineLease {
+                    machine: self.machine.clone(),
+                    account: account.clone(),
+                    sessions,
+                    since_ms: since,
+                    renewed_ms: now,
+                    expires_ms: now + self.lease_ttl.as_millis() as u64,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                };
+                let r = self.store.renew(&lease, self.lease_ttl);
+                if self.outcome(r).is_none() {
+                    return;
+                }
+                self.lease = Some((account, since, sessions));
+                self.renewed_at = Some(Instant::now());
+            }
+        }
+        let r = self.store.fleet(&self.accounts, now);
+        let Some((machines, claims)) = self.outcome(r) else {
+            return;
+        };
+        {
+            let mut v = self.view.write();
+            v.machines = machines;
+            v.claims = claims;
+        }
+        if self.read_all_at.is_none_or(|t| t.elapsed() >= CATCH_UP) {
+            let r = self.store.readings(&self.accounts);
+            if let Some(readings) = self.outcome(r) {
+                self.read_all_at = Some(Instant::now());
+                let from_others: Vec<switcher::Command> = readings
+                    .into_iter()
+                    .filter(|r| r.machine != self.machine)
+                    .map(switcher::Command::FleetReading)
+                    .collect();
+                if !from_others.is_empty() {
+                    let _ = self.switcher.send(switcher::Command::Batch(from_others));
+                }
+            }
+        }
+    }
+
+    /// A clean stop: this machine's lease goes at once.
+    fn leave(&mut self) {
+        if self.view.read().connected {
+            if let Err(e) = self.store.leave(&self.machine) {
+                log::warn!("fleet: cannot remove this machine's lease ({e}); it lapses within {}s", self.lease_ttl.as_secs());
+            }
+        }
+        let _ = &self.feed;
+    }
+}
+
+/// The subscriber thread: other machines' readings to the switcher, their
+/// swap events to this machine's event stream. Reconnects every second
+/// while Redis is away.
+fn subscribe(
+    store: FleetStore,
+    me: &str,
+    switcher: &Sender<switcher::Command>,
+    feed: &Events,
+    stop: &Receiver<()>,
+) {
+    let stopped = || matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected));
+    while !stopped() {
+        let mut conn = match store.subscriber(Duration::from_millis(500)) {
+            Ok(c) => c,
+            Err(_) => {
+                // The fleet thread says it once; here only wait and retry.
+                if stop.recv_timeout(Duration::from_secs(1)).is_err_and(|e| e.is_disconnected()) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut ps = conn.as_pubsub();
+        if ps.subscribe(&[READINGS_CHANNEL, EVENTS_CHANNEL]).is_err() {
+            continue;
+        }
+        loop {
+            if stopped() {
+                return;
+            }
+            let msg = match ps.get_message() {
+                Ok(m) => m,
+                Err(e) if e.is_timeout() => continue,
+                Err(_) => break,
+            };
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            match msg.get_channel_name() {
+                READINGS_CHANNEL => {
+                    if let Ok(r) = serde_json::from_str::<SharedReading>(&payload) {
+                        if r.machine != me {
+                            let _ = switcher.send(switcher::Command::FleetReading(r));
+                        }
+                    }
+                }
+                EVENTS_CHANNEL => {
+                    if let Ok(e) = serde_json::from_str::<FleetEvent>(&payload) {
+                        if e.machine != me {
+                            let mut data = e.data.clone();
+                            if let Some(o) = data.as_object_mut() {
+                                o.insert("machine".into(), e.machine.clone().into());
+                                o.insert("kind".into(), e.kind.clone().into());
+                            }
+                            feed.publish(EventKind::Fleet, data);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

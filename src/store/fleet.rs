@@ -1,0 +1,444 @@
+//! What the fleet keeps in Redis (or Valkey), through the `redis` crate's
+//! blocking API, every call bounded by the connection's read and write
+//! timeouts ([`DEADLINE`]). The key schema, each key with a TTL (see
+//! docs/fleet.md for the reasons and the failure modes):
+//!
+//! | key | value | TTL |
+//! | --- | --- | --- |
+//! | `claude-failover:reading:{account}:{limit}` (`five_hour`, `seven_day`, `limits`) | `{observed_ms}\|{SharedReading JSON}`, newest wins (a Lua script compares) | [`READING_TTL`] |
+//! | `claude-failover:poll:{account}` | the machine that polls the usage endpoint for the fleet this interval | `quota.poll_interval` + 1 s |
+//! | `claude-failover:machine:{machine}` | its [`MachineLease`] JSON | `fleet.lease_ttl` |
+//! | `claude-failover:machines` | sorted set: machine → its lease's expiry (Unix ms), the index of the above | none; members past expiry are dropped by readers |
+//! | `claude-failover:claim:{account}` | `{machine, expires_ms}` of a machine swapping to it, set only if absent | [`CLAIM_TTL`] |
+//!
+//! Channels: `claude-failover:readings` (every reading written, as
+//! [`SharedReading`] JSON) and `claude-failover:events` (swap events,
+//! [`FleetEvent`] JSON).
+//!
+//! No token or credential ever goes into Redis: every machine keeps its own
+//! login per account (refresh tokens are single-use).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decide::fleet::{Claim, MachineLease};
+use crate::decide::quota::{Limit, Source, Window};
+
+pub const PREFIX: &str = "claude-failover:";
+/// Every Redis call's deadline (connect, read, write).
+pub const DEADLINE: Duration = Duration::from_millis(500);
+/// How long a shared reading is kept: a reading older than the five-hour
+/// window says little, and the weekly one is read again long before.
+pub const READING_TTL: Duration = Duration::from_secs(6 * 3600);
+/// How long a claim on a swap target holds: long enough for the swap to
+/// start and the machine's lease to name the account.
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
+/// The slack a poll lease has on top of the poll interval: the time between
+/// taking the lease and the request reaching the endpoint.
+pub const POLL_SLACK: Duration = Duration::from_secs(1);
+
+pub const READINGS_CHANNEL: &str = "claude-failover:readings";
+pub const EVENTS_CHANNEL: &str = "claude-failover:events";
+const MACHINES: &str = "claude-failover:machines";
+
+/// One quota reading as the fleet shares it: any machine's reading serves all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedReading {
+    pub account: String,
+    /// The machine that took it.
+    pub machine: String,
+    pub source: Source,
+    /// Unix ms when that machine took it.
+    pub observed_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub five_hour: Option<Window>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seven_day: Option<Window>,
+    /// The usage endpoint's limits (model-scoped ones included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Vec<Limit>>,
+}
+
+impl SharedReading {
+    /// The reading split by limit, each with only its own field: the keys
+    /// it is written to, newest per limit.
+    fn parts(&self) -> Vec<(&'static str, SharedReading)> {
+        let bare = SharedReading {
+            five_hour: None,
+            seven_day: None,
+            limits: None,
+            ..self.clone()
+        };
+        let mut out = Vec::new();
+        if self.five_hour.is_some() {
+            out.push(("five_hour", SharedReading { five_hour: self.five_hour, ..bare.clone() }));
+        }
+        if self.seven_day.is_some() {
+            out.push(("seven_day", SharedReading { seven_day: self.seven_day, ..bare.clone() }));
+        }
+        if self.limits.is_some() {
+            out.push(("limits", SharedReading { limits: self.limits.clone(), ..bare }));
+        }
+        out
+    }
+}
+
+/// A swap on some machine, as every machine's event stream shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    pub machine: String,
+    /// `swap_started` or `swap_ended`.
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// What a poll lease request answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollLease {
+    /// This machine polls this interval.
+    Granted,
+    /// Another machine does; it lapses in this long.
+    Held { by: String, for_ms: u64 },
+}
+
+fn reading_key(account: &str, limit: &str) -> String {
+    format!("{PREFIX}reading:{account}:{limit}")
+}
+fn poll_key(account: &str) -> String {
+    format!("{PREFIX}poll:{account}")
+}
+fn machine_key(machine: &str) -> String {
+    format!("{PREFIX}machine:{machine}")
+}
+fn claim_key(account: &str) -> String {
+    format!("{PREFIX}claim:{account}")
+}
+
+/// Writes each part whose stored reading is older, then publishes the
+/// whole reading once if any part was written. KEYS: the parts' keys;
+/// ARGV: observed ms, TTL ms, channel, message, then each part's JSON.
+const PUT_READING: &str = r"
+local wrote = 0
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  local t = cur and tonumber(string.match(cur, '^(%d+)|')) or nil
+  if (not t) or t < tonumber(ARGV[1]) then
+    redis.call('SET', key, ARGV[1] .. '|' .. ARGV[4 + i], 'PX', ARGV[2])
+    wrote = wrote + 1
+  end
+end
+if wrote > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return wrote
+";
+
+/// A connection to the fleet's Redis, reopened on the next call after any
+/// failure. Every method answers within about [`DEADLINE`] per round trip.
+pub struct FleetStore {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    put_reading: redis::Script,
+}
+
+impl FleetStore {
+    /// Parses the URL; connects at the first call.
+    pub fn open(url: &str) -> Result<FleetStore, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("fleet.redis: {e}"))?;
+        Ok(FleetStore {
+            client,
+            conn: None,
+            put_reading: redis::Script::new(PUT_READING),
+        })
+    }
+
+    /// A second connection for `SUBSCRIBE` (a subscribed connection takes
+    /// no other command), with a read timeout of `wake` so its reader can
+    /// look at its stop flag.
+    pub fn subscriber(&self, wake: Duration) -> Result<redis::Connection, String> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(DEADLINE)
+            .map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(wake)).map_err(|e| e.to_string())?;
+        conn.set_write_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection, &redis::Script) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        if self.conn.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(DEADLINE)
+                .map_err(|e| e.to_string())?;
+            conn.set_read_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
+            conn.set_write_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        match f(conn, &self.put_reading) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // A timed-out or broken connection may hold a half-read
+                // answer: never reuse it.
+                self.conn = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    pub fn ping(&mut self) -> Result<(), String> {
+        self.with(|c, _| redis::cmd("PING").query::<String>(c).map(|_| ()))
+    }
+
+    /// Writes `r` where it is newer than what is stored, and publishes it.
+    /// Returns whether any part was written.
+    pub fn put_reading(&mut self, r: &SharedReading) -> Result<bool, String> {
+        let parts = r.parts();
+        if parts.is_empty() {
+            return Ok(false);
+        }
+        let message = serde_json::to_string(r).map_err(|e| e.to_string())?;
+        let mut values = Vec::new();
+        for (_, p) in &parts {
+            values.push(serde_json::to_string(p).map_err(|e| e.to_string())?);
+        }
+        let ttl = READING_TTL.as_millis() as u64;
+        self.with(|c, script| {
+            let mut inv = script.prepare_invoke();
+            for (limit, _) in &parts {
+                inv.key(reading_key(&r.account, limit));
+            }
+            inv.arg(r.observed_at_ms)
+                .arg(ttl)
+                .arg(READINGS_CHANNEL)
+                .arg(&message);
+            for v in &values {
+                inv.arg(v);
+            }
+            inv.invoke::<u32>(c).map(|n| n > 0)
+        })
+    }
+
+    /// Every stored reading of `accounts`, one per account and limit.
+    pub fn readings(&mut self, accounts: &[String]) -> Result<Vec<SharedReading>, String> {
+        let keys: Vec<String> = accounts
+            .iter()
+            .flat_map(|a| ["five_hour", "seven_day", "limits"].map(|l| reading_key(a, l)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> =
+            self.with(|c, _| redis::cmd("MGET").arg(&keys).query(c))?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                let (_, json) = v.split_once('|')?;
+                serde_json::from_str(json).ok()
+            })
+            .collect())
+    }
+
+    /// Takes the account's poll lease for `ttl` if no machine holds it.
+    pub fn poll_lease(
+        &mut self,
+        account: &str,
+        machine: &str,
+        ttl: Duration,
+    ) -> Result<PollLease, String> {
+        let key = poll_key(account);
+        let ttl_ms = ttl.as_millis() as u64;
+        self.with(|c, _| {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(machine)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query(c)?;
+            if set.is_some() {
+                return Ok(PollLease::Granted);
+            }
+            let (by, pttl): (Option<String>, i64) =
+                redis::pipe().get(&key).pttl(&key).query(c)?;
+            Ok(match by {
+                Some(by) if by != machine => PollLease::Held {
+                    by,
+                    for_ms: pttl.max(0) as u64,
+                },
+                // Ours (a retry after a lost answer) or gone between the
+                // two calls: poll.
+                _ => PollLease::Granted,
+            })
+        })
+    }
+
+    /// Renews this machine's lease and its entry in the index.
+    pub fn renew(&mut self, lease: &MachineLease, ttl: Duration) -> Result<(), String> {
+        let json = serde_json::to_string(lease).map_err(|e| e.to_string())?;
+        let key = machine_key(&lease.machine);
+        self.with(|c, _| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&json)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .ignore()
+                .zadd(MACHINES, &lease.machine, lease.expires_ms)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Removes this machine's lease (a clean stop).
+    pub fn leave(&mut self, machine: &str) -> Result<(), String> {
+        let key = machine_key(machine);
+        self.with(|c, _| {
+            redis::pipe()
+                .del(&key)
+                .ignore()
+                .zrem(MACHINES, machine)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Every lease in force at `now_ms`, and the claims on `accounts`.
+    pub fn fleet(
+        &mut self,
+        accounts: &[String],
+        now_ms: u64,
+    ) -> Result<(Vec<MachineLease>, Vec<Claim>), String> {
+        let names: Vec<String> = self.with(|c, _| {
+            // Index entries a minute past their expiry are dropped here:
+            // a machine that died leaves nothing behind for long.
+            redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(MACHINES)
+                .arg("-inf")
+                .arg(now_ms.saturating_sub(60_000))
+                .ignore()
+                .cmd("ZRANGEBYSCORE")
+                .arg(MACHINES)
+                .arg(now_ms)
+                .arg("+inf")
+                .query::<(Vec<String>,)>(c)
+                .map(|(n,)| n)
+        })?;
+        let machine_keys: Vec<String> = names.iter().map(|m| machine_key(m)).collect();
+        let claim_keys: Vec<String> = accounts.iter().map(|a| claim_key(a)).collect();
+        let all: Vec<String> = machine_keys.iter().chain(&claim_keys).cloned().collect();
+        if all.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let values: Vec<Option<String>> =
+            self.with(|c, _| redis::cmd("MGET").arg(&all).query(c))?;
+        let (leases, claims) = values.split_at(machine_keys.len().min(values.len()));
+        let leases = leases
+            .iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str::<MachineLease>(v).ok())
+            .collect();
+        let claims = claims
+            .iter()
+            .zip(accounts)
+            .filter_map(|(v, account)| {
+                let c: serde_json::Value = serde_json::from_str(v.as_deref()?).ok()?;
+                Some(Claim {
+                    account: account.clone(),
+                    machine: c.get("machine")?.as_str()?.to_string(),
+                    expires_ms: c.get("expires_ms")?.as_u64()?,
+                })
+            })
+            .collect();
+        Ok((leases, claims))
+    }
+
+    /// Claims the first of `candidates` no other machine claimed (compare
+    /// and set: `SET NX`, or already this machine's), for [`CLAIM_TTL`].
+    /// `None`: every one is claimed by another machine.
+    pub fn claim(
+        &mut self,
+        candidates: &[String],
+        machine: &str,
+        now_ms: u64,
+    ) -> Result<Option<String>, String> {
+        let ttl_ms = CLAIM_TTL.as_millis() as u64;
+        let value = serde_json::json!({"machine": machine, "expires_ms": now_ms + ttl_ms}).to_string();
+        for account in candidates {
+            let key = claim_key(account);
+            let won = self.with(|c, _| {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query(c)?;
+                if set.is_some() {
+                    return Ok(true);
+                }
+                let held: Option<String> = redis::cmd("GET").arg(&key).query(c)?;
+                let ours = held
+                    .and_then(|h| serde_json::from_str::<serde_json::Value>(&h).ok())
+                    .and_then(|h| h.get("machine").and_then(|m| m.as_str()).map(|m| m == machine))
+                    .unwrap_or(false);
+                if ours {
+                    redis::cmd("SET").arg(&key).arg(&value).arg("PX").arg(ttl_ms).query::<()>(c)?;
+                }
+                Ok(ours)
+            })?;
+            if won {
+                return Ok(Some(account.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn publish_event(&mut self, event: &FleetEvent) -> Result<(), String> {
+        let json = serde_json::to_string(event).map_err(|e| e.to_string())?;
+        self.with(|c, _| {
+            redis::cmd("PUBLISH")
+                .arg(EVENTS_CHANNEL)
+                .arg(&json)
+                .query::<i64>(c)
+                .map(|_| ())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_splits_into_one_part_per_limit_it_carries() {
+        let r = SharedReading {
+            account: "alpha".into(),
+            machine: "m1".into(),
+            source: Source::Statusline,
+            observed_at_ms: 7,
+            five_hour: Some(Window {
+                utilization: 40.0,
+                resets_at: Some(100),
+            }),
+            seven_day: None,
+            limits: None,
+        };
+        let parts = r.parts();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].0, "five_hour");
+        assert_eq!(parts[0].1.five_hour, r.five_hour);
+    }
+
+    #[test]
+    fn a_bad_url_is_one_clear_error() {
+        let err = FleetStore::open("http://nope").err().expect("refused");
+        assert!(err.starts_with("fleet.redis:"), "{err}");
+    }
+}
