@@ -26,6 +26,9 @@ ensure_tmux() { command -v tmux >/dev/null || apt_install tmux; }
 # Debian's Chromium, for the dashboard's test (headless, DevTools protocol).
 ensure_chromium() { command -v chromium >/dev/null || apt_install chromium; }
 
+# Debian's Redis server, for the fleet's tests (each starts its own on a free port).
+ensure_redis() { command -v redis-server >/dev/null || apt_install redis-server; }
+
 # Installs the pinned Claude Code into .cache/ unless it is already there.
 ensure_claude() {
     command -v npm >/dev/null || apt_install nodejs npm
@@ -45,6 +48,7 @@ prepare_e2e() {
     ensure_tmux
     ensure_claude
     ensure_chromium
+    ensure_redis
     export_e2e
 }
 

@@ -218,6 +218,17 @@ pub fn render(v: &serde_json::Value) -> String {
                 .unwrap_or_default()
         ),
         "notification" => format!("{}: {}", s("kind"), s("text")),
+        "fleet" => format!(
+            "machine {} {} {} → {}{}",
+            s("machine"),
+            s("kind").replace('_', " "),
+            s("from"),
+            s("to"),
+            d["result"]
+                .as_str()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default()
+        ),
         "config_reloaded" => match d["error"].as_str() {
             Some(e) => format!("refused: {e}"),
             None => "applied".into(),

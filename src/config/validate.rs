@@ -813,7 +813,14 @@ impl Check<'_> {
     fn fleet(&self, raw: RawFleet) -> Checked<FleetConfig> {
         let redis = raw.redis.filter(|r| !r.trim().is_empty());
         if let Some(url) = &redis {
-            let schemes = ["redis://", "rediss://", "redis+unix://", "unix://", "valkey://", "valkeys://"];
+            let schemes = [
+                "redis://",
+                "rediss://",
+                "redis+unix://",
+                "unix://",
+                "valkey://",
+                "valkeys://",
+            ];
             if !schemes.iter().any(|s| url.starts_with(s)) {
                 return Err(self.err(
                     "fleet.redis",

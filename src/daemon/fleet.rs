@@ -31,7 +31,9 @@ use crate::daemon::notifier::{Kind as NoteKind, Note, NotifyHandle};
 use crate::daemon::switcher::{self, SharedView};
 use crate::decide::fleet::{FleetView, MachineLease};
 use crate::decide::quota;
-use crate::store::fleet::{FleetEvent, FleetStore, PollLease, SharedReading, EVENTS_CHANNEL, READINGS_CHANNEL};
+use crate::store::fleet::{
+    FleetEvent, FleetStore, PollLease, SharedReading, EVENTS_CHANNEL, READINGS_CHANNEL,
+};
 
 /// How long the switcher or the quota monitor waits for the fleet thread.
 pub const ASK_DEADLINE: Duration = Duration::from_millis(400);
@@ -423,7 +425,10 @@ impl Link {
                 v.error = None;
             }
             if self.warned {
-                log::info!("fleet: Redis is back; this machine ({}) rejoined the fleet", self.machine);
+                log::info!(
+                    "fleet: Redis is back; this machine ({}) rejoined the fleet",
+                    self.machine
+                );
                 self.notify.send(Note::new(
                     NoteKind::FleetRejoined,
                     format!("fleet: Redis is back; machine {} rejoined", self.machine),
@@ -455,7 +460,10 @@ impl Link {
             log::warn!("fleet: Redis unreachable ({why}); this machine goes on alone with its own readings and polls, retrying every second");
             self.notify.send(Note::new(
                 NoteKind::FleetDisconnected,
-                format!("fleet: Redis unreachable ({why}); machine {} goes on alone", self.machine),
+                format!(
+                    "fleet: Redis unreachable ({why}); machine {} goes on alone",
+                    self.machine
+                ),
                 serde_json::json!({"machine": self.machine, "error": why}),
             ));
         }
@@ -530,7 +538,10 @@ impl Link {
     fn leave(&mut self) {
         if self.view.read().connected {
             if let Err(e) = self.store.leave(&self.machine) {
-                log::warn!("fleet: cannot remove this machine's lease ({e}); it lapses within {}s", self.lease_ttl.as_secs());
+                log::warn!(
+                    "fleet: cannot remove this machine's lease ({e}); it lapses within {}s",
+                    self.lease_ttl.as_secs()
+                );
             }
         }
         let _ = &self.feed;
@@ -547,13 +558,21 @@ fn subscribe(
     feed: &Events,
     stop: &Receiver<()>,
 ) {
-    let stopped = || matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected));
+    let stopped = || {
+        matches!(
+            stop.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    };
     while !stopped() {
         let mut conn = match store.subscriber(Duration::from_millis(500)) {
             Ok(c) => c,
             Err(_) => {
                 // The fleet thread says it once; here only wait and retry.
-                if stop.recv_timeout(Duration::from_secs(1)).is_err_and(|e| e.is_disconnected()) {
+                if stop
+                    .recv_timeout(Duration::from_secs(1))
+                    .is_err_and(|e| e.is_disconnected())
+                {
                     return;
                 }
                 continue;

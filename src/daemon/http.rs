@@ -1126,6 +1126,9 @@ fn current(published: &Published, wiring: &ControlPlane) -> status::Status {
     }
     s.partial_swap = v.partial_swap.is_some();
     s.swap_in_progress = v.swap_in_progress.is_some();
+    for a in &mut s.accounts {
+        a.read_from(v.accounts.iter().find(|x| x.name == a.name));
+    }
     s.last_swap = v
         .last_swap
         .as_ref()
@@ -1160,6 +1163,7 @@ fn current(published: &Published, wiring: &ControlPlane) -> status::Status {
         "notifications": recent(Kind::Notification, 20),
         "tasks_done": recent(Kind::TaskDone, 20),
         "tasks_failed": recent(Kind::TaskFailed, 20),
+        "fleet": recent(Kind::Fleet, 20),
     });
     s.fleet = crate::daemon::fleet::status(&wiring.fleet);
     if let Some(p) = &v.partial_swap {

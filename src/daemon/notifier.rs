@@ -120,9 +120,7 @@ impl Kind {
             | Kind::TaskFailed
             | Kind::SessionWaiting
             | Kind::PoolHeld
-            | Kind::FleetDisconnected => {
-                Level::Warn
-            }
+            | Kind::FleetDisconnected => Level::Warn,
             Kind::SwapFailed
             | Kind::SwapPartial
             | Kind::NoAccount

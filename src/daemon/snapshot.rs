@@ -69,43 +69,14 @@ impl Daemon {
                     Err(e) => format!("unusable: {e}"),
                 };
                 let v = view.accounts.iter().find(|v| v.name == a.name);
-                let window = |w: Option<crate::decide::quota::Window>| {
-                    let q = &v?.quota;
-                    let w = w?;
-                    Some(serde_json::json!({
-                        "utilization": w.utilization,
-                        "resets_at": w.resets_at.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t))),
-                        "source": q.source,
-                        "machine": q.machine,
-                        "observed_at": q.observed_at_ms.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_millis(t))),
-                    }))
-                };
-                let auth_ok = auth.starts_with("ok");
-                let usable = auth_ok && v.is_none_or(|v| v.usable);
-                let reason = if auth_ok { v.and_then(|v| v.reason.clone()) } else { Some(auth.clone()) };
-                AccountStatus {
+                let mut status = AccountStatus {
                     name: a.name.clone(),
                     home: a.home.to_string_lossy().into_owned(),
-                    usable,
-                    reason,
-                    five_hour: window(v.and_then(|v| v.quota.five_hour)),
-                    seven_day: window(v.and_then(|v| v.quota.seven_day)),
-                    limits: v
-                        .map(|v| v.quota.all_limits())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|l| serde_json::json!({
-                            "kind": l.kind,
-                            "model": l.model,
-                            "utilization": l.utilization,
-                            "resets_at": l.resets_at.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t))),
-                            "is_active": l.is_active,
-                            "severity": l.severity,
-                        }))
-                        .collect(),
-                    blocked_pools: v.map(|v| v.blocked_pools.clone()).unwrap_or_default(),
                     auth,
-                }
+                    ..AccountStatus::default()
+                };
+                status.read_from(v);
+                status
             })
             .collect();
         let sessions = self

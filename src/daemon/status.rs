@@ -55,6 +55,53 @@ pub struct AccountStatus {
     pub auth: String,
 }
 
+impl AccountStatus {
+    /// Its quota fields from the switcher's view of it (`auth` already
+    /// set): the main loop's snapshot fills them, and HTTP again from the
+    /// newest view, so a reading shows as soon as the switcher holds it.
+    pub fn read_from(&mut self, v: Option<&crate::daemon::switcher::AccountView>) {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at_secs = |t: u64| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t));
+        let window = |w: Option<crate::decide::quota::Window>| {
+            let q = &v?.quota;
+            let w = w?;
+            Some(serde_json::json!({
+                "utilization": w.utilization,
+                "resets_at": w.resets_at.map(at_secs),
+                "source": q.source,
+                "machine": q.machine,
+                "observed_at_ms": q.observed_at_ms,
+                "observed_at": q.observed_at_ms.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_millis(t))),
+            }))
+        };
+        let auth_ok = self.auth.starts_with("ok");
+        self.usable = auth_ok && v.is_none_or(|v| v.usable);
+        self.reason = if auth_ok {
+            v.and_then(|v| v.reason.clone())
+        } else {
+            Some(self.auth.clone())
+        };
+        self.five_hour = window(v.and_then(|v| v.quota.five_hour));
+        self.seven_day = window(v.and_then(|v| v.quota.seven_day));
+        self.limits = v
+            .map(|v| v.quota.all_limits())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| {
+                serde_json::json!({
+                    "kind": l.kind,
+                    "model": l.model,
+                    "utilization": l.utilization,
+                    "resets_at": l.resets_at.map(at_secs),
+                    "is_active": l.is_active,
+                    "severity": l.severity,
+                })
+            })
+            .collect();
+        self.blocked_pools = v.map(|v| v.blocked_pools.clone()).unwrap_or_default();
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct SessionStatus {
     pub name: String,

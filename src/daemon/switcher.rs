@@ -656,15 +656,16 @@ impl Accounts {
                         q.read_limits(five_hour, seven_day, limits.clone(), source, now);
                     }
                     self.persist_quota(&account);
-                    self.fleet.share_reading(crate::store::fleet::SharedReading {
-                        machine: self.fleet.machine().to_string(),
-                        account,
-                        source,
-                        observed_at_ms: now,
-                        five_hour,
-                        seven_day,
-                        limits,
-                    });
+                    self.fleet
+                        .share_reading(crate::store::fleet::SharedReading {
+                            machine: self.fleet.machine().to_string(),
+                            account,
+                            source,
+                            observed_at_ms: now,
+                            five_hour,
+                            seven_day,
+                            limits,
+                        });
                 }
             }
             Command::FleetReading(r) => {
@@ -1407,8 +1408,13 @@ impl Accounts {
         }
         let pools = self.pool_models();
         let active = self.active.name.clone();
-        let ranked =
-            quota::ranked_targets(&mut self.quotas, &[&active], &self.config.quota, &pools, now_ms());
+        let ranked = quota::ranked_targets(
+            &mut self.quotas,
+            &[&active],
+            &self.config.quota,
+            &pools,
+            now_ms(),
+        );
         let bound = ranked.iter().find(|(n, _)| *n == to).map(|(_, b)| *b);
         let ranked: Vec<String> = ranked
             .into_iter()

@@ -441,9 +441,17 @@ mod tests {
         let clock = Clock::new();
         let mut s = Schedule::new(MIN, MIN, MIN * 10);
         s.after("a", Outcome::Failed, clock.now().at);
-        let wait = s.after("a", Outcome::PolledElsewhere(Duration::from_secs(7)), clock.now().at);
+        let wait = s.after(
+            "a",
+            Outcome::PolledElsewhere(Duration::from_secs(7)),
+            clock.now().at,
+        );
         assert_eq!(wait, Duration::from_secs(7));
-        assert_eq!(s.failures("a"), 1, "another machine polling is no failure, nor a success");
+        assert_eq!(
+            s.failures("a"),
+            1,
+            "another machine polling is no failure, nor a success"
+        );
         assert!(matches!(s.due("a", clock.now(), None), Due::WaitUntil(_)));
     }
 }

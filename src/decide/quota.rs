@@ -695,7 +695,9 @@ pub fn ranked_targets(
     let bound = pools.len().max(1);
     let mut v: Vec<Verdict> = verdicts(accounts, q, pools)
         .into_iter()
-        .filter(|v| !except.contains(&v.name.as_str()) && v.usable.is_ok() && v.blocked.len() < bound)
+        .filter(|v| {
+            !except.contains(&v.name.as_str()) && v.usable.is_ok() && v.blocked.len() < bound
+        })
         .collect();
     // A stable sort keeps config order among equals, as `best` does.
     v.sort_by(|a, b| {

@@ -72,13 +72,31 @@ impl SharedReading {
         };
         let mut out = Vec::new();
         if self.five_hour.is_some() {
-            out.push(("five_hour", SharedReading { five_hour: self.five_hour, ..bare.clone() }));
+            out.push((
+                "five_hour",
+                SharedReading {
+                    five_hour: self.five_hour,
+                    ..bare.clone()
+                },
+            ));
         }
         if self.seven_day.is_some() {
-            out.push(("seven_day", SharedReading { seven_day: self.seven_day, ..bare.clone() }));
+            out.push((
+                "seven_day",
+                SharedReading {
+                    seven_day: self.seven_day,
+                    ..bare.clone()
+                },
+            ));
         }
         if self.limits.is_some() {
-            out.push(("limits", SharedReading { limits: self.limits.clone(), ..bare }));
+            out.push((
+                "limits",
+                SharedReading {
+                    limits: self.limits.clone(),
+                    ..bare
+                },
+            ));
         }
         out
     }
@@ -159,8 +177,10 @@ impl FleetStore {
             .client
             .get_connection_with_timeout(DEADLINE)
             .map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(wake)).map_err(|e| e.to_string())?;
-        conn.set_write_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(wake))
+            .map_err(|e| e.to_string())?;
+        conn.set_write_timeout(Some(DEADLINE))
+            .map_err(|e| e.to_string())?;
         Ok(conn)
     }
 
@@ -173,8 +193,10 @@ impl FleetStore {
                 .client
                 .get_connection_with_timeout(DEADLINE)
                 .map_err(|e| e.to_string())?;
-            conn.set_read_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
-            conn.set_write_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
+            conn.set_read_timeout(Some(DEADLINE))
+                .map_err(|e| e.to_string())?;
+            conn.set_write_timeout(Some(DEADLINE))
+                .map_err(|e| e.to_string())?;
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
@@ -263,8 +285,7 @@ impl FleetStore {
             if set.is_some() {
                 return Ok(PollLease::Granted);
             }
-            let (by, pttl): (Option<String>, i64) =
-                redis::pipe().get(&key).pttl(&key).query(c)?;
+            let (by, pttl): (Option<String>, i64) = redis::pipe().get(&key).pttl(&key).query(c)?;
             Ok(match by {
                 Some(by) if by != machine => PollLease::Held {
                     by,
@@ -369,7 +390,8 @@ impl FleetStore {
         now_ms: u64,
     ) -> Result<Option<String>, String> {
         let ttl_ms = CLAIM_TTL.as_millis() as u64;
-        let value = serde_json::json!({"machine": machine, "expires_ms": now_ms + ttl_ms}).to_string();
+        let value =
+            serde_json::json!({"machine": machine, "expires_ms": now_ms + ttl_ms}).to_string();
         for account in candidates {
             let key = claim_key(account);
             let won = self.with(|c, _| {
@@ -386,10 +408,19 @@ impl FleetStore {
                 let held: Option<String> = redis::cmd("GET").arg(&key).query(c)?;
                 let ours = held
                     .and_then(|h| serde_json::from_str::<serde_json::Value>(&h).ok())
-                    .and_then(|h| h.get("machine").and_then(|m| m.as_str()).map(|m| m == machine))
+                    .and_then(|h| {
+                        h.get("machine")
+                            .and_then(|m| m.as_str())
+                            .map(|m| m == machine)
+                    })
                     .unwrap_or(false);
                 if ours {
-                    redis::cmd("SET").arg(&key).arg(&value).arg("PX").arg(ttl_ms).query::<()>(c)?;
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&value)
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query::<()>(c)?;
                 }
                 Ok(ours)
             })?;

@@ -400,6 +400,7 @@ impl Demo {
             // The demo shows its log's tail to a person.
             log_format: "text".into(),
             http_yaml: String::new(),
+            token_tag: String::new(),
         };
         let sb = Sandbox::create(&root, &spec)
             .map_err(|e| format!("cannot build the sandbox in {}: {e}", root.display()))?;

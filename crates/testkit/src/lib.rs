@@ -8,12 +8,14 @@
 //! - [`world`]: the integration tests' harness (private tmux server, temp
 //!   folder, the daemon under test, diagnostics on failure);
 //! - [`demo`]: the demo, run by the `claude-failover-demo` binary;
+//! - [`redis_server`]: a real `redis-server` for the fleet tests;
 //! - [`product`]: where the `claude-failover` binary under test or under
 //!   demonstration is.
 
 pub mod browser;
 pub mod demo;
 pub mod product;
+pub mod redis_server;
 pub mod sandbox;
 pub mod script;
 pub mod sse;

@@ -63,6 +63,9 @@ pub struct SandboxSpec {
     /// `log.format`: `json` here (every line of every sandboxed daemon's
     /// log is checked to parse, see `world::Harness`), `text` when asked.
     pub log_format: String,
+    /// Appended to every account's token: a second machine's own login of
+    /// the same accounts (the stand-in takes it with `add_token`).
+    pub token_tag: String,
     /// Lines added inside the `http:` section (indented by two spaces),
     /// e.g. `  token_file: /x\n`.
     pub http_yaml: String,
@@ -90,6 +93,7 @@ impl Default for SandboxSpec {
             quota_yaml: String::new(),
             swap_mode: "restart".into(),
             log_format: "json".into(),
+            token_tag: String::new(),
             http_yaml: String::new(),
         }
     }
@@ -151,7 +155,7 @@ impl Sandbox {
         for name in &spec.accounts {
             let home = root.join("accounts").join(name);
             std::fs::create_dir_all(&home)?;
-            let token = token_for(name);
+            let token = format!("{}{}", token_for(name), spec.token_tag);
             write_credentials(&home, &token, 4_102_444_800_000)?;
             write_claude_json(&home, true, &trusted)?;
             for entry in facts::REQUIRED_SHARED {

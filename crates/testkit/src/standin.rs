@@ -367,6 +367,7 @@ impl StandIn {
             .map(|a| Account {
                 name: a.name.clone(),
                 token: a.token.clone(),
+                also: Vec::new(),
                 five_hour: 0.0,
                 seven_day: 0.0,
                 five_hour_reset: now + FIVE_HOURS,
@@ -522,6 +523,13 @@ impl StandIn {
     // ----- control -----
 
     /// Sets both windows (percent, clamped to 0..=100).
+    /// Makes `token` a second login of `account` (another machine's own,
+    /// sharing the account's quota).
+    pub fn add_token(&self, account: &str, token: &str) -> Result<(), UnknownAccount> {
+        self.shared
+            .with_account(account, |a| a.also.push(token.to_string()))
+    }
+
     pub fn set_usage(
         &self,
         account: &str,
@@ -754,13 +762,17 @@ impl State {
         if token.is_empty() {
             return None;
         }
-        self.accounts.iter_mut().find(|a| a.token == token)
+        self.accounts
+            .iter_mut()
+            .find(|a| a.token == token || a.also.iter().any(|t| t == token))
     }
 }
 
 struct Account {
     name: String,
     token: String,
+    /// More tokens of the same account (another machine's own login).
+    also: Vec<String>,
     five_hour: f64,
     seven_day: f64,
     five_hour_reset: u64,

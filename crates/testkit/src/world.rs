@@ -308,7 +308,8 @@ pub fn daemon_log(h: &Harness, n: usize) -> String {
 pub struct World {
     pub h: Harness,
     pub sb: Sandbox,
-    pub api: StandIn,
+    /// Shared by the worlds of one fleet test ([`World::join`]).
+    pub api: std::sync::Arc<StandIn>,
     pub claude: PathBuf,
 }
 
@@ -316,6 +317,21 @@ impl World {
     /// `None` when the end-to-end suite is off. `tweak` adjusts the sandbox
     /// spec (pools, extra YAML) before it is built.
     pub fn new(name: &str, tweak: impl FnOnce(&mut SandboxSpec)) -> Option<World> {
+        World::build(name, tweak, None)
+    }
+
+    /// Another machine of `first`'s fleet: its own sandbox, tmux server,
+    /// state folder, seat and logins (tokens tagged with `name`), the same
+    /// stand-in accounts.
+    pub fn join(first: &World, name: &str, tweak: impl FnOnce(&mut SandboxSpec)) -> Option<World> {
+        World::build(name, tweak, Some(first.api.clone()))
+    }
+
+    fn build(
+        name: &str,
+        tweak: impl FnOnce(&mut SandboxSpec),
+        api: Option<std::sync::Arc<StandIn>>,
+    ) -> Option<World> {
         let claude = e2e_claude()?;
         let mut h = Harness::new(name);
         let mut spec = SandboxSpec {
@@ -324,15 +340,29 @@ impl World {
             ..SandboxSpec::default()
         };
         tweak(&mut spec);
-        let api = StandIn::start(StandInOptions {
-            accounts: spec
-                .accounts
-                .iter()
-                .map(|n| StandInAccount::new(n.clone(), sandbox::token_for(n)))
-                .collect(),
-            ..StandInOptions::default()
-        })
-        .expect("start the API stand-in");
+        let api = match api {
+            Some(api) => {
+                if spec.token_tag.is_empty() {
+                    spec.token_tag = format!("-{name}");
+                }
+                for n in &spec.accounts {
+                    api.add_token(n, &format!("{}{}", sandbox::token_for(n), spec.token_tag))
+                        .expect("the joined stand-in has the account");
+                }
+                api
+            }
+            None => std::sync::Arc::new(
+                StandIn::start(StandInOptions {
+                    accounts: spec
+                        .accounts
+                        .iter()
+                        .map(|n| StandInAccount::new(n.clone(), sandbox::token_for(n)))
+                        .collect(),
+                    ..StandInOptions::default()
+                })
+                .expect("start the API stand-in"),
+            ),
+        };
         spec.api_base_url = api.base_url();
         let sb = Sandbox::create(&h.path().join("sandbox"), &spec).expect("build the sandbox");
         if spec.swap_mode == "live" {
