@@ -16,6 +16,30 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 prepare_e2e
+# The fleet's ten-minute poll count (tests/fleet_polls.rs: two idle
+# daemons and a redis-server, little CPU) runs in the background beside the
+# rest of the suite rather than adding ten minutes to it; only on a whole
+# run (no arguments).
+soak_pid=
+if [ $# -eq 0 ]; then
+    soak_bin=$(cargo test --no-run --test fleet_polls 2>&1 |
+        sed -n 's/.*Executable tests\/fleet_polls.rs (\(.*\))$/\1/p' | tail -n 1)
+    [ -x "$soak_bin" ] || { echo "cannot build tests/fleet_polls.rs" >&2; exit 1; }
+    mkdir -p target
+    CLAUDE_FAILOVER_FLEET_SOAK=1 "$soak_bin" --test-threads=1 --nocapture >target/fleet-soak.log 2>&1 &
+    soak_pid=$!
+    trap '[ -n "$soak_pid" ] && kill "$soak_pid" 2>/dev/null' EXIT
+fi
 # Two test threads: the machine (and CI) has two cores, and every
 # end-to-end test runs real Claude Code processes.
-exec cargo test --workspace "$@" -- --test-threads=2
+rc=0
+cargo test --workspace "$@" -- --test-threads=2 || rc=$?
+if [ -n "$soak_pid" ]; then
+    soak_rc=0
+    wait "$soak_pid" || soak_rc=$?
+    soak_pid=
+    echo "--- tests/fleet_polls.rs (ten minutes, beside the suite): exit $soak_rc ---"
+    grep -E "usage requests|stalest|panicked|test result|assert" target/fleet-soak.log || tail -n 40 target/fleet-soak.log
+    [ "$soak_rc" = 0 ] || rc=$soak_rc
+fi
+exit "$rc"

@@ -141,7 +141,10 @@ impl QuotaMonitor {
                             }
                             Poll::Failed(why) => (Outcome::Failed, Some(why)),
                         };
-                        let wait = schedule.after(&account.name, outcome, now.at);
+                        // Due again an interval after this poll ended, not after
+                        // the round began: two polls of one account are never
+                        // closer than the interval (on every machine of a fleet).
+                        let wait = schedule.after(&account.name, outcome, Instant::now());
                         if let Some(why) = failed {
                             log::warn!(
                                 "usage endpoint for account {}: {why}; next try in {}s",

@@ -150,12 +150,30 @@ if wrote > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return wrote
 ";
 
+/// The poll lease, atomically: free or this machine's → (re)taken for
+/// ARGV[2] ms; another's → its remaining time and holder.
+const POLL_LEASE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, 0, ARGV[1]}
+end
+return {0, redis.call('PTTL', KEYS[1]), cur}
+";
+
+/// The Lua scripts, loaded once per connection by `EVALSHA` (the crate
+/// falls back to `EVAL` when the server does not know one yet).
+pub struct Scripts {
+    put_reading: redis::Script,
+    poll_lease: redis::Script,
+}
+
 /// A connection to the fleet's Redis, reopened on the next call after any
 /// failure. Every method answers within about [`DEADLINE`] per round trip.
 pub struct FleetStore {
     client: redis::Client,
     conn: Option<redis::Connection>,
-    put_reading: redis::Script,
+    scripts: Scripts,
 }
 
 impl FleetStore {
@@ -165,7 +183,10 @@ impl FleetStore {
         Ok(FleetStore {
             client,
             conn: None,
-            put_reading: redis::Script::new(PUT_READING),
+            scripts: Scripts {
+                put_reading: redis::Script::new(PUT_READING),
+                poll_lease: redis::Script::new(POLL_LEASE),
+            },
         })
     }
 
@@ -186,7 +207,7 @@ impl FleetStore {
 
     fn with<T>(
         &mut self,
-        f: impl FnOnce(&mut redis::Connection, &redis::Script) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut redis::Connection, &Scripts) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
         if self.conn.is_none() {
             let conn = self
@@ -200,7 +221,7 @@ impl FleetStore {
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        match f(conn, &self.put_reading) {
+        match f(conn, &self.scripts) {
             Ok(v) => Ok(v),
             Err(e) => {
                 // A timed-out or broken connection may hold a half-read
@@ -228,8 +249,8 @@ impl FleetStore {
             values.push(serde_json::to_string(p).map_err(|e| e.to_string())?);
         }
         let ttl = READING_TTL.as_millis() as u64;
-        self.with(|c, script| {
-            let mut inv = script.prepare_invoke();
+        self.with(|c, scripts| {
+            let mut inv = scripts.put_reading.prepare_invoke();
             for (limit, _) in &parts {
                 inv.key(reading_key(&r.account, limit));
             }
@@ -265,7 +286,9 @@ impl FleetStore {
             .collect())
     }
 
-    /// Takes the account's poll lease for `ttl` if no machine holds it.
+    /// Takes the account's poll lease for `ttl` if no other machine holds
+    /// it (atomically, [`POLL_LEASE`]): taken anew when this machine holds
+    /// it still, so no machine polls before `ttl` from now.
     pub fn poll_lease(
         &mut self,
         account: &str,
@@ -274,26 +297,20 @@ impl FleetStore {
     ) -> Result<PollLease, String> {
         let key = poll_key(account);
         let ttl_ms = ttl.as_millis() as u64;
-        self.with(|c, _| {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
+        self.with(|c, scripts| {
+            let (granted, pttl, by): (u8, i64, String) = scripts
+                .poll_lease
+                .key(&key)
                 .arg(machine)
-                .arg("NX")
-                .arg("PX")
                 .arg(ttl_ms)
-                .query(c)?;
-            if set.is_some() {
-                return Ok(PollLease::Granted);
-            }
-            let (by, pttl): (Option<String>, i64) = redis::pipe().get(&key).pttl(&key).query(c)?;
-            Ok(match by {
-                Some(by) if by != machine => PollLease::Held {
+                .invoke(c)?;
+            Ok(if granted == 1 {
+                PollLease::Granted
+            } else {
+                PollLease::Held {
                     by,
                     for_ms: pttl.max(0) as u64,
-                },
-                // Ours (a retry after a lost answer) or gone between the
-                // two calls: poll.
-                _ => PollLease::Granted,
+                }
             })
         })
     }

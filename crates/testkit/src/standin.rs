@@ -256,6 +256,9 @@ pub struct Hit {
     /// Path with query.
     pub path: String,
     pub account: Option<String>,
+    /// The bearer token presented (made-up; empty if none): which login,
+    /// which machine of a fleet test.
+    pub token: String,
     pub status: u16,
     pub at: SystemTime,
 }
@@ -1149,6 +1152,7 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
         method: incoming.method.clone(),
         path: incoming.url.clone(),
         account,
+        token: incoming.token.clone(),
         status: reply.status,
         at: SystemTime::now(),
     };
