@@ -62,9 +62,10 @@ impl Daemon {
                 if next.state_dir != self.config.state_dir
                     || next.tmux.socket != self.config.tmux.socket
                     || next.http != self.config.http
-                    || next.claude.binary != self.config.claude.binary =>
+                    || next.claude.binary != self.config.claude.binary
+                    || next.fleet != self.config.fleet =>
             {
-                let e = "state_dir, tmux.socket, http.* and claude.binary cannot change on reload; restart the daemon for those".to_string();
+                let e = "state_dir, tmux.socket, http.*, claude.binary and fleet.* cannot change on reload; restart the daemon for those".to_string();
                 log::error!("reload refused, the running config stays: {e}");
                 self.config_error = Some(e);
             }

@@ -62,6 +62,7 @@ impl AccountStatus {
     pub fn read_from(&mut self, v: Option<&crate::daemon::switcher::AccountView>) {
         use std::time::{Duration, UNIX_EPOCH};
         let at_secs = |t: u64| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_secs(t));
+        let now_ms = crate::decide::quota::now_ms(std::time::SystemTime::now());
         let window = |w: Option<crate::decide::quota::Window>| {
             let q = &v?.quota;
             let w = w?;
@@ -71,6 +72,7 @@ impl AccountStatus {
                 "source": q.source,
                 "machine": q.machine,
                 "observed_at_ms": q.observed_at_ms,
+                "age_ms": q.observed_at_ms.map(|t| now_ms.saturating_sub(t)),
                 "observed_at": q.observed_at_ms.map(|t| crate::sys::time::rfc3339(UNIX_EPOCH + Duration::from_millis(t))),
             }))
         };
