@@ -349,6 +349,45 @@ fn http_listen() {
 }
 
 #[test]
+fn fleet() {
+    let c = assert_valid(ACCOUNTS);
+    assert_eq!(
+        c.fleet.redis, None,
+        "off by default: one machine needs nothing new"
+    );
+    let c = assert_valid(&with_accounts(
+        "fleet:\n  redis: redis://10.0.0.5:6379/0\n  machine: vm-2.eu\n  lease_ttl: 30s\n",
+    ));
+    assert_eq!(c.fleet.redis.as_deref(), Some("redis://10.0.0.5:6379/0"));
+    assert_eq!(c.fleet.machine, "vm-2.eu");
+    assert_eq!(c.fleet.lease_ttl, secs(30));
+    let c = assert_valid(&with_accounts("fleet:\n  redis: \"\"\n"));
+    assert_eq!(c.fleet.redis, None);
+    let msg = assert_rejected(
+        &with_accounts("fleet:\n  redis: http://10.0.0.5:6379   #!\n"),
+        "fleet.redis",
+    );
+    assert!(msg.contains("redis://"), "{msg}");
+    let msg = assert_rejected(
+        &with_accounts("fleet:\n  redis: rediss://10.0.0.5:6379   #!\n"),
+        "fleet.redis",
+    );
+    assert!(msg.contains("without TLS"), "{msg}");
+    assert_rejected(
+        &with_accounts("fleet:\n  redis: redis://x:6379\n  machine: \"two words\"   #!\n"),
+        "fleet.machine",
+    );
+    assert_rejected(
+        &with_accounts("fleet:\n  redis: redis://x:6379\n  lease_ttl: 1s   #!\n"),
+        "fleet.lease_ttl",
+    );
+    assert_rejected(
+        &with_accounts("fleet:\n  redis: redis://x:6379\n  seat: /x   #!\n"),
+        "fleet.seat",
+    );
+}
+
+#[test]
 fn shared_root_and_account_homes_must_not_nest() {
     let accounts = "accounts:\n  - name: main\n    home: /srv/acc/main\n  - name: backup\n    home: /srv/acc/backup\n";
     assert_rejected(
@@ -740,6 +779,9 @@ fn the_example_config_loads_with_its_documented_values() {
     assert_eq!(c.notify.telegram, None);
     assert_eq!(c.notify.webhook_url, None);
     assert_eq!(c.notify.min_level, Level::Info);
+    assert_eq!(c.fleet.redis, None);
+    assert_eq!(c.fleet.lease_ttl, secs(15));
+    assert!(!c.fleet.machine.is_empty(), "the host name by default");
 }
 
 /// The example is what operators copy: it must show every key of SPEC.md.
@@ -796,6 +838,9 @@ fn the_example_config_shows_every_key() {
         "notify.telegram.api_base",
         "notify.webhook.url",
         "notify.min_level",
+        "fleet.redis",
+        "fleet.machine",
+        "fleet.lease_ttl",
     ];
     for key in every_key {
         let mut v = &value;

@@ -62,7 +62,7 @@ pub struct Config {
 /// `redis` is `None`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
-    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`); `None`: this machine alone.
+    /// `redis://[:password@]host:port/db` or `redis+unix://`; `None`: this machine alone.
     pub redis: Option<String>,
     /// This machine's name in the fleet (default: the hostname).
     pub machine: String,

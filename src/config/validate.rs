@@ -813,18 +813,23 @@ impl Check<'_> {
     fn fleet(&self, raw: RawFleet) -> Checked<FleetConfig> {
         let redis = raw.redis.filter(|r| !r.trim().is_empty());
         if let Some(url) = &redis {
-            let schemes = [
-                "redis://",
-                "rediss://",
-                "redis+unix://",
-                "unix://",
-                "valkey://",
-                "valkeys://",
-            ];
+            if url.starts_with("rediss://") || url.starts_with("valkeys://") {
+                return Err(self.err(
+                    "fleet.redis",
+                    "this build speaks Redis without TLS: use redis:// over a private network, or a TLS tunnel (stunnel, spiped) to a TLS-only server (docs/fleet.md)",
+                ));
+            }
+            let schemes = ["redis://", "redis+unix://", "unix://", "valkey://"];
             if !schemes.iter().any(|s| url.starts_with(s)) {
                 return Err(self.err(
                     "fleet.redis",
-                    "must be a Redis URL such as redis://10.0.0.5:6379/0 (or rediss://, redis+unix://)",
+                    "must be a Redis URL such as redis://10.0.0.5:6379/0 or redis+unix:///run/redis.sock",
+                ));
+            }
+            if let Err(e) = crate::store::fleet::FleetStore::open(url) {
+                return Err(self.err(
+                    "fleet.redis",
+                    e.trim_start_matches("fleet.redis: ").to_string(),
                 ));
             }
         }

@@ -42,6 +42,10 @@ pub const ASK_DEADLINE: Duration = Duration::from_millis(400);
 const CATCH_UP: Duration = Duration::from_secs(10);
 /// How often the fleet's leases and claims are read.
 const LOOK: Duration = Duration::from_secs(1);
+/// One account's readings go out at most this often from this machine
+/// (status lines come several a second from busy sessions): the newest in
+/// between waits, merged, so what the others see is at most this late.
+const SHARE_EVERY: Duration = Duration::from_millis(250);
 
 pub type SharedFleet = Arc<RwLock<FleetView>>;
 
@@ -241,8 +245,10 @@ impl Fleet {
             accounts_view,
             switcher,
             notify,
-            feed,
             lease: None,
+            pending: Default::default(),
+            shared_at: Default::default(),
+            looked_at: None,
             renewed_at: None,
             read_all_at: None,
             retry_at: None,
@@ -251,7 +257,7 @@ impl Fleet {
         let thread = std::thread::Builder::new()
             .name("fleet".into())
             .spawn(move || {
-                let ticker = tick(LOOK);
+                let ticker = tick(SHARE_EVERY);
                 link.look();
                 loop {
                     select! {
@@ -259,7 +265,12 @@ impl Fleet {
                             Ok(c) => link.handle(c),
                             Err(_) => break,
                         },
-                        recv(ticker) -> _ => link.look(),
+                        recv(ticker) -> _ => {
+                            link.flush();
+                            if link.looked_at.is_none_or(|t| t.elapsed() >= LOOK) {
+                                link.look();
+                            }
+                        }
                         recv(stop_rx) -> _ => break,
                     }
                 }
@@ -334,9 +345,12 @@ struct Link {
     accounts_view: SharedView,
     switcher: Sender<switcher::Command>,
     notify: NotifyHandle,
-    feed: Events,
     /// The lease as last written: (account, since_ms, sessions).
     lease: Option<(String, u64, u32)>,
+    /// Readings waiting for their account's [`SHARE_EVERY`], merged.
+    pending: std::collections::BTreeMap<String, SharedReading>,
+    shared_at: std::collections::HashMap<String, Instant>,
+    looked_at: Option<Instant>,
     renewed_at: Option<Instant>,
     read_all_at: Option<Instant>,
     /// Disconnected: not before this.
@@ -349,10 +363,17 @@ impl Link {
     fn handle(&mut self, c: Command) {
         match c {
             Command::Share(r) => {
-                if self.usable() {
-                    let answer = self.store.put_reading(&r);
-                    self.outcome(answer);
-                }
+                let merged = match self.pending.remove(&r.account) {
+                    Some(old) => SharedReading {
+                        five_hour: r.five_hour.or(old.five_hour),
+                        seven_day: r.seven_day.or(old.seven_day),
+                        limits: r.limits.clone().or(old.limits),
+                        ..r
+                    },
+                    None => r,
+                };
+                self.pending.insert(merged.account.clone(), merged);
+                self.flush();
             }
             Command::Event(e) => {
                 if self.usable() {
@@ -391,6 +412,36 @@ impl Link {
                 };
                 let _ = reply.send(answer);
             }
+        }
+    }
+
+    /// Shares the readings whose account's [`SHARE_EVERY`] has passed.
+    /// Redis away: they wait, the newest per account, until it is back.
+    fn flush(&mut self) {
+        if !self.usable() {
+            return;
+        }
+        let due: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|a| {
+                self.shared_at
+                    .get(*a)
+                    .is_none_or(|t| t.elapsed() >= SHARE_EVERY)
+            })
+            .cloned()
+            .collect();
+        for account in due {
+            let Some(r) = self.pending.remove(&account) else {
+                continue;
+            };
+            let answer = self.store.put_reading(&r);
+            if self.outcome(answer).is_none() {
+                // Kept for the rejoin, unless a newer one came meanwhile.
+                self.pending.entry(account).or_insert(r);
+                return;
+            }
+            self.shared_at.insert(account, Instant::now());
         }
     }
 
@@ -471,6 +522,7 @@ impl Link {
 
     /// The tick: renew the lease when due, read the fleet, catch up.
     fn look(&mut self) {
+        self.looked_at = Some(Instant::now());
         if !self.usable() {
             return;
         }
@@ -544,7 +596,6 @@ impl Link {
                 );
             }
         }
-        let _ = &self.feed;
     }
 }
 
