@@ -37,7 +37,38 @@ pub fn render(status: &Value, now: SystemTime) -> String {
     queues(&mut out, status);
     out.push('\n');
     last_swap(&mut out, status, now);
+    fleet(&mut out, status);
     out
+}
+
+/// With `fleet.redis`: this machine's link and every machine's account.
+fn fleet(out: &mut String, s: &Value) {
+    let Some(f) = s.get("fleet").filter(|f| f.is_object()) else {
+        return;
+    };
+    let me = text(f.get("machine")).unwrap_or_else(|| "?".into());
+    out.push('\n');
+    if flag(f.get("connected")) {
+        out.push_str(&format!("FLEET (this machine: {me}, connected)\n"));
+    } else {
+        let why = text(f.get("error")).unwrap_or_default();
+        out.push_str(&format!(
+            "FLEET (this machine: {me}, DISCONNECTED: going on alone; {why})\n"
+        ));
+    }
+    let rows = list(f.get("machines"))
+        .iter()
+        .map(|m| {
+            vec![
+                text(m.get("machine")).unwrap_or_default(),
+                text(m.get("account")).unwrap_or_default(),
+                number(m.get("sessions"))
+                    .map(|n| format!("{n}"))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(out, &["MACHINE", "ACCOUNT", "SESSIONS"], &[2], rows);
 }
 
 fn header(out: &mut String, s: &Value) {
@@ -440,6 +471,31 @@ mod tests {
 
     fn at(s: &str) -> SystemTime {
         parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn the_fleet_shows_only_with_one_and_says_when_it_is_disconnected() {
+        let now = at("2026-01-06T10:00:00Z");
+        assert!(!render(&json!({}), now).contains("FLEET"));
+        let s = json!({"fleet": {"machine": "vm-1", "connected": true, "machines": [
+            {"machine": "vm-1", "account": "beta", "sessions": 10},
+            {"machine": "vm-2", "account": "gamma", "sessions": 4}]}});
+        let out = render(&s, now);
+        assert!(
+            out.contains("FLEET (this machine: vm-1, connected)"),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.contains("vm-2") && l.contains("gamma") && l.ends_with('4')),
+            "{out}"
+        );
+        let s = json!({"fleet": {"machine": "vm-1", "connected": false, "error": "connection refused", "machines": []}});
+        let out = render(&s, now);
+        assert!(
+            out.contains("DISCONNECTED: going on alone; connection refused"),
+            "{out}"
+        );
     }
 
     #[test]
