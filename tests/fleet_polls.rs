@@ -142,6 +142,11 @@ fn two_machines_three_accounts_ten_minutes_at_most_one_usage_poll_per_account_pe
             at.len()
         );
     }
+    assert_eq!(
+        stalest.len(),
+        6,
+        "every machine's view of every account was read: {stalest:?}"
+    );
     for ((machine, account), age) in &stalest {
         assert!(
             *age <= 3 * POLL.as_millis() as u64 + 2000,

@@ -32,7 +32,7 @@ use crate::daemon::switcher::{self, SharedView};
 use crate::decide::fleet::{FleetView, MachineLease};
 use crate::decide::quota;
 use crate::store::fleet::{
-    FleetEvent, FleetStore, PollLease, SharedReading, EVENTS_CHANNEL, READINGS_CHANNEL,
+    FleetError, FleetEvent, FleetStore, PollLease, SharedReading, EVENTS_CHANNEL, READINGS_CHANNEL,
 };
 
 /// How long the switcher or the quota monitor waits for the fleet thread.
@@ -52,17 +52,52 @@ pub type SharedFleet = Arc<RwLock<FleetView>>;
 enum Command {
     Share(SharedReading),
     Event(FleetEvent),
-    /// Renew the lease now (the active account changed).
+    /// Renew the lease now (the active account or the swap target changed).
     Renew,
+    /// Asks carry the moment their asker stops waiting: one that comes
+    /// later is not run at all (a claim nobody will use must not hold an
+    /// account for [`crate::store::fleet::CLAIM_TTL`]).
     Claim {
         candidates: Vec<String>,
-        reply: Sender<Result<Option<String>, String>>,
+        until: Instant,
+        reply: Sender<Result<Option<String>, FleetError>>,
     },
     PollLease {
         account: String,
         ttl: Duration,
-        reply: Sender<Result<PollLease, String>>,
+        until: Instant,
+        reply: Sender<Result<PollLease, FleetError>>,
     },
+    /// This machine's poll of `account` read nothing: its lease goes, so
+    /// another machine may poll at once.
+    PollFailed(String),
+}
+
+/// What the fleet thread and the subscriber send the switcher through: the
+/// role's stop empties it from outside, so neither thread can keep the
+/// switcher's channel open (and its last save waiting) while stuck in a call.
+#[derive(Clone, Default)]
+struct Forward(Arc<parking_lot::Mutex<Option<Sender<switcher::Command>>>>);
+
+impl Forward {
+    fn send(&self, c: switcher::Command) {
+        if let Some(tx) = self.0.lock().as_ref() {
+            let _ = tx.send(c);
+        }
+    }
+}
+
+/// The fleet role's stop: dropping it ends both threads and lets go of the
+/// switcher's sender at once.
+pub struct Stop {
+    _stop: Sender<()>,
+    forward: Forward,
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.forward.0.lock().take();
+    }
 }
 
 /// What a claim on swap targets came to.
@@ -146,15 +181,45 @@ impl FleetHandle {
         }
     }
 
-    /// Shares a swap event of this machine (never blocks).
-    pub fn swap_event(&self, kind: &str, data: serde_json::Value) {
+    /// Shares a swap event of this machine (never blocks): only what the
+    /// other machines show (no free-text detail, which may name a path).
+    pub fn swap_event(&self, kind: &str, data: &serde_json::Value) {
         if let Some(tx) = &self.tx {
+            let mut shown = serde_json::Map::new();
+            for k in [
+                "swap_id",
+                "id",
+                "from",
+                "to",
+                "reason",
+                "mode",
+                "result",
+                "duration_ms",
+            ] {
+                if let Some(v) = data.get(k) {
+                    shown.insert(k.into(), v.clone());
+                }
+            }
             let _ = tx.try_send(Command::Event(FleetEvent {
                 machine: self.machine.clone(),
                 kind: kind.into(),
-                data,
+                data: shown.into(),
             }));
             let _ = tx.try_send(Command::Renew);
+        }
+    }
+
+    /// Renews the lease now (never blocks).
+    pub fn renew(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Command::Renew);
+        }
+    }
+
+    /// This machine's poll of `account` read nothing (never blocks).
+    pub fn poll_failed(&self, account: &str) {
+        if let Some(tx) = self.connected_tx() {
+            let _ = tx.try_send(Command::PollFailed(account.into()));
         }
     }
 
@@ -166,6 +231,7 @@ impl FleetHandle {
         let (reply, answer) = bounded(1);
         let asked = tx.try_send(Command::Claim {
             candidates: candidates.to_vec(),
+            until: Instant::now() + ASK_DEADLINE,
             reply,
         });
         if asked.is_err() {
@@ -196,6 +262,7 @@ impl FleetHandle {
         tx.try_send(Command::PollLease {
             account: account.into(),
             ttl,
+            until: Instant::now() + ASK_DEADLINE,
             reply,
         })
         .ok()?;
@@ -205,7 +272,7 @@ impl FleetHandle {
 
 /// The two fleet threads.
 pub struct Fleet {
-    pub stop: Sender<()>,
+    pub stop: Stop,
     pub thread: JoinHandle<()>,
 }
 
@@ -224,16 +291,16 @@ impl Fleet {
         let store = FleetStore::open(&url)?;
         let subscriber_store = FleetStore::open(&url)?;
         let (stop, stop_rx) = bounded::<()>(0);
+        let forward = Forward(Arc::new(parking_lot::Mutex::new(Some(switcher))));
         let machine = config.fleet.machine.clone();
         let accounts: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
         {
             let machine = machine.clone();
-            let switcher = switcher.clone();
-            let feed = feed.clone();
+            let forward = forward.clone();
             let stop_rx = stop_rx.clone();
             std::thread::Builder::new()
                 .name("fleet-subscriber".into())
-                .spawn(move || subscribe(subscriber_store, &machine, &switcher, &feed, &stop_rx))
+                .spawn(move || subscribe(subscriber_store, &machine, &forward, &feed, &stop_rx))
                 .map_err(|e| e.to_string())?;
         }
         let mut link = Link {
@@ -243,8 +310,10 @@ impl Fleet {
             lease_ttl: config.fleet.lease_ttl,
             view: handle.view.clone(),
             accounts_view,
-            switcher,
+            switcher: forward.clone(),
             notify,
+            answered: None,
+            stop: stop_rx.clone(),
             lease: None,
             pending: Default::default(),
             shared_at: Default::default(),
@@ -277,7 +346,13 @@ impl Fleet {
                 link.leave();
             })
             .map_err(|e| e.to_string())?;
-        Ok(Fleet { stop, thread })
+        Ok(Fleet {
+            stop: Stop {
+                _stop: stop,
+                forward,
+            },
+            thread,
+        })
     }
 }
 
@@ -343,12 +418,16 @@ struct Link {
     lease_ttl: Duration,
     view: SharedFleet,
     accounts_view: SharedView,
-    switcher: Sender<switcher::Command>,
+    switcher: Forward,
     notify: NotifyHandle,
-    /// The lease as last written: (account, since_ms, sessions).
-    lease: Option<(String, u64, u32)>,
+    /// The last error Redis answered with (said once until it changes).
+    answered: Option<String>,
+    /// Disconnects when the role stops.
+    stop: Receiver<()>,
+    /// The lease as last written: (account, since_ms, sessions, moving_to).
+    lease: Option<(String, u64, u32, Option<String>)>,
     /// Readings waiting for their account's [`SHARE_EVERY`], merged.
-    pending: std::collections::BTreeMap<String, SharedReading>,
+    pending: std::collections::BTreeMap<String, Vec<SharedReading>>,
     shared_at: std::collections::HashMap<String, Instant>,
     looked_at: Option<Instant>,
     renewed_at: Option<Instant>,
@@ -363,54 +442,81 @@ impl Link {
     fn handle(&mut self, c: Command) {
         match c {
             Command::Share(r) => {
-                let merged = match self.pending.remove(&r.account) {
-                    Some(old) => SharedReading {
-                        five_hour: r.five_hour.or(old.five_hour),
-                        seven_day: r.seven_day.or(old.seven_day),
-                        limits: r.limits.clone().or(old.limits),
-                        ..r
-                    },
-                    None => r,
-                };
-                self.pending.insert(merged.account.clone(), merged);
+                let queue = self.pending.entry(r.account.clone()).or_default();
+                // An older reading every part of which the new one carries
+                // is replaced; one with a part it lacks (the endpoint's
+                // limits under a status line's windows) goes out too, with
+                // its own time.
+                queue.retain(|old| {
+                    (old.five_hour.is_some() && r.five_hour.is_none())
+                        || (old.seven_day.is_some() && r.seven_day.is_none())
+                        || (old.limits.is_some() && r.limits.is_none())
+                });
+                queue.push(r);
                 self.flush();
             }
             Command::Event(e) => {
                 if self.usable() {
                     let answer = self.store.publish_event(&e);
                     self.outcome(answer);
+                    if e.kind == "swap_ended" {
+                        // Its lease names where it is now: its claims go.
+                        let answer = self.store.release(&self.machine, &self.accounts, None);
+                        self.outcome(answer);
+                    }
                 }
             }
             Command::Renew => {
                 self.renewed_at = None;
                 self.look();
             }
-            Command::Claim { candidates, reply } => {
-                let answer = if self.usable() {
-                    let a = self.store.claim(&candidates, &self.machine, now_ms());
-                    self.outcome(a.clone());
-                    a
-                } else {
-                    Err("Redis unreachable".into())
-                };
-                if let Ok(Some(account)) = &answer {
-                    log::info!("fleet: claimed account {account} as this machine's swap target");
+            Command::Claim {
+                candidates,
+                until,
+                reply,
+            } => {
+                if Instant::now() >= until || !self.usable() {
+                    return;
                 }
-                let _ = reply.send(answer);
+                let answer = self.store.claim(&candidates, &self.machine, now_ms());
+                if let Ok(Some(account)) = &answer {
+                    if reply.send(Ok(Some(account.clone()))).is_ok() {
+                        log::info!(
+                            "fleet: claimed account {account} as this machine's swap target"
+                        );
+                    } else {
+                        // The switcher gave up waiting: nobody moves there.
+                        let r =
+                            self.store
+                                .release(&self.machine, std::slice::from_ref(account), None);
+                        self.outcome(r);
+                    }
+                    self.outcome(answer);
+                    return;
+                }
+                let _ = reply.send(answer.clone());
+                self.outcome(answer);
             }
             Command::PollLease {
                 account,
                 ttl,
+                until,
                 reply,
             } => {
-                let answer = if self.usable() {
-                    let a = self.store.poll_lease(&account, &self.machine, ttl);
-                    self.outcome(a.clone());
-                    a
-                } else {
-                    Err("Redis unreachable".into())
-                };
-                let _ = reply.send(answer);
+                if Instant::now() >= until || !self.usable() {
+                    return;
+                }
+                // Answered late, the monitor has gone on alone and polls
+                // anyway: the lease it holds then stands for that poll.
+                let answer = self.store.poll_lease(&account, &self.machine, ttl);
+                let _ = reply.send(answer.clone());
+                self.outcome(answer);
+            }
+            Command::PollFailed(account) => {
+                if self.usable() {
+                    let answer = self.store.release(&self.machine, &[], Some(&account));
+                    self.outcome(answer);
+                }
             }
         }
     }
@@ -432,14 +538,20 @@ impl Link {
             .cloned()
             .collect();
         for account in due {
-            let Some(r) = self.pending.remove(&account) else {
+            let Some(queue) = self.pending.remove(&account) else {
                 continue;
             };
-            let answer = self.store.put_reading(&r);
-            if self.outcome(answer).is_none() {
-                // Kept for the rejoin, unless a newer one came meanwhile.
-                self.pending.entry(account).or_insert(r);
-                return;
+            for (i, r) in queue.iter().enumerate() {
+                let answer = self.store.put_reading(r);
+                if let Err(FleetError::Unreachable(_)) = &answer {
+                    // Kept for the rejoin, with whatever came meanwhile.
+                    let mut rest = queue[i..].to_vec();
+                    rest.extend(self.pending.remove(&account).unwrap_or_default());
+                    self.pending.insert(account, rest);
+                    self.outcome(answer);
+                    return;
+                }
+                self.outcome(answer);
             }
             self.shared_at.insert(account, Instant::now());
         }
@@ -450,16 +562,27 @@ impl Link {
         self.retry_at.is_none_or(|t| Instant::now() >= t)
     }
 
-    /// Notes a call's outcome: a failure disconnects (once said), a success
-    /// after one rejoins.
-    fn outcome<T>(&mut self, r: Result<T, String>) -> Option<T> {
+    /// Notes a call's outcome: unreachable disconnects (said once), an
+    /// error Redis answered with is said once until it changes and leaves
+    /// the link standing, a success after an outage rejoins.
+    fn outcome<T>(&mut self, r: Result<T, FleetError>) -> Option<T> {
         match r {
             Ok(v) => {
                 self.connected();
                 Some(v)
             }
-            Err(e) => {
+            Err(FleetError::Unreachable(e)) => {
                 self.disconnected(e);
+                None
+            }
+            Err(FleetError::Answered(e)) => {
+                self.connected();
+                if self.answered.as_deref() != Some(e.as_str()) {
+                    log::warn!(
+                        "fleet: Redis refused a call ({e}); the link stands, that call is skipped"
+                    );
+                    self.answered = Some(e);
+                }
                 None
             }
         }
@@ -526,20 +649,20 @@ impl Link {
         if !self.usable() {
             return;
         }
-        let (account, sessions) = {
+        let (account, sessions, moving_to) = {
             let v = self.accounts_view.read();
-            (v.active.clone(), v.sessions)
+            (v.active.clone(), v.sessions, v.moving_to.clone())
         };
         let now = now_ms();
         if !account.is_empty() {
             let since = match &self.lease {
-                Some((a, since, _)) if *a == account => *since,
+                Some((a, since, _, _)) if *a == account => *since,
                 _ => now,
             };
             let changed = self
                 .lease
                 .as_ref()
-                .is_none_or(|(a, _, s)| *a != account || *s != sessions);
+                .is_none_or(|(a, _, s, m)| *a != account || *s != sessions || *m != moving_to);
             let due = self
                 .renewed_at
                 .is_none_or(|t| t.elapsed() >= self.lease_ttl / 3);
@@ -552,16 +675,20 @@ impl Link {
                     renewed_ms: now,
                     expires_ms: now + self.lease_ttl.as_millis() as u64,
                     version: env!("CARGO_PKG_VERSION").into(),
+                    moving_to: moving_to.clone(),
                 };
                 let r = self.store.renew(&lease, self.lease_ttl);
                 if self.outcome(r).is_none() {
                     return;
                 }
-                self.lease = Some((account, since, sessions));
+                self.lease = Some((account, since, sessions, moving_to));
                 self.renewed_at = Some(Instant::now());
             }
         }
-        let r = self.store.fleet(&self.accounts, now);
+        if self.stopping() {
+            return;
+        }
+        let r = self.store.fleet(&self.accounts);
         let Some((machines, claims)) = self.outcome(r) else {
             return;
         };
@@ -570,7 +697,7 @@ impl Link {
             v.machines = machines;
             v.claims = claims;
         }
-        if self.read_all_at.is_none_or(|t| t.elapsed() >= CATCH_UP) {
+        if self.read_all_at.is_none_or(|t| t.elapsed() >= CATCH_UP) && !self.stopping() {
             let r = self.store.readings(&self.accounts);
             if let Some(readings) = self.outcome(r) {
                 self.read_all_at = Some(Instant::now());
@@ -580,10 +707,18 @@ impl Link {
                     .map(switcher::Command::FleetReading)
                     .collect();
                 if !from_others.is_empty() {
-                    let _ = self.switcher.send(switcher::Command::Batch(from_others));
+                    self.switcher.send(switcher::Command::Batch(from_others));
                 }
             }
         }
+    }
+
+    /// The role is stopping: no more Redis calls but the last.
+    fn stopping(&self) -> bool {
+        matches!(
+            self.stop.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
     }
 
     /// A clean stop: this machine's lease goes at once.
@@ -600,37 +735,32 @@ impl Link {
 }
 
 /// The subscriber thread: other machines' readings to the switcher, their
-/// swap events to this machine's event stream. Reconnects every second
-/// while Redis is away.
-fn subscribe(
-    store: FleetStore,
-    me: &str,
-    switcher: &Sender<switcher::Command>,
-    feed: &Events,
-    stop: &Receiver<()>,
-) {
+/// swap events to this machine's event stream. After any failure it waits a
+/// second (or until stopped) before it connects again.
+fn subscribe(store: FleetStore, me: &str, switcher: &Forward, feed: &Events, stop: &Receiver<()>) {
     let stopped = || {
         matches!(
             stop.try_recv(),
             Err(crossbeam_channel::TryRecvError::Disconnected)
         )
     };
+    let pause = || {
+        stop.recv_timeout(Duration::from_secs(1))
+            .is_err_and(|e| e.is_disconnected())
+    };
     while !stopped() {
-        let mut conn = match store.subscriber(Duration::from_millis(500)) {
-            Ok(c) => c,
-            Err(_) => {
-                // The fleet thread says it once; here only wait and retry.
-                if stop
-                    .recv_timeout(Duration::from_secs(1))
-                    .is_err_and(|e| e.is_disconnected())
-                {
-                    return;
-                }
-                continue;
+        // The fleet thread says an outage once; here only wait and retry.
+        let Ok(mut conn) = store.subscriber(Duration::from_millis(500)) else {
+            if pause() {
+                return;
             }
+            continue;
         };
         let mut ps = conn.as_pubsub();
         if ps.subscribe(&[READINGS_CHANNEL, EVENTS_CHANNEL]).is_err() {
+            if pause() {
+                return;
+            }
             continue;
         }
         loop {
@@ -649,7 +779,7 @@ fn subscribe(
                 READINGS_CHANNEL => {
                     if let Ok(r) = serde_json::from_str::<SharedReading>(&payload) {
                         if r.machine != me {
-                            let _ = switcher.send(switcher::Command::FleetReading(r));
+                            switcher.send(switcher::Command::FleetReading(r));
                         }
                     }
                 }
@@ -667,6 +797,9 @@ fn subscribe(
                 }
                 _ => {}
             }
+        }
+        if pause() {
+            return;
         }
     }
 }

@@ -107,8 +107,14 @@ impl QuotaMonitor {
                         }
                         // One machine of the fleet polls each account per
                         // interval and shares the answer; Redis away: alone.
+                        // A machine that cannot send the request (no login,
+                        // an expired token) takes no lease from one that can.
                         let lease = config.quota.poll_interval + crate::store::fleet::POLL_SLACK;
-                        if let Some(PollLease::Held { by, for_ms }) = fleet.poll_lease(&account.name, lease) {
+                        let can_send = Credentials::read(&account.home)
+                            .is_ok_and(|c| !c.expired(SystemTime::now()));
+                        if let Some(PollLease::Held { by, for_ms }) =
+                            can_send.then(|| fleet.poll_lease(&account.name, lease)).flatten()
+                        {
                             log::debug!("usage endpoint for account {}: machine {by} polls it this interval", account.name);
                             schedule.after(&account.name, Outcome::PolledElsewhere(Duration::from_millis(for_ms)), now.at);
                             continue;

@@ -246,6 +246,9 @@ pub struct AccountsView {
     /// The managed sessions in the main loop's newest snapshot (the fleet
     /// lease says how many this machine runs).
     pub sessions: u32,
+    /// The target of the swap under way (the fleet lease says where this
+    /// machine is moving, for as long as the swap takes).
+    pub moving_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -672,18 +675,16 @@ impl Accounts {
                 let Some(q) = self.quota_mut(&r.account) else {
                     return;
                 };
-                if !crate::decide::fleet::newer(r.observed_at_ms, q.observed_at_ms) {
-                    return;
-                }
-                q.read_shared(
+                if q.read_shared(
                     r.five_hour,
                     r.seven_day,
                     r.limits,
                     r.source,
                     &r.machine,
                     r.observed_at_ms,
-                );
-                self.persist_quota(&r.account);
+                ) {
+                    self.persist_quota(&r.account);
+                }
             }
             Command::Refusal {
                 home,
@@ -1055,7 +1056,7 @@ impl Accounts {
         } = &r
         {
             let data = serde_json::json!({"swap_id": id, "from": from, "to": to, "reason": reason, "mode": self.config.swap.mode.as_str()});
-            self.fleet.swap_event("swap_started", data.clone());
+            self.fleet.swap_event("swap_started", &data);
             self.feed.publish(EventKind::SwapStarted, data);
         }
         let _ = self.out.send(r);
@@ -1070,7 +1071,7 @@ impl Accounts {
         }
         self.history.push_back(outcome.clone());
         let data = serde_json::to_value(&outcome).unwrap_or_default();
-        self.fleet.swap_event("swap_ended", data.clone());
+        self.fleet.swap_event("swap_ended", &data);
         self.feed.publish(EventKind::SwapEnded, data);
         self.last_swap = Some(outcome);
     }
@@ -1119,7 +1120,7 @@ impl Accounts {
         let id = format!("swap-{}", now_ms());
         log::warn!("swap {id}: {} → {to}: {reason}", from.name);
         // Requests read from here on are answered as during a swap, with its id.
-        self.view.write().swap_in_progress = Some(id.clone());
+        self.moving(&id, to);
         // The newest snapshot of the sessions is what gets checkpointed.
         self.take_waiting();
         let started_at = SystemTime::now();
@@ -1378,7 +1379,11 @@ impl Accounts {
         self.take_waiting();
         // The view is current before anyone hears that the swap ended.
         self.publish();
-        self.view.write().swap_in_progress = None;
+        {
+            let mut v = self.view.write();
+            v.swap_in_progress = None;
+            v.moving_to = None;
+        }
         let _ = self.out.send(Report::SwapEnded(outcome.clone()));
         outcome
     }
@@ -1394,6 +1399,17 @@ impl Accounts {
             &pools,
             now_ms(),
         )
+    }
+
+    /// A swap `id` to `to` is under way: requests read from here on are
+    /// answered as during a swap; the fleet lease says where this machine moves.
+    fn moving(&mut self, id: &str, to: &str) {
+        {
+            let mut v = self.view.write();
+            v.swap_in_progress = Some(id.to_string());
+            v.moving_to = Some(to.to_string());
+        }
+        self.fleet.renew();
     }
 
     /// The fleet's say in a swap target `to` chosen by today's rules: among

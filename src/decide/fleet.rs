@@ -6,8 +6,7 @@
 //!   moving there right now);
 //! - the order in which to try swap targets: today's order (fewest blocked
 //!   pools, lowest load, config order) re-sorted, stably, by how many other
-//!   machines run on each, so the first is the usable account the fewest run on;
-//! - whether a shared reading is newer than what this machine holds.
+//!   machines run on each, so the first is the usable account the fewest run on.
 //!
 //! The shell (`daemon::fleet`) reads and writes Redis; the switcher asks
 //! these functions with the view it holds and `now`.
@@ -33,6 +32,9 @@ pub struct MachineLease {
     /// The daemon's version.
     #[serde(default)]
     pub version: String,
+    /// The target of its swap under way: it counts there already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
 }
 
 /// A machine's short claim on an account it is about to swap to.
@@ -77,10 +79,12 @@ impl FleetView {
         }
         for m in self.live_machines(now_ms) {
             if m.machine != me {
-                crowd
-                    .entry(m.account.clone())
-                    .or_default()
-                    .insert(m.machine.clone());
+                for account in std::iter::once(&m.account).chain(&m.moving_to) {
+                    crowd
+                        .entry(account.clone())
+                        .or_default()
+                        .insert(m.machine.clone());
+                }
             }
         }
         for c in &self.claims {
@@ -107,12 +111,6 @@ pub fn prefer_least_crowded(
     out
 }
 
-/// Whether a shared reading observed at `remote_ms` should replace what
-/// this machine holds, last observed at `local_ms` (`None`: no reading yet).
-pub fn newer(remote_ms: u64, local_ms: Option<u64>) -> bool {
-    local_ms.is_none_or(|l| remote_ms > l)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +124,7 @@ mod tests {
             renewed_ms: 0,
             expires_ms,
             version: String::new(),
+            moving_to: None,
         }
     }
 
@@ -206,6 +205,24 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_in_the_middle_of_a_swap_counts_on_its_target_already() {
+        let mut m2 = lease("m2", "alpha", 10_000);
+        m2.moving_to = Some("beta".into());
+        let view = FleetView {
+            enabled: true,
+            connected: true,
+            machines: vec![m2],
+            ..FleetView::default()
+        };
+        let crowd = view.crowd("m1", 0);
+        assert_eq!(crowd["beta"].len(), 1);
+        assert_eq!(
+            prefer_least_crowded(&names(&["beta", "gamma"]), &crowd),
+            names(&["gamma", "beta"])
+        );
+    }
+
+    #[test]
     fn a_disconnected_view_steers_nothing() {
         let view = FleetView {
             enabled: true,
@@ -214,13 +231,5 @@ mod tests {
             ..FleetView::default()
         };
         assert!(view.crowd("m1", 0).is_empty());
-    }
-
-    #[test]
-    fn only_a_newer_reading_replaces_the_one_held() {
-        assert!(newer(5, None));
-        assert!(newer(6, Some(5)));
-        assert!(!newer(5, Some(5)));
-        assert!(!newer(4, Some(5)));
     }
 }

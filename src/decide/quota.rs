@@ -151,6 +151,19 @@ pub struct AccountQuota {
     /// The fleet machine the newest reading came from; `None`: this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// When each part was last read (Unix ms): a status line carries the
+    /// windows, the endpoint also the limits, so a shared reading is newer
+    /// part by part.
+    #[serde(default)]
+    pub parts_ms: PartTimes,
+}
+
+/// Unix ms of the last reading of each part of an account's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PartTimes {
+    pub five_hour: Option<u64>,
+    pub seven_day: Option<u64>,
+    pub limits: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,12 +198,15 @@ impl AccountQuota {
     ) {
         if let Some(l) = limits {
             self.limits = l;
+            self.parts_ms.limits = Some(now_ms);
         }
         if five_hour.is_some() {
             self.five_hour = five_hour;
+            self.parts_ms.five_hour = Some(now_ms);
         }
         if seven_day.is_some() {
             self.seven_day = seven_day;
+            self.parts_ms.seven_day = Some(now_ms);
         }
         self.source = Some(source);
         self.observed_at_ms = Some(now_ms);
@@ -216,9 +232,11 @@ impl AccountQuota {
     }
 
     /// A reading another machine of the fleet took at `observed_ms` (Unix
-    /// ms): recorded as that machine's, with its age. Its usage-endpoint
-    /// answer came with that machine's own token, so it says nothing about
-    /// this machine's login (`needs_person` stays).
+    /// ms), kept part by part where it is newer than what this machine
+    /// read. Windows taken: recorded as that machine's, with its age. Its
+    /// usage-endpoint answer came with that machine's own token, so it says
+    /// nothing about this machine's login (`needs_person` stays). Returns
+    /// whether any part was kept.
     pub fn read_shared(
         &mut self,
         five_hour: Option<Window>,
@@ -227,11 +245,27 @@ impl AccountQuota {
         source: Source,
         machine: &str,
         observed_ms: u64,
-    ) {
+    ) -> bool {
+        let newer = |t: Option<u64>| t.is_none_or(|t| observed_ms > t);
+        let five_hour = five_hour.filter(|_| newer(self.parts_ms.five_hour));
+        let seven_day = seven_day.filter(|_| newer(self.parts_ms.seven_day));
+        let limits = limits.filter(|_| newer(self.parts_ms.limits));
+        if five_hour.is_none() && seven_day.is_none() {
+            // The endpoint's limits alone: the windows and their source stay.
+            return match limits {
+                Some(l) => {
+                    self.limits = l;
+                    self.parts_ms.limits = Some(observed_ms);
+                    true
+                }
+                None => false,
+            };
+        }
         let needs_person = self.needs_person.take();
         self.read_limits(five_hour, seven_day, limits, source, observed_ms);
         self.needs_person = needs_person;
         self.machine = Some(machine.to_string());
+        true
     }
 
     /// A refusal by the weekly limit of one model (`model`, a display name
@@ -893,6 +927,54 @@ mod tests {
             Source::Statusline,
             now_ms,
         );
+    }
+
+    #[test]
+    fn a_shared_reading_is_kept_part_by_part_where_it_is_newer() {
+        let w = |u: f64| Window {
+            utilization: u,
+            resets_at: Some(9),
+        };
+        let mut q = AccountQuota {
+            needs_person: Some("login".into()),
+            ..AccountQuota::default()
+        };
+        // This machine's status line at t=100: the windows.
+        q.read(Some(w(10.0)), Some(w(20.0)), Source::Statusline, 100);
+        // Another machine's poll at t=90: older windows, but limits we lack.
+        let scoped = Limit {
+            kind: LimitScope::WeeklyScoped,
+            model: Some("Opus".into()),
+            utilization: 55.0,
+            resets_at: None,
+            is_active: None,
+            severity: None,
+        };
+        assert!(q.read_shared(
+            Some(w(99.0)),
+            Some(w(99.0)),
+            Some(vec![scoped.clone()]),
+            Source::UsageEndpoint,
+            "m2",
+            90
+        ));
+        assert_eq!(q.five_hour, Some(w(10.0)), "older windows are not taken");
+        assert_eq!(q.limits, vec![scoped]);
+        assert_eq!(
+            (q.source, q.observed_at_ms, q.machine.as_deref()),
+            (Some(Source::Statusline), Some(100), None)
+        );
+        // Nothing newer at all: nothing kept.
+        assert!(!q.read_shared(Some(w(1.0)), None, None, Source::Statusline, "m2", 95));
+        // Newer windows: kept as m2's; its login says nothing of ours.
+        assert!(q.read_shared(Some(w(30.0)), None, None, Source::Statusline, "m2", 150));
+        assert_eq!(q.five_hour, Some(w(30.0)));
+        assert_eq!(q.seven_day, Some(w(20.0)));
+        assert_eq!(
+            (q.observed_at_ms, q.machine.as_deref()),
+            (Some(150), Some("m2"))
+        );
+        assert_eq!(q.needs_person.as_deref(), Some("login"));
     }
 
     #[test]

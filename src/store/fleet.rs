@@ -8,8 +8,8 @@
 //! | `claude-failover:reading:{account}:{limit}` (`five_hour`, `seven_day`, `limits`) | `{observed_ms}\|{SharedReading JSON}`, newest wins (a Lua script compares) | [`READING_TTL`] |
 //! | `claude-failover:poll:{account}` | the machine that polls the usage endpoint for the fleet this interval | `quota.poll_interval` + 1 s |
 //! | `claude-failover:machine:{machine}` | its [`MachineLease`] JSON | `fleet.lease_ttl` |
-//! | `claude-failover:machines` | sorted set: machine → its lease's expiry (Unix ms), the index of the above | none; members past expiry are dropped by readers |
-//! | `claude-failover:claim:{account}` | `{machine, expires_ms}` of a machine swapping to it, set only if absent | [`CLAIM_TTL`] |
+//! | `claude-failover:machines` | sorted set: machine → its lease's expiry (Unix ms), the index of the above | 2 × `fleet.lease_ttl`, pushed out by every renewal; readers remove members whose lease key is gone |
+//! | `claude-failover:claim:{account}` | `{machine}\|{expires_ms}` of a machine swapping to it, set only when free or its own (Lua) | [`CLAIM_TTL`] |
 //!
 //! Channels: `claude-failover:readings` (every reading written, as
 //! [`SharedReading`] JSON) and `claude-failover:events` (swap events,
@@ -41,6 +41,45 @@ pub const POLL_SLACK: Duration = Duration::from_secs(1);
 pub const READINGS_CHANNEL: &str = "claude-failover:readings";
 pub const EVENTS_CHANNEL: &str = "claude-failover:events";
 const MACHINES: &str = "claude-failover:machines";
+
+/// A Redis call that did not do its work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetError {
+    /// Down, refused, timed out, the connection broke: this machine goes
+    /// on alone until a call succeeds again.
+    Unreachable(String),
+    /// Redis answered with an error (a key of the wrong type, no
+    /// permission, read-only, out of memory): this call failed, the link
+    /// stands.
+    Answered(String),
+}
+
+impl std::fmt::Display for FleetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FleetError::Unreachable(e) | FleetError::Answered(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<redis::RedisError> for FleetError {
+    fn from(e: redis::RedisError) -> FleetError {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error()
+        {
+            FleetError::Unreachable(e.to_string())
+        } else {
+            FleetError::Answered(e.to_string())
+        }
+    }
+}
+
+fn unreadable(e: impl std::fmt::Display) -> FleetError {
+    FleetError::Answered(e.to_string())
+}
 
 /// One quota reading as the fleet shares it: any machine's reading serves all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,11 +200,43 @@ end
 return {0, redis.call('PTTL', KEYS[1]), cur}
 ";
 
+/// The claim, atomically: the first of KEYS free or already this
+/// machine's (its value starts with `ARGV[1]|`) is set to ARGV[2] for
+/// ARGV[3] ms; returns its 1-based index, 0 when every one is another's.
+const CLAIM: &str = r"
+local prefix = ARGV[1] .. '|'
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if (not cur) or string.sub(cur, 1, #prefix) == prefix then
+    redis.call('SET', key, ARGV[2], 'PX', ARGV[3])
+    return i
+  end
+end
+return 0
+";
+
+/// Deletes each of KEYS whose value is ARGV[1] or starts with `ARGV[1]|`:
+/// this machine's own poll leases or claims, never another's.
+const RELEASE: &str = r"
+local n = 0
+local prefix = ARGV[1] .. '|'
+for _, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if cur and (cur == ARGV[1] or string.sub(cur, 1, #prefix) == prefix) then
+    redis.call('DEL', key)
+    n = n + 1
+  end
+end
+return n
+";
+
 /// The Lua scripts, loaded once per connection by `EVALSHA` (the crate
 /// falls back to `EVAL` when the server does not know one yet).
 pub struct Scripts {
     put_reading: redis::Script,
     poll_lease: redis::Script,
+    claim: redis::Script,
+    release: redis::Script,
 }
 
 /// A connection to the fleet's Redis, reopened on the next call after any
@@ -186,6 +257,8 @@ impl FleetStore {
             scripts: Scripts {
                 put_reading: redis::Script::new(PUT_READING),
                 poll_lease: redis::Script::new(POLL_LEASE),
+                claim: redis::Script::new(CLAIM),
+                release: redis::Script::new(RELEASE),
             },
         })
     }
@@ -208,45 +281,45 @@ impl FleetStore {
     fn with<T>(
         &mut self,
         f: impl FnOnce(&mut redis::Connection, &Scripts) -> redis::RedisResult<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, FleetError> {
         if self.conn.is_none() {
+            let unreachable = |e: redis::RedisError| FleetError::Unreachable(e.to_string());
             let conn = self
                 .client
                 .get_connection_with_timeout(DEADLINE)
-                .map_err(|e| e.to_string())?;
-            conn.set_read_timeout(Some(DEADLINE))
-                .map_err(|e| e.to_string())?;
+                .map_err(unreachable)?;
+            conn.set_read_timeout(Some(DEADLINE)).map_err(unreachable)?;
             conn.set_write_timeout(Some(DEADLINE))
-                .map_err(|e| e.to_string())?;
+                .map_err(unreachable)?;
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        match f(conn, &self.scripts) {
-            Ok(v) => Ok(v),
-            Err(e) => {
+        f(conn, &self.scripts).map_err(|e| {
+            let e = FleetError::from(e);
+            if matches!(e, FleetError::Unreachable(_)) {
                 // A timed-out or broken connection may hold a half-read
                 // answer: never reuse it.
                 self.conn = None;
-                Err(e.to_string())
             }
-        }
+            e
+        })
     }
 
-    pub fn ping(&mut self) -> Result<(), String> {
+    pub fn ping(&mut self) -> Result<(), FleetError> {
         self.with(|c, _| redis::cmd("PING").query::<String>(c).map(|_| ()))
     }
 
     /// Writes `r` where it is newer than what is stored, and publishes it.
     /// Returns whether any part was written.
-    pub fn put_reading(&mut self, r: &SharedReading) -> Result<bool, String> {
+    pub fn put_reading(&mut self, r: &SharedReading) -> Result<bool, FleetError> {
         let parts = r.parts();
         if parts.is_empty() {
             return Ok(false);
         }
-        let message = serde_json::to_string(r).map_err(|e| e.to_string())?;
+        let message = serde_json::to_string(r).map_err(unreadable)?;
         let mut values = Vec::new();
         for (_, p) in &parts {
-            values.push(serde_json::to_string(p).map_err(|e| e.to_string())?);
+            values.push(serde_json::to_string(p).map_err(unreadable)?);
         }
         let ttl = READING_TTL.as_millis() as u64;
         self.with(|c, scripts| {
@@ -266,7 +339,7 @@ impl FleetStore {
     }
 
     /// Every stored reading of `accounts`, one per account and limit.
-    pub fn readings(&mut self, accounts: &[String]) -> Result<Vec<SharedReading>, String> {
+    pub fn readings(&mut self, accounts: &[String]) -> Result<Vec<SharedReading>, FleetError> {
         let keys: Vec<String> = accounts
             .iter()
             .flat_map(|a| ["five_hour", "seven_day", "limits"].map(|l| reading_key(a, l)))
@@ -294,7 +367,7 @@ impl FleetStore {
         account: &str,
         machine: &str,
         ttl: Duration,
-    ) -> Result<PollLease, String> {
+    ) -> Result<PollLease, FleetError> {
         let key = poll_key(account);
         let ttl_ms = ttl.as_millis() as u64;
         self.with(|c, scripts| {
@@ -316,8 +389,8 @@ impl FleetStore {
     }
 
     /// Renews this machine's lease and its entry in the index.
-    pub fn renew(&mut self, lease: &MachineLease, ttl: Duration) -> Result<(), String> {
-        let json = serde_json::to_string(lease).map_err(|e| e.to_string())?;
+    pub fn renew(&mut self, lease: &MachineLease, ttl: Duration) -> Result<(), FleetError> {
+        let json = serde_json::to_string(lease).map_err(unreadable)?;
         let key = machine_key(&lease.machine);
         self.with(|c, _| {
             redis::pipe()
@@ -329,12 +402,16 @@ impl FleetStore {
                 .ignore()
                 .zadd(MACHINES, &lease.machine, lease.expires_ms)
                 .ignore()
+                // The index lives while any machine renews, and lapses
+                // with the last of them.
+                .pexpire(MACHINES, 2 * ttl.as_millis() as i64)
+                .ignore()
                 .query::<()>(c)
         })
     }
 
     /// Removes this machine's lease (a clean stop).
-    pub fn leave(&mut self, machine: &str) -> Result<(), String> {
+    pub fn leave(&mut self, machine: &str) -> Result<(), FleetError> {
         let key = machine_key(machine);
         self.with(|c, _| {
             redis::pipe()
@@ -346,28 +423,15 @@ impl FleetStore {
         })
     }
 
-    /// Every lease in force at `now_ms`, and the claims on `accounts`.
+    /// Every machine's lease whose key still exists (Redis expires it:
+    /// the server's clock decides, not a reader's), and the claims on
+    /// `accounts`. Index entries whose lease key is gone are removed.
     pub fn fleet(
         &mut self,
         accounts: &[String],
-        now_ms: u64,
-    ) -> Result<(Vec<MachineLease>, Vec<Claim>), String> {
-        let names: Vec<String> = self.with(|c, _| {
-            // Index entries a minute past their expiry are dropped here:
-            // a machine that died leaves nothing behind for long.
-            redis::pipe()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(MACHINES)
-                .arg("-inf")
-                .arg(now_ms.saturating_sub(60_000))
-                .ignore()
-                .cmd("ZRANGEBYSCORE")
-                .arg(MACHINES)
-                .arg(now_ms)
-                .arg("+inf")
-                .query::<(Vec<String>,)>(c)
-                .map(|(n,)| n)
-        })?;
+    ) -> Result<(Vec<MachineLease>, Vec<Claim>), FleetError> {
+        let names: Vec<String> =
+            self.with(|c, _| redis::cmd("ZRANGE").arg(MACHINES).arg(0).arg(-1).query(c))?;
         let machine_keys: Vec<String> = names.iter().map(|m| machine_key(m)).collect();
         let claim_keys: Vec<String> = accounts.iter().map(|a| claim_key(a)).collect();
         let all: Vec<String> = machine_keys.iter().chain(&claim_keys).cloned().collect();
@@ -377,6 +441,15 @@ impl FleetStore {
         let values: Vec<Option<String>> =
             self.with(|c, _| redis::cmd("MGET").arg(&all).query(c))?;
         let (leases, claims) = values.split_at(machine_keys.len().min(values.len()));
+        let gone: Vec<&String> = names
+            .iter()
+            .zip(leases)
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| n)
+            .collect();
+        if !gone.is_empty() {
+            self.with(|c, _| redis::cmd("ZREM").arg(MACHINES).arg(&gone).query::<()>(c))?;
+        }
         let leases = leases
             .iter()
             .flatten()
@@ -386,70 +459,66 @@ impl FleetStore {
             .iter()
             .zip(accounts)
             .filter_map(|(v, account)| {
-                let c: serde_json::Value = serde_json::from_str(v.as_deref()?).ok()?;
+                let (machine, expires) = v.as_deref()?.split_once('|')?;
                 Some(Claim {
                     account: account.clone(),
-                    machine: c.get("machine")?.as_str()?.to_string(),
-                    expires_ms: c.get("expires_ms")?.as_u64()?,
+                    machine: machine.to_string(),
+                    expires_ms: expires.parse().ok()?,
                 })
             })
             .collect();
         Ok((leases, claims))
     }
 
-    /// Claims the first of `candidates` no other machine claimed (compare
-    /// and set: `SET NX`, or already this machine's), for [`CLAIM_TTL`].
-    /// `None`: every one is claimed by another machine.
+    /// Claims the first of `candidates` that no other machine claimed, or
+    /// that this machine did (one Lua script: compare and set), for
+    /// [`CLAIM_TTL`]. `None`: every one is another machine's.
     pub fn claim(
         &mut self,
         candidates: &[String],
         machine: &str,
         now_ms: u64,
-    ) -> Result<Option<String>, String> {
-        let ttl_ms = CLAIM_TTL.as_millis() as u64;
-        let value =
-            serde_json::json!({"machine": machine, "expires_ms": now_ms + ttl_ms}).to_string();
-        for account in candidates {
-            let key = claim_key(account);
-            let won = self.with(|c, _| {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query(c)?;
-                if set.is_some() {
-                    return Ok(true);
-                }
-                let held: Option<String> = redis::cmd("GET").arg(&key).query(c)?;
-                let ours = held
-                    .and_then(|h| serde_json::from_str::<serde_json::Value>(&h).ok())
-                    .and_then(|h| {
-                        h.get("machine")
-                            .and_then(|m| m.as_str())
-                            .map(|m| m == machine)
-                    })
-                    .unwrap_or(false);
-                if ours {
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(&value)
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query::<()>(c)?;
-                }
-                Ok(ours)
-            })?;
-            if won {
-                return Ok(Some(account.clone()));
-            }
+    ) -> Result<Option<String>, FleetError> {
+        if candidates.is_empty() {
+            return Ok(None);
         }
-        Ok(None)
+        let ttl_ms = CLAIM_TTL.as_millis() as u64;
+        let value = format!("{machine}|{}", now_ms + ttl_ms);
+        let i: usize = self.with(|c, scripts| {
+            let mut inv = scripts.claim.prepare_invoke();
+            for a in candidates {
+                inv.key(claim_key(a));
+            }
+            inv.arg(machine).arg(&value).arg(ttl_ms).invoke(c)
+        })?;
+        Ok(i.checked_sub(1).and_then(|i| candidates.get(i).cloned()))
     }
 
-    pub fn publish_event(&mut self, event: &FleetEvent) -> Result<(), String> {
-        let json = serde_json::to_string(event).map_err(|e| e.to_string())?;
+    /// Deletes this machine's claims on `accounts` (its swap ended) and,
+    /// when `poll_of` names an account, its poll lease on it (the poll did
+    /// not read: another machine may try at once). Never another's.
+    pub fn release(
+        &mut self,
+        machine: &str,
+        claims_on: &[String],
+        poll_of: Option<&str>,
+    ) -> Result<u32, FleetError> {
+        let mut keys: Vec<String> = claims_on.iter().map(|a| claim_key(a)).collect();
+        keys.extend(poll_of.map(poll_key));
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.with(|c, scripts| {
+            let mut inv = scripts.release.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            inv.arg(machine).invoke(c)
+        })
+    }
+
+    pub fn publish_event(&mut self, event: &FleetEvent) -> Result<(), FleetError> {
+        let json = serde_json::to_string(event).map_err(unreadable)?;
         self.with(|c, _| {
             redis::cmd("PUBLISH")
                 .arg(EVENTS_CHANNEL)

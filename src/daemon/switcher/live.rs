@@ -159,7 +159,7 @@ impl Accounts {
         self.save_quotas();
         let id = format!("swap-{}", super::now_ms());
         log::warn!("swap {id} (live): {} → {to}: {reason}", from.name);
-        self.view.write().swap_in_progress = Some(id.clone());
+        self.moving(&id, to);
         self.take_waiting();
         let started_at = SystemTime::now();
         let mut j = Journal {
