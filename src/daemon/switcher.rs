@@ -317,6 +317,10 @@ struct Accounts {
     /// with the active home at the next turn.
     seat_dirty: bool,
     last_seat_sync: std::time::Instant,
+    /// Live mode: the seat's lock a swap that just ended still holds, let
+    /// go once its answer is sent (the answer does not wait behind the
+    /// release, which wakes every Claude Code watching the seat).
+    seat_lock: Option<crate::claude::seat::SeatLock>,
 }
 
 impl Switcher {
@@ -368,7 +372,17 @@ impl Switcher {
             last_saved: std::time::Instant::now(),
             seat_dirty: true,
             last_seat_sync: std::time::Instant::now(),
+            seat_lock: None,
         };
+        // What a crash between a prepared write and its commit left
+        // (a copy of a login among them).
+        for name in [
+            JOURNAL_FILE,
+            "active.json",
+            crate::claude::facts::CREDENTIALS_FILE,
+        ] {
+            atomic_file::remove_temps_of(&config.state_dir, name);
+        }
         state.recover();
         state.sync_seat();
         if let Some(seat) = config.live_seat() {
@@ -444,12 +458,15 @@ pub fn active_of(config: &Config, a: &crate::config::AccountConfig) -> Active {
 
 fn write_active(path: &Path, account: &str, swap_id: Option<&str>) -> std::io::Result<()> {
     failpoint_io("write-active", account)?;
-    let file = ActiveFile {
+    atomic_file::write_json(path, &active_file(account, swap_id))
+}
+
+fn active_file(account: &str, swap_id: Option<&str>) -> ActiveFile {
+    ActiveFile {
         account: account.to_string(),
         since: crate::sys::time::rfc3339(SystemTime::now()),
         swap_id: swap_id.map(String::from),
-    };
-    atomic_file::write_json(path, &file)
+    }
 }
 
 fn usage_path(config: &Config, account: &str) -> PathBuf {
@@ -766,6 +783,7 @@ impl Accounts {
             if let Some(reply) = cause.reply {
                 let _ = reply.send(result);
             }
+            self.release_seat_lock();
         }
     }
 
@@ -1000,6 +1018,7 @@ impl Accounts {
                     });
                 }
                 self.swap(&to, &reason, urgent);
+                self.release_seat_lock();
             }
             Decision::NoAccount {
                 reason,
@@ -1036,6 +1055,13 @@ impl Accounts {
     fn enter(&mut self, j: &mut Journal, phase: Phase) {
         j.phase = phase;
         self.write_journal(j);
+        self.entered(j);
+    }
+
+    /// The swap is in `j.phase`, its journal written: logged, timed,
+    /// announced; a test's fail point for it fires here.
+    fn entered(&mut self, j: &Journal) {
+        let phase = j.phase;
         log::info!("swap {}: {}", j.id, phase.as_str());
         self.close_phase();
         self.phase_clock = Some((phase, Instant::now()));
@@ -1533,6 +1559,11 @@ impl Accounts {
     fn flip(&self, account: &str, swap_id: Option<&str>) -> Result<(), String> {
         write_active(&self.active_path, account, swap_id)
             .map_err(|e| format!("cannot write {}: {e}", self.active_path.display()))?;
+        self.repoint_active_link(account)
+    }
+
+    /// `active_link` (when configured) points at `account`'s home.
+    fn repoint_active_link(&self, account: &str) -> Result<(), String> {
         if let (Some(link), Some(a)) = (&self.config.active_link, self.config.account(account)) {
             repoint(link, &a.home)
                 .map_err(|e| format!("cannot repoint {}: {e}", link.display()))?;

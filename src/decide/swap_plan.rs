@@ -229,6 +229,24 @@ pub fn live_recovery(
     }
 }
 
+/// Whether a live swap's journal entry for `phase` must be on disk (file
+/// and folder flushed) before the swap goes on. Before the seat is written
+/// (checkpoint, lock, keep), the journal a restart finds only ever rolls
+/// back to the outgoing account, which is still the active one, under the
+/// lock: exactly what a restart with no journal (or a corrupt one, set
+/// aside) does, so losing that entry to a power loss loses nothing, and it
+/// is written without `fsync` (a crash of the daemon alone keeps it).
+/// `seat` must be durable before the seat is written: only it tells a
+/// restart that the seat's content may be the target's. `flip`'s entry is
+/// flushed with `active.json`, in the same folder, before the lock is let
+/// go; until then the `seat` entry holds, which recovers the same way.
+pub fn live_journal_durable(phase: Phase) -> bool {
+    !matches!(
+        phase,
+        Phase::Checkpoint | Phase::Lock | Phase::Keep | Phase::Flip
+    )
+}
+
 /// What the recovery's finish-forward attempt ends as: finished, or (when
 /// the target's folders or the flip failed) rolled back.
 pub fn recovery_outcome(finished: bool) -> SwapOutcome {
@@ -574,6 +592,27 @@ mod tests {
     }
 
     // --- recovery: every journal phase ---
+
+    #[test]
+    fn a_live_journal_entry_is_flushed_where_a_lost_one_would_recover_otherwise() {
+        // Entries a restart rolls back from are the same as none at all.
+        for phase in [Phase::Checkpoint, Phase::Lock, Phase::Keep] {
+            assert!(!live_journal_durable(phase), "{phase:?}");
+            for seat in [SeatHolds::Outgoing, SeatHolds::Neither] {
+                assert_eq!(
+                    live_recovery(phase, false, true, seat),
+                    LiveRecovery::RollBack
+                );
+            }
+        }
+        assert!(live_journal_durable(Phase::Seat));
+        assert!(live_journal_durable(Phase::Partial));
+        // Lost, flip's entry leaves seat's, which finishes what it can tell.
+        assert_eq!(
+            live_recovery(Phase::Seat, false, true, SeatHolds::Target),
+            live_recovery(Phase::Flip, false, true, SeatHolds::Target)
+        );
+    }
 
     #[test]
     fn a_corrupt_journal_keeps_the_active_account() {

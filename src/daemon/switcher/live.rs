@@ -87,6 +87,7 @@ impl Accounts {
     /// login in the home goes to the seat). Under the lock; a lock held by a
     /// refresh in flight is tried again at the next turn.
     pub(super) fn sync_seat(&mut self) {
+        self.release_seat_lock();
         self.last_seat_sync = Instant::now();
         let (Some(seat), Some(home)) = (self.seat(), self.home_of(&self.active.name)) else {
             self.seat_dirty = false;
@@ -118,6 +119,25 @@ impl Accounts {
                 self.seat_dirty = true;
             }
         }
+    }
+
+    /// Lets go of the lock a live swap kept past its answer.
+    pub(super) fn release_seat_lock(&mut self) {
+        self.seat_lock = None;
+    }
+
+    /// A journal entry of a live swap's phase before the seat is written:
+    /// without `fsync` ([`swap_plan::live_journal_durable`] says why).
+    fn enter_unflushed(&mut self, j: &mut Journal, phase: Phase) {
+        debug_assert!(!swap_plan::live_journal_durable(phase));
+        j.phase = phase;
+        let written = crate::store::atomic_file::json_bytes(j).and_then(|b| {
+            crate::store::atomic_file::write_unflushed(&self.journal_path, &b, 0o600)
+        });
+        if let Err(e) = written {
+            log::error!("cannot write {}: {e}", self.journal_path.display());
+        }
+        self.entered(j);
     }
 
     /// One live swap, start to end (see the module doc).
@@ -156,7 +176,9 @@ impl Accounts {
                 )
             }
         };
-        self.save_quotas();
+        self.release_seat_lock();
+        // The readings are saved by the next turn (within a second), not
+        // here: nothing a restart does with this swap depends on them.
         let id = format!("swap-{}", super::now_ms());
         log::warn!("swap {id} (live): {} → {to}: {reason}", from.name);
         self.moving(&id, to);
@@ -180,7 +202,7 @@ impl Accounts {
             to: to.to_string(),
             reason: reason.to_string(),
         });
-        self.enter(&mut j, Phase::Checkpoint);
+        self.enter_unflushed(&mut j, Phase::Checkpoint);
         let (outcome, detail) = self.live_steps(&mut j, &seat, &target_login);
         if outcome != SwapOutcome::Partial {
             let _ = std::fs::remove_file(&self.journal_path);
@@ -211,15 +233,65 @@ impl Accounts {
         self.end_swap(result)
     }
 
-    /// Lock → keep → seat → flip → unlock; on a failure after the seat was
+    /// Lock → keep → seat → flip, the lock kept for after the answer
+    /// ([`Accounts::release_seat_lock`]); on a failure after the seat was
     /// written, the outgoing login goes back into the seat.
+    ///
+    /// Everything that can be written ahead is written and flushed before
+    /// the lock is taken ([`atomic_file::prepare`]): the seat's new
+    /// content, the journal's `seat` and `flip` entries, `active.json`.
+    /// Taking the lock wakes every Claude Code watching the seat, and on a
+    /// busy machine each step after it waits its turn behind them; under
+    /// the lock are left the renames and one folder `fsync` each for the
+    /// journal, the seat and the flip.
     fn live_steps(
         &mut self,
         j: &mut Journal,
         seat_dir: &Path,
         target: &Login,
     ) -> (SwapOutcome, Option<String>) {
-        self.enter(j, Phase::Lock);
+        use crate::store::atomic_file::{self, Prepared};
+        let state_dir = self.config.state_dir.clone();
+        let entry = |phase: Phase| {
+            let mut e = j.clone();
+            e.phase = phase;
+            atomic_file::json_bytes(&e)
+        };
+        let prepared = (|| -> std::io::Result<[Prepared; 5]> {
+            let (keep, seat, flip) = (
+                entry(Phase::Keep)?,
+                entry(Phase::Seat)?,
+                entry(Phase::Flip)?,
+            );
+            let active = atomic_file::json_bytes(&super::active_file(&j.to, Some(&j.id)))?;
+            let journal = self.journal_path.as_path();
+            atomic_file::prepare_all([
+                (journal, keep.as_slice(), 0o600, None),
+                (journal, seat.as_slice(), 0o600, None),
+                // The seat's temp file waits in the state folder: the seat
+                // sees one rename, not a file created and written.
+                (
+                    &seat::credentials_path(seat_dir),
+                    target.bytes.as_slice(),
+                    0o600,
+                    Some(state_dir.as_path()),
+                ),
+                (journal, flip.as_slice(), 0o600, None),
+                (self.active_path.as_path(), active.as_slice(), 0o600, None),
+            ])
+        })();
+        let [journal_keep, journal_seat, seat_file, journal_flip, active_file] = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    SwapOutcome::Failed,
+                    Some(format!(
+                        "cannot prepare the swap's files: {e}; nothing was touched"
+                    )),
+                )
+            }
+        };
+        self.enter_unflushed(j, Phase::Lock);
         let lock = match seat::lock(seat_dir, LOCK_WAIT) {
             Ok(l) => l,
             Err(e) => {
@@ -229,7 +301,13 @@ impl Accounts {
                 )
             }
         };
-        self.enter(j, Phase::Keep);
+        // Written ahead like the others: under the lock, a rename only.
+        j.phase = Phase::Keep;
+        debug_assert!(!swap_plan::live_journal_durable(Phase::Keep));
+        if let Err(e) = journal_keep.commit_unflushed() {
+            log::error!("cannot write {}: {e}", self.journal_path.display());
+        }
+        self.entered(j);
         let outgoing = match seat::read(seat_dir) {
             Ok(l) => l,
             Err(e) => {
@@ -249,7 +327,7 @@ impl Accounts {
                 },
                 // The outgoing account left the config: its login is kept
                 // in the state folder rather than lost.
-                None => crate::store::atomic_file::write_with_mode(
+                None => atomic_file::write_with_mode(
                     &self
                         .config
                         .state_dir
@@ -268,7 +346,18 @@ impl Accounts {
                 );
             }
         }
-        self.enter(j, Phase::Seat);
+        j.phase = Phase::Seat;
+        debug_assert!(swap_plan::live_journal_durable(Phase::Seat));
+        if let Err(e) = journal_seat.commit() {
+            return (
+                SwapOutcome::Failed,
+                Some(format!(
+                    "cannot write {}: {e}; nothing was touched",
+                    self.journal_path.display()
+                )),
+            );
+        }
+        self.entered(j);
         let injected = failpoint_set(&format!("seat-write:{}", j.to));
         let written = if injected {
             Err(std::io::Error::other(format!(
@@ -276,7 +365,7 @@ impl Accounts {
                 j.to
             )))
         } else {
-            seat::write(seat_dir, target, false)
+            seat_file.commit()
         };
         if let Err(e) = written {
             return (
@@ -293,15 +382,26 @@ impl Accounts {
             log::error!("fail point swap-seat-written reached: aborting");
             std::process::abort();
         }
-        self.enter(j, Phase::Flip);
+        // The flip's entry is flushed with active.json (the same folder);
+        // lost, the seat's entry recovers alike.
+        j.phase = Phase::Flip;
+        debug_assert!(!swap_plan::live_journal_durable(Phase::Flip));
+        if let Err(e) = journal_flip.commit_unflushed() {
+            log::error!("cannot write {}: {e}", self.journal_path.display());
+        }
+        self.entered(j);
         let to = j.to.clone();
-        match self.flip(&to, Some(&j.id)) {
+        let flipped = super::failpoint_io("write-active", &to)
+            .and_then(|()| active_file.commit())
+            .map_err(|e| format!("cannot write {}: {e}", self.active_path.display()))
+            .and_then(|()| self.repoint_active_link(&to));
+        match flipped {
             Ok(()) => {
                 if let Some(a) = self.config.account(&to).cloned() {
                     self.active = active_of(&self.config, &a);
                     let _ = self.out.send(Report::Active(self.active.clone()));
                 }
-                drop(lock);
+                self.seat_lock = Some(lock);
                 (SwapOutcome::Done, None)
             }
             Err(e) => {
