@@ -257,4 +257,15 @@ mod tests {
             "{line}"
         );
     }
+
+    #[test]
+    fn another_machines_swap_reads_as_one_line() {
+        let v = serde_json::json!({"at_ms": 0, "kind": "fleet", "data": {
+            "machine": "vm-2", "kind": "swap_ended", "from": "alpha", "to": "gamma", "result": "done"}});
+        let line = super::render(&v);
+        assert!(
+            line.contains("machine vm-2 swap ended alpha → gamma done"),
+            "{line}"
+        );
+    }
 }
