@@ -696,20 +696,29 @@ fn pick(
 }
 
 fn best(verdicts: &[Verdict], except: &[&str], bound: usize) -> Option<String> {
-    // `min_by` keeps the first of equals: config order.
-    verdicts
+    ranked(verdicts, except, bound)
+        .first()
+        .map(|v| v.name.clone())
+}
+
+/// The usable accounts but those in `except` blocked for fewer than
+/// `bound` pools: fewest blocked pools first, then lowest load; a stable
+/// sort keeps config order among equals.
+fn ranked<'a>(verdicts: &'a [Verdict], except: &[&str], bound: usize) -> Vec<&'a Verdict> {
+    let mut v: Vec<&Verdict> = verdicts
         .iter()
         .filter(|v| {
             !except.contains(&v.name.as_str()) && v.usable.is_ok() && v.blocked.len() < bound
         })
-        .min_by(|a, b| {
-            a.blocked.len().cmp(&b.blocked.len()).then(
-                a.load
-                    .partial_cmp(&b.load)
-                    .unwrap_or(std::cmp::Ordering::Equal),
-            )
-        })
-        .map(|v| v.name.clone())
+        .collect();
+    v.sort_by(|a, b| {
+        a.blocked.len().cmp(&b.blocked.len()).then(
+            a.load
+                .partial_cmp(&b.load)
+                .unwrap_or(std::cmp::Ordering::Equal),
+        )
+    });
+    v
 }
 
 /// Every usable account but those in `except` that serves at least one
@@ -726,22 +735,11 @@ pub fn ranked_targets(
     for (_, a) in accounts.iter_mut() {
         a.pass_resets(now_ms);
     }
-    let bound = pools.len().max(1);
-    let mut v: Vec<Verdict> = verdicts(accounts, q, pools)
+    let v = verdicts(accounts, q, pools);
+    ranked(&v, except, pools.len().max(1))
         .into_iter()
-        .filter(|v| {
-            !except.contains(&v.name.as_str()) && v.usable.is_ok() && v.blocked.len() < bound
-        })
-        .collect();
-    // A stable sort keeps config order among equals, as `best` does.
-    v.sort_by(|a, b| {
-        a.blocked.len().cmp(&b.blocked.len()).then(
-            a.load
-                .partial_cmp(&b.load)
-                .unwrap_or(std::cmp::Ordering::Equal),
-        )
-    });
-    v.into_iter().map(|v| (v.name, v.blocked.len())).collect()
+        .map(|v| (v.name.clone(), v.blocked.len()))
+        .collect()
 }
 
 /// The best target for a swap asked for without one (SIGUSR1, `POST /swap`):
