@@ -43,18 +43,20 @@ fn main() {
         let restart = idle_swap("restart", n);
         let live = idle_swap("live", n);
         println!(
-            "swap of {n:>2} idle session(s), live: trigger → answer {:.1} ms (switcher {} ms, the seat written after {} ms of it), every next request as beta: {} (target ≤ 50 ms)",
+            "swap of {n:>2} idle session(s), live: trigger → answer {:.1} ms (switcher {} ms, the seat written after {} ms of it), every next request as beta: {} (target ≤ 50 ms); phases: {}",
             live.0.as_secs_f64() * 1000.0,
             live.2,
             live.3,
-            live.1
+            live.1,
+            live.4
         );
         println!(
-            "swap of {n:>2} idle session(s), restart: trigger → all relaunched on beta {:.2} s, every next request as beta: {}; {n} cold starts at once {:.2} s; ratio {:.2} (target ≤ 1.5)",
+            "swap of {n:>2} idle session(s), restart: trigger → all relaunched on beta {:.2} s, every next request as beta: {}; {n} cold starts at once {:.2} s; ratio {:.2} (target ≤ 1.5); phases: {}",
             restart.0.as_secs_f64(),
             restart.1,
             cold.as_secs_f64(),
-            restart.0.as_secs_f64() / cold.as_secs_f64()
+            restart.0.as_secs_f64() / cold.as_secs_f64(),
+            restart.4
         );
     }
     if std::env::var_os("BENCH_NO_TURNS").is_some() {
@@ -129,7 +131,7 @@ fn all_ask_as_beta(w: &World, names: &[String]) -> bool {
 
 /// Trigger → the new token in force for every idle session, and whether
 /// every session's next request then carried it.
-fn idle_swap(mode: &str, n: u32) -> (Duration, bool, u64, u64) {
+fn idle_swap(mode: &str, n: u32) -> (Duration, bool, u64, u64, String) {
     let mut w = world(&format!("bench-{mode}"), mode, n, "");
     let pid = w.start_daemon(&[]);
     let names = names(n);
@@ -161,11 +163,19 @@ fn idle_swap(mode: &str, n: u32) -> (Duration, bool, u64, u64) {
         .take_while(|p| p["phase"] != "flip")
         .filter_map(|p| p["ms"].as_u64())
         .sum();
+    // Each phase and its time, for reading where a swap's time goes.
+    let phases = answer["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{} {}", p["phase"].as_str().unwrap_or("?"), p["ms"]))
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     std::thread::sleep(Duration::from_millis(500));
-    (took, ok, switcher_ms, to_seat_ms)
+    (took, ok, switcher_ms, to_seat_ms, phases)
 }
 
 /// Three sessions in eight-step turns (300 ms between steps), swapped at

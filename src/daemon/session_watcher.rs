@@ -148,11 +148,8 @@ fn serve(tmux: Tmux, requests: Receiver<Command>, reports: Sender<Report>) {
                 Command::Observe => observe = true,
                 Command::Execute(jobs) => {
                     observe = true;
-                    for job in jobs {
-                        let report = execute(&tmux, job);
-                        if reports.send(report).is_err() {
-                            return;
-                        }
+                    if !execute_all(&tmux, jobs, &reports) {
+                        return;
                     }
                 }
                 Command::Keys { session, keys } => {
@@ -176,12 +173,7 @@ fn serve(tmux: Tmux, requests: Receiver<Command>, reports: Sender<Report>) {
                     let spawned = std::thread::Builder::new()
                         .name("session-stop".into())
                         .spawn(move || {
-                            std::thread::scope(|scope| {
-                                for name in &names {
-                                    let tmux = tmux.clone();
-                                    scope.spawn(move || stop_one(&tmux, name, timeout));
-                                }
-                            });
+                            stop_all(&tmux, &names, timeout);
                             let _ = answer.send(Ok(()));
                         });
                     if let Err(e) = spawned {
@@ -256,28 +248,92 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
     }
 }
 
-/// Stops one session: Escape (ends a turn in progress), `/exit`, then kill
-/// after `timeout` whatever happened. At most [`STOP_TMUX_CALLS`] tmux calls
-/// beside the wait, each with its own deadline.
+/// Stops these sessions, all at once: Escape (ends a turn in progress),
+/// `/exit`, then kill after `timeout` whatever happened. The keystrokes go
+/// to every session in parallel; whether they ended is one `list-sessions`
+/// for all of them every [`STOP_POLL`], not one per session: twenty
+/// sessions polled each on their own are 400 tmux clients a second, which
+/// on two cores slows the very exits they wait for. At most
+/// [`STOP_TMUX_CALLS`] tmux calls in a row beside the wait, each with its
+/// own deadline.
 pub const STOP_TMUX_CALLS: u32 = 5;
 
-fn stop_one(tmux: &Tmux, name: &str, timeout: Duration) {
-    let alive = |t: &Tmux| {
+/// How often a stop looks whether its sessions have ended.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
+    let alive = |t: &Tmux| -> Vec<String> {
         t.list_sessions()
-            .ok()
-            .and_then(|l| l.into_iter().find(|s| s.name == name))
-            .is_some_and(|s| !s.pane_dead)
+            .map(|l| {
+                l.into_iter()
+                    .filter(|s| !s.pane_dead && names.contains(&s.name))
+                    .map(|s| s.name)
+                    .collect()
+            })
+            // tmux not answering: take them as alive (the kill follows).
+            .unwrap_or_else(|_| names.to_vec())
     };
-    if alive(tmux) {
-        let _ = tmux.send_key(name, "Escape");
-        std::thread::sleep(Duration::from_millis(50));
-        let _ = tmux.type_text(name, "/exit", Duration::from_millis(100));
+    let running = alive(tmux);
+    if !running.is_empty() {
+        std::thread::scope(|scope| {
+            for name in &running {
+                scope.spawn(move || {
+                    let _ = tmux.send_key(name, "Escape");
+                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = tmux.type_text(name, "/exit", Duration::from_millis(100));
+                });
+            }
+        });
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && alive(tmux) {
-            std::thread::sleep(Duration::from_millis(50));
+        while Instant::now() < deadline && !alive(tmux).is_empty() {
+            std::thread::sleep(STOP_POLL);
         }
     }
-    let _ = tmux.kill_session(name);
+    std::thread::scope(|scope| {
+        for name in names {
+            scope.spawn(move || {
+                let _ = tmux.kill_session(name);
+            });
+        }
+    });
+}
+
+/// Carries out a batch of jobs, each reported as it ends; `false` once
+/// nobody listens. Jobs for different sessions run in parallel: a restart
+/// swap relaunches every session in one batch, and one after the other
+/// their tmux calls queue behind the Claude Codes already starting. Two
+/// jobs for one session keep their order (the batch then runs in order).
+fn execute_all(tmux: &Tmux, jobs: Vec<Job>, reports: &Sender<Report>) -> bool {
+    let mut names: Vec<&str> = jobs.iter().map(Job::session).collect();
+    names.sort_unstable();
+    names.dedup();
+    if jobs.len() < 2 || names.len() < jobs.len() {
+        return jobs
+            .into_iter()
+            .all(|job| reports.send(execute(tmux, job)).is_ok());
+    }
+    std::thread::scope(|scope| {
+        let running: Vec<_> = jobs
+            .into_iter()
+            .map(|job| scope.spawn(move || reports.send(execute(tmux, job)).is_ok()))
+            .collect();
+        // Every thread is joined before the answer: no short cut.
+        let listened: Vec<bool> = running
+            .into_iter()
+            .map(|t| t.join().unwrap_or(false))
+            .collect();
+        listened.into_iter().all(|l| l)
+    })
+}
+
+impl Job {
+    /// The session the job is for.
+    fn session(&self) -> &str {
+        match self {
+            Job::Launch { launch, .. } => &launch.name,
+            Job::CollectDead { name, .. } | Job::ReportStuck { name } | Job::Kill { name } => name,
+        }
+    }
 }
 
 fn execute(tmux: &Tmux, job: Job) -> Report {
@@ -304,23 +360,16 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
                 None => (None, None),
             };
             match tmux.new_session(&launch) {
-                Ok(()) => {
-                    let pane_pid = tmux
-                        .list_sessions()
-                        .ok()
-                        .and_then(|all| all.into_iter().find(|s| s.name == name))
-                        .and_then(|s| s.pane_pid);
-                    Report::Launched {
-                        name,
-                        pool,
-                        account,
-                        cwd: launch.cwd,
-                        pane_pid,
-                        resumed,
-                        not_resumable,
-                        relaunch,
-                    }
-                }
+                Ok(pane_pid) => Report::Launched {
+                    name,
+                    pool,
+                    account,
+                    cwd: launch.cwd,
+                    pane_pid,
+                    resumed,
+                    not_resumable,
+                    relaunch,
+                },
                 Err(e) => Report::Died {
                     name,
                     last_output: format!("tmux could not start it: {e}"),

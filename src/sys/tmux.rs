@@ -121,14 +121,18 @@ impl Tmux {
     }
 
     /// Starts a detached session running `launch.argv`, keeping the pane when
-    /// the program exits so its last words can be read.
-    pub fn new_session(&self, launch: &Launch) -> Result<(), TmuxError> {
+    /// the program exits so its last words can be read. Answers the pane's
+    /// pid (printed by the same call), when tmux said it.
+    pub fn new_session(&self, launch: &Launch) -> Result<Option<u32>, TmuxError> {
         let width = launch.width.to_string();
         let height = launch.height.to_string();
         let cwd = launch.cwd.to_string_lossy().into_owned();
         let mut args: Vec<String> = vec![
             "new-session".into(),
             "-d".into(),
+            "-P".into(),
+            "-F".into(),
+            "#{pane_pid}".into(),
             "-s".into(),
             launch.name.clone(),
             "-x".into(),
@@ -163,7 +167,8 @@ impl Tmux {
             "on".into(),
         ]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.ok(&refs, None).map(|_| ())
+        let f = self.ok(&refs, None)?;
+        Ok(f.stdout.lines().next().and_then(|l| l.trim().parse().ok()))
     }
 
     pub fn kill_session(&self, name: &str) -> Result<(), TmuxError> {
