@@ -168,22 +168,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// empty. Only for a file whose loss or corruption recovers exactly as its
 /// previous content would (the caller says why).
 pub fn write_unflushed(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = parent_of(path).join(temp_name(path)?);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        f.write_all(bytes)?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    prepare_unflushed(path, bytes, mode, None)?.commit_unflushed()
 }
 
 /// Removes the temp files a [`prepare`] of a file named `name` left in
