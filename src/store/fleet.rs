@@ -245,6 +245,19 @@ pub struct FleetStore {
     client: redis::Client,
     conn: Option<redis::Connection>,
     scripts: Scripts,
+    resolve: Resolve,
+    /// A name lookup that outlived its call's deadline: the next call waits
+    /// on it again rather than starting a second one.
+    resolving: Option<Resolving>,
+}
+
+/// How a host name becomes addresses (`getaddrinfo`, or a test's own).
+type Resolve = fn(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>>;
+type Resolving = crossbeam_channel::Receiver<std::io::Result<Vec<std::net::SocketAddr>>>;
+
+fn system_resolve(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((host, port).to_socket_addrs()?.collect())
 }
 
 impl FleetStore {
@@ -260,17 +273,74 @@ impl FleetStore {
                 claim: redis::Script::new(CLAIM),
                 release: redis::Script::new(RELEASE),
             },
+            resolve: system_resolve,
+            resolving: None,
         })
+    }
+
+    /// A new connection, within about [`DEADLINE`] per address. The host's
+    /// name is looked up on a thread of its own: `getaddrinfo` has no
+    /// timeout, and a resolver that does not answer must not hold the
+    /// fleet thread for its retries (the redis crate resolves inline).
+    /// Every new connection looks the name up again, so a Redis that moved
+    /// is followed.
+    fn connect(&mut self) -> Result<redis::Connection, String> {
+        use redis::ConnectionAddr;
+        let info = self.client.get_connection_info().clone();
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) if host.parse::<std::net::IpAddr>().is_err() => {
+                (host.clone(), *port)
+            }
+            _ => return self.client.get_connection_with_timeout(DEADLINE).map_err(|e| e.to_string()),
+        };
+        let lookup = self.resolving.take().unwrap_or_else(|| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let resolve = self.resolve;
+            let name = host.clone();
+            let spawned = std::thread::Builder::new()
+                .name("fleet-resolve".into())
+                .spawn(move || {
+                    let _ = tx.send(resolve(&name, port));
+                });
+            if let Err(e) = spawned {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let _ = tx.send(Err(e));
+                return rx;
+            }
+            rx
+        });
+        let addrs = match lookup.recv_timeout(DEADLINE) {
+            Ok(Ok(addrs)) => addrs,
+            Ok(Err(e)) => return Err(format!("cannot resolve {host}: {e}")),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                self.resolving = Some(lookup);
+                return Err(format!(
+                    "{host} not resolved within {} ms (the resolver does not answer)",
+                    DEADLINE.as_millis()
+                ));
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(format!("cannot resolve {host}: the lookup ended without an answer"))
+            }
+        };
+        let mut last = format!("{host} resolves to no address");
+        for addr in addrs {
+            let at = info
+                .clone()
+                .set_addr(ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()));
+            match redis::Client::open(at).and_then(|c| c.get_connection_with_timeout(DEADLINE)) {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last = format!("{host} ({}): {e}", addr.ip()),
+            }
+        }
+        Err(last)
     }
 
     /// A second connection for `SUBSCRIBE` (a subscribed connection takes
     /// no other command), with a read timeout of `wake` so its reader can
     /// look at its stop flag.
-    pub fn subscriber(&self, wake: Duration) -> Result<redis::Connection, String> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(DEADLINE)
-            .map_err(|e| e.to_string())?;
+    pub fn subscriber(&mut self, wake: Duration) -> Result<redis::Connection, String> {
+        let conn = self.connect()?;
         conn.set_read_timeout(Some(wake))
             .map_err(|e| e.to_string())?;
         conn.set_write_timeout(Some(DEADLINE))
@@ -284,10 +354,7 @@ impl FleetStore {
     ) -> Result<T, FleetError> {
         if self.conn.is_none() {
             let unreachable = |e: redis::RedisError| FleetError::Unreachable(e.to_string());
-            let conn = self
-                .client
-                .get_connection_with_timeout(DEADLINE)
-                .map_err(unreachable)?;
+            let conn = self.connect().map_err(FleetError::Unreachable)?;
             conn.set_read_timeout(Some(DEADLINE)).map_err(unreachable)?;
             conn.set_write_timeout(Some(DEADLINE))
                 .map_err(unreachable)?;
@@ -551,6 +618,50 @@ mod tests {
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].0, "five_hour");
         assert_eq!(parts[0].1.five_hour, r.five_hour);
+    }
+
+    /// A resolver that never answers in time (a DNS server gone quiet).
+    fn hung_resolve(_: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        std::thread::sleep(Duration::from_secs(30));
+        Err(std::io::Error::other("too late"))
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_in_time_is_unreachable_within_the_deadline() {
+        let mut store = FleetStore::open("redis://redis.fleet.invalid:6379").expect("url");
+        store.resolve = hung_resolve;
+        let started = std::time::Instant::now();
+        let err = store.ping().expect_err("no address");
+        let first = started.elapsed();
+        assert!(
+            matches!(&err, FleetError::Unreachable(m) if m.contains("not resolved within")),
+            "{err:?}"
+        );
+        // The second call waits on the same lookup, not on a new one.
+        let err = store.ping().expect_err("still no address");
+        assert!(matches!(err, FleetError::Unreachable(_)), "{err:?}");
+        // Bounded by the deadline, far below the resolver's 30 s (the
+        // margin is for a loaded machine, not a speed target).
+        assert!(first < DEADLINE * 10, "first call took {first:?}");
+        assert!(started.elapsed() < DEADLINE * 20, "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_name_that_resolves_to_nothing_listening_says_which_address() {
+        fn loopback(_: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+            // A port nothing listens on: bound, then closed.
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = l.local_addr()?;
+            drop(l);
+            Ok(vec![addr])
+        }
+        let mut store = FleetStore::open("redis://redis.fleet.invalid:6379").expect("url");
+        store.resolve = loopback;
+        let err = store.ping().expect_err("refused");
+        assert!(
+            matches!(&err, FleetError::Unreachable(m) if m.contains("redis.fleet.invalid (127.0.0.1)")),
+            "{err:?}"
+        );
     }
 
     #[test]
