@@ -31,6 +31,12 @@ pub const NPM_PACKAGE: &str = "@anthropic-ai/claude-code";
 
 /// Environment variable that moves Claude Code's whole config directory.
 pub const ENV_CONFIG_DIR: &str = "CLAUDE_CONFIG_DIR";
+/// The signal that ends a Claude Code as `/exit` does: its `SessionEnd`
+/// hooks run, the conversation stays resumable, the process exits (seen
+/// here on 2.1.332: ten idle sessions signalled at once all fired
+/// `SessionEnd` and were gone in about a second on two cores, where typed
+/// `/exit` took 1–3 s). SIGHUP (what `tmux kill-session` sends) ends it too.
+pub const STOP_SIGNAL: libc::c_int = libc::SIGTERM;
 /// Set on every managed session so its hooks know which session they belong to.
 pub const ENV_SESSION: &str = "CLAUDE_FAILOVER_SESSION";
 /// Set on every managed session so `hook`/`statusline` know where to write.

@@ -32,7 +32,7 @@ pub enum Command {
     Execute(Vec<Job>),
     /// Type into a session (in order with the session's earlier keystrokes).
     Keys { session: String, keys: Keys },
-    /// Stop these sessions (Escape, `/exit`, kill after `timeout`), all at
+    /// Stop these sessions (SIGTERM, kill after `timeout`), all at
     /// once; `done` is answered when every one is stopped (or why they
     /// could not be).
     Stop {
@@ -248,35 +248,48 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
     }
 }
 
-/// Stops these sessions, all at once: Escape (ends a turn in progress),
-/// `/exit`, then kill after `timeout` whatever happened. The keystrokes go
-/// to every session in parallel; whether they ended is one `list-sessions`
-/// for all of them every [`STOP_POLL`], not one per session: twenty
-/// sessions polled each on their own are 400 tmux clients a second, which
-/// on two cores slows the very exits they wait for. At most
-/// [`STOP_TMUX_CALLS`] tmux calls in a row beside the wait, each with its
-/// own deadline.
+/// Stops these sessions, all at once: SIGTERM to each pane's program (a
+/// Claude Code ends on it as on `/exit`, its `SessionEnd` hooks run:
+/// [`facts::STOP_SIGNAL`]), Escape and `/exit` typed into a pane whose
+/// program tmux did not name, then kill after `timeout` whatever happened.
+/// Whether they ended is one `list-sessions` for all of them every
+/// [`STOP_POLL`], not one per session: twenty sessions polled each on
+/// their own are 400 tmux clients a second, which on two cores slows the
+/// very exits they wait for. A signal rather than typed `/exit`: nothing to
+/// type (a paste, a pause, Enter per session), and nothing a dialog or a
+/// half-typed prompt could swallow. At most [`STOP_TMUX_CALLS`] tmux calls
+/// in a row beside the wait, each with its own deadline.
 pub const STOP_TMUX_CALLS: u32 = 5;
 
 /// How often a stop looks whether its sessions have ended.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
 fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
-    let alive = |t: &Tmux| -> Vec<String> {
-        t.list_sessions()
-            .map(|l| {
-                l.into_iter()
-                    .filter(|s| !s.pane_dead && names.contains(&s.name))
-                    .map(|s| s.name)
-                    .collect()
-            })
-            // tmux not answering: take them as alive (the kill follows).
-            .unwrap_or_else(|_| names.to_vec())
+    let alive = |t: &Tmux| -> Option<Vec<SessionInfo>> {
+        t.list_sessions().ok().map(|l| {
+            l.into_iter()
+                .filter(|s| !s.pane_dead && names.contains(&s.name))
+                .collect()
+        })
     };
-    let running = alive(tmux);
+    // tmux not answering: no pids to signal, so every session is typed to.
+    let running = alive(tmux).unwrap_or_else(|| {
+        names
+            .iter()
+            .map(|name| SessionInfo {
+                name: name.clone(),
+                ..SessionInfo::default()
+            })
+            .collect()
+    });
     if !running.is_empty() {
         std::thread::scope(|scope| {
-            for name in &running {
+            for s in &running {
+                if s.pane_pid
+                    .is_some_and(|pid| crate::sys::process::signal_group(pid, facts::STOP_SIGNAL)) {
+                    continue;
+                }
+                let name = s.name.as_str();
                 scope.spawn(move || {
                     let _ = tmux.send_key(name, "Escape");
                     std::thread::sleep(Duration::from_millis(50));
@@ -285,7 +298,8 @@ fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
             }
         });
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && !alive(tmux).is_empty() {
+        // tmux not answering: taken as alive (the kill follows).
+        while Instant::now() < deadline && alive(tmux).is_none_or(|l| !l.is_empty()) {
             std::thread::sleep(STOP_POLL);
         }
     }

@@ -5,7 +5,7 @@
 //!
 //! A swap: checkpoint the sessions into the journal → drain (threshold swaps
 //! wait up to `swap.drain_timeout` for working sessions to end their turn; a
-//! refused request does not wait) → stop every managed session (`/exit`,
+//! refused request does not wait) → stop every managed session (SIGTERM,
 //! kill after `swap.stop_timeout`) → flip (`active.json`, `active_link`) →
 //! `ensure_for_account(target)` (on failure the flip is rolled back; if the
 //! rollback fails too, a sticky partial-swap state refuses every later swap)
@@ -1597,7 +1597,7 @@ impl Accounts {
         log::warn!("drain timeout: stopping sessions that are still working; their tasks continue after the swap");
     }
 
-    /// `/exit` to every managed session, kill after `stop_timeout`; all in
+    /// SIGTERM to every managed session, kill after `stop_timeout`; all in
     /// parallel. Then confirmed: tmux must answer, and list no managed
     /// session alive. An error says why the stop is not confirmed.
     fn stop_sessions(&self) -> Result<(), String> {

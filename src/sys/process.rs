@@ -149,6 +149,28 @@ pub fn alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Sends `signal` to the program a tmux pane runs: to the process group it
+/// leads (tmux starts every pane's program as a session leader, so a
+/// wrapper script and the Claude Code it started both get it), or to the
+/// process alone when it leads no group. False when there was nothing to
+/// signal (gone, or a pid that cannot be a pane's).
+pub fn signal_group(pid: u32, signal: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 1 {
+        return false;
+    }
+    // SAFETY: getpgid and kill take plain integers; no memory is shared.
+    let target = if unsafe { libc::getpgid(pid) } == pid {
+        -pid
+    } else {
+        pid
+    };
+    // SAFETY: as above.
+    unsafe { libc::kill(target, signal) == 0 }
+}
+
 /// This machine's host name (`gethostname(2)`), `localhost` when it has none
 /// usable as a fleet machine name.
 pub fn hostname() -> String {
@@ -188,6 +210,46 @@ mod tests {
         assert_eq!(f.status.code(), Some(3));
         assert_eq!(f.stdout.trim(), "out");
         assert_eq!(f.complaint(), "err");
+    }
+
+    #[test]
+    fn a_group_leader_and_what_it_started_both_get_the_signal() {
+        use std::os::unix::process::CommandExt;
+        use std::os::unix::process::ExitStatusExt;
+        // A wrapper that does not exec: the child is in the wrapper's group.
+        let mut leader = Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(leader.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let child: u32 = line.trim().parse().unwrap();
+        assert!(signal_group(leader.id(), libc::SIGTERM));
+        assert_eq!(leader.wait().unwrap().signal(), Some(libc::SIGTERM));
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !alive(child)
+                || std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
+        });
+        assert!(gone, "the wrapper's child {child} survived");
+    }
+
+    #[test]
+    fn a_process_that_leads_no_group_is_signalled_alone() {
+        use std::os::unix::process::ExitStatusExt;
+        // In this test's own group: signalling the group would end the test.
+        let mut p = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(signal_group(p.id(), libc::SIGTERM));
+        assert_eq!(p.wait().unwrap().signal(), Some(libc::SIGTERM));
+        assert!(!signal_group(0, libc::SIGTERM));
+        assert!(!signal_group(1, libc::SIGTERM));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct Tmux {
 }
 
 /// One session as `list-sessions` shows it (its active pane's fields).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionInfo {
     pub name: String,
     pub pane_pid: Option<u32>,
