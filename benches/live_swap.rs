@@ -7,7 +7,8 @@
 //!   session relaunched and idle under the target), checked afterwards by a
 //!   request from every session that must carry the target's token; beside
 //!   it the time of N Claude Code cold starts launched at once (targets: live
-//!   ≤ 50 ms for any N; restart ≤ 1.5× the N cold starts);
+//!   ≤ 50 ms for any N; restart ≤ 1.5× the N cold starts), each the
+//!   median of `BENCH_RUNS` runs (default 3);
 //! - three sessions in the middle of eight-step agentic turns: trigger → each
 //!   running turn's next request carries the target's token, and how many
 //!   turns were interrupted (their Claude Code stopped before the turn's
@@ -38,24 +39,50 @@ fn main() {
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();
+    // BENCH_RUNS (default 3): each figure is the median of that many runs,
+    // cold starts and swaps taken in turn so that each pair sees the same
+    // machine (one run of one Claude Code start varies 0.4–0.9 s here).
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     for n in sizes {
-        let cold = cold_starts(n);
-        let restart = idle_swap("restart", n);
-        let live = idle_swap("live", n);
+        let mut colds = Vec::new();
+        let mut restarts = Vec::new();
+        let mut lives = Vec::new();
+        for _ in 0..runs {
+            colds.push(cold_starts(n));
+            restarts.push(idle_swap("restart", n));
+            lives.push(idle_swap("live", n));
+        }
+        let live = median_run(&lives);
+        let restart = median_run(&restarts);
+        let cold = median(colds.clone());
+        let every = |r: &[(Duration, bool, u64, u64, String)]| r.iter().all(|x| x.1);
+        let each = |v: Vec<String>| v.join(" / ");
         println!(
-            "swap of {n:>2} idle session(s), live: trigger → answer {:.1} ms (switcher {} ms, the seat written after {} ms of it), every next request as beta: {} (target ≤ 50 ms); phases: {}",
-            live.0.as_secs_f64() * 1000.0,
+            "swap of {n:>2} idle session(s), live: trigger → answer {:.1} ms (median of {runs}; runs {} ms; switcher {} ms, the seat written after {} ms of it), every next request as beta: {} (target ≤ 50 ms); phases: {}",
+            ms(live.0),
+            each(lives.iter().map(|l| format!("{:.1}", ms(l.0))).collect()),
             live.2,
             live.3,
-            live.1,
+            every(&lives),
             live.4
         );
         println!(
-            "swap of {n:>2} idle session(s), restart: trigger → all relaunched on beta {:.2} s, every next request as beta: {}; {n} cold starts at once {:.2} s; ratio {:.2} (target ≤ 1.5); phases: {}",
+            "swap of {n:>2} idle session(s), restart: trigger → all relaunched on beta {:.2} s, every next request as beta: {}; {n} cold starts at once {:.2} s; ratio {:.2} (target ≤ 1.5; medians of {runs}; runs {}); phases: {}",
             restart.0.as_secs_f64(),
-            restart.1,
+            every(&restarts),
             cold.as_secs_f64(),
             restart.0.as_secs_f64() / cold.as_secs_f64(),
+            each(
+                restarts
+                    .iter()
+                    .zip(&colds)
+                    .map(|(r, c)| format!("{:.2}/{:.2} s", r.0.as_secs_f64(), c.as_secs_f64()))
+                    .collect()
+            ),
             restart.4
         );
     }
@@ -70,6 +97,22 @@ fn main() {
             if mode == "live" { " (target 0)" } else { "" }
         );
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The run whose time is the median (its phases go with it).
+fn median_run<T: Clone>(runs: &[(Duration, bool, u64, u64, T)]) -> (Duration, bool, u64, u64, T) {
+    let mut sorted: Vec<_> = runs.to_vec();
+    sorted.sort_by_key(|r| r.0);
+    sorted[sorted.len() / 2].clone()
 }
 
 fn world(name: &str, mode: &str, n: u32, extra: &str) -> World {

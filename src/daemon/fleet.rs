@@ -737,7 +737,13 @@ impl Link {
 /// The subscriber thread: other machines' readings to the switcher, their
 /// swap events to this machine's event stream. After any failure it waits a
 /// second (or until stopped) before it connects again.
-fn subscribe(mut store: FleetStore, me: &str, switcher: &Forward, feed: &Events, stop: &Receiver<()>) {
+fn subscribe(
+    mut store: FleetStore,
+    me: &str,
+    switcher: &Forward,
+    feed: &Events,
+    stop: &Receiver<()>,
+) {
     let stopped = || {
         matches!(
             stop.try_recv(),

@@ -261,8 +261,10 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
 /// in a row beside the wait, each with its own deadline.
 pub const STOP_TMUX_CALLS: u32 = 5;
 
-/// How often a stop looks whether its sessions have ended.
+/// How often a stop asks tmux whether sessions it typed to have ended.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often a stop looks whether the programs it signalled have ended.
+const STOP_PID_POLL: Duration = Duration::from_millis(5);
 
 fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
     let alive = |t: &Tmux| -> Option<Vec<SessionInfo>> {
@@ -286,7 +288,8 @@ fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
         std::thread::scope(|scope| {
             for s in &running {
                 if s.pane_pid
-                    .is_some_and(|pid| crate::sys::process::signal_group(pid, facts::STOP_SIGNAL)) {
+                    .is_some_and(|pid| crate::sys::process::signal_group(pid, facts::STOP_SIGNAL))
+                {
                     continue;
                 }
                 let name = s.name.as_str();
@@ -297,10 +300,25 @@ fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
                 });
             }
         });
+        // A signalled program is watched by its pid (a signal-0 check
+        // every STOP_PID_POLL: a Claude Code is gone 30–40 ms after
+        // SIGTERM, and tmux reaps it at once); a typed-to one, or any
+        // while tmux does not answer, by `list-sessions` every STOP_POLL.
         let deadline = Instant::now() + timeout;
-        // tmux not answering: taken as alive (the kill follows).
-        while Instant::now() < deadline && alive(tmux).is_none_or(|l| !l.is_empty()) {
-            std::thread::sleep(STOP_POLL);
+        let mut pids: Vec<u32> = running.iter().filter_map(|s| s.pane_pid).collect();
+        let mut typed = running.iter().any(|s| s.pane_pid.is_none());
+        let mut listed_at = Instant::now();
+        while Instant::now() < deadline && (typed || !pids.is_empty()) {
+            std::thread::sleep(STOP_PID_POLL);
+            pids.retain(|&pid| crate::sys::process::alive(pid));
+            if typed && listed_at.elapsed() >= STOP_POLL {
+                listed_at = Instant::now();
+                // tmux not answering: taken as alive (the kill follows).
+                typed = alive(tmux).is_none_or(|l| {
+                    l.iter()
+                        .any(|s| s.pane_pid.is_none_or(|p| !pids.contains(&p)))
+                });
+            }
         }
     }
     std::thread::scope(|scope| {
@@ -360,10 +378,10 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
             account,
         } => {
             let name = launch.name.clone();
-            // A dead pane kept by remain-on-exit still holds the name.
-            if let Ok(true) = tmux.has_session(&name) {
-                let _ = tmux.kill_session(&name);
-            }
+            // A dead pane kept by remain-on-exit still holds the name. One
+            // call, not a look first: a name nobody holds is an error here
+            // that changes nothing.
+            let _ = tmux.kill_session(&name);
             let (resumed, not_resumable) = match resume {
                 Some((id, transcript)) if facts::transcript_is_resumable(&transcript) => {
                     launch.argv.push("--resume".into());

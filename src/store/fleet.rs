@@ -291,7 +291,12 @@ impl FleetStore {
             ConnectionAddr::Tcp(host, port) if host.parse::<std::net::IpAddr>().is_err() => {
                 (host.clone(), *port)
             }
-            _ => return self.client.get_connection_with_timeout(DEADLINE).map_err(|e| e.to_string()),
+            _ => {
+                return self
+                    .client
+                    .get_connection_with_timeout(DEADLINE)
+                    .map_err(|e| e.to_string())
+            }
         };
         let lookup = self.resolving.take().unwrap_or_else(|| {
             let (tx, rx) = crossbeam_channel::bounded(1);
@@ -320,7 +325,9 @@ impl FleetStore {
                 ));
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(format!("cannot resolve {host}: the lookup ended without an answer"))
+                return Err(format!(
+                    "cannot resolve {host}: the lookup ended without an answer"
+                ))
             }
         };
         let mut last = format!("{host} resolves to no address");
@@ -643,7 +650,11 @@ mod tests {
         // Bounded by the deadline, far below the resolver's 30 s (the
         // margin is for a loaded machine, not a speed target).
         assert!(first < DEADLINE * 10, "first call took {first:?}");
-        assert!(started.elapsed() < DEADLINE * 20, "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < DEADLINE * 20,
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
