@@ -514,6 +514,91 @@ mod tests {
         assert_eq!(process_env(u32::MAX, "CLAUDE_CONFIG_DIR"), None);
     }
 
+    /// A tmux server of the test's own, killed at the end.
+    struct Server(Tmux);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill_server();
+        }
+    }
+
+    fn server(tag: &str) -> Server {
+        Server(Tmux::new(
+            Some(format!("cf-unit-{tag}-{}", std::process::id())),
+            Duration::from_secs(5),
+        ))
+    }
+
+    fn start(tmux: &Tmux, name: &str, script: &str) {
+        tmux.new_session(&crate::sys::tmux::Launch {
+            name: name.into(),
+            cwd: std::env::temp_dir(),
+            width: 80,
+            height: 24,
+            env: Vec::new(),
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+        })
+        .expect("tmux starts it");
+    }
+
+    fn running(tmux: &Tmux) -> Vec<String> {
+        let mut names: Vec<String> = tmux
+            .list_sessions()
+            .expect("tmux answers")
+            .into_iter()
+            .filter(|s| !s.pane_dead)
+            .map(|s| s.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_stop_signals_ours_waits_for_them_and_leaves_others_running() {
+        let server = server("stop");
+        let tmux = &server.0;
+        start(tmux, "ours-1", "sleep 60");
+        start(tmux, "ours-2", "sleep 60");
+        start(tmux, "theirs", "sleep 60");
+        let started = Instant::now();
+        stop_all(
+            tmux,
+            &["ours-1".into(), "ours-2".into()],
+            Duration::from_secs(30),
+        );
+        // Ended by the signal, not by the timeout (the margin is for a
+        // loaded machine, not a speed figure).
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(running(tmux), vec!["theirs".to_string()]);
+        let all = tmux.list_sessions().unwrap();
+        assert_eq!(all.len(), 1, "our dead panes are killed too: {all:?}");
+    }
+
+    #[test]
+    fn a_program_that_ignores_the_signal_is_killed_after_the_timeout() {
+        let server = server("stubborn");
+        let tmux = &server.0;
+        // An ignored signal stays ignored across exec: sleep ignores it too.
+        start(tmux, "stubborn", "trap '' TERM; sleep 60");
+        start(tmux, "polite", "sleep 60");
+        let started = Instant::now();
+        stop_all(
+            tmux,
+            &["stubborn".into(), "polite".into()],
+            Duration::from_secs(1),
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "it waited for the stubborn one: {:?}",
+            started.elapsed()
+        );
+        assert!(running(tmux).is_empty(), "{:?}", running(tmux));
+    }
+
     #[test]
     fn keeps_the_last_meaningful_lines() {
         let screen =
