@@ -62,17 +62,18 @@ fn main() {
         let every = |r: &[(Duration, bool, u64, u64, String)]| r.iter().all(|x| x.1);
         let each = |v: Vec<String>| v.join(" / ");
         println!(
-            "swap of {n:>2} idle session(s), live: trigger → answer {:.1} ms (median of {runs}; runs {} ms; switcher {} ms, the seat written after {} ms of it), every next request as beta: {} (target ≤ 50 ms); phases: {}",
+            "swap of {n:>2} idle session(s), live: trigger → answer {:.1} ms (median of {runs}; runs {} ms; switcher {} ms, the seat written after {} ms of it; phases: {}), every next request as beta: {} (target ≤ 50 ms)",
             ms(live.0),
             each(lives.iter().map(|l| format!("{:.1}", ms(l.0))).collect()),
             live.2,
             live.3,
+            live.4,
             every(&lives),
-            live.4
         );
         println!(
-            "swap of {n:>2} idle session(s), restart: trigger → all relaunched on beta {:.2} s, every next request as beta: {}; {n} cold starts at once {:.2} s; ratio {:.2} (target ≤ 1.5; medians of {runs}; runs {}); phases: {}",
+            "swap of {n:>2} idle session(s), restart: trigger → all relaunched on beta {:.2} s (phases: {}), every next request as beta: {}; {n} cold starts at once {:.2} s; ratio {:.2}, medians of {runs} (runs, swap/cold: {}) (target ≤ 1.5)",
             restart.0.as_secs_f64(),
+            restart.4,
             every(&restarts),
             cold.as_secs_f64(),
             restart.0.as_secs_f64() / cold.as_secs_f64(),
@@ -83,7 +84,6 @@ fn main() {
                     .map(|(r, c)| format!("{:.2}/{:.2} s", r.0.as_secs_f64(), c.as_secs_f64()))
                     .collect()
             ),
-            restart.4
         );
     }
     if std::env::var_os("BENCH_NO_TURNS").is_some() {
@@ -133,8 +133,26 @@ fn names(n: u32) -> Vec<String> {
 }
 
 /// `n` Claude Code cold starts launched at once in tmux (restart mode's
-/// homes, no daemon): launch → every one's SessionStart hook.
+/// homes, no daemon): launch → every one's SessionStart hook. Claude Code
+/// now and then fires no SessionStart for a process that came up (seen
+/// once here in ten starts at once; public reports say the same): such a
+/// run is said and taken again, at most three times.
 fn cold_starts(n: u32) -> Duration {
+    for attempt in 1..=3 {
+        match cold_start_once(n) {
+            Ok(took) => return took,
+            Err(missing) => println!(
+                "cold starts of {n}, attempt {attempt}: no SessionStart from {missing} within {UP_COLD:?} (Claude Code fired none); taken again"
+            ),
+        }
+    }
+    panic!("three runs of {n} cold starts each lost a SessionStart");
+}
+
+/// How long one cold start run waits for every SessionStart.
+const UP_COLD: Duration = Duration::from_secs(90);
+
+fn cold_start_once(n: u32) -> Result<Duration, String> {
     let w = world("bench-cold", "restart", 0, "");
     let events = w.sb.state_dir.join("events");
     let t = Instant::now();
@@ -148,15 +166,34 @@ fn cold_starts(n: u32) -> Duration {
             "alpha",
         );
     }
-    wait_for(UP, "every cold start's SessionStart", || {
-        let started = std::fs::read_dir(&events)
-            .ok()?
-            .flatten()
-            .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("SessionStart")))
-            .count();
-        (started >= n as usize).then_some(())
-    });
-    t.elapsed()
+    let started = || -> Vec<String> {
+        std::fs::read_dir(&events)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .filter(|t| t.contains("SessionStart"))
+                    .filter_map(|t| {
+                        let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+                        v["session"].as_str().map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    loop {
+        let seen = started();
+        if seen.len() >= n as usize {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > UP_COLD {
+            let missing: Vec<String> = (0..n)
+                .map(|k| format!("cold-{k}"))
+                .filter(|c| !seen.contains(c))
+                .collect();
+            return Err(missing.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Every session's prompt `p` reached the stand-in as beta.
