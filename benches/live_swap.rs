@@ -40,8 +40,9 @@ fn main() {
         .filter_map(|n| n.trim().parse().ok())
         .collect();
     // BENCH_RUNS (default 3): each figure is the median of that many runs,
-    // cold starts and swaps taken in turn so that each pair sees the same
-    // machine (one run of one Claude Code start varies 0.4–0.9 s here).
+    // cold starts and swaps taken in turn so that both see the same
+    // machine (one run of one Claude Code start varies 0.4–0.9 s here);
+    // the ratio is of the two medians, and every run's pair is printed.
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -81,7 +82,9 @@ fn main() {
                 restarts
                     .iter()
                     .zip(&colds)
-                    .map(|(r, c)| format!("{:.2}/{:.2} s", r.0.as_secs_f64(), c.as_secs_f64()))
+                    .map(|(r, c)| {
+                        format!("{:.2}/{:.2} s [{}]", r.0.as_secs_f64(), c.as_secs_f64(), r.4)
+                    })
                     .collect()
             ),
         );
@@ -166,7 +169,9 @@ fn cold_start_once(n: u32) -> Result<Duration, String> {
             "alpha",
         );
     }
-    let started = || -> Vec<String> {
+    // Names, not files: one session's two SessionStarts must not stand in
+    // for another's missing one.
+    let started = || -> std::collections::BTreeSet<String> {
         std::fs::read_dir(&events)
             .map(|d| {
                 d.flatten()

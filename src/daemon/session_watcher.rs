@@ -251,14 +251,16 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
 /// Stops these sessions, all at once: SIGTERM to each pane's program (a
 /// Claude Code ends on it as on `/exit`, its `SessionEnd` hooks run:
 /// [`facts::STOP_SIGNAL`]), Escape and `/exit` typed into a pane whose
-/// program tmux did not name, then kill after `timeout` whatever happened.
-/// Whether they ended is one `list-sessions` for all of them every
-/// [`STOP_POLL`], not one per session: twenty sessions polled each on
-/// their own are 400 tmux clients a second, which on two cores slows the
-/// very exits they wait for. A signal rather than typed `/exit`: nothing to
-/// type (a paste, a pause, Enter per session), and nothing a dialog or a
-/// half-typed prompt could swallow. At most [`STOP_TMUX_CALLS`] tmux calls
-/// in a row beside the wait, each with its own deadline.
+/// program could not be signalled (tmux named no pid, or did not answer),
+/// then kill after `timeout` whatever happened. A signalled program is
+/// watched by its pid every [`STOP_PID_POLL`]; sessions typed to by one
+/// `list-sessions` for all of them every [`STOP_POLL`], never one per
+/// session (twenty polled each on their own are 400 tmux clients a second,
+/// which on two cores slows the very exits they wait for). A signal rather
+/// than typed `/exit`: nothing to type (a paste, a pause, Enter per
+/// session), and nothing a dialog or a half-typed prompt could swallow. At
+/// most [`STOP_TMUX_CALLS`] tmux calls in a row beside the wait, each with
+/// its own deadline.
 pub const STOP_TMUX_CALLS: u32 = 5;
 
 /// How often a stop asks tmux whether sessions it typed to have ended.
@@ -285,28 +287,22 @@ fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
             .collect()
     });
     if !running.is_empty() {
-        std::thread::scope(|scope| {
-            for s in &running {
-                if s.pane_pid
+        let (signalled, typed_to): (Vec<&SessionInfo>, Vec<&SessionInfo>) =
+            running.iter().partition(|s| {
+                s.pane_pid
                     .is_some_and(|pid| crate::sys::process::signal_group(pid, facts::STOP_SIGNAL))
-                {
-                    continue;
-                }
-                let name = s.name.as_str();
-                scope.spawn(move || {
-                    let _ = tmux.send_key(name, "Escape");
-                    std::thread::sleep(Duration::from_millis(50));
-                    let _ = tmux.type_text(name, "/exit", Duration::from_millis(100));
-                });
-            }
+            });
+        in_parallel(&typed_to, |s| {
+            let _ = tmux.send_key(&s.name, "Escape");
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = tmux.type_text(&s.name, "/exit", Duration::from_millis(100));
         });
-        // A signalled program is watched by its pid (a signal-0 check
-        // every STOP_PID_POLL: a Claude Code is gone 30–40 ms after
-        // SIGTERM, and tmux reaps it at once); a typed-to one, or any
-        // while tmux does not answer, by `list-sessions` every STOP_POLL.
+        // A Claude Code is gone 30–40 ms after SIGTERM, and tmux reaps it
+        // at once: its pid is the quickest sign.
         let deadline = Instant::now() + timeout;
-        let mut pids: Vec<u32> = running.iter().filter_map(|s| s.pane_pid).collect();
-        let mut typed = running.iter().any(|s| s.pane_pid.is_none());
+        let mut pids: Vec<u32> = signalled.iter().filter_map(|s| s.pane_pid).collect();
+        let typed_names: Vec<&str> = typed_to.iter().map(|s| s.name.as_str()).collect();
+        let mut typed = !typed_names.is_empty();
         let mut listed_at = Instant::now();
         while Instant::now() < deadline && (typed || !pids.is_empty()) {
             std::thread::sleep(STOP_PID_POLL);
@@ -314,18 +310,28 @@ fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
             if typed && listed_at.elapsed() >= STOP_POLL {
                 listed_at = Instant::now();
                 // tmux not answering: taken as alive (the kill follows).
-                typed = alive(tmux).is_none_or(|l| {
-                    l.iter()
-                        .any(|s| s.pane_pid.is_none_or(|p| !pids.contains(&p)))
-                });
+                typed = alive(tmux)
+                    .is_none_or(|l| l.iter().any(|s| typed_names.contains(&s.name.as_str())));
             }
         }
     }
+    in_parallel(names, |name| {
+        let _ = tmux.kill_session(name);
+    });
+}
+
+/// Runs `f` on every item, each on a thread of its own; an item whose
+/// thread cannot start is done here, in turn (never skipped).
+fn in_parallel<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) {
+    let f = &f;
     std::thread::scope(|scope| {
-        for name in names {
-            scope.spawn(move || {
-                let _ = tmux.kill_session(name);
-            });
+        for item in items {
+            let started = std::thread::Builder::new()
+                .name("session-stop".into())
+                .spawn_scoped(scope, move || f(item));
+            if started.is_err() {
+                f(item);
+            }
         }
     });
 }
@@ -344,17 +350,39 @@ fn execute_all(tmux: &Tmux, jobs: Vec<Job>, reports: &Sender<Report>) -> bool {
             .into_iter()
             .all(|job| reports.send(execute(tmux, job)).is_ok());
     }
+    // Workers take jobs from one queue, this thread among them: a worker
+    // that cannot start leaves its share to the others, never a job undone.
+    let (queue, work) = crossbeam_channel::unbounded();
+    let workers = jobs.len();
+    for job in jobs {
+        let _ = queue.send(job);
+    }
+    drop(queue);
+    let run = |work: &crossbeam_channel::Receiver<Job>| -> bool {
+        let mut listened = true;
+        for job in work.iter() {
+            listened &= reports.send(execute(tmux, job)).is_ok();
+        }
+        listened
+    };
+    let run = &run;
     std::thread::scope(|scope| {
-        let running: Vec<_> = jobs
-            .into_iter()
-            .map(|job| scope.spawn(move || reports.send(execute(tmux, job)).is_ok()))
+        let helpers: Vec<_> = (1..workers)
+            .filter_map(|_| {
+                let work = work.clone();
+                std::thread::Builder::new()
+                    .name("session-job".into())
+                    .spawn_scoped(scope, move || run(&work))
+                    .ok()
+            })
             .collect();
-        // Every thread is joined before the answer: no short cut.
-        let listened: Vec<bool> = running
+        let mine = run(&work);
+        // A job that panicked lost its report, not the watcher: it goes on.
+        let theirs: Vec<bool> = helpers
             .into_iter()
-            .map(|t| t.join().unwrap_or(false))
+            .map(|h| h.join().unwrap_or(true))
             .collect();
-        listened.into_iter().all(|l| l)
+        mine && theirs.into_iter().all(|l| l)
     })
 }
 

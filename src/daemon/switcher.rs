@@ -1634,7 +1634,10 @@ impl Accounts {
         match stopped.recv_timeout(bound) {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return Err(why),
-            Err(_) => {
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err("the session watcher's stop ended without an answer".into())
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 return Err(format!(
                     "the session watcher did not finish stopping them within {}s",
                     bound.as_secs()

@@ -291,6 +291,8 @@ impl FleetStore {
             ConnectionAddr::Tcp(host, port) if host.parse::<std::net::IpAddr>().is_err() => {
                 (host.clone(), *port)
             }
+            // An address already (nothing to look up), or a socket path;
+            // `rediss://` never gets here: config validation refuses it.
             _ => {
                 return self
                     .client

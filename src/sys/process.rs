@@ -153,7 +153,8 @@ pub fn alive(pid: u32) -> bool {
 /// leads (tmux starts every pane's program as a session leader, so a
 /// wrapper script and the Claude Code it started both get it), or to the
 /// process alone when it leads no group. False when there was nothing to
-/// signal (gone, or a pid that cannot be a pane's).
+/// signal (gone, or a pid that cannot be a pane's: 0, 1, or one in the
+/// daemon's own process group).
 pub fn signal_group(pid: u32, signal: libc::c_int) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
@@ -161,12 +162,14 @@ pub fn signal_group(pid: u32, signal: libc::c_int) -> bool {
     if pid <= 1 {
         return false;
     }
-    // SAFETY: getpgid and kill take plain integers; no memory is shared.
-    let target = if unsafe { libc::getpgid(pid) } == pid {
-        -pid
-    } else {
-        pid
-    };
+    // SAFETY: getpgid, getpgrp and kill take plain integers; no memory is shared.
+    let (group, own) = unsafe { (libc::getpgid(pid), libc::getpgrp()) };
+    if group < 0 || group == own {
+        // Gone, or in the daemon's own group: never a pane's program
+        // (tmux starts each in a session of its own).
+        return false;
+    }
+    let target = if group == pid { -pid } else { pid };
     // SAFETY: as above.
     unsafe { libc::kill(target, signal) == 0 }
 }
@@ -243,11 +246,40 @@ mod tests {
 
     #[test]
     fn a_process_that_leads_no_group_is_signalled_alone() {
+        use std::os::unix::process::CommandExt;
         use std::os::unix::process::ExitStatusExt;
-        // In this test's own group: signalling the group would end the test.
+        // The child leads nothing: its group is the wrapper's.
+        let mut leader = Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait; sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(leader.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let child: u32 = line.trim().parse().unwrap();
+        assert!(signal_group(child, libc::SIGTERM));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            leader.try_wait().unwrap().is_none(),
+            "the wrapper got it too"
+        );
+        let _ = leader.kill();
+        assert_eq!(leader.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn never_the_daemons_own_group_nor_pid_0_or_1() {
+        // In this test's own group, like any child the daemon starts itself.
         let mut p = Command::new("sleep").arg("30").spawn().unwrap();
-        assert!(signal_group(p.id(), libc::SIGTERM));
-        assert_eq!(p.wait().unwrap().signal(), Some(libc::SIGTERM));
+        assert!(!signal_group(p.id(), libc::SIGTERM));
+        assert!(p.try_wait().unwrap().is_none(), "refused, so still running");
+        let _ = p.kill();
+        let _ = p.wait();
         assert!(!signal_group(0, libc::SIGTERM));
         assert!(!signal_group(1, libc::SIGTERM));
     }
