@@ -320,18 +320,33 @@ fn stop_all(tmux: &Tmux, names: &[String], timeout: Duration) {
     });
 }
 
-/// Runs `f` on every item, each on a thread of its own; an item whose
-/// thread cannot start is done here, in turn (never skipped).
-fn in_parallel<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) {
-    let f = &f;
+/// Runs `f` on every item in parallel, each item once: workers take them
+/// from one queue, this thread among them, so a worker that cannot start
+/// leaves its share to the others and an item is never skipped; one that
+/// panics loses its own item, not the rest.
+fn in_parallel<T: Send>(items: impl IntoIterator<Item = T>, f: impl Fn(T) + Sync) {
+    let (queue, work) = crossbeam_channel::unbounded();
+    let mut count = 0;
+    for item in items {
+        let _ = queue.send(item);
+        count += 1;
+    }
+    drop(queue);
+    let run = |work: &crossbeam_channel::Receiver<T>| work.iter().for_each(&f);
+    let run = &run;
     std::thread::scope(|scope| {
-        for item in items {
-            let started = std::thread::Builder::new()
-                .name("session-stop".into())
-                .spawn_scoped(scope, move || f(item));
-            if started.is_err() {
-                f(item);
-            }
+        let helpers: Vec<_> = (1..count)
+            .filter_map(|_| {
+                let work = work.clone();
+                std::thread::Builder::new()
+                    .name("session-job".into())
+                    .spawn_scoped(scope, move || run(&work))
+                    .ok()
+            })
+            .collect();
+        run(&work);
+        for h in helpers {
+            let _ = h.join();
         }
     });
 }
@@ -350,40 +365,13 @@ fn execute_all(tmux: &Tmux, jobs: Vec<Job>, reports: &Sender<Report>) -> bool {
             .into_iter()
             .all(|job| reports.send(execute(tmux, job)).is_ok());
     }
-    // Workers take jobs from one queue, this thread among them: a worker
-    // that cannot start leaves its share to the others, never a job undone.
-    let (queue, work) = crossbeam_channel::unbounded();
-    let workers = jobs.len();
-    for job in jobs {
-        let _ = queue.send(job);
-    }
-    drop(queue);
-    let run = |work: &crossbeam_channel::Receiver<Job>| -> bool {
-        let mut listened = true;
-        for job in work.iter() {
-            listened &= reports.send(execute(tmux, job)).is_ok();
+    let unheard = std::sync::atomic::AtomicBool::new(false);
+    in_parallel(jobs, |job| {
+        if reports.send(execute(tmux, job)).is_err() {
+            unheard.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        listened
-    };
-    let run = &run;
-    std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..workers)
-            .filter_map(|_| {
-                let work = work.clone();
-                std::thread::Builder::new()
-                    .name("session-job".into())
-                    .spawn_scoped(scope, move || run(&work))
-                    .ok()
-            })
-            .collect();
-        let mine = run(&work);
-        // A job that panicked lost its report, not the watcher: it goes on.
-        let theirs: Vec<bool> = helpers
-            .into_iter()
-            .map(|h| h.join().unwrap_or(true))
-            .collect();
-        mine && theirs.into_iter().all(|l| l)
-    })
+    });
+    !unheard.into_inner()
 }
 
 impl Job {

@@ -215,13 +215,12 @@ mod tests {
         assert_eq!(f.complaint(), "err");
     }
 
-    #[test]
-    fn a_group_leader_and_what_it_started_both_get_the_signal() {
+    /// `sh -c script` as the leader of a process group of its own (as tmux
+    /// starts a pane's program), and the pid of the child it prints first.
+    fn wrapper_and_child(script: &str) -> (std::process::Child, u32) {
         use std::os::unix::process::CommandExt;
-        use std::os::unix::process::ExitStatusExt;
-        // A wrapper that does not exec: the child is in the wrapper's group.
         let mut leader = Command::new("sh")
-            .args(["-c", "sleep 30 & echo $!; wait"])
+            .args(["-c", script])
             .stdout(std::process::Stdio::piped())
             .process_group(0)
             .spawn()
@@ -233,6 +232,14 @@ mod tests {
         )
         .unwrap();
         let child: u32 = line.trim().parse().unwrap();
+        (leader, child)
+    }
+
+    #[test]
+    fn a_group_leader_and_what_it_started_both_get_the_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        // A wrapper that does not exec: the child is in the wrapper's group.
+        let (mut leader, child) = wrapper_and_child("sleep 30 & echo $!; wait");
         assert!(signal_group(leader.id(), libc::SIGTERM));
         assert_eq!(leader.wait().unwrap().signal(), Some(libc::SIGTERM));
         let gone = (0..100).any(|_| {
@@ -246,22 +253,9 @@ mod tests {
 
     #[test]
     fn a_process_that_leads_no_group_is_signalled_alone() {
-        use std::os::unix::process::CommandExt;
         use std::os::unix::process::ExitStatusExt;
         // The child leads nothing: its group is the wrapper's.
-        let mut leader = Command::new("sh")
-            .args(["-c", "sleep 30 & echo $!; wait; sleep 30"])
-            .stdout(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(leader.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let child: u32 = line.trim().parse().unwrap();
+        let (mut leader, child) = wrapper_and_child("sleep 30 & echo $!; wait; sleep 30");
         assert!(signal_group(child, libc::SIGTERM));
         std::thread::sleep(Duration::from_millis(200));
         assert!(
