@@ -312,3 +312,49 @@ fn a_session_stuck_on_the_trust_dialog_is_reported_and_never_typed_into() {
     signal(pid, "-TERM");
     assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
 }
+
+/// Claude Code now and then fires no `SessionStart` for a session that does
+/// come up (seen here once in ten started at once). Simulated with the hooks
+/// off for its launches (`--settings {"disableAllHooks":true}`): the
+/// session is up at its prompt and no hook ever arrives. It is not left
+/// `failed` for good, as a dialog is: it is killed and relaunched with the
+/// back-off, and its record says why in one line.
+#[test]
+fn a_session_up_at_its_prompt_without_a_session_start_is_relaunched_with_back_off() {
+    let Some(mut w) = World::new("lost-start", |spec| {
+        fast_lifecycle(spec);
+        spec.pools[0].min = 1;
+        spec.claude_args.push("--settings".into());
+        spec.claude_args.push(r#"{"disableAllHooks":true}"#.into());
+    }) else {
+        return;
+    };
+    let config = std::fs::read_to_string(&w.sb.config_path)
+        .unwrap()
+        .replace("startup_timeout: 60s", "startup_timeout: 5s");
+    std::fs::write(&w.sb.config_path, config).unwrap();
+
+    let pid = w.start_daemon(&[]);
+    let first = wait_for(UP, "ccl-auto-11 launched", || w.pane_pid("ccl-auto-11"));
+    // Relaunched: another Claude Code in the pane, the record says why.
+    let s = wait_for(UP, "ccl-auto-11 relaunched", || {
+        let s = w.session("ccl-auto-11")?;
+        let relaunched = w.pane_pid("ccl-auto-11").is_some_and(|p| p != first);
+        (relaunched && s["restarts"].as_u64() >= Some(1)).then_some(s)
+    });
+    let err = s["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains("up at its prompt, but no SessionStart came within 5s"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+    // Never taken for started: no task is typed into it, it is not idle.
+    assert_ne!(s["state"], "idle", "{s}");
+    let log = testkit::world::daemon_log(&w.h, 0);
+    assert!(
+        log.contains("ccl-auto-11: failed to start (1 in a row), backoff; retry in"),
+        "{log}"
+    );
+    signal(pid, "-TERM");
+    assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
+}

@@ -242,8 +242,26 @@ pub fn classify_limit_text(text: &str) -> Option<LimitKind> {
 pub const USAGE_BETA_HEADER: (&str, &str) = ("anthropic-beta", "oauth-2025-04-20");
 
 /// The input prompt's mark: drawn when the TUI takes typed input. Text pasted
-/// before it appears (right after `SessionStart`) can be lost.
+/// before it appears (right after `SessionStart`) can be lost. A dialog's
+/// menu draws it too (`❯ No, exit` on the trust dialog), so
+/// [`input_box_drawn`] looks for the input box itself.
 pub const PROMPT_READY_MARK: &str = "❯";
+
+/// The rule drawn above (and below) the input box, across the pane.
+pub const INPUT_BOX_RULE: char = '─';
+
+/// Whether `screen` (a pane capture) shows the TUI's input box, ready for a
+/// prompt: a line that starts with [`PROMPT_READY_MARK`] right under a line
+/// of [`INPUT_BOX_RULE`] (seen on the pinned version; a dialog's menu line
+/// has text or a blank line above it, never the rule).
+pub fn input_box_drawn(screen: &str) -> bool {
+    let lines: Vec<&str> = screen.lines().map(str::trim).collect();
+    lines.windows(2).any(|w| {
+        w[0].chars().count() >= 10
+            && w[0].chars().all(|c| c == INPUT_BOX_RULE)
+            && w[1].starts_with(PROMPT_READY_MARK)
+    })
+}
 
 /// How the TUI reports a large paste in `UserPromptSubmit.prompt` and passes
 /// it to the model (seen on the pinned version, above about 800 characters or
@@ -632,6 +650,24 @@ pub fn find_prompt(path: &std::path::Path, typed: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_input_box_is_told_from_a_dialog_menu() {
+        // Pane captures of the pinned version: a session up at its prompt,
+        // and one on the trust dialog (whose menu line starts with the mark).
+        let ready = include_str!("../../tests/fixtures/screen-input-box.txt");
+        let dialog = include_str!("../../tests/fixtures/screen-trust-dialog.txt");
+        assert!(dialog.contains(PROMPT_READY_MARK));
+        assert!(input_box_drawn(ready));
+        assert!(!input_box_drawn(dialog));
+        assert!(!input_box_drawn(""));
+        // Typed text in the box, and a box narrower than the pane.
+        assert!(input_box_drawn(
+            "x\n  ──────────────\n❯ fix the build\n──────────────"
+        ));
+        // A transcript line quoting a prompt is not the box.
+        assert!(!input_box_drawn("hello\n❯ an earlier prompt\n⏺ its answer"));
+    }
 
     #[test]
     fn a_cut_in_the_middle_of_a_character_keeps_file_offsets() {

@@ -160,15 +160,24 @@ pub fn owner_pid(seat: &Path) -> Option<u32> {
 pub fn lock(seat: &Path, wait: Duration) -> Result<SeatLock, LockBusy> {
     let dir = seat.join(facts::REFRESH_LOCK);
     let owner = seat.join(facts::REFRESH_LOCK_OWNER);
-    let deadline = Instant::now() + wait;
+    let asked = Instant::now();
+    let deadline = asked + wait;
+    let mut held_by = None;
     loop {
         match std::fs::create_dir(&dir) {
             Ok(()) => {
                 let started = crate::sys::time::rfc3339(SystemTime::now());
                 let _ = std::fs::write(&owner, format!("{} {started}\n", std::process::id()));
+                if let Some(pid) = held_by {
+                    log::info!(
+                        "the seat's refresh lock was held (pid {pid}): taken after {} ms",
+                        asked.elapsed().as_millis()
+                    );
+                }
                 return Ok(SeatLock { dir, owner });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                held_by = Some(owner_pid(seat).map_or("unknown".into(), |p| p.to_string()));
                 if lock_is_stale(seat, SystemTime::now()) {
                     log::warn!(
                         "{} is stale (holder {:?} gone or silent for {:?}): breaking it",

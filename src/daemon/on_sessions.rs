@@ -74,34 +74,7 @@ impl Daemon {
             session_watcher::Report::Died { name, last_output } => {
                 self.in_flight.remove(&name);
                 session::on_died(&mut self.book, &name, last_output, &backoff, now);
-                if let Some(r) = self.book.get(&name) {
-                    match r.state {
-                        State::Failed => {
-                            log::error!(
-                                "{name}: failed to start {} times in a row; retried every {}s: {}",
-                                r.failed_starts,
-                                r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000,
-                                r.last_error.as_deref().unwrap_or("")
-                            );
-                            self.notify.send(crate::daemon::notifier::Note::new(
-                                crate::daemon::notifier::Kind::SessionFailedToStart,
-                                format!("{name} failed to start: {}", r.last_error.as_deref().unwrap_or("")),
-                                serde_json::json!({"session": name, "last_output": r.last_error, "attempts": r.failed_starts}),
-                            ));
-                        }
-                        State::Backoff => log::warn!(
-                            "{name}: failed to start ({} in a row), {}; retry in {}s: {}",
-                            r.failed_starts,
-                            r.state.as_str(),
-                            r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000,
-                            r.last_error.as_deref().unwrap_or("")
-                        ),
-                        _ => log::warn!(
-                            "{name}: its program ended: {}",
-                            r.last_error.as_deref().unwrap_or("")
-                        ),
-                    }
-                }
+                self.report_failed_start(&name, now);
             }
             session_watcher::Report::Killed { name, error } => {
                 self.in_flight.remove(&name);
@@ -117,7 +90,7 @@ impl Daemon {
                 }
                 match error {
                     Some(e) => {
-                        log::error!("{name}: restart requested but it could not be stopped: {e}")
+                        log::error!("{name}: could not be stopped for its relaunch: {e}")
                     }
                     None => log::info!("{name}: stopped; it is relaunched next"),
                 }
@@ -125,7 +98,27 @@ impl Daemon {
             // Logged where it happened; the dispatcher's deadlines (one more
             // Enter, then the attempt) deal with a prompt that never arrived.
             session_watcher::Report::NotTyped { .. } => {}
-            session_watcher::Report::Stuck { name, screen } => {
+            session_watcher::Report::Stuck {
+                name,
+                screen,
+                input_box: true,
+            } => {
+                // Up at its prompt, but its SessionStart never reached us
+                // (Claude Code now and then fires none; or our hooks are
+                // gone from its settings): nothing was typed into it yet, so
+                // it is relaunched as a failed start, with the back-off.
+                let why = format!(
+                    "up at its prompt, but no SessionStart came within {:?} (are our hooks in its settings?); relaunched. Its screen: {screen}",
+                    self.config.claude.startup_timeout
+                );
+                session::on_died(&mut self.book, &name, why, &backoff, now);
+                self.report_failed_start(&name, now);
+                // Still in flight until the kill's report.
+                let _ = self
+                    .watcher
+                    .send(session_watcher::Command::Execute(vec![Job::Kill { name }]));
+            }
+            session_watcher::Report::Stuck { name, screen, .. } => {
                 self.in_flight.remove(&name);
                 log::error!(
                     "{name}: no SessionStart within {:?}; left alone, its screen: {screen}",
@@ -139,6 +132,39 @@ impl Daemon {
                     serde_json::json!({"session": name, "last_output": screen}),
                 ));
                 session::on_stuck(&mut self.book, &name, screen, now);
+            }
+        }
+    }
+
+    /// Logs (and for one that gave up, notifies) a failed start or a
+    /// program that ended, by the state `session::on_died` left `name` in.
+    fn report_failed_start(&mut self, name: &str, now: u64) {
+        if let Some(r) = self.book.get(name) {
+            match r.state {
+                State::Failed => {
+                    log::error!(
+                        "{name}: failed to start {} times in a row; retried every {}s: {}",
+                        r.failed_starts,
+                        r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000,
+                        r.last_error.as_deref().unwrap_or("")
+                    );
+                    self.notify.send(crate::daemon::notifier::Note::new(
+                        crate::daemon::notifier::Kind::SessionFailedToStart,
+                        format!("{name} failed to start: {}", r.last_error.as_deref().unwrap_or("")),
+                        serde_json::json!({"session": name, "last_output": r.last_error, "attempts": r.failed_starts}),
+                    ));
+                }
+                State::Backoff => log::warn!(
+                    "{name}: failed to start ({} in a row), {}; retry in {}s: {}",
+                    r.failed_starts,
+                    r.state.as_str(),
+                    r.retry_at_ms.unwrap_or(now).saturating_sub(now) / 1000,
+                    r.last_error.as_deref().unwrap_or("")
+                ),
+                _ => log::warn!(
+                    "{name}: its program ended: {}",
+                    r.last_error.as_deref().unwrap_or("")
+                ),
             }
         }
     }

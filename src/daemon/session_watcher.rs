@@ -99,9 +99,13 @@ pub enum Report {
         name: String,
         last_output: String,
     },
+    /// No `SessionStart` within the start-up timeout: `screen` is its last
+    /// lines; `input_box` says whether the TUI is up at its prompt (the
+    /// hook was lost) rather than on a dialog meant for a person.
     Stuck {
         name: String,
         screen: String,
+        input_box: bool,
     },
     Killed {
         name: String,
@@ -231,7 +235,7 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
             let ready_by = Instant::now() + READY_WAIT;
             while Instant::now() < ready_by {
                 match tmux.capture_pane(session, 0) {
-                    Ok(screen) if screen.contains(facts::PROMPT_READY_MARK) => break,
+                    Ok(screen) if facts::input_box_drawn(&screen) => break,
                     Ok(_) => std::thread::sleep(Duration::from_millis(100)),
                     Err(_) => break,
                 }
@@ -451,6 +455,7 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
                 .unwrap_or_else(|e| format!("(screen unreadable: {e})"));
             Report::Stuck {
                 name,
+                input_box: facts::input_box_drawn(&screen),
                 screen: last_lines(&screen),
             }
         }

@@ -440,7 +440,7 @@ impl World {
                     .tmux
                     .capture_pane(session, 0)
                     .ok()
-                    .filter(|s| s.contains(claude_failover::claude::facts::PROMPT_READY_MARK))
+                    .filter(|s| claude_failover::claude::facts::input_box_drawn(s))
                     .map(|_| ())
             },
         );
