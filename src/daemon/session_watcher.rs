@@ -233,9 +233,18 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
         Keys::Key(key) => tmux.send_key(session, key).map_err(|e| e.to_string()),
         Keys::Text(text) => {
             let ready_by = Instant::now() + READY_WAIT;
-            while Instant::now() < ready_by {
+            loop {
                 match tmux.capture_pane(session, 0) {
                     Ok(screen) if facts::input_box_drawn(&screen) => break,
+                    Ok(_) if Instant::now() >= ready_by => {
+                        // Said, so that a TUI whose input box looks other than
+                        // `facts` knows costs a line per paste, not a silent 5 s.
+                        log::warn!(
+                            "{session}: no input box on its screen after {} s; typing anyway",
+                            READY_WAIT.as_secs()
+                        );
+                        break;
+                    }
                     Ok(_) => std::thread::sleep(Duration::from_millis(100)),
                     Err(_) => break,
                 }
