@@ -4,6 +4,8 @@
 //! - tmux processes spawned per idle reconcile turn (target 1);
 //! - daemon RSS and CPU over a window with 10 idle real Claude Code sessions.
 //!
+//! The swap's timing, in both modes, is `benches/live_swap.rs`'s.
+//!
 //! Needs the pinned Claude Code (scripts/test.sh installs it). Run with
 //! `CLAUDE_FAILOVER_E2E=1 cargo bench --bench daemon`; `BENCH_IDLE_SECS`
 //! sets the idle window (default 300).
@@ -30,7 +32,6 @@ fn main() {
     hook_wall_time();
     status_throughput();
     dispatch_latency();
-    swap_timing();
     idle_daemon();
 }
 
@@ -224,76 +225,6 @@ fn dispatch_latency() {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-}
-
-/// One cold start of Claude Code in tmux: launch → its SessionStart hook.
-fn cold_start(w: &World) -> Duration {
-    let events = w.sb.state_dir.join("events");
-    let _ = std::fs::remove_dir_all(&events);
-    let t = Instant::now();
-    support::launch_by_hand(&w.h, &w.sb, &w.api.base_url(), &w.claude, "cold", "alpha");
-    support::wait_for(Duration::from_secs(60), "cold start SessionStart", || {
-        std::fs::read_dir(&events)
-            .ok()?
-            .flatten()
-            .find(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("SessionStart")))
-    });
-    let took = t.elapsed();
-    let _ = w.h.tmux.kill_session("cold");
-    took
-}
-
-/// Trigger → every session resumed and idle under the target, for 1, 5, 10 sessions.
-fn swap_timing() {
-    for n in [1u32, 5, 10] {
-        let Some(mut w) = World::new("bench-swap", |spec| {
-            spec.pools[0].min = n;
-            spec.pools[0].max = n.max(2);
-            spec.extra_yaml
-                .push_str("lifecycle:\n  interval: 2s\nswap:\n  stop_timeout: 5s\n");
-        }) else {
-            return;
-        };
-        let cold = cold_start(&w);
-        let pid = w.start_daemon(&[]);
-        let names: Vec<String> = (11..11 + n).map(|i| format!("ccl-auto-{i}")).collect();
-        for name in &names {
-            w.wait_state(name, "idle", Duration::from_secs(120));
-        }
-        // Give each a conversation so the swap has something to resume.
-        w.give_each_a_conversation(&names, "bench");
-        std::thread::sleep(Duration::from_secs(2));
-        let t = Instant::now();
-        let url = format!("http://{}/swap?to=beta", w.sb.http_listen);
-        let answer: serde_json::Value = ureq::post(&url)
-            .set("Authorization", &format!("Bearer {}", w.token()))
-            .call()
-            .expect("swap")
-            .into_json()
-            .unwrap();
-        w.wait_all(&names, "beta", "idle", Duration::from_secs(120));
-        let total = t.elapsed();
-        println!(
-            "swap of {n:>2} session(s): trigger → all resumed {:.2} s (switcher {} ms); one cold start of Claude Code {:.2} s; ratio {:.2} (target ≤ 2 for 10)",
-            total.as_secs_f64(),
-            answer["duration_ms"],
-            cold.as_secs_f64(),
-            total.as_secs_f64() / cold.as_secs_f64()
-        );
-        if std::env::var("BENCH_SWAP_PHASES").is_ok() {
-            let log = std::fs::read_to_string(w.h.path().join("daemon-0.log")).unwrap_or_default();
-            for line in log
-                .lines()
-                .filter(|l| l.contains("swap") || l.contains("launched"))
-            {
-                println!("    {line}");
-            }
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -348,8 +348,13 @@ fn a_session_up_at_its_prompt_without_a_session_start_is_relaunched_with_back_of
         "{err}"
     );
     assert!(!err.contains('\n'), "one line: {err}");
-    // Never taken for started: no task is typed into it, it is not idle.
-    assert_ne!(s["state"], "idle", "{s}");
+    // Counted as a failed start (the back-off applies), and after its
+    // relaunch still waiting for a SessionStart, never taken for started.
+    assert!(s["failed_starts"].as_u64() >= Some(1), "{s}");
+    assert!(
+        matches!(s["state"].as_str(), Some("starting" | "backoff")),
+        "{s}"
+    );
     let log = testkit::world::daemon_log(&w.h, 0);
     assert!(
         log.contains("ccl-auto-11: failed to start (1 in a row), backoff; retry in"),

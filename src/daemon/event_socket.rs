@@ -51,6 +51,9 @@ const MAX_DEPTH: usize = 64;
 /// tmux is asked again for its panes at most this often (a flood of events
 /// from outside every session costs no more than that).
 const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// How long a sender's origin is asked of a tmux that does not answer,
+/// within the hook's own 30 s wait for its `ok`.
+const ORIGIN_WAIT: Duration = Duration::from_secs(10);
 
 /// Event files the socket wrote in this run (and when): handed on already,
 /// so the event watcher skips them; it hands on no other file written while
@@ -102,7 +105,12 @@ impl Origins {
             })
         };
         let mut found = find(&self.panes.lock());
-        if found.is_none() {
+        // Until tmux has answered once: a tmux slow to answer (a loaded
+        // machine) must not make a hook of ours look like an outsider's, as
+        // its event would be lost (a file a hook leaves while the daemon
+        // runs is never applied).
+        let give_up = Instant::now() + ORIGIN_WAIT;
+        while found.is_none() {
             // A pane tmux has not been asked about yet (a session that just
             // started): ask, at most every REFRESH_EVERY (a sender waits its
             // turn), with no lock held that a cached answer needs.
@@ -124,8 +132,11 @@ impl Origins {
                     break false;
                 }
             };
-            if due {
-                if let Ok(list) = self.tmux.list_sessions() {
+            if !due {
+                break;
+            }
+            match self.tmux.list_sessions() {
+                Ok(list) => {
                     let fresh: Panes = list
                         .into_iter()
                         .filter_map(|s| {
@@ -134,8 +145,16 @@ impl Origins {
                         })
                         .collect();
                     *self.panes.lock() = fresh;
+                    found = find(&self.panes.lock());
+                    break;
                 }
-                found = find(&self.panes.lock());
+                Err(e) if Instant::now() >= give_up => {
+                    log::warn!(
+                        "event socket: tmux did not say which session pid {pid} runs in within {ORIGIN_WAIT:?} ({e}); its event is taken for an outsider's"
+                    );
+                    break;
+                }
+                Err(e) => log::debug!("event socket: tmux did not answer ({e}); asked again"),
             }
         }
         let (pane_pid, session) = found?;
@@ -592,6 +611,64 @@ mod tests {
         assert_eq!(chain[0], me);
         assert_eq!(chain.get(1), Some(&parent));
         assert_eq!(parent_of(u32::MAX), None);
+    }
+
+    /// A tmux server of the test's own, woken and killed at the end.
+    struct Server {
+        tmux: Tmux,
+        pid: String,
+    }
+    impl Drop for Server {
+        fn drop(&mut self) {
+            signal(&self.pid, "-CONT");
+            let _ = Tmux::new(self.tmux.socket().map(String::from), Duration::from_secs(5))
+                .kill_server();
+        }
+    }
+
+    fn signal(pid: &str, sig: &str) {
+        let _ = std::process::Command::new("kill").args([sig, pid]).status();
+    }
+
+    #[test]
+    fn a_tmux_slow_to_answer_is_asked_again_not_taken_for_an_outsider() {
+        // Each tmux call gives up after 300 ms; the server is stopped for a
+        // second: the first asks fail, a later one is answered.
+        let tmux = Tmux::new(
+            Some(format!("cf-unit-origin-{}", std::process::id())),
+            Duration::from_millis(300),
+        );
+        let pane = tmux
+            .new_session(&crate::sys::tmux::Launch {
+                name: "ours".into(),
+                cwd: std::env::temp_dir(),
+                width: 80,
+                height: 24,
+                env: Vec::new(),
+                argv: vec!["sleep".into(), "60".into()],
+            })
+            .expect("tmux starts it")
+            .expect("tmux names the pane's pid");
+        let pid = tmux
+            .raw(&["display", "-p", "#{pid}"])
+            .unwrap()
+            .stdout
+            .trim()
+            .to_string();
+        let server = Server { tmux, pid };
+        signal(&server.pid, "-STOP");
+        let origins = Origins::new(server.tmux.clone());
+        let waker = {
+            let pid = server.pid.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(1));
+                signal(&pid, "-CONT");
+            })
+        };
+        let origin = origins.of(pane);
+        waker.join().unwrap();
+        assert_eq!(origin.map(|o| o.session).as_deref(), Some("ours"));
+        drop(server);
     }
 
     #[test]

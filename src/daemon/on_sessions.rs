@@ -90,14 +90,26 @@ impl Daemon {
                 }
                 match error {
                     Some(e) => {
-                        log::error!("{name}: could not be stopped for its relaunch: {e}")
+                        log::error!("{name}: could not be stopped for its relaunch: {e}");
+                        session::on_kill_failed(&mut self.book, &name);
                     }
-                    None => log::info!("{name}: stopped; it is relaunched next"),
+                    None => log::info!("{name}: stopped; it is relaunched (after its back-off, if it failed to start)"),
                 }
             }
             // Logged where it happened; the dispatcher's deadlines (one more
             // Enter, then the attempt) deal with a prompt that never arrived.
             session_watcher::Report::NotTyped { .. } => {}
+            session_watcher::Report::Stuck { name, .. }
+                if self
+                    .book
+                    .get(&name)
+                    .is_none_or(|r| r.state != State::Starting) =>
+            {
+                // Its SessionStart came while its screen was read: it runs,
+                // and may have been given work already.
+                self.in_flight.remove(&name);
+                log::info!("{name}: its SessionStart came meanwhile; left running");
+            }
             session_watcher::Report::Stuck {
                 name,
                 screen,
@@ -108,7 +120,7 @@ impl Daemon {
                 // gone from its settings): nothing was typed into it yet, so
                 // it is relaunched as a failed start, with the back-off.
                 let why = format!(
-                    "up at its prompt, but no SessionStart came within {:?} (are our hooks in its settings?); relaunched. Its screen: {screen}",
+                    "up at its prompt, but no SessionStart came within {:?} (are our hooks in its settings?); to be relaunched after its back-off. Its screen: {screen}",
                     self.config.claude.startup_timeout
                 );
                 session::on_died(&mut self.book, &name, why, &backoff, now);

@@ -446,6 +446,22 @@ pub fn on_died(
     }
 }
 
+/// A session that was to be stopped for its relaunch still runs (tmux did
+/// not answer the kill). One recorded as a failed start waiting out its
+/// back-off (`on_died` after a start-up with no `SessionStart`) goes back to
+/// `Starting`, launched as long ago as it was, so the next turn finds it
+/// stuck again and kills it again, rather than leave a live session on the
+/// books as waiting to be launched, which nothing would ever stop or use.
+/// Any other record follows what tmux shows next turn.
+pub fn on_kill_failed(book: &mut Book, name: &str) {
+    if let Some(r) = book.get_mut(name) {
+        if matches!(r.state, State::Backoff | State::Failed) && r.retry_at_ms.is_some() {
+            let since = r.since_ms;
+            r.set_state(State::Starting, since);
+        }
+    }
+}
+
 /// Records a session stuck before `SessionStart` (a dialog, a login screen).
 pub fn on_stuck(book: &mut Book, name: &str, screen: String, now_ms: u64) {
     if let Some(r) = book.get_mut(name) {
@@ -968,6 +984,51 @@ mod tests {
         );
         assert_eq!(book["ccl-auto-11"].state, State::Failed);
         assert!(reconcile(&c, &book, &obs, &HashSet::new(), "a", 99_000).is_empty());
+    }
+
+    #[test]
+    fn a_stuck_start_whose_kill_failed_is_found_stuck_again_not_left_running_in_backoff() {
+        let c = config();
+        let mut book = Book::new();
+        on_launched(
+            &mut book,
+            Launched {
+                pool: "auto",
+                name: "ccl-auto-11",
+                cwd: "/srv".into(),
+                account: "a",
+                pane_pid: None,
+                relaunch: false,
+            },
+            0,
+        );
+        let obs = [alive("ccl-auto-11", 1), alive("ccl-auto-12", 2)];
+        // Up at its prompt with no SessionStart: a failed start, then killed.
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "no SessionStart".into(),
+            &c.lifecycle.restart_backoff,
+            61_000,
+        );
+        assert_eq!(book["ccl-auto-11"].state, State::Backoff);
+        // The kill failed: it still runs. As Backoff nothing would ever act on it.
+        on_kill_failed(&mut book, "ccl-auto-11");
+        assert_eq!(book["ccl-auto-11"].state, State::Starting);
+        assert_eq!(
+            book["ccl-auto-11"].failed_starts, 1,
+            "the failed start still counts"
+        );
+        assert_eq!(
+            reconcile(&c, &book, &obs, &HashSet::new(), "a", 62_000),
+            vec![Action::ReportStuck {
+                name: "ccl-auto-11".into()
+            }]
+        );
+        // One left alone on a dialog (failed, no retry) stays so.
+        on_stuck(&mut book, "ccl-auto-11", "a dialog".into(), 62_000);
+        on_kill_failed(&mut book, "ccl-auto-11");
+        assert_eq!(book["ccl-auto-11"].state, State::Failed);
     }
 
     #[test]
