@@ -313,8 +313,8 @@ fn a_session_stuck_on_the_trust_dialog_is_reported_and_never_typed_into() {
     assert_eq!(wait_exit(&mut w, pid, Duration::from_secs(5)), Some(0));
 }
 
-/// Claude Code now and then fires no `SessionStart` for a session that does
-/// come up (seen here once in ten started at once). Simulated with the hooks
+/// A session that comes up but whose `SessionStart` never reaches the
+/// daemon (seen here once in ten started at once under load). Simulated with the hooks
 /// off for its launches (`--settings {"disableAllHooks":true}`): the
 /// session is up at its prompt and no hook ever arrives. It is not left
 /// `failed` for good, as a dialog is: it is killed and relaunched with the
