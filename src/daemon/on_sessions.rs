@@ -116,7 +116,7 @@ impl Daemon {
                 input_box: true,
             } => {
                 // Up at its prompt, but its SessionStart never reached us
-                // (Claude Code now and then fires none; or our hooks are
+                // (lost on its way under load; or our hooks are
                 // gone from its settings): nothing was typed into it yet, so
                 // it is relaunched as a failed start, with the back-off.
                 let why = format!(
