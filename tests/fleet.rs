@@ -9,10 +9,13 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{daemon_log, wait_for, World};
+use testkit::browser::Browser;
 use testkit::redis_server::RedisServer;
 
 const UP: Duration = Duration::from_secs(120);
 const LEASE_TTL: Duration = Duration::from_secs(6);
+/// How long the dashboard is given to show what `/status` says.
+const PAGE: Duration = Duration::from_secs(30);
 
 fn now() -> u64 {
     SystemTime::now()
@@ -82,6 +85,20 @@ fn active(w: &World) -> String {
 }
 
 /// Both daemons up, their session idle, each seeing the other.
+/// A script for the dashboard: true when the Fleet panel is shown with
+/// `state` and exactly these machines, each on its account.
+fn fleet_panel_shows(state: &str, machines: &[(&str, &str)]) -> String {
+    let want: Vec<String> = machines.iter().map(|(m, a)| format!("{m}={a}")).collect();
+    format!(
+        "(() => {{ const p = document.getElementById('fleet-panel'); \
+           if (!p || p.hidden || document.getElementById('fleet-state').textContent !== {state:?}) return false; \
+           const rows = [...document.querySelectorAll('#fleet-machines tr[data-machine]')] \
+             .map(r => r.dataset.machine + '=' + r.querySelector('.account').textContent).sort(); \
+           return JSON.stringify(rows) === {:?} }})()",
+        serde_json::to_string(&want).unwrap()
+    )
+}
+
 fn start_both(m1: &mut World, m2: &mut World) {
     m1.start_daemon(&[]);
     m2.start_daemon(&[]);
@@ -243,8 +260,31 @@ fn redis_killed_both_go_on_alone_then_rejoin_and_a_killed_machine_drops_out_of_t
     let mut m1 = machine(None, "fleet-m1", &redis.url(), 1).unwrap();
     let mut m2 = machine(Some(&m1), "fleet-m2", &redis.url(), 1).unwrap();
     start_both(&mut m1, &mut m2);
+    // The dashboard's Fleet panel on machine 1, in a real Chromium, followed
+    // through the outage, the rejoin and machine 2's death without a reload.
+    let chromium = testkit::browser::chromium().expect(
+        "the end-to-end suite needs Debian's chromium (scripts/test.sh installs it; or set CLAUDE_FAILOVER_CHROMIUM)",
+    );
+    let mut page = Browser::launch(
+        &chromium,
+        &format!("http://{}/", m1.sb.http_listen),
+        1280,
+        1000,
+    );
+    page.wait_for(
+        PAGE,
+        "the Fleet panel, connected, both machines on alpha",
+        &fleet_panel_shows("connected", &[("fleet-m1", "alpha"), ("fleet-m2", "alpha")]),
+    );
+    page.eval("window.__no_reload = 7");
 
     redis.kill();
+    page.wait_for(
+        PAGE,
+        "the Fleet panel says Redis is gone, and why",
+        "document.getElementById('fleet-state').textContent === 'disconnected: on its own' \
+         && !!document.querySelector('#fleet .why') && document.querySelector('#fleet .why').textContent.length > 0",
+    );
     for w in [&m1, &m2] {
         wait_for(Duration::from_secs(10), "the fleet disconnected", || {
             (fleet(w)["connected"] == false).then_some(())
@@ -284,6 +324,11 @@ fn redis_killed_both_go_on_alone_then_rejoin_and_a_killed_machine_drops_out_of_t
         });
     }
     let rejoined = back.elapsed();
+    page.wait_for(
+        PAGE,
+        "the Fleet panel, connected again, m1 on beta and m2 on gamma",
+        &fleet_panel_shows("connected", &[("fleet-m1", "beta"), ("fleet-m2", "gamma")]),
+    );
     // A hung Redis (it takes connections and answers nothing): a swap is
     // held up by no more than the calls' own deadlines, and both go on alone.
     redis.pause();
@@ -345,6 +390,12 @@ fn redis_killed_both_go_on_alone_then_rejoin_and_a_killed_machine_drops_out_of_t
         || (machines_seen(&m1).iter().all(|(m, _)| m != "fleet-m2")).then_some(Instant::now()),
     );
     let after = gone.duration_since(last_renewal_bound);
+    page.wait_for(
+        PAGE,
+        "the Fleet panel without the dead machine",
+        &fleet_panel_shows("connected", &[("fleet-m1", "beta")]),
+    );
+    assert_eq!(page.eval("window.__no_reload"), 7, "the page was reloaded");
     assert!(
         // The view drops a lease at its expiry, at most the TTL after the kill;
         // a second for this loop to ask and the answer to come on a loaded machine.

@@ -229,6 +229,22 @@ pub fn render(v: &serde_json::Value) -> String {
                 .map(|r| format!(" {r}"))
                 .unwrap_or_default()
         ),
+        "fleet_machines" => d["machines"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|m| {
+                        format!(
+                            "{} on {} ({} sessions)",
+                            m["machine"].as_str().unwrap_or(""),
+                            m["account"].as_str().unwrap_or(""),
+                            m["sessions"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
         "config_reloaded" => match d["error"].as_str() {
             Some(e) => format!("refused: {e}"),
             None => "applied".into(),

@@ -613,64 +613,6 @@ mod tests {
         assert_eq!(parent_of(u32::MAX), None);
     }
 
-    /// A tmux server of the test's own, woken and killed at the end.
-    struct Server {
-        tmux: Tmux,
-        pid: String,
-    }
-    impl Drop for Server {
-        fn drop(&mut self) {
-            signal(&self.pid, "-CONT");
-            let _ = Tmux::new(self.tmux.socket().map(String::from), Duration::from_secs(5))
-                .kill_server();
-        }
-    }
-
-    fn signal(pid: &str, sig: &str) {
-        let _ = std::process::Command::new("kill").args([sig, pid]).status();
-    }
-
-    #[test]
-    fn a_tmux_slow_to_answer_is_asked_again_not_taken_for_an_outsider() {
-        // Each tmux call gives up after 300 ms; the server is stopped for a
-        // second: the first asks fail, a later one is answered.
-        let tmux = Tmux::new(
-            Some(format!("cf-unit-origin-{}", std::process::id())),
-            Duration::from_millis(300),
-        );
-        let pane = tmux
-            .new_session(&crate::sys::tmux::Launch {
-                name: "ours".into(),
-                cwd: std::env::temp_dir(),
-                width: 80,
-                height: 24,
-                env: Vec::new(),
-                argv: vec!["sleep".into(), "60".into()],
-            })
-            .expect("tmux starts it")
-            .expect("tmux names the pane's pid");
-        let pid = tmux
-            .raw(&["display", "-p", "#{pid}"])
-            .unwrap()
-            .stdout
-            .trim()
-            .to_string();
-        let server = Server { tmux, pid };
-        signal(&server.pid, "-STOP");
-        let origins = Origins::new(server.tmux.clone());
-        let waker = {
-            let pid = server.pid.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(1));
-                signal(&pid, "-CONT");
-            })
-        };
-        let origin = origins.of(pane);
-        waker.join().unwrap();
-        assert_eq!(origin.map(|o| o.session).as_deref(), Some("ours"));
-        drop(server);
-    }
-
     #[test]
     fn peer_credentials_name_the_connecting_process() {
         let (a, b) = UnixStream::pair().unwrap();

@@ -64,6 +64,8 @@ pub enum Kind {
     ConfigReloaded,
     /// A swap on another machine of the fleet (`fleet.redis`).
     Fleet,
+    /// The fleet's live machines changed (one joined, moved, lapsed or left).
+    FleetMachines,
 }
 
 impl Kind {
@@ -81,6 +83,7 @@ impl Kind {
             Kind::Notification => "notification",
             Kind::ConfigReloaded => "config_reloaded",
             Kind::Fleet => "fleet",
+            Kind::FleetMachines => "fleet_machines",
         }
     }
 }

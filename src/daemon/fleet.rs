@@ -298,6 +298,7 @@ impl Fleet {
             let machine = machine.clone();
             let forward = forward.clone();
             let stop_rx = stop_rx.clone();
+            let feed = feed.clone();
             std::thread::Builder::new()
                 .name("fleet-subscriber".into())
                 .spawn(move || subscribe(subscriber_store, &machine, &forward, &feed, &stop_rx))
@@ -322,6 +323,8 @@ impl Fleet {
             read_all_at: None,
             retry_at: None,
             warned: false,
+            feed: feed.clone(),
+            members: None,
         };
         let thread = std::thread::Builder::new()
             .name("fleet".into())
@@ -436,7 +439,16 @@ struct Link {
     retry_at: Option<Instant>,
     /// The loss of Redis was said (once per outage).
     warned: bool,
+    /// This machine's event stream: the fleet's members as last published.
+    feed: Events,
+    members: Option<Vec<Member>>,
 }
+
+/// A live machine as the Fleet panel shows it: (machine, account, sessions,
+/// moving_to). A change in the list is an event, so that a dashboard
+/// follows a machine that joins, moves or lapses (which happens in Redis or
+/// by the clock, not on this machine's stream).
+type Member = (String, String, u32, Option<String>);
 
 impl Link {
     fn handle(&mut self, c: Command) {
@@ -692,10 +704,34 @@ impl Link {
         let Some((machines, claims)) = self.outcome(r) else {
             return;
         };
-        {
+        let members: Vec<Member> = {
             let mut v = self.view.write();
             v.machines = machines;
             v.claims = claims;
+            v.live_machines(now_ms())
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.machine.clone(),
+                        m.account.clone(),
+                        m.sessions,
+                        m.moving_to.clone(),
+                    )
+                })
+                .collect()
+        };
+        if self.members.as_ref() != Some(&members) {
+            let list: Vec<serde_json::Value> = members
+                .iter()
+                .map(|(machine, account, sessions, moving_to)| {
+                    serde_json::json!({"machine": machine, "account": account, "sessions": sessions, "moving_to": moving_to})
+                })
+                .collect();
+            self.feed.publish(
+                EventKind::FleetMachines,
+                serde_json::json!({"machine": self.machine, "machines": list}),
+            );
+            self.members = Some(members);
         }
         if self.read_all_at.is_none_or(|t| t.elapsed() >= CATCH_UP) && !self.stopping() {
             let r = self.store.readings(&self.accounts);

@@ -583,6 +583,63 @@ mod tests {
         names
     }
 
+    /// A tmux server stopped (SIGSTOP) until dropped: woken even when the
+    /// test fails, so that its own `Server` can kill it.
+    struct Stopped(String);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0])
+                .status();
+        }
+    }
+
+    /// Here rather than in `event_socket`, which asks the question: only
+    /// this module starts tmux sessions (scripts/check-shape.sh).
+    #[test]
+    fn a_tmux_slow_to_answer_is_asked_again_not_taken_for_an_outsider() {
+        let server = server("origin");
+        let pane = server
+            .0
+            .new_session(&crate::sys::tmux::Launch {
+                name: "ours".into(),
+                cwd: std::env::temp_dir(),
+                width: 80,
+                height: 24,
+                env: Vec::new(),
+                argv: vec!["sleep".into(), "60".into()],
+            })
+            .expect("tmux starts it")
+            .expect("tmux names the pane's pid");
+        let pid = server
+            .0
+            .raw(&["display", "-p", "#{pid}"])
+            .unwrap()
+            .stdout
+            .trim()
+            .to_string();
+        // Each call of the event socket's gives up after 300 ms; the server
+        // is stopped for a second: the first asks fail, a later one is
+        // answered.
+        let origins = crate::daemon::event_socket::Origins::new(Tmux::new(
+            server.0.socket().map(String::from),
+            Duration::from_millis(300),
+        ));
+        let stopped = Stopped(pid);
+        assert!(std::process::Command::new("kill")
+            .args(["-STOP", &stopped.0])
+            .status()
+            .unwrap()
+            .success());
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            drop(stopped);
+        });
+        let origin = origins.of(pane);
+        waker.join().unwrap();
+        assert_eq!(origin.map(|o| o.session).as_deref(), Some("ours"));
+    }
+
     #[test]
     fn a_stop_signals_ours_waits_for_them_and_leaves_others_running() {
         let server = server("stop");
