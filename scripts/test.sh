@@ -40,7 +40,8 @@ export_e2e
 # Two test threads: the machine (and CI) has two cores, and every
 # end-to-end test runs real Claude Code processes.
 rc=0
-cargo test --workspace "$@" -- --test-threads=2 || rc=$?
+# --no-fail-fast: one run names every failing test, not only the first binary's.
+cargo test --workspace --no-fail-fast "$@" -- --test-threads=2 || rc=$?
 if [ -n "$soak_pid" ]; then
     soak_rc=0
     wait "$soak_pid" || soak_rc=$?

@@ -350,7 +350,11 @@ fn a_session_up_at_its_prompt_without_a_session_start_is_relaunched_with_back_of
     assert!(!err.contains('\n'), "one line: {err}");
     // Counted as a failed start (the back-off applies), and after its
     // relaunch still waiting for a SessionStart, never taken for started.
-    assert!(s["failed_starts"].as_u64() >= Some(1), "{s}");
+    let book: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.sb.state_dir.join("sessions.json")).unwrap())
+            .unwrap();
+    let record = &book["sessions"]["ccl-auto-11"];
+    assert!(record["failed_starts"].as_u64() >= Some(1), "{record}");
     assert!(
         matches!(s["state"].as_str(), Some("starting" | "backoff")),
         "{s}"

@@ -54,6 +54,9 @@ const REFRESH_EVERY: Duration = Duration::from_millis(250);
 /// How long a sender's origin is asked of a tmux that does not answer,
 /// within the hook's own 30 s wait for its `ok`.
 const ORIGIN_WAIT: Duration = Duration::from_secs(10);
+/// One tmux call of that question at most (then asked again, to
+/// [`ORIGIN_WAIT`]): a sender waits at most their sum.
+const ORIGIN_CALL: Duration = Duration::from_secs(3);
 
 /// Event files the socket wrote in this run (and when): handed on already,
 /// so the event watcher skips them; it hands on no other file written while
@@ -88,7 +91,12 @@ pub struct Origins {
 impl Origins {
     pub fn new(tmux: Tmux) -> Origins {
         Origins {
-            tmux,
+            // A call that hangs is given up on sooner than the daemon's
+            // other tmux calls, so that a retry fits in the hook's wait.
+            tmux: Tmux::new(
+                tmux.socket().map(String::from),
+                tmux.deadline().min(ORIGIN_CALL),
+            ),
             panes: Mutex::new(HashMap::new()),
             asked: Mutex::new(None),
         }
@@ -115,6 +123,9 @@ impl Origins {
             // started): ask, at most every REFRESH_EVERY (a sender waits its
             // turn), with no lock held that a cached answer needs.
             let due = loop {
+                if Instant::now() >= give_up {
+                    break false;
+                }
                 let wait = {
                     let mut asked = self.asked.lock();
                     match *asked {

@@ -704,7 +704,7 @@ impl Link {
         let Some((machines, claims)) = self.outcome(r) else {
             return;
         };
-        let members: Vec<Member> = {
+        let mut members: Vec<Member> = {
             let mut v = self.view.write();
             v.machines = machines;
             v.claims = claims;
@@ -720,6 +720,9 @@ impl Link {
                 })
                 .collect()
         };
+        // By name: Redis lists the leases by expiry, which every renewal
+        // reorders.
+        members.sort();
         if self.members.as_ref() != Some(&members) {
             let list: Vec<serde_json::Value> = members
                 .iter()

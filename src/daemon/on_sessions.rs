@@ -93,7 +93,10 @@ impl Daemon {
                         log::error!("{name}: could not be stopped for its relaunch: {e}");
                         session::on_kill_failed(&mut self.book, &name);
                     }
-                    None => log::info!("{name}: stopped; it is relaunched (after its back-off, if it failed to start)"),
+                    None => {
+                        session::on_killed(&mut self.book, &name, now);
+                        log::info!("{name}: stopped; it is relaunched (after its back-off, if it failed to start)")
+                    }
                 }
             }
             // Logged where it happened; the dispatcher's deadlines (one more

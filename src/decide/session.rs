@@ -458,6 +458,25 @@ pub fn on_kill_failed(book: &mut Book, name: &str) {
         if matches!(r.state, State::Backoff | State::Failed) && r.retry_at_ms.is_some() {
             let since = r.since_ms;
             r.set_state(State::Starting, since);
+            // Found stuck again, `on_died` counts it once more: it is the
+            // same failed start.
+            r.failed_starts = r.failed_starts.saturating_sub(1);
+        }
+    }
+}
+
+/// A session stopped for its relaunch is gone. One that a hook made live
+/// meanwhile (a `SessionStart` that came after its kill was asked for) is
+/// recorded dead, so that nothing is typed into a session that is no more;
+/// one waiting out its back-off, or leaving the pool, stays as it is.
+pub fn on_killed(book: &mut Book, name: &str, now_ms: u64) {
+    if let Some(r) = book.get_mut(name) {
+        if !matches!(
+            r.state,
+            State::Backoff | State::Failed | State::Stopping | State::Dead
+        ) {
+            r.pane_pid = None;
+            r.set_state(State::Dead, now_ms);
         }
     }
 }
@@ -1016,18 +1035,39 @@ mod tests {
         on_kill_failed(&mut book, "ccl-auto-11");
         assert_eq!(book["ccl-auto-11"].state, State::Starting);
         assert_eq!(
-            book["ccl-auto-11"].failed_starts, 1,
-            "the failed start still counts"
-        );
-        assert_eq!(
             reconcile(&c, &book, &obs, &HashSet::new(), "a", 62_000),
             vec![Action::ReportStuck {
                 name: "ccl-auto-11".into()
             }]
         );
+        // Found stuck again: the same failed start, counted once in all.
+        on_died(
+            &mut book,
+            "ccl-auto-11",
+            "no SessionStart".into(),
+            &c.lifecycle.restart_backoff,
+            62_000,
+        );
+        assert_eq!(
+            (book["ccl-auto-11"].state, book["ccl-auto-11"].failed_starts),
+            (State::Backoff, 1)
+        );
+        // Its SessionStart came after all, then the kill went through: dead,
+        // not idle with nothing behind it.
+        apply_hook(
+            &mut book,
+            &hook(
+                "ccl-auto-11",
+                json!({"hook_event_name": "SessionStart", "session_id": "s-9", "source": "startup"}),
+            ),
+        );
+        assert_eq!(book["ccl-auto-11"].state, State::Idle);
+        on_killed(&mut book, "ccl-auto-11", 63_000);
+        assert_eq!(book["ccl-auto-11"].state, State::Dead);
         // One left alone on a dialog (failed, no retry) stays so.
-        on_stuck(&mut book, "ccl-auto-11", "a dialog".into(), 62_000);
+        on_stuck(&mut book, "ccl-auto-11", "a dialog".into(), 64_000);
         on_kill_failed(&mut book, "ccl-auto-11");
+        on_killed(&mut book, "ccl-auto-11", 64_000);
         assert_eq!(book["ccl-auto-11"].state, State::Failed);
     }
 

@@ -67,6 +67,11 @@ impl Tmux {
         self.socket.as_deref()
     }
 
+    /// How long one call may take.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new("tmux");
         if let Some(s) = &self.socket {
