@@ -439,16 +439,14 @@ struct Link {
     retry_at: Option<Instant>,
     /// The loss of Redis was said (once per outage).
     warned: bool,
-    /// This machine's event stream: the fleet's members as last published.
+    /// This machine's event stream, and the live machines as last published
+    /// on it (each as the Fleet panel shows it): a change in the list is an
+    /// event, so that a dashboard follows a machine that joins, moves or
+    /// lapses (which happens in Redis or by the clock, not on this
+    /// machine's stream).
     feed: Events,
-    members: Option<Vec<Member>>,
+    members: Option<Vec<serde_json::Value>>,
 }
-
-/// A live machine as the Fleet panel shows it: (machine, account, sessions,
-/// moving_to). A change in the list is an event, so that a dashboard
-/// follows a machine that joins, moves or lapses (which happens in Redis or
-/// by the clock, not on this machine's stream).
-type Member = (String, String, u32, Option<String>);
 
 impl Link {
     fn handle(&mut self, c: Command) {
@@ -704,35 +702,24 @@ impl Link {
         let Some((machines, claims)) = self.outcome(r) else {
             return;
         };
-        let mut members: Vec<Member> = {
+        let members: Vec<serde_json::Value> = {
             let mut v = self.view.write();
             v.machines = machines;
             v.claims = claims;
-            v.live_machines(now_ms())
-                .into_iter()
+            let mut live = v.live_machines(now_ms());
+            // By name: Redis lists the leases by expiry, which every renewal
+            // reorders.
+            live.sort_by(|a, b| a.machine.cmp(&b.machine));
+            live.into_iter()
                 .map(|m| {
-                    (
-                        m.machine.clone(),
-                        m.account.clone(),
-                        m.sessions,
-                        m.moving_to.clone(),
-                    )
+                    serde_json::json!({"machine": m.machine, "account": m.account, "sessions": m.sessions, "moving_to": m.moving_to})
                 })
                 .collect()
         };
-        // By name: Redis lists the leases by expiry, which every renewal
-        // reorders.
-        members.sort();
         if self.members.as_ref() != Some(&members) {
-            let list: Vec<serde_json::Value> = members
-                .iter()
-                .map(|(machine, account, sessions, moving_to)| {
-                    serde_json::json!({"machine": machine, "account": account, "sessions": sessions, "moving_to": moving_to})
-                })
-                .collect();
             self.feed.publish(
                 EventKind::FleetMachines,
-                serde_json::json!({"machine": self.machine, "machines": list}),
+                serde_json::json!({"machine": self.machine, "machines": members}),
             );
             self.members = Some(members);
         }

@@ -687,6 +687,22 @@ mod tests {
         }
     }
 
+    /// `name` launched (first time, pool `auto`, account `a`) at 0 ms.
+    fn launched_at_zero(book: &mut Book, name: &str) {
+        on_launched(
+            book,
+            Launched {
+                pool: "auto",
+                name,
+                cwd: "/srv".into(),
+                account: "a",
+                pane_pid: None,
+                relaunch: false,
+            },
+            0,
+        );
+    }
+
     fn hook(session: &str, payload: serde_json::Value) -> RecordedEvent {
         let mut ev = RecordedEvent {
             kind: "hook".into(),
@@ -916,18 +932,7 @@ mod tests {
     fn dead_pane_is_collected_and_a_running_session_that_dies_restarts_at_once() {
         let c = config();
         let mut book = Book::new();
-        on_launched(
-            &mut book,
-            Launched {
-                pool: "auto",
-                name: "ccl-auto-11",
-                cwd: "/srv".into(),
-                account: "a",
-                pane_pid: None,
-                relaunch: false,
-            },
-            0,
-        );
+        launched_at_zero(&mut book, "ccl-auto-11");
         apply_hook(
             &mut book,
             &hook(
@@ -973,18 +978,7 @@ mod tests {
     fn stuck_start_is_reported_not_typed_into_and_in_flight_is_skipped() {
         let c = config();
         let mut book = Book::new();
-        on_launched(
-            &mut book,
-            Launched {
-                pool: "auto",
-                name: "ccl-auto-11",
-                cwd: "/srv".into(),
-                account: "a",
-                pane_pid: None,
-                relaunch: false,
-            },
-            0,
-        );
+        launched_at_zero(&mut book, "ccl-auto-11");
         let obs = [alive("ccl-auto-11", 1), alive("ccl-auto-12", 2)];
         assert!(reconcile(&c, &book, &obs, &HashSet::new(), "a", 59_000).is_empty());
         assert_eq!(
@@ -1009,18 +1003,7 @@ mod tests {
     fn a_stuck_start_whose_kill_failed_is_found_stuck_again_not_left_running_in_backoff() {
         let c = config();
         let mut book = Book::new();
-        on_launched(
-            &mut book,
-            Launched {
-                pool: "auto",
-                name: "ccl-auto-11",
-                cwd: "/srv".into(),
-                account: "a",
-                pane_pid: None,
-                relaunch: false,
-            },
-            0,
-        );
+        launched_at_zero(&mut book, "ccl-auto-11");
         let obs = [alive("ccl-auto-11", 1), alive("ccl-auto-12", 2)];
         // Up at its prompt with no SessionStart: a failed start, then killed.
         on_died(
@@ -1074,18 +1057,7 @@ mod tests {
     #[test]
     fn hooks_move_states_and_stale_conversations_are_ignored() {
         let mut book = Book::new();
-        on_launched(
-            &mut book,
-            Launched {
-                pool: "auto",
-                name: "ccl-auto-11",
-                cwd: "/srv".into(),
-                account: "a",
-                pane_pid: None,
-                relaunch: false,
-            },
-            0,
-        );
+        launched_at_zero(&mut book, "ccl-auto-11");
         let s = "ccl-auto-11";
         apply_hook(
             &mut book,
