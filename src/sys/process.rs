@@ -135,8 +135,13 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| is_exec(p))
 }
 
-/// Whether a process with this pid exists (signal 0; a process of another
-/// user counts as alive).
+/// Whether a process with this pid is still running (signal 0; a process
+/// of another user counts as alive). A zombie is not: it has exited and
+/// only its parent has not collected it yet. tmux up to 3.4 (built with
+/// libutempter, as Debian's is) now and then misses the SIGCHLD of a pane's
+/// program and leaves it a zombie until its next child exits
+/// (tmux/tmux#311, #2679, #4559); seen here on 3.3a after one stop in
+/// three, which then took the whole `stop_timeout`.
 pub fn alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
@@ -146,7 +151,22 @@ pub fn alive(pid: u32) -> bool {
     }
     // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !exited(pid)
+}
+
+/// Whether `/proc` shows `pid` as exited but not yet collected (state `Z`,
+/// or `X` on its way out). No `/proc` entry: not known to have exited.
+fn exited(pid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state is the first field after the name, which is in
+    // parentheses and may itself hold spaces or parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
 }
 
 /// Sends `signal` to the program a tmux pane runs: to the process group it
@@ -201,6 +221,37 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_exited_is_not_alive_before_its_parent_collects_it() {
+        let mut child = Command::new("sh").args(["-c", "exit 0"]).spawn().unwrap();
+        let pid = child.id();
+        // Not collected: a zombie until wait() below, as a pane's program
+        // is when tmux misses its SIGCHLD.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !exited(pid as libc::pid_t) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sh {pid} never exited"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: signal 0 only checks the pid.
+        assert_eq!(
+            unsafe { libc::kill(pid as libc::pid_t, 0) },
+            0,
+            "the zombie's pid is still taken"
+        );
+        assert!(!alive(pid), "a zombie counts as alive");
+        child.wait().unwrap();
+        assert!(!alive(pid));
+        // A running process is alive, and this one too.
+        let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(alive(sleeper.id()));
+        assert!(alive(std::process::id()));
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
 
     #[test]
     fn captures_both_streams_and_status() {
