@@ -241,11 +241,7 @@ fn a_permission_prompt_is_waiting_notified_once_never_typed_into_and_the_task_go
     }) else {
         return;
     };
-    let config = std::fs::read_to_string(&w.sb.config_path).unwrap().replace(
-        "http:\n",
-        &format!("notify:\n  webhook: {{ url: \"{hook}/events\" }}\nhttp:\n"),
-    );
-    std::fs::write(&w.sb.config_path, config).unwrap();
+    w.sb.notify_webhook(&format!("{hook}/events"));
     let stamps = w.h.path().join("notification-times");
     add_user_hook(
         &w,
@@ -341,12 +337,7 @@ fn a_session_whose_hooks_are_removed_while_it_works_is_reported_hooks_silent() {
     }) else {
         return;
     };
-    let config = std::fs::read_to_string(&w.sb.config_path).unwrap().replace(
-        "http:\n",
-        &format!("notify:\n  webhook: {{ url: \"{hook}/events\" }}\nhttp:\n"),
-    );
-    assert!(config.contains("hooks_silent_after: 3s"), "{config}");
-    std::fs::write(&w.sb.config_path, config).unwrap();
+    w.sb.notify_webhook(&format!("{hook}/events"));
     let project = w.sb.project_dirs[0].1.clone();
     w.start_daemon(&[]);
     w.wait_state("ccl-auto-11", "idle", UP);

@@ -288,10 +288,7 @@ fn a_session_stuck_on_the_trust_dialog_is_reported_and_never_typed_into() {
     let alpha = w.sb.account("alpha").unwrap().home.clone();
     let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
     testkit::sandbox::write_claude_json(&alpha, true, &projects).unwrap();
-    let config = std::fs::read_to_string(&w.sb.config_path)
-        .unwrap()
-        .replace("startup_timeout: 60s", "startup_timeout: 5s");
-    std::fs::write(&w.sb.config_path, config).unwrap();
+    w.sb.edit_config("startup_timeout: 60s", "startup_timeout: 5s");
 
     let pid = w.start_daemon(&[]);
     let s = wait_for(UP, "ccl-auto-11 reported failed", || {
@@ -329,10 +326,7 @@ fn a_session_up_at_its_prompt_without_a_session_start_is_relaunched_with_back_of
     }) else {
         return;
     };
-    let config = std::fs::read_to_string(&w.sb.config_path)
-        .unwrap()
-        .replace("startup_timeout: 60s", "startup_timeout: 5s");
-    std::fs::write(&w.sb.config_path, config).unwrap();
+    w.sb.edit_config("startup_timeout: 60s", "startup_timeout: 5s");
 
     let pid = w.start_daemon(&[]);
     let first = wait_for(UP, "ccl-auto-11 launched", || w.pane_pid("ccl-auto-11"));

@@ -653,15 +653,8 @@ fn a_target_whose_sessions_never_start_is_marked_and_the_swap_moves_on() {
     let beta = w.sb.account("beta").unwrap().home.clone();
     let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
     testkit::sandbox::write_claude_json(&beta, true, &projects).unwrap();
-    let config = std::fs::read_to_string(&w.sb.config_path)
-        .unwrap()
-        .replace("startup_timeout: 60s", "startup_timeout: 8s")
-        .replace(
-            "http:\n",
-            &format!("notify:\n  webhook: {{ url: \"{hook}/events\" }}\nhttp:\n"),
-        );
-    assert!(config.contains("startup_timeout: 8s"));
-    std::fs::write(&w.sb.config_path, config).unwrap();
+    w.sb.edit_config("startup_timeout: 60s", "startup_timeout: 8s");
+    w.sb.notify_webhook(&format!("{hook}/events"));
     let names = ["ccl-auto-11", "ccl-auto-12"];
     let pid = w.start_daemon(&[]);
     wait_all_on(&w, "alpha", &names);

@@ -355,9 +355,7 @@ fn on_a_non_loopback_listen_a_get_needs_the_token() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let text = std::fs::read_to_string(&b.sb.config_path).unwrap();
-    let text = text.replace("http:\n", &format!("http:\n  token_file: {token_file:?}\n"));
-    std::fs::write(&b.sb.config_path, text).unwrap();
+    b.sb.edit_config("http:\n", &format!("http:\n  token_file: {token_file:?}\n"));
     b.start(&[]);
     let port = b.sb.http_listen.rsplit(':').next().unwrap().to_string();
     let url = format!("http://127.0.0.1:{port}/status");

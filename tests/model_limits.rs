@@ -56,11 +56,7 @@ fn a_spent_opus_week_passes_the_account_over_for_the_opus_pool_only() {
     }) else {
         return;
     };
-    let config = std::fs::read_to_string(&w.sb.config_path).unwrap().replace(
-        "http:\n",
-        &format!("notify:\n  webhook: {{ url: \"{hook}/events\" }}\nhttp:\n"),
-    );
-    std::fs::write(&w.sb.config_path, config).unwrap();
+    w.sb.notify_webhook(&format!("{hook}/events"));
     w.api.set_usage("alpha", 5.0, 5.0).unwrap();
     w.api.set_scoped("alpha", "Opus", Some(100.0)).unwrap();
     w.api.set_usage("beta", 95.0, 5.0).unwrap();

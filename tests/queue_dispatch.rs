@@ -228,10 +228,7 @@ fn a_pool_grows_under_a_queue_and_shrinks_back_after_idling() {
         return;
     };
     // Replace the pool's idle_shrink_after with something short.
-    let cfg = std::fs::read_to_string(&w.sb.config_path)
-        .unwrap()
-        .replace("    max: 4\n", "    max: 4\n    idle_shrink_after: 3s\n");
-    std::fs::write(&w.sb.config_path, cfg).unwrap();
+    w.sb.edit_config("    max: 4\n", "    max: 4\n    idle_shrink_after: 3s\n");
     w.api.set_latency(Duration::from_millis(1000));
     let _pid = w.start_daemon(&[]);
     w.wait_state("ccl-auto-11", "idle", Duration::from_secs(60));

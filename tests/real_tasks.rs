@@ -393,10 +393,7 @@ fn a_reload_that_shrinks_the_pool_lets_the_dropped_sessions_task_finish_once() {
             .filter(|s| s["state"] == "working" && !s["task"].is_null())
             .map(|_| ())
     });
-    let config = std::fs::read_to_string(&w.sb.config_path).unwrap();
-    let smaller = config.replace("    min: 2\n    max: 2\n", "    min: 1\n    max: 1\n");
-    assert_ne!(config, smaller, "the test's config edit applies");
-    std::fs::write(&w.sb.config_path, smaller).unwrap();
+    w.sb.edit_config("    min: 2\n    max: 2\n", "    min: 1\n    max: 1\n");
     signal(pid, "-HUP");
     for name in ["a", "b"] {
         assert_eq!(wait_ended(&project, name, Duration::from_secs(120)), "done");

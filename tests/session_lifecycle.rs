@@ -146,15 +146,11 @@ fn claude_env_values_reach_the_program_but_no_command_line() {
     }) else {
         return;
     };
-    let config = std::fs::read_to_string(&w.sb.config_path).unwrap();
     let quoted = serde_json::to_string(secret).unwrap();
-    let with = config.replacen(
+    w.sb.edit_config(
         "  env:\n",
         &format!("  env:\n    CF_TEST_SECRET: {quoted}\n"),
-        1,
     );
-    assert_ne!(config, with);
-    std::fs::write(&w.sb.config_path, with).unwrap();
     let _pid = w.start_daemon(&[]);
     let s = w.wait_state("ccl-auto-11", "idle", UP);
     let pid = s["pane_pid"].as_u64().unwrap() as u32;

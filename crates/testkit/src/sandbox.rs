@@ -192,6 +192,31 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// Replaces the first `from` in the config file with `to`. Panics when
+    /// the file holds no `from`: an edit that no longer applies (the
+    /// sandbox's config text changed) fails its test rather than leaving it
+    /// to run on the defaults it meant to change.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let path = &self.config_path;
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        assert!(
+            text.contains(from),
+            "the config edit {from:?} → {to:?} does not apply to {}:\n{text}",
+            path.display()
+        );
+        atomic_file::write(path, text.replacen(from, to, 1).as_bytes())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// Adds a webhook notifier for `url` to the config file.
+    pub fn notify_webhook(&self, url: &str) {
+        self.edit_config(
+            "http:\n",
+            &format!("notify:\n  webhook: {{ url: \"{url}\" }}\nhttp:\n"),
+        );
+    }
+
     /// The config file text for this sandbox.
     pub fn config_yaml(&self, spec: &SandboxSpec) -> String {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
