@@ -94,15 +94,20 @@ fn main() {
     }
     for mode in ["live", "restart"] {
         let (next, interrupted, finished_first, turns) = busy_swap(mode);
+        let running = turns - finished_first;
         println!(
-            "swap during {turns} agentic turns, {mode}: trigger → every running turn's next request as beta {:.2} s; turns interrupted {interrupted}/{turns}{}{}",
-            next.as_secs_f64(),
+            "swap during {turns} agentic turns, {mode}: trigger → every running turn's next request as beta {}; turns interrupted {interrupted}/{turns}{}{}",
+            match next {
+                Some(d) if finished_first == 0 => format!("{:.2} s", d.as_secs_f64()),
+                Some(d) => format!("{:.2} s (the {running} still running)", d.as_secs_f64()),
+                None => "n/a (none was still running)".into(),
+            },
+            if mode == "live" { " (target 0)" } else { "" },
             if finished_first > 0 {
-                format!("; {finished_first} finished as alpha before the swap reached it")
+                format!("; {finished_first} gave its final answer as alpha before the swap answered")
             } else {
                 String::new()
             },
-            if mode == "live" { " (target 0)" } else { "" }
         );
     }
 }
@@ -272,9 +277,10 @@ fn idle_swap(mode: &str, n: u32) -> (Duration, bool, u64, u64, String) {
 /// steps left after step 3 outlast restart mode's 2 s drain), swapped at
 /// step 3: trigger → each running turn's next request as beta (the slowest),
 /// the turns whose Claude Code was stopped before their final answer, and
-/// those that gave their final answer as alpha before the swap reached
-/// them (a slow machine; they have no next request to time).
-fn busy_swap(mode: &str) -> (Duration, usize, usize, usize) {
+/// those that gave their final answer as alpha before the swap answered (a
+/// slow machine; they have no next request to time, and when none is left
+/// the time is `None`).
+fn busy_swap(mode: &str) -> (Option<Duration>, usize, usize, usize) {
     let turns = 3u32;
     let mut w = world(
         &format!("bench-busy-{mode}"),
@@ -312,42 +318,47 @@ fn busy_swap(mode: &str) -> (Duration, usize, usize, usize) {
         names.iter().map(|n| (n.clone(), w.pane_pid(n))).collect();
     let at = SystemTime::now();
     let answer = w.swap_to("beta", "bench");
+    let answered = SystemTime::now();
     assert_eq!(answer["result"], "done", "{answer}");
-    // Each turn's first request as beta after the trigger.
-    let (next, finished_first) = wait_for(UP, "every turn's next request as beta", || {
-        let reqs = w.api.requests();
-        let mut slowest = Duration::ZERO;
-        let mut finished_first = 0;
-        for k in 0..turns {
-            let of_k = |r: &&testkit::standin::RecordedRequest| {
-                r.script.as_deref().is_some_and(|s| s.contains(&file(k)))
-            };
-            let first = reqs
-                .iter()
-                .filter(of_k)
-                .find(|r| r.at >= at && r.account.as_deref() == Some("beta"));
-            match first {
-                Some(first) => {
-                    slowest = slowest.max(first.at.duration_since(at).unwrap_or_default())
-                }
-                None if reqs
-                    .iter()
-                    .filter(of_k)
-                    .any(|r| r.step == Some(9) && r.account.as_deref() == Some("alpha")) =>
-                {
-                    finished_first += 1
-                }
-                None => return None,
-            }
-        }
-        Some((slowest, finished_first))
-    });
     for k in 0..turns {
         assert_eq!(
             wait_task_ended(&project, &format!("turn-{k}"), UP),
             "done",
             "turn-{k}"
         );
+    }
+    // Each turn's first request as beta after the trigger, from the
+    // stand-in's record. A turn with none must have given its final answer
+    // as alpha before the swap answered (it ended in the drain, or during
+    // the live write); one as alpha after that is a swap that did not take.
+    let reqs = w.api.requests();
+    let mut slowest: Option<Duration> = None;
+    let mut finished_first = 0;
+    for k in 0..turns {
+        let of_k: Vec<&testkit::standin::RecordedRequest> = reqs
+            .iter()
+            .filter(|r| r.script.as_deref().is_some_and(|s| s.contains(&file(k))))
+            .collect();
+        if let Some(first) = of_k
+            .iter()
+            .find(|r| r.at >= at && r.account.as_deref() == Some("beta"))
+        {
+            let after = first.at.duration_since(at).unwrap_or_default();
+            slowest = Some(slowest.unwrap_or_default().max(after));
+            continue;
+        }
+        let answered_as_alpha = of_k.iter().find(|r| {
+            r.step == Some(9) && r.status == 200 && r.account.as_deref() == Some("alpha")
+        });
+        match answered_as_alpha {
+            Some(r) if r.at < answered => finished_first += 1,
+            _ => panic!(
+                "{mode}: turn-{k} made no request as beta after the swap and did not end as alpha before the swap answered; its requests (step, account, status): {:?}",
+                of_k.iter()
+                    .map(|r| (r.step, r.account.clone(), r.status))
+                    .collect::<Vec<_>>()
+            ),
+        }
     }
     // Interrupted: its Claude Code was stopped before the turn's final
     // answer. In restart mode every process is replaced at the flip, so a
@@ -370,5 +381,5 @@ fn busy_swap(mode: &str) -> (Duration, usize, usize, usize) {
     } else {
         final_as_beta.min(restarted)
     };
-    (next, interrupted, finished_first, turns as usize)
+    (slowest, interrupted, finished_first, turns as usize)
 }

@@ -87,15 +87,14 @@ fn endpoints_notifications_sd_notify_and_reloads() {
     .unwrap();
     let tg_token = w.h.path().join("tg-token");
     std::fs::write(&tg_token, "123:ABC").unwrap();
-    let base = std::fs::read_to_string(&w.sb.config_path).unwrap();
-    let good = base.replace(
+    w.sb.edit_config(
         "http:\n",
         &format!(
             "notify:\n  telegram: {{ bot_token_file: {:?}, chat_id: \"42\", api_base: {:?} }}\n  webhook: {{ url: {:?} }}\nhttp:\n  token_file: {:?}\n",
             tg_token, tg, format!("{hook}/events"), token_file
         ),
     );
-    std::fs::write(&w.sb.config_path, &good).unwrap();
+    let good = std::fs::read_to_string(&w.sb.config_path).unwrap();
     let notify_path = w.h.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
@@ -277,15 +276,7 @@ fn with_the_receiver_down_the_daemon_goes_on_and_counts_drops() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let base = std::fs::read_to_string(&w.sb.config_path).unwrap();
-    std::fs::write(
-        &w.sb.config_path,
-        base.replace(
-            "http:\n",
-            &format!("notify:\n  webhook: {{ url: \"http://{dead}/x\" }}\nhttp:\n"),
-        ),
-    )
-    .unwrap();
+    w.sb.notify_webhook(&format!("http://{dead}/x"));
     let _pid = w.start_daemon(&[]);
     // A session that cannot start fails every second and is notified each time.
     wait_for(UP, "ccl-auto-11 failed", || {
@@ -325,15 +316,13 @@ fn a_failed_start_reaches_telegram_and_the_webhook() {
     };
     let tg_token = w.h.path().join("tg-token");
     std::fs::write(&tg_token, "777:XYZ").unwrap();
-    let base = std::fs::read_to_string(&w.sb.config_path).unwrap();
-    let cfg = base.replace(
+    w.sb.edit_config(
         "http:\n",
         &format!(
             "notify:\n  telegram: {{ bot_token_file: {:?}, chat_id: \"7\", api_base: {:?} }}\n  webhook: {{ url: {:?} }}\nhttp:\n",
             tg_token, tg, format!("{hook}/events")
         ),
     );
-    std::fs::write(&w.sb.config_path, cfg).unwrap();
     let _pid = w.start_daemon(&[]);
     wait_for(UP, "the failed-start note at both receivers", || {
         let t = tg_got.lock().unwrap().iter().any(|(u, b)| {

@@ -266,7 +266,8 @@ fn type_keys(tmux: &Tmux, session: &str, keys: &Keys) -> Result<(), String> {
 /// [`facts::STOP_SIGNAL`]), Escape and `/exit` typed into a pane whose
 /// program could not be signalled (tmux named no pid, or did not answer),
 /// then kill after `timeout` whatever happened. A signalled program is
-/// watched by its pid every [`STOP_PID_POLL`]; sessions typed to by one
+/// watched by its pid every [`STOP_PID_POLL`] (ended once it is a zombie:
+/// see [`crate::sys::process::alive`]); sessions typed to by one
 /// `list-sessions` for all of them every [`STOP_POLL`], never one per
 /// session (twenty polled each on their own are 400 tmux clients a second,
 /// which on two cores slows the very exits they wait for). A signal rather

@@ -96,12 +96,8 @@ fn recorded_holder_alive(file: &mut std::fs::File) -> bool {
     let _ = file.rewind().and_then(|_| file.read_to_string(&mut text));
     let _ = file.rewind();
     match text.trim().parse::<u32>() {
-        Ok(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            // A zombie is dead: its files are closed already.
-            .is_ok_and(|st| {
-                st.rsplit_once(')')
-                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            }),
+        // A zombie is dead: its files are closed already.
+        Ok(pid) => crate::sys::process::alive(pid),
         Err(_) => true,
     }
 }

@@ -929,13 +929,18 @@ impl Demo {
             Err(e) => println!("  tmux server {}: {e}", self.socket),
         }
         let deadline = Instant::now() + CLAUDE_EXIT;
-        while self.pane_pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        while self
+            .pane_pids
+            .iter()
+            .any(|p| claude_failover::sys::process::alive(*p))
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         let left: Vec<String> = self
             .pane_pids
             .iter()
-            .filter(|p| alive(**p))
+            .filter(|p| claude_failover::sys::process::alive(**p))
             .map(|p| p.to_string())
             .collect();
         if !left.is_empty() {
@@ -999,16 +1004,6 @@ fn remove_for_good(root: &Path) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     last
-}
-
-/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// `GET /status`, or `None` while the daemon does not answer.

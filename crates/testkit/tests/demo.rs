@@ -130,16 +130,6 @@ impl Demo {
     }
 }
 
-/// Whether a process `pid` runs (a zombie does not count).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(") ")
-                .is_none_or(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 /// Processes whose working folder or command line is inside `root`.
 fn processes_inside(root: &Path) -> Vec<String> {
     let root = root.to_string_lossy().into_owned();
@@ -152,7 +142,7 @@ fn processes_inside(root: &Path) -> Vec<String> {
         else {
             continue;
         };
-        if pid == std::process::id() || !alive(pid) {
+        if pid == std::process::id() || !claude_failover::sys::process::alive(pid) {
             continue;
         }
         let cwd = std::fs::read_link(entry.path().join("cwd"))
@@ -199,7 +189,7 @@ fn assert_nothing_left(demo: &Demo) {
     if let Some(pid) = demo.field("daemon pid:") {
         let pid: u32 = pid.parse().unwrap_or_else(|_| panic!("daemon pid {pid:?}"));
         assert!(
-            !alive(pid),
+            !claude_failover::sys::process::alive(pid),
             "the daemon (pid {pid}) is still running:\n{out}"
         );
     }
