@@ -241,6 +241,11 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
     w.api
         .wait_for_request(|r| r.prompt.contains("a first prompt"), UP)
         .expect("the first request reached the API");
+    // Frozen from here to its death: a Claude Code still running could
+    // append the prompt's line after the strip below (seen in CI under
+    // load), and the daemon would rightly resume a transcript that holds it.
+    let pid = w.pane_pid("ccl-auto-11").unwrap();
+    signal(pid, "-STOP");
     // If this Claude Code writes no transcript yet, write what 2.1.329
     // was seen to write at this point: metadata lines only.
     if !transcript.is_file() {
@@ -267,12 +272,7 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
         &transcript
     ));
     // The program dies.
-    let pid = w.pane_pid("ccl-auto-11").unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(pid, "-9");
     w.api.set_latency(Duration::ZERO);
     let s = wait_for(UP, "ccl-auto-11 back as a new conversation", || {
         w.session("ccl-auto-11").filter(|s| {
