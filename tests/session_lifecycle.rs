@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use claude_failover::sys::tmux::Launch;
 use support::{wait_for, Harness, World};
@@ -246,6 +246,22 @@ fn a_session_whose_transcript_holds_only_metadata_is_relaunched_fresh() {
     // load), and the daemon would rightly resume a transcript that holds it.
     let pid = w.pane_pid("ccl-auto-11").unwrap();
     signal(pid, "-STOP");
+    // A write it queued before the stop may still land (asynchronous file
+    // I/O goes on in the kernel while its threads are stopped): wait until
+    // the transcript has not changed for a second.
+    let len = || std::fs::metadata(&transcript).map(|m| m.len()).ok();
+    let mut seen = (len(), Instant::now());
+    wait_for(
+        UP,
+        "the stopped Claude Code's transcript to stay still",
+        || {
+            let now = len();
+            if now != seen.0 {
+                seen = (now, Instant::now());
+            }
+            (seen.1.elapsed() >= Duration::from_secs(1)).then_some(())
+        },
+    );
     // If this Claude Code writes no transcript yet, write what 2.1.329
     // was seen to write at this point: metadata lines only.
     if !transcript.is_file() {
