@@ -184,10 +184,7 @@ impl Origins {
 /// When process `pid` started (clock ticks since boot, `/proc/<pid>/stat`
 /// field 22): with the pid, names one process for good.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Field 3 (state) is the first after the name; 22 is the 20th.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::sys::process::stat_fields(pid)?.get(19)?.parse().ok()
 }
 
 /// `pid`, its parent, and so on up to init (at most [`MAX_DEPTH`]).
@@ -206,12 +203,9 @@ fn ancestors(pid: u32) -> Vec<u32> {
     chain
 }
 
-/// The parent pid in `/proc/<pid>/stat` (the field after the name, which
-/// is in parentheses and may itself hold spaces or parentheses).
+/// The parent pid in `/proc/<pid>/stat` (field 4).
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    crate::sys::process::stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 /// How long a `Stop` or `StopFailure` waits for its transcript to say the same.

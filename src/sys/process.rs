@@ -160,25 +160,32 @@ pub fn alive(pid: u32) -> bool {
 /// thread that ended before the others shows `Z` too). No `/proc` entry:
 /// not known to have exited.
 fn exited(pid: libc::pid_t) -> bool {
-    // The name may hold any bytes but NUL, spaces and parentheses among them.
-    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+    let Some(fields) = u32::try_from(pid).ok().and_then(stat_fields) else {
         return false;
     };
-    // The state is the first field after the name's closing parenthesis.
-    let state = stat
-        .iter()
-        .rposition(|&b| b == b')')
-        .and_then(|end| stat[end + 1..].iter().find(|b| !b.is_ascii_whitespace()));
+    let own = pid.to_string();
     let threads_left = || {
         std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|t| t.file_name() != *pid.to_string())
-                    .count()
-            })
+            .map(|d| d.flatten().filter(|t| t.file_name() != *own).count())
             .unwrap_or(0)
     };
-    matches!(state, Some(b'Z' | b'X')) && threads_left() == 0
+    matches!(fields.first().map(String::as_str), Some("Z" | "X")) && threads_left() == 0
+}
+
+/// The fields of `/proc/<pid>/stat` after the process's name, from field 3
+/// (the state) on: index 0 is the state, 1 the parent pid, 19 the start
+/// time. The name is in parentheses and may hold any bytes but NUL,
+/// spaces, parentheses and invalid UTF-8 among them, so the fields start
+/// after its last `)`. `None` when there is no such process.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let end = stat.iter().rposition(|&b| b == b')')?;
+    Some(
+        String::from_utf8_lossy(&stat[end + 1..])
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    )
 }
 
 /// Sends `signal` to the program a tmux pane runs: to the process group it
