@@ -15,7 +15,10 @@
 //!   [`Limits::max_head`], body ≤ [`Limits::max_body`], the whole request
 //!   within [`Limits::head_timeout`]. At most [`Limits::max_conns`]
 //!   connections are held; a new one beyond that evicts the oldest, so idle
-//!   connections can never lock a real client out. Accept errors (EMFILE…)
+//!   connections can never lock a real client out. Accepts are deferred
+//!   until a connection's first bytes arrive (`TCP_DEFER_ACCEPT`), so a
+//!   client's one-segment request is answered at accept and a flood cannot
+//!   evict it between its connect and its write. Accept errors (EMFILE…)
 //!   are logged and backed off, never the end of the role; a listener that
 //!   breaks is bound again.
 //! - a fixed pool of worker threads answers complete requests (write
@@ -247,9 +250,37 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
             std::io::Error::last_os_error()
         );
     }
+    // The kernel hands a connection over only once its first bytes have
+    // arrived (or DEFER_ACCEPT_SECS passed): a real client, whose request
+    // is one segment, is read and answered at accept, however long it was
+    // descheduled between connect and write. Held connections (a head that
+    // trickles in) can still be evicted by a flood; a connection that sent
+    // nothing cannot take a client's place at all.
+    let secs: libc::c_int = DEFER_ACCEPT_SECS;
+    // SAFETY: setsockopt on the listener's valid descriptor with a c_int
+    // option value of the size given.
+    if unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::addr_of!(secs).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        log::warn!(
+            "http: cannot defer accepts until data arrives: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
+
+/// How long the kernel keeps a connection that sent nothing before handing
+/// it over anyway (it is then held, and closed at `head_timeout`).
+const DEFER_ACCEPT_SECS: libc::c_int = 5;
 
 /// The soft `RLIMIT_NOFILE`.
 fn nofile_limit() -> usize {
@@ -467,10 +498,10 @@ fn serve(
                         if stream.set_nonblocking(true).is_err() {
                             continue;
                         }
-                        // A real client has usually sent its whole request
-                        // by the time it is accepted: answer it without
-                        // holding it, so a flood of idle connections
-                        // cannot evict it before its first read.
+                        // Accepts are deferred until data arrives, so a
+                        // real client's whole request is usually here:
+                        // answer it without holding it, so a flood of idle
+                        // connections cannot evict it before its first read.
                         let mut h = Held {
                             stream,
                             buf: Vec::new(),
@@ -489,21 +520,7 @@ fn serve(
                                 continue;
                             }
                         }
-                        // A quarter of the descriptor limit at most, read
-                        // fresh: the rest of the daemon needs descriptors too.
-                        let cap = limits.max_conns.min(nofile_limit() / 4).max(8);
-                        while held.len() >= cap {
-                            held.pop_front();
-                            stats.evicted.fetch_add(1, Ordering::Relaxed);
-                            if last_eviction_log
-                                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-                            {
-                                last_eviction_log = Some(Instant::now());
-                                log::warn!(
-                                    "http: {cap} connections held open without a complete request; closing the oldest to make room"
-                                );
-                            }
-                        }
+                        make_room(&mut held, limits, jobs, stats, &mut last_eviction_log);
                         held.push_back(h);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -525,6 +542,42 @@ fn serve(
                         next_pause = (next_pause * 2).min(MAX_ACCEPT_BACKOFF);
                         break;
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Closes held connections, oldest first, until one more fits: a quarter of
+/// the descriptor limit at most, read fresh, since the rest of the daemon
+/// needs descriptors too. A victim is read once more first: a request that
+/// completed since the last poll is answered, not thrown away.
+fn make_room(
+    held: &mut std::collections::VecDeque<Held>,
+    limits: &Limits,
+    jobs: &Sender<Job>,
+    stats: &ServerStats,
+    last_log: &mut Option<Instant>,
+) {
+    let cap = limits.max_conns.min(nofile_limit() / 4).max(8);
+    while held.len() >= cap {
+        let Some(mut h) = held.pop_front() else {
+            return;
+        };
+        match read_some(&mut h, limits) {
+            Step::Ready(request) => dispatch(h.stream, request, jobs, limits),
+            Step::Refuse(code, why) => {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                refuse(h.stream, code, why);
+            }
+            Step::Closed => {}
+            Step::More => {
+                stats.evicted.fetch_add(1, Ordering::Relaxed);
+                if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    *last_log = Some(Instant::now());
+                    log::warn!(
+                        "http: {cap} connections held open without a complete request; closing the oldest to make room"
+                    );
                 }
             }
         }
@@ -1586,6 +1639,110 @@ mod tests {
         let mut text = String::new();
         let _ = c.read_to_string(&mut text);
         text.split(' ').nth(1)?.parse().ok()
+    }
+
+    /// A connected pair: (our side as the server holds it, the client).
+    fn held_pair(l: &TcpListener) -> (Held, TcpStream) {
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // A plain listener (accepts not deferred): this returns at once.
+        let (stream, _) = l.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let h = Held {
+            stream,
+            buf: Vec::new(),
+            since: Instant::now(),
+        };
+        (h, client)
+    }
+
+    #[test]
+    fn making_room_answers_a_victim_whose_request_completed_and_evicts_one_that_did_not() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let limits = Limits {
+            max_conns: 8,
+            ..Limits::default()
+        };
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(8);
+        let stats = ServerStats::default();
+        let mut last_log = None;
+        let mut held = std::collections::VecDeque::new();
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (mut h, mut c) = held_pair(&l);
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x").unwrap();
+            // Read the partial head, as the poll loop would have.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while h.buf.is_empty() {
+                assert!(matches!(read_some(&mut h, &limits), Step::More));
+                assert!(Instant::now() < deadline, "partial head never arrived");
+            }
+            held.push_back(h);
+            clients.push(c);
+        }
+        // The oldest completes its request after its last read.
+        clients[0].write_all(b"\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        make_room(&mut held, &limits, &jobs, &stats, &mut last_log);
+        assert_eq!(held.len(), 7);
+        assert_eq!(stats.evicted.load(Ordering::SeqCst), 0);
+        let job = job_rx
+            .try_recv()
+            .expect("the completed request went to a worker");
+        assert_eq!(job.request.path(), "/healthz");
+        // The next one sent nothing more: it is the one evicted.
+        held.push_back(held_pair(&l).0);
+        make_room(&mut held, &limits, &jobs, &stats, &mut last_log);
+        assert_eq!(held.len(), 7);
+        assert_eq!(stats.evicted.load(Ordering::SeqCst), 1);
+        assert!(job_rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_client_that_connects_before_a_flood_and_writes_after_it_is_answered() {
+        let (w, _keep) = wiring();
+        let limits = Limits {
+            max_conns: 8,
+            ..Limits::default()
+        };
+        let http = Http::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Default::default(),
+            w,
+            limits,
+        )
+        .unwrap();
+        let addr = http.addr;
+        // Connected, then descheduled (as on a loaded machine) before it
+        // writes its request.
+        let mut slow = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Forty connections trickling heads in come after it and go beyond
+        // the eight held.
+        let mut flood = Vec::new();
+        for _ in 0..40 {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /status HTTP/1.1\r\nHost: x").unwrap();
+            flood.push(c);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http.stats.evicted.load(Ordering::SeqCst) < 32 {
+            assert!(
+                Instant::now() < deadline,
+                "the flood was not taken in: {:?}",
+                http.stats
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Evicted, its write or read would fail (reset) or read nothing.
+        let wrote = write!(slow, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let mut text = String::new();
+        let read = slow.read_to_string(&mut text);
+        assert!(
+            wrote.is_ok() && text.starts_with("HTTP/1.1 200"),
+            "the client that wrote after the flood: {wrote:?} {read:?} {text:?} ({:?})",
+            http.stats
+        );
     }
 
     #[test]
