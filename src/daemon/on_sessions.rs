@@ -102,52 +102,45 @@ impl Daemon {
             // Logged where it happened; the dispatcher's deadlines (one more
             // Enter, then the attempt) deal with a prompt that never arrived.
             session_watcher::Report::NotTyped { .. } => {}
-            session_watcher::Report::Stuck { name, .. }
-                if self
-                    .book
-                    .get(&name)
-                    .is_none_or(|r| r.state != State::Starting) =>
-            {
-                // Its SessionStart came while its screen was read: it runs,
-                // and may have been given work already.
-                self.in_flight.remove(&name);
-                log::info!("{name}: its SessionStart came meanwhile; left running");
-            }
             session_watcher::Report::Stuck {
                 name,
                 screen,
-                input_box: true,
-            } => {
-                // Up at its prompt, but its SessionStart never reached us
-                // (lost on its way under load; or our hooks are
-                // gone from its settings): nothing was typed into it yet, so
-                // it is relaunched as a failed start, with the back-off.
-                let why = format!(
-                    "up at its prompt, but no SessionStart came within {:?} (are our hooks in its settings?); to be relaunched after its back-off. Its screen: {screen}",
-                    self.config.claude.startup_timeout
-                );
-                session::on_died(&mut self.book, &name, why, &backoff, now);
-                self.report_failed_start(&name, now);
-                // Still in flight until the kill's report.
-                let _ = self
-                    .watcher
-                    .send(session_watcher::Command::Execute(vec![Job::Kill { name }]));
-            }
-            session_watcher::Report::Stuck { name, screen, .. } => {
-                self.in_flight.remove(&name);
-                log::error!(
-                    "{name}: no SessionStart within {:?}; left alone, its screen: {screen}",
-                    self.config.claude.startup_timeout
-                );
-                self.notify.send(crate::daemon::notifier::Note::new(
-                    crate::daemon::notifier::Kind::SessionFailedToStart,
-                    format!(
-                        "{name} is stuck before start-up (left alone, not typed into): {screen}"
-                    ),
-                    serde_json::json!({"session": name, "last_output": screen}),
-                ));
-                session::on_stuck(&mut self.book, &name, screen, now);
-            }
+                input_box,
+            } => match session::stuck_verdict(&self.book, &name, input_box) {
+                session::Stuck::StartedMeanwhile => {
+                    self.in_flight.remove(&name);
+                    log::info!("{name}: its SessionStart came meanwhile; left running");
+                }
+                session::Stuck::Relaunch => {
+                    // Its SessionStart never reached us (lost on its way
+                    // under load; or our hooks are gone from its settings).
+                    let why = format!(
+                        "up at its prompt, but no SessionStart came within {:?} (are our hooks in its settings?); to be relaunched after its back-off. Its screen: {screen}",
+                        self.config.claude.startup_timeout
+                    );
+                    session::on_died(&mut self.book, &name, why, &backoff, now);
+                    self.report_failed_start(&name, now);
+                    // Still in flight until the kill's report.
+                    let _ = self
+                        .watcher
+                        .send(session_watcher::Command::Execute(vec![Job::Kill { name }]));
+                }
+                session::Stuck::LeaveAlone => {
+                    self.in_flight.remove(&name);
+                    log::error!(
+                        "{name}: no SessionStart within {:?}; left alone, its screen: {screen}",
+                        self.config.claude.startup_timeout
+                    );
+                    self.notify.send(crate::daemon::notifier::Note::new(
+                        crate::daemon::notifier::Kind::SessionFailedToStart,
+                        format!(
+                            "{name} is stuck before start-up (left alone, not typed into): {screen}"
+                        ),
+                        serde_json::json!({"session": name, "last_output": screen}),
+                    ));
+                    session::on_stuck(&mut self.book, &name, screen, now);
+                }
+            },
         }
     }
 

@@ -481,6 +481,33 @@ pub fn on_killed(book: &mut Book, name: &str, now_ms: u64) {
     }
 }
 
+/// What to do with a session the watcher found with no `SessionStart` past
+/// the start-up timeout, given what it saw on the screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stuck {
+    /// Its `SessionStart` came while the screen was read (or it left the
+    /// book): it runs and may have been given work already; touch nothing.
+    StartedMeanwhile,
+    /// Up at its prompt (the input box shows) with no `SessionStart`:
+    /// nothing was typed into it, so it is killed and relaunched as a
+    /// failed start, with the back-off.
+    Relaunch,
+    /// A dialog or a login screen: left alone, reported, not typed into.
+    LeaveAlone,
+}
+
+/// The verdict on a `Stuck` report, from the book as it is now (not as it
+/// was when the watcher was asked to look).
+pub fn stuck_verdict(book: &Book, name: &str, input_box: bool) -> Stuck {
+    if book.get(name).is_none_or(|r| r.state != State::Starting) {
+        Stuck::StartedMeanwhile
+    } else if input_box {
+        Stuck::Relaunch
+    } else {
+        Stuck::LeaveAlone
+    }
+}
+
 /// Records a session stuck before `SessionStart` (a dialog, a login screen).
 pub fn on_stuck(book: &mut Book, name: &str, screen: String, now_ms: u64) {
     if let Some(r) = book.get_mut(name) {
@@ -1052,6 +1079,43 @@ mod tests {
         on_kill_failed(&mut book, "ccl-auto-11");
         on_killed(&mut book, "ccl-auto-11", 64_000);
         assert_eq!(book["ccl-auto-11"].state, State::Failed);
+    }
+
+    #[test]
+    fn a_stuck_report_overtaken_by_its_session_start_leaves_the_session_running() {
+        let mut book = Book::new();
+        launched_at_zero(&mut book, "ccl-auto-11");
+        launched_at_zero(&mut book, "ccl-auto-12");
+        // Still starting: the screen decides.
+        assert_eq!(stuck_verdict(&book, "ccl-auto-11", true), Stuck::Relaunch);
+        assert_eq!(
+            stuck_verdict(&book, "ccl-auto-11", false),
+            Stuck::LeaveAlone
+        );
+        // Its SessionStart arrived while the watcher read the screen, and a
+        // task may have been typed in since: whatever the screen showed, the
+        // session is not killed nor marked failed.
+        apply_hook(
+            &mut book,
+            &hook(
+                "ccl-auto-11",
+                json!({"hook_event_name": "SessionStart", "session_id": "s-1", "source": "startup"}),
+            ),
+        );
+        book.get_mut("ccl-auto-11").unwrap().state = State::Working;
+        for input_box in [true, false] {
+            assert_eq!(
+                stuck_verdict(&book, "ccl-auto-11", input_box),
+                Stuck::StartedMeanwhile
+            );
+        }
+        // The other one, still starting, is judged on its own.
+        assert_eq!(stuck_verdict(&book, "ccl-auto-12", true), Stuck::Relaunch);
+        // One that left the book meanwhile (pool shrank) is not acted on.
+        assert_eq!(
+            stuck_verdict(&book, "ccl-auto-13", true),
+            Stuck::StartedMeanwhile
+        );
     }
 
     #[test]
