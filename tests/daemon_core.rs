@@ -231,36 +231,43 @@ fn a_session_that_cannot_start_backs_off_and_is_reported_failed() {
         return;
     };
     let pid = w.start_daemon(&[]);
-    // Sample restarts for 14 s: launches at about 0, 1, 3, 6, then every 3 s.
+    // Sample launches until three relaunches (back-off steps 1, 2, 3 s, each
+    // after Claude Code's own exit on the flag and the next look at tmux,
+    // which a loaded machine stretches) or its giving up.
     let started = Instant::now();
     let mut launches: Vec<(Duration, u64)> = Vec::new();
     let mut last = None;
-    while started.elapsed() < Duration::from_secs(14) {
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "fewer than 3 relaunches in 90 s: {launches:?}"
+        );
         if let Some(s) = w.session("ccl-auto-11") {
             let r = s["restarts"].as_u64().unwrap_or(0);
             if last != Some(r) {
                 launches.push((started.elapsed(), r));
                 last = Some(r);
             }
+            if r >= 3 || s["state"] == "failed" {
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let s = w.session("ccl-auto-11").unwrap();
-    let restarts = s["restarts"].as_u64().unwrap();
-    // Never a tight loop: 14 s allow at most 1 + 1 + 1 + 3 = 6 relaunches.
+    let restarts = last.unwrap_or(0);
     assert!(
-        (3..=6).contains(&restarts),
-        "restarts {restarts}: {launches:?}"
+        restarts >= 3,
+        "gave up after {restarts} relaunches: {launches:?}"
     );
-    let gaps: Vec<f64> = launches
-        .windows(2)
-        .map(|p| (p[1].0 - p[0].0).as_secs_f64())
-        .collect();
-    for (i, gap) in gaps.iter().enumerate().skip(1) {
-        let step = [1.0, 2.0, 3.0][i.min(2)];
+    // Never a tight loop, however late a sample fell (a sample is never
+    // early, so this holds on a loaded machine; gaps between samples do
+    // not): relaunch r comes at the earliest after the back-off steps
+    // before it (1, 1 + 2, 1 + 2 + 3 s…).
+    for (at, r) in &launches {
+        let earliest: f64 = (0..*r).map(|i| [1.0, 2.0, 3.0][(i as usize).min(2)]).sum();
         assert!(
-            *gap >= step - 0.3,
-            "gap {i} = {gap:.1}s shorter than its back-off step {step}s: {launches:?}"
+            at.as_secs_f64() >= earliest - 0.3,
+            "relaunch {r} seen at {at:?}, before its back-off allows ({earliest} s): {launches:?}"
         );
     }
     let s = wait_for(Duration::from_secs(15), "ccl-auto-11 failed", || {
@@ -288,7 +295,8 @@ fn a_session_stuck_on_the_trust_dialog_is_reported_and_never_typed_into() {
     let alpha = w.sb.account("alpha").unwrap().home.clone();
     let projects: Vec<&std::path::PathBuf> = w.sb.project_dirs.iter().map(|(_, d)| d).collect();
     testkit::sandbox::write_claude_json(&alpha, true, &projects).unwrap();
-    w.sb.edit_config("startup_timeout: 60s", "startup_timeout: 5s");
+    // Long enough for a cold start on a loaded machine to draw its dialog.
+    w.sb.edit_config("startup_timeout: 60s", "startup_timeout: 12s");
 
     let pid = w.start_daemon(&[]);
     let s = wait_for(UP, "ccl-auto-11 reported failed", || {
@@ -326,7 +334,8 @@ fn a_session_up_at_its_prompt_without_a_session_start_is_relaunched_with_back_of
     }) else {
         return;
     };
-    w.sb.edit_config("startup_timeout: 60s", "startup_timeout: 5s");
+    // Long enough for a cold start on a loaded machine to draw its input box.
+    w.sb.edit_config("startup_timeout: 60s", "startup_timeout: 12s");
 
     let pid = w.start_daemon(&[]);
     let first = wait_for(UP, "ccl-auto-11 launched", || w.pane_pid("ccl-auto-11"));
@@ -338,7 +347,7 @@ fn a_session_up_at_its_prompt_without_a_session_start_is_relaunched_with_back_of
     });
     let err = s["last_error"].as_str().unwrap_or_default().to_string();
     assert!(
-        err.contains("up at its prompt, but no SessionStart came within 5s"),
+        err.contains("up at its prompt, but no SessionStart came within 12s"),
         "{err}"
     );
     assert!(!err.contains('\n'), "one line: {err}");

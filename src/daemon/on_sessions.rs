@@ -105,19 +105,28 @@ impl Daemon {
             session_watcher::Report::Stuck {
                 name,
                 screen,
-                input_box,
-            } => match session::stuck_verdict(&self.book, &name, input_box) {
+                shows,
+            } => match session::stuck_verdict(&self.book, &name, shows) {
                 session::Stuck::StartedMeanwhile => {
                     self.in_flight.remove(&name);
                     log::info!("{name}: its SessionStart came meanwhile; left running");
                 }
                 session::Stuck::Relaunch => {
-                    // Its SessionStart never reached us (lost on its way
-                    // under load; or our hooks are gone from its settings).
-                    let why = format!(
-                        "up at its prompt, but no SessionStart came within {:?} (are our hooks in its settings?); to be relaunched after its back-off. Its screen: {screen}",
-                        self.config.claude.startup_timeout
-                    );
+                    let timeout = self.config.claude.startup_timeout;
+                    let why = if shows == session::StuckScreen::Blank {
+                        // Hung before it drew anything (a network wait, a
+                        // machine too loaded to start it in time).
+                        format!(
+                            "nothing on its screen and no SessionStart within {timeout:?}; to be relaunched after its back-off"
+                        )
+                    } else {
+                        // Its SessionStart never reached us (lost on its
+                        // way under load; or our hooks are gone from its
+                        // settings).
+                        format!(
+                            "up at its prompt, but no SessionStart came within {timeout:?} (are our hooks in its settings?); to be relaunched after its back-off. Its screen: {screen}"
+                        )
+                    };
                     session::on_died(&mut self.book, &name, why, &backoff, now);
                     self.report_failed_start(&name, now);
                     // Still in flight until the kill's report.

@@ -100,12 +100,12 @@ pub enum Report {
         last_output: String,
     },
     /// No `SessionStart` within the start-up timeout: `screen` is its last
-    /// lines; `input_box` says whether the TUI is up at its prompt (the
-    /// hook was lost) rather than on a dialog meant for a person.
+    /// lines; `shows` whether the TUI is up at its prompt (the hook was
+    /// lost), drew nothing, or shows a dialog meant for a person.
     Stuck {
         name: String,
         screen: String,
-        input_box: bool,
+        shows: crate::decide::session::StuckScreen,
     },
     Killed {
         name: String,
@@ -460,12 +460,17 @@ fn execute(tmux: &Tmux, job: Job) -> Report {
             Report::Killed { name, error }
         }
         Job::ReportStuck { name } => {
-            let screen = tmux
-                .capture_pane(&name, 0)
-                .unwrap_or_else(|e| format!("(screen unreadable: {e})"));
+            use crate::decide::session::StuckScreen;
+            let (screen, shows) = match tmux.capture_pane(&name, 0) {
+                Ok(s) if facts::input_box_drawn(&s) => (s, StuckScreen::Prompt),
+                Ok(s) if s.trim().is_empty() => ("(nothing on it)".into(), StuckScreen::Blank),
+                Ok(s) => (s, StuckScreen::Other),
+                // Unreadable is not a dialog we saw: leave it alone.
+                Err(e) => (format!("(screen unreadable: {e})"), StuckScreen::Other),
+            };
             Report::Stuck {
                 name,
-                input_box: facts::input_box_drawn(&screen),
+                shows,
                 screen: last_lines(&screen),
             }
         }
@@ -685,6 +690,48 @@ mod tests {
             started.elapsed()
         );
         assert!(running(tmux).is_empty(), "{:?}", running(tmux));
+    }
+
+    #[test]
+    fn a_stuck_screen_is_told_as_prompt_blank_or_a_dialog() {
+        use crate::decide::session::StuckScreen;
+        let server = server("stuck");
+        let tmux = &server.0;
+        let rule = facts::INPUT_BOX_RULE.to_string().repeat(40);
+        let mark = facts::PROMPT_READY_MARK;
+        start(tmux, "blank", "sleep 60");
+        start(
+            tmux,
+            "dialog",
+            "printf 'Do you trust the files in this folder?\\n> 1. Yes\\n'; sleep 60",
+        );
+        start(
+            tmux,
+            "prompt",
+            &format!("printf 'Welcome\\n{rule}\\n{mark} \\n{rule}\\n'; sleep 60"),
+        );
+        // Until each pane has drawn what its program printed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !["dialog", "prompt"]
+            .iter()
+            .all(|n| tmux.capture_pane(n, 0).is_ok_and(|s| !s.trim().is_empty()))
+        {
+            assert!(Instant::now() < deadline, "the panes never drew");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let shows = |name: &str| match execute(tmux, Job::ReportStuck { name: name.into() }) {
+            Report::Stuck { shows, screen, .. } => (shows, screen),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            shows("blank"),
+            (StuckScreen::Blank, "(nothing on it)".into())
+        );
+        assert_eq!(shows("dialog").0, StuckScreen::Other);
+        assert!(shows("dialog").1.contains("trust"));
+        assert_eq!(shows("prompt").0, StuckScreen::Prompt);
+        // Gone: unreadable, which is no dialog seen, so left alone.
+        assert_eq!(shows("no-such-session").0, StuckScreen::Other);
     }
 
     #[test]

@@ -481,6 +481,19 @@ pub fn on_killed(book: &mut Book, name: &str, now_ms: u64) {
     }
 }
 
+/// What the screen of a session with no `SessionStart` past the start-up
+/// timeout shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StuckScreen {
+    /// The TUI's input box: up at its prompt, the hook was lost.
+    Prompt,
+    /// Nothing at all: the program never drew (hung loading, or not even
+    /// started); nothing meant for a person is on it.
+    Blank,
+    /// Anything else: a dialog or a login screen, meant for a person.
+    Other,
+}
+
 /// What to do with a session the watcher found with no `SessionStart` past
 /// the start-up timeout, given what it saw on the screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,9 +501,9 @@ pub enum Stuck {
     /// Its `SessionStart` came while the screen was read (or it left the
     /// book): it runs and may have been given work already; touch nothing.
     StartedMeanwhile,
-    /// Up at its prompt (the input box shows) with no `SessionStart`:
-    /// nothing was typed into it, so it is killed and relaunched as a
-    /// failed start, with the back-off.
+    /// Up at its prompt with no `SessionStart`, or a screen with nothing on
+    /// it: nothing was typed into it, so it is killed and relaunched as a
+    /// failed start, with the back-off (which gives up in the end).
     Relaunch,
     /// A dialog or a login screen: left alone, reported, not typed into.
     LeaveAlone,
@@ -498,13 +511,13 @@ pub enum Stuck {
 
 /// The verdict on a `Stuck` report, from the book as it is now (not as it
 /// was when the watcher was asked to look).
-pub fn stuck_verdict(book: &Book, name: &str, input_box: bool) -> Stuck {
+pub fn stuck_verdict(book: &Book, name: &str, screen: StuckScreen) -> Stuck {
     if book.get(name).is_none_or(|r| r.state != State::Starting) {
         Stuck::StartedMeanwhile
-    } else if input_box {
-        Stuck::Relaunch
-    } else {
+    } else if screen == StuckScreen::Other {
         Stuck::LeaveAlone
+    } else {
+        Stuck::Relaunch
     }
 }
 
@@ -1087,9 +1100,16 @@ mod tests {
         launched_at_zero(&mut book, "ccl-auto-11");
         launched_at_zero(&mut book, "ccl-auto-12");
         // Still starting: the screen decides.
-        assert_eq!(stuck_verdict(&book, "ccl-auto-11", true), Stuck::Relaunch);
         assert_eq!(
-            stuck_verdict(&book, "ccl-auto-11", false),
+            stuck_verdict(&book, "ccl-auto-11", StuckScreen::Prompt),
+            Stuck::Relaunch
+        );
+        assert_eq!(
+            stuck_verdict(&book, "ccl-auto-11", StuckScreen::Blank),
+            Stuck::Relaunch
+        );
+        assert_eq!(
+            stuck_verdict(&book, "ccl-auto-11", StuckScreen::Other),
             Stuck::LeaveAlone
         );
         // Its SessionStart arrived while the watcher read the screen, and a
@@ -1103,17 +1123,20 @@ mod tests {
             ),
         );
         book.get_mut("ccl-auto-11").unwrap().state = State::Working;
-        for input_box in [true, false] {
+        for screen in [StuckScreen::Prompt, StuckScreen::Blank, StuckScreen::Other] {
             assert_eq!(
-                stuck_verdict(&book, "ccl-auto-11", input_box),
+                stuck_verdict(&book, "ccl-auto-11", screen),
                 Stuck::StartedMeanwhile
             );
         }
         // The other one, still starting, is judged on its own.
-        assert_eq!(stuck_verdict(&book, "ccl-auto-12", true), Stuck::Relaunch);
+        assert_eq!(
+            stuck_verdict(&book, "ccl-auto-12", StuckScreen::Prompt),
+            Stuck::Relaunch
+        );
         // One that left the book meanwhile (pool shrank) is not acted on.
         assert_eq!(
-            stuck_verdict(&book, "ccl-auto-13", true),
+            stuck_verdict(&book, "ccl-auto-13", StuckScreen::Prompt),
             Stuck::StartedMeanwhile
         );
     }
