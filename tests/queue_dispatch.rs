@@ -146,6 +146,59 @@ fn twenty_tasks_over_two_projects_survive_a_killed_session() {
     assert!(cp["task"].as_str().is_some(), "{cp}");
 }
 
+/// A daemon killed between a claim's two steps (the task renamed into
+/// active/, its marker not yet written) leaves a task no session has: the
+/// next daemon returns it to the inbox at its start and it is done, not
+/// left until the janitor's next round five minutes on (the soak under load
+/// took 335 s for its last task that way).
+#[test]
+fn a_task_claimed_without_its_marker_before_a_crash_is_done_after_the_restart() {
+    let Some(mut w) = World::new("dispatch-orphan", |spec| {
+        spec.pools[0].min = 1;
+        spec.pools[0].max = 1;
+    }) else {
+        return;
+    };
+    let p1 = w.sb.project_dirs[0].1.clone();
+    let prompt = "a task caught between claim and marker:\n\nsay the word lantern";
+    queue::enqueue(
+        &p1,
+        None,
+        prompt.as_bytes(),
+        Some("caught"),
+        SystemTime::now(),
+    )
+    .unwrap();
+    std::fs::rename(
+        q(&p1, "inbox").join("caught.md"),
+        q(&p1, "active").join("caught.md"),
+    )
+    .unwrap();
+    let _pid = w.start_daemon(&[]);
+    // Well within the janitor's interval (5 min) and its orphan grace's
+    // next round.
+    wait_for(Duration::from_secs(90), "the caught task done", || {
+        q(&p1, "done")
+            .join("caught.result.json")
+            .is_file()
+            .then_some(())
+    });
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(q(&p1, "done").join("caught.result.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        result["attempt"], 1,
+        "no attempt was counted for it: {result}"
+    );
+    assert!(files(&q(&p1, "active"), ".md").is_empty());
+    assert!(files(&q(&p1, "inbox"), ".md").is_empty());
+    let log = testkit::world::daemon_log(&w.h, 0);
+    assert!(
+        log.contains("task demo/caught was claimed before a restart but has no marker"),
+        "{log}"
+    );
+}
+
 #[test]
 fn bad_input_ends_in_failed_with_the_reason_and_nothing_is_lost() {
     let Some(mut w) = World::new("dispatch-bad", |spec| {

@@ -116,6 +116,7 @@ fn five_hundred_tasks_survive_random_kills_and_two_daemon_crashes() {
     let started = Instant::now();
     let mut crashes = 0;
     let mut kills = 0;
+    let mut last_progress = Instant::now();
     while done() < TASKS {
         assert!(
             started.elapsed() < Duration::from_secs(420),
@@ -124,6 +125,14 @@ fn five_hundred_tasks_survive_random_kills_and_two_daemon_crashes() {
         );
         std::thread::sleep(Duration::from_millis(700));
         let d = done();
+        // Progress, for a failure's output (a stall shows where it began).
+        if last_progress.elapsed() > Duration::from_secs(10) {
+            last_progress = Instant::now();
+            eprintln!(
+                "soak: {d} done after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         // Two daemon crashes, at a third and at two thirds of the way.
         if (crashes == 0 && d > TASKS / 3) || (crashes == 1 && d > 2 * TASKS / 3) {
             assert!(Command::new("kill")

@@ -722,7 +722,18 @@ impl Desk {
             };
             for (name, marker) in active {
                 let Some(m) = marker else {
-                    continue; // the janitor returns marker-less tasks
+                    // Claimed (renamed into active/) by a daemon that ended
+                    // before it wrote the marker: no session ever had it,
+                    // and no claim of ours is under way yet (we hold the
+                    // state lock). Back at once, no attempt counted; the
+                    // janitor's grace would leave it until its next round
+                    // (`janitor.interval`, 5 min by default).
+                    log::warn!(
+                        "task {}/{name} was claimed before a restart but has no marker (the daemon stopped between the two steps); back to the inbox",
+                        q.project()
+                    );
+                    let _ = q.requeue(&name);
+                    continue;
                 };
                 let session = self.sessions.iter().find(|s| s.name == m.session);
                 if session.is_none() || self.assigned.contains_key(&m.session) {

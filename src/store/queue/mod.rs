@@ -60,8 +60,9 @@
 //! - **Exactly once**: a task leaves active/ only by one rename, to done/,
 //!   failed/ or inbox/; a replayed `complete` finds it gone and does nothing.
 //!   Crash windows and who repairs them: rename to active/ before the marker
-//!   is written → the janitor returns the marker-less task to inbox after
-//!   [`ORPHAN_GRACE`]; result/error file written before the rename → the
+//!   is written → the next daemon returns the marker-less task to inbox at
+//!   its start (the dispatcher's recovery), and the janitor does after
+//!   [`ORPHAN_GRACE`] for one that appears while it runs; result/error file written before the rename → the
 //!   next attempt overwrites it; marker left after the task moved on → the
 //!   janitor removes it.
 //!
