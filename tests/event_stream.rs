@@ -202,8 +202,28 @@ fn events_follow_prints_a_swap_as_it_happens_and_json_lines_parse() {
                 }
             }
         });
-        // Connected before the swap starts.
-        std::thread::sleep(Duration::from_millis(700));
+        // Connected before the swap starts: reloads (an event of their own)
+        // until the follower prints one, however slow its start.
+        let reload_url = format!("http://{}/reload", w.sb.http_listen);
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        'connected: loop {
+            assert!(
+                std::time::Instant::now() < end,
+                "the follower printed no config_reloaded in 30 s"
+            );
+            let r = ureq::post(&reload_url)
+                .set("Authorization", &format!("Bearer {}", w.token()))
+                .timeout(Duration::from_secs(5))
+                .call();
+            assert!(r.is_ok(), "POST /reload: {r:?}");
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+                if line.contains("config_reloaded") {
+                    break 'connected;
+                }
+            }
+        }
+        // What a follower printed of the reloads is not this test's.
+        while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
         let to = if json { "alpha" } else { "beta" };
         swap(&w, to);
         let mut lines = Vec::new();
