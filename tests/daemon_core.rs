@@ -270,6 +270,14 @@ fn a_session_that_cannot_start_backs_off_and_is_reported_failed() {
             "relaunch {r} seen at {at:?}, before its back-off allows ({earliest} s): {launches:?}"
         );
     }
+    // And each wait was the back-off's own step, as the daemon says (its
+    // figures, which load does not change).
+    let log = testkit::world::daemon_log(&w.h, 0);
+    for (n, step) in [(1, 1), (2, 2), (3, 3)] {
+        let said =
+            format!("ccl-auto-11: failed to start ({n} in a row), backoff; retry in {step}s");
+        assert!(log.contains(&said), "no {said:?} in\n{log}");
+    }
     let s = wait_for(Duration::from_secs(15), "ccl-auto-11 failed", || {
         w.session("ccl-auto-11").filter(|s| s["state"] == "failed")
     });

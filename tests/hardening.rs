@@ -433,12 +433,12 @@ fn idle_connections_and_an_endless_header_line_leave_the_daemon_answering() {
     // Every /status was answered (200, within the client's 5 s: `attack`
     // checks each). The issue asks p99 to be reported, printed above; with
     // about 100 samples p99 is the slowest one, which a loaded machine (and
-    // this test's own flood threads) can stretch, so only the median is
-    // bounded here.
+    // this test's own flood threads) can stretch; nine in ten within a
+    // second catches a daemon slowed by the attack.
     assert!(
-        report.p(50) < Duration::from_secs(1),
-        "p50 {:?}",
-        report.p(50)
+        report.p(90) < Duration::from_secs(1),
+        "p90 {:?}",
+        report.p(90)
     );
     // And afterwards: still answering, still the same process.
     b.wait_healthy();

@@ -38,7 +38,7 @@ use crate::decide::assignment::{
     self, Assignment, Ctx, Effect, HookSeen, Phase, Release, SessionSeen,
 };
 use crate::decide::session::State;
-use crate::store::queue::{Completion, Outcome, Queue};
+use crate::store::queue::{self, Completion, Outcome, Queue};
 
 /// What the dispatcher sees of a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +164,9 @@ struct Desk {
     complete: HashMap<String, HashSet<String>>,
     idle_since: HashMap<String, Instant>,
     last_janitor: Instant,
+    /// When the janitor runs early: a marker-less task found at start was
+    /// still inside its orphan grace.
+    orphan_check: Option<Instant>,
     started: Instant,
     recovered: bool,
     /// Hook events that arrived before recovery.
@@ -290,6 +293,7 @@ impl Desk {
             complete: HashMap::new(),
             idle_since: HashMap::new(),
             last_janitor: Instant::now(),
+            orphan_check: None,
             started: Instant::now(),
             recovered: false,
             pending: Vec::new(),
@@ -713,26 +717,57 @@ impl Desk {
     /// back to the inbox only when its session is gone. Tasks adopted while a
     /// swap is under way (a crash mid-swap) are interrupted, not lost: they
     /// continue after the swap.
+    /// A task in active/ with no marker at start: claimed (renamed into
+    /// active/) by a daemon that ended before it wrote the marker, so no
+    /// session ever had it. Back to the inbox at once, no attempt counted,
+    /// once it is [`queue::ORPHAN_GRACE`] old (a younger one could be
+    /// another daemon's claim under way, one with a state folder of its own
+    /// serving the same project): then the janitor runs when that grace
+    /// ends, not at its next round (`janitor.interval`, 5 min by default).
+    /// An unreadable marker is left to the janitor's rules as before.
+    fn orphan_at_start(&mut self, q: &Queue, name: &str) {
+        if q.marker_path(name).exists() {
+            log::error!(
+                "task {}/{name}: its marker cannot be read; left in active/ for the janitor",
+                q.project()
+            );
+            return;
+        }
+        let age = std::fs::symlink_metadata(q.task_path(queue::Folder::Active, name))
+            .map(|m| {
+                now()
+                    .duration_since(queue::last_change(&m))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        if age < queue::ORPHAN_GRACE {
+            let at = Instant::now() + (queue::ORPHAN_GRACE - age) + Duration::from_millis(200);
+            self.orphan_check = Some(self.orphan_check.map_or(at, |t| t.min(at)));
+            return;
+        }
+        match q.requeue(name) {
+            Ok(_) => log::warn!(
+                "task {}/{name} was claimed before a restart but has no marker (the daemon stopped between the two steps); back to the inbox",
+                q.project()
+            ),
+            Err(e) => log::error!(
+                "task {}/{name} was claimed before a restart but has no marker, and cannot go back to the inbox: {e}",
+                q.project()
+            ),
+        }
+    }
+
     fn recover(&mut self) {
         let swapping = self.paused.is_some() || self.swap_was_interrupted;
         let mut adopted = Vec::new();
-        for (q, _) in &self.queues {
+        let queues = self.queues.clone();
+        for (q, _) in &queues {
             let Ok(active) = q.list_active() else {
                 continue;
             };
             for (name, marker) in active {
                 let Some(m) = marker else {
-                    // Claimed (renamed into active/) by a daemon that ended
-                    // before it wrote the marker: no session ever had it,
-                    // and no claim of ours is under way yet (we hold the
-                    // state lock). Back at once, no attempt counted; the
-                    // janitor's grace would leave it until its next round
-                    // (`janitor.interval`, 5 min by default).
-                    log::warn!(
-                        "task {}/{name} was claimed before a restart but has no marker (the daemon stopped between the two steps); back to the inbox",
-                        q.project()
-                    );
-                    let _ = q.requeue(&name);
+                    self.orphan_at_start(q, &name);
                     continue;
                 };
                 let session = self.sessions.iter().find(|s| s.name == m.session);
@@ -819,7 +854,9 @@ impl Desk {
             self.last_checkpoint = Instant::now();
             self.checkpoints();
         }
-        if self.last_janitor.elapsed() >= self.config.janitor.interval {
+        let orphans_due = self.orphan_check.is_some_and(|t| Instant::now() >= t);
+        if orphans_due || self.last_janitor.elapsed() >= self.config.janitor.interval {
+            self.orphan_check = None;
             self.last_janitor = Instant::now();
             self.janitor();
         }
@@ -1157,6 +1194,13 @@ impl Desk {
             let live = |m: &crate::store::queue::Marker| self.assigned.contains_key(&m.session);
             match q.janitor(now(), &self.config.janitor, &live) {
                 Ok(r) => {
+                    for name in &r.orphans_requeued {
+                        log::warn!(
+                            "project {}: task {name} was in active/ with no marker for {:?} (a claim cut short); back to the inbox",
+                            q.project(),
+                            crate::store::queue::ORPHAN_GRACE
+                        );
+                    }
                     for (name, _) in &r.stale {
                         if !assigned.contains(name) {
                             log::warn!("project {}: task {name} had no sign of life for {:?}; back to the inbox", q.project(), self.config.janitor.stale_task_after);

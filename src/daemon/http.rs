@@ -251,11 +251,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         );
     }
     // The kernel hands a connection over only once its first bytes have
-    // arrived (or DEFER_ACCEPT_SECS passed): a real client, whose request
-    // is one segment, is read and answered at accept, however long it was
-    // descheduled between connect and write. Held connections (a head that
-    // trickles in) can still be evicted by a flood; a connection that sent
-    // nothing cannot take a client's place at all.
+    // arrived (or about DEFER_ACCEPT_SECS passed, rounded up to SYN-ACK
+    // retries): a real client, whose request is one segment, is read and
+    // answered at accept even when it was descheduled between connect and
+    // write. Held connections (a head that trickles in, or a silent one
+    // after the deferral) can still be evicted by a flood.
     let secs: libc::c_int = DEFER_ACCEPT_SECS;
     // SAFETY: setsockopt on the listener's valid descriptor with a c_int
     // option value of the size given.

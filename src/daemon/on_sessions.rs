@@ -111,13 +111,16 @@ impl Daemon {
                     self.in_flight.remove(&name);
                     log::info!("{name}: its SessionStart came meanwhile; left running");
                 }
+                session::Stuck::Gone => {
+                    self.in_flight.remove(&name);
+                }
                 session::Stuck::Relaunch => {
                     let timeout = self.config.claude.startup_timeout;
                     let why = if shows == session::StuckScreen::Blank {
                         // Hung before it drew anything (a network wait, a
-                        // machine too loaded to start it in time).
+                        // machine too loaded to start it in time): once.
                         format!(
-                            "nothing on its screen and no SessionStart within {timeout:?}; to be relaunched after its back-off"
+                            "nothing on its screen and no SessionStart within {timeout:?}; to be relaunched once, after its back-off"
                         )
                     } else {
                         // Its SessionStart never reached us (lost on its

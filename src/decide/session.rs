@@ -498,12 +498,14 @@ pub enum StuckScreen {
 /// the start-up timeout, given what it saw on the screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stuck {
-    /// Its `SessionStart` came while the screen was read (or it left the
-    /// book): it runs and may have been given work already; touch nothing.
+    /// Its `SessionStart` came while the screen was read: it runs and may
+    /// have been given work already; touch nothing.
     StartedMeanwhile,
+    /// It left the book meanwhile (its pool shrank): nothing to do.
+    Gone,
     /// Up at its prompt with no `SessionStart`, or a screen with nothing on
-    /// it: nothing was typed into it, so it is killed and relaunched as a
-    /// failed start, with the back-off (which gives up in the end).
+    /// it at its first failed start: nothing was typed into it, so it is
+    /// killed and relaunched as a failed start, with the back-off.
     Relaunch,
     /// A dialog or a login screen: left alone, reported, not typed into.
     LeaveAlone,
@@ -511,13 +513,21 @@ pub enum Stuck {
 
 /// The verdict on a `Stuck` report, from the book as it is now (not as it
 /// was when the watcher was asked to look).
+///
+/// A blank screen is relaunched once: a start that hung is then tried
+/// afresh, but a machine slower than `startup_timeout` at every start would
+/// have each one killed before it drew; after that first relaunch it is left
+/// alone (failed, still running), and its `SessionStart` makes it idle
+/// whenever it comes.
 pub fn stuck_verdict(book: &Book, name: &str, screen: StuckScreen) -> Stuck {
-    if book.get(name).is_none_or(|r| r.state != State::Starting) {
-        Stuck::StartedMeanwhile
-    } else if screen == StuckScreen::Other {
-        Stuck::LeaveAlone
-    } else {
-        Stuck::Relaunch
+    let Some(r) = book.get(name) else {
+        return Stuck::Gone;
+    };
+    match screen {
+        _ if r.state != State::Starting => Stuck::StartedMeanwhile,
+        StuckScreen::Prompt => Stuck::Relaunch,
+        StuckScreen::Blank if r.failed_starts == 0 => Stuck::Relaunch,
+        StuckScreen::Blank | StuckScreen::Other => Stuck::LeaveAlone,
     }
 }
 
@@ -1137,7 +1147,19 @@ mod tests {
         // One that left the book meanwhile (pool shrank) is not acted on.
         assert_eq!(
             stuck_verdict(&book, "ccl-auto-13", StuckScreen::Prompt),
-            Stuck::StartedMeanwhile
+            Stuck::Gone
+        );
+        // Blank again after its relaunch: left alone (a machine slower than
+        // the timeout at every start must not have each start killed); up
+        // at its prompt it is still relaunched.
+        book.get_mut("ccl-auto-12").unwrap().failed_starts = 1;
+        assert_eq!(
+            stuck_verdict(&book, "ccl-auto-12", StuckScreen::Blank),
+            Stuck::LeaveAlone
+        );
+        assert_eq!(
+            stuck_verdict(&book, "ccl-auto-12", StuckScreen::Prompt),
+            Stuck::Relaunch
         );
     }
 
