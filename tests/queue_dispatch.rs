@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use claude_failover::store::queue;
-use support::{wait_for, World};
+use support::{enqueue_task, task_result, wait_for, wait_task_ended, World};
 
 fn files(dir: &Path, suffix: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -163,8 +163,11 @@ fn tasks_claimed_without_their_marker_before_a_crash_are_done_after_the_restart(
     };
     let p1 = w.sb.project_dirs[0].1.clone();
     let claim_cut_short = |name: &str, word: &str| {
-        let prompt = format!("a task caught between claim and marker:\n\nsay the word {word}");
-        queue::enqueue(&p1, None, prompt.as_bytes(), Some(name), SystemTime::now()).unwrap();
+        enqueue_task(
+            &p1,
+            name,
+            &format!("a task caught between claim and marker:\n\nsay the word {word}"),
+        );
         std::fs::rename(
             q(&p1, "inbox").join(format!("{name}.md")),
             q(&p1, "active").join(format!("{name}.md")),
@@ -177,18 +180,8 @@ fn tasks_claimed_without_their_marker_before_a_crash_are_done_after_the_restart(
     let _pid = w.start_daemon(&[]);
     // Well within the janitor's interval (5 min).
     for name in ["old", "young"] {
-        // The task file's move into done/ is the last step (its result is
-        // written before it).
-        wait_for(Duration::from_secs(90), &format!("{name} done"), || {
-            q(&p1, "done")
-                .join(format!("{name}.md"))
-                .is_file()
-                .then_some(())
-        });
-        let result: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(q(&p1, "done").join(format!("{name}.result.json"))).unwrap(),
-        )
-        .unwrap();
+        assert_eq!(wait_task_ended(&p1, name, Duration::from_secs(90)), "done");
+        let result = task_result(&p1, name);
         assert_eq!(
             result["attempt"], 1,
             "no attempt was counted for it: {result}"

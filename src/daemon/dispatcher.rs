@@ -710,13 +710,6 @@ impl Desk {
         }
     }
 
-    /// Adopts tasks left active by a previous run. A task whose submission
-    /// was never confirmed may still have been submitted (the daemon can die
-    /// between the Enter and its `UserPromptSubmit`): it is adopted as typed,
-    /// and the events buffered since, then the transcript, decide; it goes
-    /// back to the inbox only when its session is gone. Tasks adopted while a
-    /// swap is under way (a crash mid-swap) are interrupted, not lost: they
-    /// continue after the swap.
     /// A task in active/ with no marker at start: claimed (renamed into
     /// active/) by a daemon that ended before it wrote the marker, so no
     /// session ever had it. Back to the inbox at once, no attempt counted,
@@ -733,15 +726,9 @@ impl Desk {
             );
             return;
         }
-        let age = std::fs::symlink_metadata(q.task_path(queue::Folder::Active, name))
-            .map(|m| {
-                now()
-                    .duration_since(queue::last_change(&m))
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
-        if age < queue::ORPHAN_GRACE {
-            let at = Instant::now() + (queue::ORPHAN_GRACE - age) + Duration::from_millis(200);
+        let left = q.orphan_grace_left(name, now());
+        if !left.is_zero() {
+            let at = Instant::now() + left + Duration::from_millis(200);
             self.orphan_check = Some(self.orphan_check.map_or(at, |t| t.min(at)));
             return;
         }
@@ -757,6 +744,13 @@ impl Desk {
         }
     }
 
+    /// Adopts tasks left active by a previous run. A task whose submission
+    /// was never confirmed may still have been submitted (the daemon can die
+    /// between the Enter and its `UserPromptSubmit`): it is adopted as typed,
+    /// and the events buffered since, then the transcript, decide; it goes
+    /// back to the inbox only when its session is gone. Tasks adopted while a
+    /// swap is under way (a crash mid-swap) are interrupted, not lost: they
+    /// continue after the swap.
     fn recover(&mut self) {
         let swapping = self.paused.is_some() || self.swap_was_interrupted;
         let mut adopted = Vec::new();
@@ -1198,7 +1192,7 @@ impl Desk {
                         log::warn!(
                             "project {}: task {name} was in active/ with no marker for {:?} (a claim cut short); back to the inbox",
                             q.project(),
-                            crate::store::queue::ORPHAN_GRACE
+                            queue::ORPHAN_GRACE
                         );
                     }
                     for (name, _) in &r.stale {

@@ -222,6 +222,12 @@ pub fn last_change(meta: &Metadata) -> SystemTime {
     }
 }
 
+/// What is left of [`ORPHAN_GRACE`] for an active task without a marker,
+/// from its last change (the claim's rename): zero once it is an orphan.
+fn grace_left(task: &Metadata, now: SystemTime) -> Duration {
+    ORPHAN_GRACE.saturating_sub(age(now, last_change(task)))
+}
+
 fn age(now: SystemTime, then: SystemTime) -> Duration {
     now.duration_since(then).unwrap_or_default()
 }
@@ -1199,6 +1205,15 @@ impl Queue {
         })
     }
 
+    /// What is left of [`ORPHAN_GRACE`] for active task `name` (one with no
+    /// marker) before the janitor takes it for an orphan; zero once it is
+    /// one, or when it cannot be looked at.
+    pub fn orphan_grace_left(&self, name: &str, now: SystemTime) -> Duration {
+        fs::symlink_metadata(self.task_path(Folder::Active, name))
+            .map(|m| grace_left(&m, now))
+            .unwrap_or_default()
+    }
+
     /// The marker of active task `name`; `Ok(None)` when it has none.
     pub fn read_marker(&self, name: &str) -> Result<Option<Marker>> {
         check_name(name)?;
@@ -1558,7 +1573,7 @@ impl Queue {
         let marker_path = self.marker_path(name);
         match read_json::<Marker>(&marker_path).ok().flatten() {
             None => {
-                if age(now, last_change(&task_meta)) >= ORPHAN_GRACE {
+                if grace_left(&task_meta, now).is_zero() {
                     let n = self.requeue(name)?;
                     report.orphans_requeued.push(n);
                 }
